@@ -1,0 +1,194 @@
+"""The continual pre-training backend: train a causal LM for ``interval`` optimizer steps on batches
+drawn by the current domain weights, then evaluate it on fixed held-out windows.
+
+Reads like nanoGPT's ``train.py``: a pure ``get_lr(step)``, AdamW with gradient clipping, and an
+``evaluate()`` that averages a fixed set of held-out batches under ``inference_mode``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixagent.env.data import DomainTokens
+from mixagent.env.setting import CPTSpec, EvalSpec
+from mixagent.trajectories.contract import DomainSpace, Feedback
+
+__all__ = ["get_lr", "TokenSampler", "EvalSet", "CPTBackend"]
+
+
+def get_lr(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``min_ratio·lr`` at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if step >= total:
+        return lr * min_ratio
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class TokenSampler:
+    """Draws ``[batch, seq_len+1]`` windows: each row's domain ~ Categorical(weights), its start
+    uniform within that domain's train tokens. One gather over a concatenated array: cheap."""
+
+    def __init__(self, arrays: list[np.ndarray], seq_len: int):
+        self.seq_len = seq_len
+        too_short = [i for i, a in enumerate(arrays) if a.size <= seq_len + 1]
+        if too_short:
+            raise ValueError(f"domains {too_short} have fewer than seq_len+1={seq_len + 1} train tokens")
+        self.tokens = np.concatenate(arrays).astype(np.int64)
+        self.offsets = np.cumsum([0] + [a.size for a in arrays[:-1]])
+        self.spans = np.array([a.size - seq_len - 1 for a in arrays])
+        self._ar = np.arange(seq_len + 1)
+
+    def sample(self, probs: np.ndarray, batch: int, rng: np.random.Generator) -> torch.Tensor:
+        doms = rng.choice(len(self.spans), size=batch, p=probs)
+        starts = self.offsets[doms] + (rng.random(batch) * self.spans[doms]).astype(np.int64)
+        return torch.from_numpy(self.tokens[starts[:, None] + self._ar])
+
+
+@dataclass
+class EvalSet:
+    """Fixed held-out windows: evenly spaced in each domain's held-out tokens, no randomness, so
+    scores are comparable across steps, episodes and runs of one setting."""
+
+    windows: torch.Tensor  # [K*n, seq_len+1]
+    domain_of_row: np.ndarray  # [K*n]
+    n_domains: int
+
+    @classmethod
+    def build(cls, arrays: list[np.ndarray], names: list[str], n: int, seq_len: int) -> EvalSet:
+        rows, doms = [], []
+        for k, (a, name) in enumerate(zip(arrays, names, strict=True)):
+            if a.size < n * (seq_len + 1):
+                raise ValueError(
+                    f"domain {name}: {a.size} held-out tokens, evaluation needs "
+                    f"eval.windows_per_domain×(seq_len+1) = {n * (seq_len + 1)}"
+                )
+            starts = np.linspace(0, a.size - seq_len - 1, n).astype(np.int64)
+            rows.append(a[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
+            doms += [k] * n
+        return cls(torch.from_numpy(np.concatenate(rows)), np.array(doms), len(arrays))
+
+
+class CPTBackend:
+    """One model under continual pre-training, restartable from an in-memory base state."""
+
+    def __init__(
+        self,
+        model: Any,
+        data: DomainTokens,
+        space: DomainSpace,
+        cpt: CPTSpec,
+        evaluation: EvalSpec,
+        total_steps: int,
+    ):
+        if cpt.threads:
+            torch.set_num_threads(cpt.threads)
+        self.model = model
+        self.space = space
+        self.cpt = cpt
+        self.evaluation = evaluation
+        self.total_steps = total_steps
+        names = list(space.names)
+        self.sampler = TokenSampler([data.train[n] for n in names], cpt.seq_len)
+        self.eval_set = EvalSet.build(
+            [data.heldout[n] for n in names], names, evaluation.windows_per_domain, cpt.seq_len
+        )
+        self.context_len = int(round(evaluation.context_fraction * cpt.seq_len))
+        self._field_matrix = space.field_matrix()
+        self._base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.rng = np.random.default_rng(0)
+        self.step = 0
+        self.optimizer = self._new_optimizer()
+
+    # ----- state ---------------------------------------------------------------------------------
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for p in {id(p): p for p in self.model.parameters()}.values():
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.cpt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.cpt.lr,
+            betas=(self.cpt.beta1, self.cpt.beta2),
+        )
+
+    def reset(self, seed: int) -> None:
+        """Restore the base weights from memory, a fresh optimizer, step 0, and a seeded sampler."""
+        self.model.load_state_dict(self._base_state)
+        self.optimizer = self._new_optimizer()
+        self.step = 0
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+
+    def set_base_state(self) -> None:
+        """Make the model's current weights the state that :meth:`reset` restores."""
+        self._base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cpt.batch_size * self.cpt.seq_len
+
+    # ----- training ------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return get_lr(
+            step, lr=self.cpt.lr, warmup=self.cpt.warmup_steps, total=self.total_steps, min_ratio=self.cpt.min_lr_ratio
+        )
+
+    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on ``batch`` ``[B, L+1]``; returns the (detached) loss."""
+        model = self.model
+        model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.cpt.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss.detach()
+
+    def train(self, probs: np.ndarray, steps: int) -> float:
+        """``steps`` optimizer steps on batches drawn by ``probs``; returns the mean training loss."""
+        total = torch.zeros(())
+        for _ in range(steps):
+            total += self.train_step(self.sampler.sample(probs, self.cpt.batch_size, self.rng))
+        return float(total) / max(steps, 1)
+
+    # ----- evaluation ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def token_nll(self) -> torch.Tensor:
+        """Per-token negative log-likelihood ``[rows, seq_len]`` of every evaluation window."""
+        model = self.model
+        model.eval()
+        out = []
+        for chunk in self.eval_set.windows.split(self.evaluation.batch_size):
+            logits = model(input_ids=chunk[:, :-1], use_cache=False).logits
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1), reduction="none")
+            out.append(nll.view(chunk.size(0), -1))
+        return torch.cat(out)
+
+    def evaluate(self) -> Feedback:
+        """Per-domain held-out loss, and per-field mean log-likelihood of held-out continuations
+        (the tokens after the first ``context_fraction`` of each window), averaged over the field's
+        domains with equal weight."""
+        nll = self.token_nll().numpy().astype(np.float64)
+        k = self.eval_set.n_domains
+        rows = self.eval_set.domain_of_row
+        domain_loss = np.array([nll[rows == d].mean() for d in range(k)])
+        cont_ll = np.array([-nll[rows == d, self.context_len :].mean() for d in range(k)])
+        fm = self._field_matrix
+        field_scores = (fm @ cont_ll) / fm.sum(axis=1)
+        return Feedback(
+            step=self.step,
+            tokens_seen=self.step * self.tokens_per_step,
+            field_scores=dict(zip(self.space.fields, field_scores.tolist(), strict=True)),
+            domain_losses=dict(zip(self.space.names, domain_loss.tolist(), strict=True)),
+        )

@@ -1,0 +1,46 @@
+"""Where built artefacts (packages, corpora, tokens, base checkpoints) are cached, and how they are
+written: into a temporary sibling first, then renamed, so a crash never leaves a half-built entry
+that a later run would mistake for a finished one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cache_root", "atomic_dir", "write_json_atomic"]
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    """``override``, else ``$MIXAGENT_HOME``, else ``~/.cache/mixagent``."""
+    root = Path(override or os.environ.get("MIXAGENT_HOME") or Path.home() / ".cache" / "mixagent")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``final`` only if the block finishes without error."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():  # another process finished the same entry first: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,171 @@
+"""``mixagent corpus …`` and ``mixagent env …``: build data and base models, run an episode.
+
+Thin shells over :mod:`mixagent.env`; heavy imports happen inside the commands so that
+``mixagent --help`` and the service stay free of torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mixagent.env.setting import SettingError, load_setting
+
+__all__ = ["corpus_app", "env_app"]
+
+console = Console()
+corpus_app = typer.Typer(help="Build and inspect the multi-domain corpus of a setting.", no_args_is_help=True)
+env_app = typer.Typer(help="Pre-train base models and run CPT episodes in the environment.", no_args_is_help=True)
+
+SettingOpt = Annotated[
+    str, typer.Option("--setting", "-s", help="Setting file (YAML/TOML) or the name of one in configs/.")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Cache folder (default $MIXAGENT_HOME or ~/.cache/mixagent).")
+]
+
+
+def _load(setting: str):  # type: ignore[no-untyped-def]
+    try:
+        return load_setting(setting)
+    except SettingError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _say(msg: str) -> None:
+    console.print(msg, highlight=False)
+
+
+@corpus_app.command("build")
+def corpus_build(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -> None:
+    """Fetch, extract, deduplicate, split and tokenise the setting's corpus (cached)."""
+    from mixagent.env.corpus import CorpusError  # noqa: PLC0415
+    from mixagent.env.data import prepare_data  # noqa: PLC0415
+    from mixagent.env.sources import SourceError  # noqa: PLC0415
+
+    s = _load(setting)
+    try:
+        data = prepare_data(s, cache_dir, _say)
+    except (SourceError, CorpusError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    _manifest_table(s, data.manifest)
+    console.print(f"data folder: {data.folder}")
+
+
+def _manifest_table(s, manifest) -> None:  # type: ignore[no-untyped-def]
+    field_of = {d: f for f, ds in s.fields.items() for d in ds}
+    t = Table(title=f"corpus {manifest['corpus_hash']} / tokens {manifest['data_hash']} (vocab {manifest['vocab_size']})")
+    for col in ("domain", "field", "source", "version", "docs tr/ho", "bytes tr/ho", "tokens tr/ho", "sha256 (train)"):
+        t.add_column(col)
+    for e in manifest["domains"]:
+        t.add_row(
+            e["domain"],
+            field_of.get(e["domain"], "-"),
+            f"{e['source_kind']}:{e['source']}",
+            e["version"],
+            f"{e['train_docs']}/{e['heldout_docs']}",
+            f"{e['train_bytes']:,}/{e['heldout_bytes']:,}",
+            f"{e['train_tokens']:,}/{e['heldout_tokens']:,}",
+            e["train_sha256"][:12],
+        )
+    console.print(t)
+
+
+@corpus_app.command("show")
+def corpus_show(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -> None:
+    """Print the manifest of an already built corpus."""
+    from mixagent.env.cache import cache_root  # noqa: PLC0415
+
+    s = _load(setting)
+    path = cache_root(cache_dir) / "data" / s.data_hash() / "manifest.json"
+    if not path.exists():
+        console.print(f"[red]not built yet: run `mixagent corpus build --setting {setting}`[/red]")
+        raise typer.Exit(1)
+    _manifest_table(s, json.loads(path.read_text()))
+
+
+@env_app.command("pretrain")
+def env_pretrain(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -> None:
+    """Build the corpus and the base checkpoint (pre-trained on the source field; cached)."""
+    from mixagent.env.base import base_info, build_backend  # noqa: PLC0415
+
+    s = _load(setting)
+    _, desc = build_backend(s, cache_dir, _say, progress=True)
+    info = base_info(s, cache_dir)
+    console.print(f"base model: {desc}")
+    if info:
+        fb = info["feedback"]
+        console.print(f"pre-trained {info['steps']} steps in {info['seconds']}s; held-out field scores {fb['field_scores']}")
+
+
+@env_app.command("rollout")
+def env_rollout(
+    setting: SettingOpt = "math-tiny",
+    target_share: Annotated[float, typer.Option(help="Constant share of the target field(s), 0..1.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the raw history as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Save a plot of scores and weights here (PNG).")] = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Run one episode with a constant target share and print the feedback of every stage."""
+    import numpy as np  # noqa: PLC0415
+
+    from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415
+    from mixagent.trajectories.contract import SOURCE_FIELD  # noqa: PLC0415
+
+    if not 0.0 <= target_share <= 1.0:
+        console.print(f"[red]--target-share: must be within [0, 1], got {target_share}[/red]")
+        raise typer.Exit(2)
+    s = _load(setting)
+    env = DataMixingEnv(s, cache_dir=cache_dir, progress=True)
+    space = env.space
+    shares = np.array([1 - target_share if f == SOURCE_FIELD else target_share for f in space.fields])
+    shares = shares / max(shares.sum(), 1e-12)
+    fm = space.field_matrix()
+    p = space.priors()
+    weights = (fm.T @ shares) * p / (fm.T @ (fm @ p))
+    _, info = env.reset(seed=seed)
+    t = Table(title=f"{s.name}: constant target share {target_share} (seed {seed})")
+    for col in ("t", "step", *[f"score/{f}" for f in space.fields], "balanced", "train loss", "train s", "eval s"):
+        t.add_column(col, justify="right")
+
+    def row(info) -> None:  # type: ignore[no-untyped-def]
+        fb = info["feedback"]
+        t.add_row(
+            str(info["t"]),
+            str(fb["step"]),
+            *[f"{fb['field_scores'][f]:.4f}" for f in space.fields],
+            f"{info['balanced_score']:+.4f}",
+            f"{info['train_loss']:.3f}",
+            f"{info['train_seconds']:.2f}",
+            f"{info['eval_seconds']:.2f}",
+        )
+
+    row(info)
+    truncated = False
+    while not truncated:
+        _, _, _, truncated, info = env.step_weights(weights)
+        row(info)
+    console.print(t)
+    history = env.history
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(history.model_dump_json(indent=1))
+        console.print(f"history written to {out}")
+    if plot:
+        from mixagent.trajectories.plots import plot_history  # noqa: PLC0415
+
+        plot_history(history, plot, title=f"{s.name}: target share {target_share}")
+        console.print(f"plot saved to {plot}")
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")

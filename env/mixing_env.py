@@ -1,0 +1,173 @@
+"""``DataMixingEnv``: a gymnasium environment in which every step is real continual pre-training."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from mixagent.env.backend import CPTBackend
+from mixagent.env.base import build_backend
+from mixagent.env.setting import Setting, load_setting
+from mixagent.trajectories.contract import ContractError, History, Weights
+from mixagent.trajectories.encoding import (
+    OBS_BOUND,
+    action_size,
+    action_to_weights,
+    balanced_scores,
+    encode,
+    observation_size,
+)
+
+__all__ = ["DataMixingEnv", "ENV_ID"]
+
+from mixagent.env import ENV_ID
+
+
+class DataMixingEnv(gym.Env):
+    """Choose the domain mixture of a continual pre-training run, one interval at a time.
+
+    ## Description
+    A causal LM (the setting's base checkpoint, pre-trained on the *source* field) is continually
+    pre-trained towards the *target* field(s). At each decision the agent picks domain weights; the
+    model then trains ``cpt.interval`` AdamW steps on batches whose rows are drawn from the domains
+    by those weights, and is evaluated on fixed held-out windows of every domain.
+
+    ## Action Space
+    ``Box(-1, 1, (A,), float32)``, A = number of fields (``action.level: field``, the default) or of
+    domains (``action.level: domain``). The action maps to weights
+    ``w = (1-ε)·softmax(β·a) + ε·prior`` (β = ``action.beta``, ε = ``action.epsilon``); at field level
+    each field's share is split over its domains by their priors. :meth:`step_weights` takes a
+    weight vector directly (behaviour schedules use it).
+
+    ## Observation Space
+    ``Box(-10, 10, (n,), float32)``: :func:`mixagent.trajectories.encoding.encode` of the raw
+    history: per-field relative score gains since the start and their last change, the field shares
+    of recent mixtures, progress t/T, and a window of past steps (the table is in that module).
+
+    ## Rewards
+    ``r_t = B_{t+1} - B_t``, the change of the balanced score
+    ``B = mean_f g_f - λ·std_f g_f`` (``objective``), so the return is the final balanced score.
+
+    ## Starting State
+    ``reset`` restores the base weights from memory (no disk read), a fresh optimizer, and evaluates
+    once: that feedback is the reference every gain is measured against.
+
+    ## Episode End
+    Never terminates; truncates after ``cpt.horizon`` decisions (the token budget is spent).
+
+    ## Info
+    ``feedback`` (raw :class:`~mixagent.trajectories.contract.Feedback`), ``weights``,
+    ``balanced_score``, ``train_loss``, ``train_seconds``, ``eval_seconds``. :attr:`history` holds
+    the raw history of the episode.
+
+    ## Arguments
+    ``setting``: a :class:`Setting`, a path to a YAML/TOML setting, or None for the default
+    (``configs/math-tiny.yaml``). ``backend``: an existing :class:`CPTBackend` to reuse (several
+    envs may not share one concurrently). ``cache_dir``: overrides ``$MIXAGENT_HOME``.
+
+    ## Version History
+    * v0: initial version (encoder ``obs-v1``).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        setting: Setting | str | Path | None = None,
+        backend: CPTBackend | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = False,
+    ):
+        super().__init__()
+        self.setting = load_setting(setting)
+        self.space = self.setting.space
+        if backend is None:
+            backend, self.model_description = build_backend(
+                self.setting, Path(cache_dir) if cache_dir else None, progress=progress
+            )
+        else:
+            self.model_description = type(backend.model).__name__
+        self.backend = backend
+        self.horizon = self.setting.cpt.horizon
+        a = action_size(self.space, self.setting.action)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(a,), dtype=np.float32)
+        n = observation_size(self.space, self.setting.action)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(n,), dtype=np.float32)
+        self._history: History | None = None
+        self._t = 0
+
+    # ----- gymnasium API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.backend.reset(int(self.np_random.integers(2**62)))
+        t0 = time.perf_counter()
+        feedback = self.backend.evaluate()
+        self._history = History(space=self.space, feedback=[feedback])
+        self._t = 0
+        info = self._get_info(train_loss=float("nan"), train_s=0.0, eval_s=time.perf_counter() - t0)
+        return self._get_obs(), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        a = np.asarray(action, dtype=np.float32)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action: expected shape {self.action_space.shape}, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"action: must be finite, got {a.tolist()}")
+        return self.step_weights(action_to_weights(a, self.space, self.setting.action))
+
+    def step_weights(self, weights: Weights | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Train one interval on ``weights`` (a :class:`Weights` or K raw shares) and evaluate."""
+        if self._history is None:
+            raise RuntimeError("DataMixingEnv: call reset() before step()")
+        if self._t >= self.horizon:
+            raise RuntimeError("DataMixingEnv: the episode is truncated; call reset()")
+        if not isinstance(weights, Weights):
+            raw = np.asarray(weights, dtype=np.float64)
+            if raw.shape != (self.space.size,):
+                raise ValueError(f"weights: expected {self.space.size} values, got shape {raw.shape}")
+            try:
+                weights = Weights.from_raw(raw)
+            except ContractError as e:
+                raise ValueError(str(e)) from None
+        self._history.record_weights(weights)
+        t0 = time.perf_counter()
+        train_loss = self.backend.train(weights.as_array(), self.setting.cpt.interval)
+        t1 = time.perf_counter()
+        feedback = self.backend.evaluate()
+        t2 = time.perf_counter()
+        self._history.record_feedback(feedback)
+        self._t += 1
+        b = balanced_scores(self._history, self.setting.objective)
+        reward = float(b[-1] - b[-2])
+        truncated = self._t >= self.horizon
+        info = self._get_info(train_loss=train_loss, train_s=t1 - t0, eval_s=t2 - t1)
+        return self._get_obs(), reward, False, truncated, info
+
+    # ----- helpers -------------------------------------------------------------------------------
+    @property
+    def history(self) -> History:
+        """The raw history of the current episode (a copy: the env keeps appending to its own)."""
+        if self._history is None:
+            raise RuntimeError("DataMixingEnv: no episode yet; call reset()")
+        return self._history.model_copy(deep=True)
+
+    def _get_obs(self) -> np.ndarray:
+        assert self._history is not None
+        return encode(self._history, self.horizon, self.setting.action)
+
+    def _get_info(self, *, train_loss: float, train_s: float, eval_s: float) -> dict[str, Any]:
+        assert self._history is not None
+        b = balanced_scores(self._history, self.setting.objective)
+        return {
+            "t": self._t,
+            "feedback": self._history.feedback[-1].model_dump(),
+            "weights": self._history.weights[-1].as_dict(self.space) if self._history.weights else None,
+            "balanced_score": float(b[-1]),
+            "train_loss": train_loss,
+            "train_seconds": train_s,
+            "eval_seconds": eval_s,
+        }

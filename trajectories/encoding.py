@@ -1,0 +1,190 @@
+"""Observation, action and reward encodings over the raw :class:`History` (pure numpy, versioned).
+
+One implementation serves the env, the offline dataset builder and the service, so a policy sees
+the same features in training and in production. Artifacts record :data:`ENCODER_VERSION`; the
+service refuses a mismatch.
+
+Observation (field level, F fields, window W = :data:`WINDOW`), all clipped to ``[-OBS_BOUND, OBS_BOUND]``:
+
+| slice            | meaning                                                             |
+|------------------|---------------------------------------------------------------------|
+| ``F``            | ``g_f``: relative improvement of field f's score since the start    |
+| ``F``            | ``g_f(t) - g_f(t-1)``: the last stage's change (0 at t = 0)         |
+| ``F``            | field shares of the mixture trained on last (field priors at t = 0) |
+| ``1``            | progress ``t / T``                                                  |
+| ``W·F``          | ``g_f`` at t-1 … t-W (0 before the start)                           |
+| ``W·F``          | field shares of the W mixtures before the last (field priors before) |
+| ``K`` (domain)   | per-domain relative loss change since the start (domain level only) |
+| ``K`` (domain)   | per-domain share of the last mixture (domain level only)            |
+
+``g_f(t) = (s_f(t) - s_f(0)) / |s_f(0)|`` with ``s_f`` the mean per-token log-likelihood, so the
+features are scale-free across models and corpora. Gains are multiplied by :data:`GAIN_SCALE` so
+that typical values are O(1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixagent.trajectories.contract import (
+    ActionSpec,
+    ContractError,
+    DomainSpace,
+    History,
+    Objective,
+    Weights,
+)
+
+__all__ = [
+    "ENCODER_VERSION",
+    "OBS_BOUND",
+    "WINDOW",
+    "GAIN_SCALE",
+    "action_size",
+    "observation_size",
+    "relative_gains",
+    "balanced_scores",
+    "stage_rewards",
+    "action_to_weights",
+    "weights_to_action",
+    "encode",
+]
+
+ENCODER_VERSION = "obs-v1"
+OBS_BOUND = 10.0
+WINDOW = 4
+GAIN_SCALE = 10.0
+
+
+def action_size(space: DomainSpace, spec: ActionSpec) -> int:
+    return len(space.fields) if spec.level == "field" else space.size
+
+
+def observation_size(space: DomainSpace, spec: ActionSpec) -> int:
+    f = len(space.fields)
+    n = 3 * f + 1 + 2 * WINDOW * f
+    return n + (2 * space.size if spec.level == "domain" else 0)
+
+
+def relative_gains(history: History) -> np.ndarray:
+    """``[len(feedback), F]``: each field's relative score improvement over ``feedback[0]``."""
+    s = history.field_scores()
+    if s.size == 0:
+        return s.reshape(0, len(history.space.fields))
+    base = s[0]
+    return (s - base) / np.maximum(np.abs(base), 1e-8)
+
+
+def _field_weight_vector(space: DomainSpace, objective: Objective) -> np.ndarray:
+    fields = space.fields
+    if objective.field_weights is None:
+        c = np.ones(len(fields))
+    else:
+        unknown = sorted(set(objective.field_weights) - set(fields))
+        if unknown:
+            raise ContractError(f"objective.field_weights: unknown field(s) {unknown}")
+        c = np.array([objective.field_weights.get(f, 0.0) for f in fields], dtype=float)
+        if c.sum() <= 0:
+            raise ContractError("objective.field_weights: no weight on any field of the space")
+    return c / c.sum()
+
+
+def balanced_scores(history: History, objective: Objective) -> np.ndarray:
+    """``B_t = sum_f c_f g_f(t) - λ·std_f g_f(t)`` for every feedback; ``B_0 = 0``."""
+    g = relative_gains(history)
+    c = _field_weight_vector(history.space, objective)
+    return g @ c - objective.spread_penalty * g.std(axis=1)
+
+
+def stage_rewards(history: History, objective: Objective) -> np.ndarray:
+    """``r_t = B_{t+1} - B_t``, one per completed stage; they sum to the final balanced score."""
+    return np.diff(balanced_scores(history, objective))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+def _expand_field_shares(space: DomainSpace, shares: np.ndarray) -> np.ndarray:
+    """Spread field shares over domains in proportion to the domain priors within each field."""
+    m = space.field_matrix()
+    p = space.priors()
+    within = p / (m.T @ (m @ p))
+    return (m.T @ shares) * within
+
+
+def action_to_weights(action: np.ndarray, space: DomainSpace, spec: ActionSpec) -> Weights:
+    """Map ``a ∈ [-1, 1]^A`` to weights ``(1-ε)·softmax(β·a) + ε·prior`` (see :class:`ActionSpec`)."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)
+    n = action_size(space, spec)
+    if a.shape != (n,):
+        raise ContractError(f"action: expected {n} values ({spec.level} level), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ContractError(f"action: non-finite value(s) in {a.tolist()}")
+    a = np.clip(a, -1.0, 1.0)
+    if spec.level == "field":
+        shares = (1 - spec.epsilon) * _softmax(spec.beta * a) + spec.epsilon * space.field_priors()
+        w = _expand_field_shares(space, shares)
+    else:
+        w = (1 - spec.epsilon) * _softmax(spec.beta * a) + spec.epsilon * space.priors()
+    return Weights.from_raw(w)
+
+
+def weights_to_action(weights: Weights, space: DomainSpace, spec: ActionSpec) -> np.ndarray:
+    """The action in ``[-1, 1]^A`` whose image is closest to ``weights`` (exact when reachable).
+
+    Inverts the ε-mixing and the softmax; shares the map cannot reach are clipped, so behaviour
+    data is labelled with the action that would have produced the nearest mixture.
+    """
+    w = weights.as_array()
+    if w.shape != (space.size,):
+        raise ContractError(f"weights: {w.size} values for {space.size} domains")
+    if spec.level == "field":
+        w = space.field_matrix() @ w
+        prior = space.field_priors()
+    else:
+        prior = space.priors()
+    q = (w - spec.epsilon * prior) / (1 - spec.epsilon)
+    q = np.maximum(q, 1e-12)
+    logits = np.log(q) / spec.beta
+    # Softmax is shift-invariant: centre the logits in the box, then clip what still sticks out.
+    logits = logits - (logits.max() + logits.min()) / 2
+    return np.clip(logits, -1.0, 1.0).astype(np.float32)
+
+
+def encode(history: History, horizon: int, spec: ActionSpec) -> np.ndarray:
+    """The observation after the latest feedback (see the module docstring for the layout)."""
+    if not history.feedback:
+        raise ContractError("history: cannot encode a history without the initial feedback")
+    if horizon < 1:
+        raise ContractError(f"horizon: must be >= 1, got {horizon}")
+    space = history.space
+    f = len(space.fields)
+    t = len(history.feedback) - 1
+    g = relative_gains(history) * GAIN_SCALE
+    fm = space.field_matrix()
+    field_shares = [fm @ w.as_array() for w in history.weights[:t]]
+    prior_shares = space.field_priors()
+
+    def gain_at(i: int) -> np.ndarray:
+        return g[i] if i >= 0 else np.zeros(f)
+
+    def shares_at(i: int) -> np.ndarray:
+        return field_shares[i] if 0 <= i < len(field_shares) else prior_shares
+
+    parts = [
+        g[t],
+        g[t] - gain_at(t - 1) if t > 0 else np.zeros(f),
+        shares_at(t - 1),
+        np.array([t / horizon]),
+    ]
+    parts += [gain_at(t - k) for k in range(1, WINDOW + 1)]
+    parts += [shares_at(t - 1 - k) for k in range(1, WINDOW + 1)]
+    if spec.level == "domain":
+        losses = history.domain_losses()
+        rel = (losses[t] - losses[0]) / np.maximum(np.abs(losses[0]), 1e-8) * GAIN_SCALE
+        last = history.weights[t - 1].as_array() if t > 0 else space.priors()
+        parts += [rel, last]
+    obs = np.concatenate(parts)
+    return np.clip(obs, -OBS_BOUND, OBS_BOUND).astype(np.float32)
