@@ -35,8 +35,12 @@ def _load(setting: str):  # type: ignore[no-untyped-def]
     try:
         return load_setting(setting)
     except SettingError as e:
-        console.print(f"[red]{e}[/red]")
+        _error(str(e))
         raise typer.Exit(2) from None
+
+
+def _error(msg: str) -> None:
+    console.print(msg, style="red", soft_wrap=True, markup=False, highlight=False)
 
 
 def _say(msg: str) -> None:
@@ -54,7 +58,7 @@ def corpus_build(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) 
     try:
         data = prepare_data(s, cache_dir, _say)
     except (SourceError, CorpusError) as e:
-        console.print(f"[red]{e}[/red]")
+        _error(str(e))
         raise typer.Exit(1) from None
     _manifest_table(s, data.manifest)
     console.print(f"data folder: {data.folder}")
@@ -87,7 +91,7 @@ def corpus_show(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -
     s = _load(setting)
     path = cache_root(cache_dir) / "data" / s.data_hash() / "manifest.json"
     if not path.exists():
-        console.print(f"[red]not built yet: run `mixagent corpus build --setting {setting}`[/red]")
+        _error(f"not built yet: run `mixagent corpus build --setting {setting}`")
         raise typer.Exit(1)
     _manifest_table(s, json.loads(path.read_text()))
 
@@ -122,7 +126,7 @@ def env_rollout(
     from mixagent.trajectories.contract import SOURCE_FIELD  # noqa: PLC0415
 
     if not 0.0 <= target_share <= 1.0:
-        console.print(f"[red]--target-share: must be within [0, 1], got {target_share}[/red]")
+        _error(f"--target-share: must be within [0, 1], got {target_share}")
         raise typer.Exit(2)
     s = _load(setting)
     env = DataMixingEnv(s, cache_dir=cache_dir, progress=True)
@@ -139,14 +143,15 @@ def env_rollout(
 
     def row(info) -> None:  # type: ignore[no-untyped-def]
         fb = info["feedback"]
+        secs = env.last_stage_seconds
         t.add_row(
             str(info["t"]),
             str(fb["step"]),
             *[f"{fb['field_scores'][f]:.4f}" for f in space.fields],
             f"{info['balanced_score']:+.4f}",
             f"{info['train_loss']:.3f}",
-            f"{info['train_seconds']:.2f}",
-            f"{info['eval_seconds']:.2f}",
+            f"{secs['train']:.2f}",
+            f"{secs['eval']:.2f}",
         )
 
     row(info)

@@ -60,9 +60,10 @@ class DataMixingEnv(gym.Env):
     Never terminates; truncates after ``cpt.horizon`` decisions (the token budget is spent).
 
     ## Info
-    ``feedback`` (raw :class:`~mixagent.trajectories.contract.Feedback`), ``weights``,
-    ``balanced_score``, ``train_loss``, ``train_seconds``, ``eval_seconds``. :attr:`history` holds
-    the raw history of the episode.
+    ``t``, ``feedback`` (raw :class:`~mixagent.trajectories.contract.Feedback`), ``weights``,
+    ``balanced_score``, ``train_loss``: deterministic for a seed. Wall times are not, so they live
+    in :attr:`last_stage_seconds` (``{"train": s, "eval": s}``), not in ``info``.
+    :attr:`history` holds the raw history of the episode.
 
     ## Arguments
     ``setting``: a :class:`Setting`, a path to a YAML/TOML setting, or None for the default
@@ -99,6 +100,7 @@ class DataMixingEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(n,), dtype=np.float32)
         self._history: History | None = None
         self._t = 0
+        self.last_stage_seconds: dict[str, float] = {"train": 0.0, "eval": 0.0}
 
     # ----- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -108,8 +110,8 @@ class DataMixingEnv(gym.Env):
         feedback = self.backend.evaluate()
         self._history = History(space=self.space, feedback=[feedback])
         self._t = 0
-        info = self._get_info(train_loss=float("nan"), train_s=0.0, eval_s=time.perf_counter() - t0)
-        return self._get_obs(), info
+        self.last_stage_seconds = {"train": 0.0, "eval": time.perf_counter() - t0}
+        return self._get_obs(), self._get_info(train_loss=float("nan"))
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         a = np.asarray(action, dtype=np.float32)
@@ -144,8 +146,8 @@ class DataMixingEnv(gym.Env):
         b = balanced_scores(self._history, self.setting.objective)
         reward = float(b[-1] - b[-2])
         truncated = self._t >= self.horizon
-        info = self._get_info(train_loss=train_loss, train_s=t1 - t0, eval_s=t2 - t1)
-        return self._get_obs(), reward, False, truncated, info
+        self.last_stage_seconds = {"train": t1 - t0, "eval": t2 - t1}
+        return self._get_obs(), reward, False, truncated, self._get_info(train_loss=train_loss)
 
     # ----- helpers -------------------------------------------------------------------------------
     @property
@@ -159,7 +161,7 @@ class DataMixingEnv(gym.Env):
         assert self._history is not None
         return encode(self._history, self.horizon, self.setting.action)
 
-    def _get_info(self, *, train_loss: float, train_s: float, eval_s: float) -> dict[str, Any]:
+    def _get_info(self, *, train_loss: float) -> dict[str, Any]:
         assert self._history is not None
         b = balanced_scores(self._history, self.setting.objective)
         return {
@@ -168,6 +170,4 @@ class DataMixingEnv(gym.Env):
             "weights": self._history.weights[-1].as_dict(self.space) if self._history.weights else None,
             "balanced_score": float(b[-1]),
             "train_loss": train_loss,
-            "train_seconds": train_s,
-            "eval_seconds": eval_s,
         }

@@ -306,6 +306,31 @@ def _read_document(path: Path) -> dict[str, Any]:
     return data
 
 
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge key by key, anything else is replaced; a
+    mapping whose ``kind`` changes (another model or source type) replaces the old one whole."""
+    out = dict(base)
+    for k, v in override.items():
+        old = out.get(k)
+        mergeable = isinstance(v, dict) and isinstance(old, dict) and v.get("kind", old.get("kind")) == old.get("kind")
+        out[k] = _deep_merge(old, v) if mergeable else v  # type: ignore[arg-type]
+    return out
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A setting may say ``extends: other.yaml`` (relative to itself) and override only what differs."""
+    path = path.resolve()
+    if path in seen:
+        raise SettingError(f"{path}: 'extends' forms a cycle through {[str(p) for p in seen]}")
+    data = _read_document(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SettingError(f"{path}: extends: expected a file name, got {parent!r}")
+    return _deep_merge(_read_with_extends(path.parent / parent, (*seen, path)), data)
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid setting"]
     for e in err.errors():
@@ -313,15 +338,17 @@ def _format_errors(source: str, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         value = e.get("input")
         shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
-        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
+        lines.append(f"  {loc}: {msg}{shown}" if loc else f"  {msg}")
     return "\n".join(lines)
 
 
 def load_setting(source: str | Path | dict[str, Any] | Setting | None = None) -> Setting:
     """Load and validate a setting from a YAML/TOML file, a mapping, or return it as is.
 
-    ``None`` loads the default setting (:data:`DEFAULT_SETTING`). Relative ``files`` roots are
-    resolved against the setting file's folder.
+    ``None`` loads the default setting (:data:`DEFAULT_SETTING`); a bare name loads
+    ``configs/<name>.yaml``. ``extends: base.yaml`` inherits another file and overrides only the
+    keys given (mappings merge, lists are replaced). Relative ``files`` roots are resolved against
+    the setting file's folder.
     """
     if isinstance(source, Setting):
         return source
@@ -333,7 +360,7 @@ def load_setting(source: str | Path | dict[str, Any] | Setting | None = None) ->
         path = Path(source)
         if not path.exists() and not path.suffix and (CONFIGS_DIR / f"{path}.yaml").exists():
             path = CONFIGS_DIR / f"{path}.yaml"  # allow `--setting math-tiny`
-        data, where, base = _read_document(path), str(path), path.resolve().parent
+        data, where, base = _read_with_extends(path), str(path), path.resolve().parent
     try:
         setting = Setting.model_validate(data)
     except ValidationError as e:

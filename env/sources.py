@@ -270,11 +270,11 @@ def split_documents(text: str, doc_chars: int, min_chars: int) -> list[str]:
             if buf:
                 pieces.append(buf)
         for piece in pieces:
-            cur.append(piece)
-            size += len(piece) + 2
-            if size >= doc_chars:
+            if cur and size + len(piece) > doc_chars:
                 docs.append("\n\n".join(cur))
                 cur, size = [], 0
+            cur.append(piece)
+            size += len(piece) + 2
     if cur:
         docs.append("\n\n".join(cur))
     return [d for d in docs if len(d.strip()) >= min_chars]

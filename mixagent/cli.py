@@ -8,6 +8,7 @@ import typer
 
 from mixagent import __version__
 from mixagent.env.cli import configure_logging, corpus_app, env_app
+from mixagent.trajectories.cli import trajectories_app
 
 app = typer.Typer(
     name="mixagent",
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(env_app, name="env")
+app.add_typer(trajectories_app, name="trajectories")
 
 
 @app.callback()

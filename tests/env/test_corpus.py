@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mixagent.env.corpus import CorpusError, build_corpus, read_documents
+from mixagent.env.data import prepare_data
+from mixagent.env.setting import load_setting
+from mixagent.env.sources import SourceError, open_source, split_documents
+from mixagent.env.setting import DebSource
+from tests.conftest import tiny_setting_dict
+
+
+def test_split_documents_cuts_at_blank_lines_and_drops_stubs():
+    text = "\n\n".join(f"para {i} " + "x" * 90 for i in range(10)) + "\n\nshort"
+    docs = split_documents(text, doc_chars=250, min_chars=50)
+    assert len(docs) == 5  # two 98-char paragraphs fit in 250 characters, three do not
+    assert all(d.startswith("para") and len(d) <= 250 for d in docs)
+    assert "short" in docs[-1]  # the tail joins the last document rather than being lost
+    long_para = "\n".join("line " + "y" * 50 for _ in range(100))
+    assert max(len(d) for d in split_documents(long_para, 500, 10)) <= 500
+
+
+def test_corpus_is_split_per_document_deduplicated_and_cached(tmp_path, corpus_root):
+    # Duplicate a file into another domain and inside its own domain: each document is kept once.
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus_root, root)
+    shutil.copy(root / "src_a" / "doc000.txt", root / "src_a" / "dup.txt")
+    shutil.copy(root / "src_a" / "doc001.txt", root / "tgt_b" / "stolen.txt")
+    setting = load_setting(tiny_setting_dict(root))
+    cache = tmp_path / "cache"
+    folder = build_corpus(setting, cache)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sum(e["duplicates_dropped"] for e in manifest["domains"]) >= 2
+    all_docs: list[str] = []
+    for e in manifest["domains"]:
+        train = read_documents(folder / f"{e['domain']}.train.jsonl")
+        held = read_documents(folder / f"{e['domain']}.heldout.jsonl")
+        assert not set(train) & set(held), "a document is in both splits"
+        assert e["train_docs"] == len(train) and e["heldout_docs"] == len(held) > 0
+        assert e["train_bytes"] == sum(len(d.encode()) for d in train)
+        assert len(e["train_sha256"]) == 64 and e["source_kind"] == "files"
+        all_docs += train + held
+    assert len(all_docs) == len(set(all_docs)), "a duplicate survived"
+    # Cached: a second build touches nothing.
+    mtime = (folder / "manifest.json").stat().st_mtime_ns
+    messages: list[str] = []
+    assert build_corpus(setting, cache, messages.append) == folder
+    assert (folder / "manifest.json").stat().st_mtime_ns == mtime
+    assert messages and "cached" in messages[0]
+
+
+def test_tokens_and_manifest(tiny_setting, cache_dir):
+    data = prepare_data(tiny_setting, cache_dir)
+    assert data.vocab_size == 300
+    for e in data.manifest["domains"]:
+        name = e["domain"]
+        assert e["train_tokens"] == data.train[name].size > 1000
+        assert e["heldout_tokens"] == data.heldout[name].size > 0
+        assert data.train[name].dtype == np.uint16
+        assert data.train[name].max() < data.vocab_size
+        assert (data.train[name] == data.eos_id).sum() == e["train_docs"]  # one EOS per document
+    assert (data.folder / "tokenizer.json").exists()
+
+
+def test_missing_package_is_named(tmp_path):
+    if shutil.which("apt-get") is None:
+        pytest.skip("needs apt-get")
+    with pytest.raises(SourceError, match="package mixagent-no-such-package-xyz"):
+        open_source(DebSource(package="mixagent-no-such-package-xyz", include=("*",)), tmp_path)
+
+
+def test_empty_source_folder_is_named(tmp_path, corpus_root):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    d = tiny_setting_dict(corpus_root)
+    d["corpus"]["domains"]["tgt_b"] = {"kind": "files", "root": str(empty)}
+    with pytest.raises(SourceError, match=f"no file under {empty}"):
+        build_corpus(load_setting(d), tmp_path / "cache")
+
+
+def test_domain_without_heldout_documents_is_an_error(tmp_path, corpus_root):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.txt").write_text("word " * 100)
+    d = tiny_setting_dict(corpus_root)
+    d["corpus"]["domains"]["tgt_b"] = {"kind": "files", "root": str(one)}
+    with pytest.raises(CorpusError, match="domain tgt_b"):
+        build_corpus(load_setting(d), tmp_path / "cache")
