@@ -19,7 +19,7 @@ from mixagent.env.data import DomainTokens
 from mixagent.env.setting import CPTSpec, EvalSpec
 from mixagent.trajectories.contract import DomainSpace, Feedback
 
-__all__ = ["get_lr", "TokenSampler", "EvalSet", "CPTBackend"]
+__all__ = ["get_lr", "make_optimizer", "TokenSampler", "EvalSet", "CPTBackend"]
 
 
 def get_lr(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -30,6 +30,18 @@ def get_lr(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -
         return lr * min_ratio
     progress = (step - warmup) / max(1, total - warmup)
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: Any, cpt: CPTSpec) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not on norms and biases), as in nanoGPT."""
+    decay, no_decay = [], []
+    for p in {id(p): p for p in model.parameters()}.values():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cpt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cpt.lr,
+        betas=(cpt.beta1, cpt.beta2),
+    )
 
 
 class TokenSampler:
@@ -109,14 +121,7 @@ class CPTBackend:
 
     # ----- state ---------------------------------------------------------------------------------
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for p in {id(p): p for p in self.model.parameters()}.values():
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.cpt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cpt.lr,
-            betas=(self.cpt.beta1, self.cpt.beta2),
-        )
+        return make_optimizer(self.model, self.cpt)
 
     def reset(self, seed: int) -> None:
         """Restore the base weights from memory, a fresh optimizer, step 0, and a seeded sampler."""

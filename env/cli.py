@@ -137,8 +137,8 @@ def env_rollout(
     p = space.priors()
     weights = (fm.T @ shares) * p / (fm.T @ (fm @ p))
     _, info = env.reset(seed=seed)
-    t = Table(title=f"{s.name}: constant target share {target_share} (seed {seed})")
-    for col in ("t", "step", *[f"score/{f}" for f in space.fields], "balanced", "train loss", "train s", "eval s"):
+    t = Table(title=f"{s.name}: constant target share {target_share} (seed {seed}); field scores in nats/token")
+    for col in ("t", "step", *space.fields, "balanced", "train loss", "train s", "eval s"):
         t.add_column(col, justify="right")
 
     def row(info) -> None:  # type: ignore[no-untyped-def]
