@@ -18,6 +18,9 @@ app = typer.Typer(
 )
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(env_app, name="env")
+from mixagent.service.cli import register as _register_service  # noqa: E402
+
+_register_service(app)
 app.add_typer(trajectories_app, name="trajectories")
 
 

@@ -1,0 +1,252 @@
+"""The HTTP routes, one router per resource: ``/v1/runs``, ``/v1/policies``, ``/v1/trajectories``
+and the ops routes (``/healthz``, ``/readyz``, ``/metrics``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import text
+
+from mixagent.agent.policy import ArtifactError
+from mixagent.service.deps import AdminDep, CallerDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
+from mixagent.service.errors import Unprocessable
+from mixagent.service.export import export_trajectories
+from mixagent.service.registry import PolicyEntry, PolicyRegistry
+from mixagent.service.runs import RunState, StoredDecision
+from mixagent.service.schemas import (
+    DecisionPublic,
+    DecisionRecord,
+    DomainPublic,
+    ErrorPublic,
+    FeedbackIn,
+    HealthPublic,
+    PoliciesPublic,
+    PolicyLoad,
+    PolicyPublic,
+    ReadyPublic,
+    RunCreate,
+    RunCreated,
+    RunPublic,
+    RunsPublic,
+    RunSummary,
+)
+
+__all__ = ["runs_router", "policies_router", "trajectories_router", "ops_router", "ROUTERS"]
+
+_ERRORS = {
+    401: "Missing or invalid bearer token.",
+    403: "The route needs an admin token.",
+    404: "No such run for this token.",
+    409: "The step conflicts with the run's recorded history.",
+    413: "The request body is too large.",
+    422: "The input breaks the schema or the run's domain space.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries of the error responses a route can give (all carry :class:`ErrorPublic`)."""
+    return {c: {"model": ErrorPublic, "description": _ERRORS[c]} for c in codes}
+
+
+# ===== /v1/runs ==================================================================================
+runs_router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+RunId = Annotated[str, Path(min_length=1, max_length=64, description="The id returned by create run.")]
+
+
+def _decision_public(state: RunState, d: StoredDecision, replayed: bool) -> DecisionPublic:
+    return DecisionPublic(
+        run_id=state.id, decision_id=d.decision_id, step=d.step, t=d.seq,
+        weights=d.weights.as_dict(state.space), policy=state.policy_name,
+        policy_version=state.policy_version, done=d.seq >= state.horizon, replayed=replayed,
+    )
+
+
+@runs_router.post("", status_code=201, response_model=RunCreated, responses=errors(401, 413, 422))
+def create_run(body: RunCreate, caller: CallerDep, store: StoreDep, response: Response) -> RunCreated:
+    """Create a run; returns its id and the mixture to train on until the first decision."""
+    state = store.create_run(owner=caller.principal, req=body)
+    response.headers["Location"] = f"/v1/runs/{state.id}"
+    return RunCreated(
+        run_id=state.id, mixture_id=state.initial_mixture_id, weights=state.initial_weights.as_dict(state.space),
+        policy=state.policy_name, policy_version=state.policy_version, horizon=state.horizon,
+        interval=state.interval, created_at=state.created_at,
+    )
+
+
+@runs_router.get("", response_model=RunsPublic, responses=errors(401, 422))
+def list_runs(
+    caller: CallerDep,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> RunsPublic:
+    """List this token's runs, oldest first."""
+    rows, total = store.list(owner=caller.principal, limit=limit, offset=offset)
+    data = [
+        RunSummary(
+            run_id=r.id, created_at=r.created_at, policy=r.policy_name, policy_version=r.policy_version,
+            horizon=r.horizon, interval=r.interval, decisions=n, done=n >= r.horizon + 1,
+        )
+        for r, n in rows
+    ]
+    return RunsPublic(data=data, count=total)
+
+
+@runs_router.get("/{run_id}", response_model=RunPublic, responses=errors(401, 404, 422))
+def get_run(run_id: RunId, caller: CallerDep, store: StoreDep) -> RunPublic:
+    """A run with its full history: the initial mixture and every decision."""
+    state = store.read(owner=caller.principal, run_id=run_id)
+    names = state.space.names
+    return RunPublic(
+        run_id=state.id, created_at=state.created_at, policy=state.policy_name,
+        policy_version=state.policy_version, horizon=state.horizon, interval=state.interval,
+        decisions=len(state.decisions), done=state.done,
+        domains=[DomainPublic(name=d.name, field=d.field, prior=d.prior) for d in state.space.domains],
+        setting_name=str(state.meta.get("setting_name", "")), model=str(state.meta.get("model", "")),
+        seed=int(state.meta.get("seed", 0)),
+        initial_mixture_id=state.initial_mixture_id, initial_weights=state.initial_weights.as_dict(state.space),
+        history=[
+            DecisionRecord(
+                step=d.step, tokens_seen=d.feedback.tokens_seen, field_scores=dict(d.feedback.field_scores),
+                domain_losses={n: d.feedback.domain_losses[n] for n in names}, trained_on=d.mixture_id,
+                decision_id=d.decision_id, weights=d.weights.as_dict(state.space), received_at=d.created_at,
+            )
+            for d in state.decisions
+        ],
+    )
+
+
+@runs_router.post("/{run_id}/feedback", response_model=DecisionPublic, responses=errors(401, 404, 409, 413, 422))
+def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, store: StoreDep) -> DecisionPublic:
+    """Report the evaluation at a step; returns the next weights (idempotent per step).
+
+    A retry of a recorded step with the same body returns the stored decision (``replayed``);
+    another body for a recorded step, or a step that does not come after the last, is a 409.
+    """
+    state, decision, replayed = store.post_feedback(owner=caller.principal, run_id=run_id, fb=body)
+    return _decision_public(state, decision, replayed)
+
+
+# ===== /v1/policies ==============================================================================
+policies_router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+
+def _policy_public(registry: PolicyRegistry, e: PolicyEntry) -> PolicyPublic:
+    doc = e.card.description if e.card else (type(e.policy(1)).__doc__ or "").strip().split("\n")[0]
+    return PolicyPublic(
+        name=e.name, version=e.version, kind=e.kind, rule=e.rule, params=e.params,  # type: ignore[arg-type]
+        description=doc, current=registry.is_current(e),
+        default=e.name == registry.default_name and registry.is_current(e),
+        encoder_version=e.card.encoder_version if e.card else None, loaded_at=e.loaded_at,
+    )
+
+
+@policies_router.get("", response_model=PoliciesPublic, responses=errors(401))
+def list_policies(_: CallerDep, registry: RegistryDep) -> PoliciesPublic:
+    """Every loaded policy version; ``current`` marks what new runs get."""
+    data = [_policy_public(registry, e) for e in registry.entries()]
+    return PoliciesPublic(data=data, count=len(data))
+
+
+@policies_router.post("/load", status_code=201, response_model=PolicyPublic, responses=errors(401, 403, 413, 422))
+def load_policy(
+    body: PolicyLoad, _: AdminDep, registry: RegistryDep, settings: SettingsDep, store: StoreDep,
+    metrics: MetricsDep,
+) -> PolicyPublic:
+    """Load a policy artifact folder (under ``policy_dir``) without a restart; running runs keep
+    their version. An invalid artifact is refused (422) and the service keeps serving."""
+    if settings.policy_dir is None:
+        raise Unprocessable("path: this service has no policy_dir (MIXAGENT_POLICY_DIR) to load from")
+    root = settings.policy_dir.resolve()
+    folder = (root / body.path).resolve()
+    if folder != root and root not in folder.parents:
+        raise Unprocessable(f"path: {body.path!r} lies outside the policy directory")
+    try:
+        entry = registry.load(folder)
+    except ArtifactError as e:
+        metrics.policy_load_failures.inc()
+        raise Unprocessable(f"path: artifact {body.path!r} refused: {e}") from None
+    metrics.policies_loaded.inc()
+    store.record_artifact(entry)
+    return _policy_public(registry, entry)
+
+
+# ===== /v1/trajectories ==========================================================================
+trajectories_router = APIRouter(prefix="/v1/trajectories", tags=["trajectories"])
+
+NDJSON = "application/x-ndjson"
+
+
+@trajectories_router.get(
+    "",
+    response_class=StreamingResponse,
+    responses={200: {"content": {NDJSON: {"schema": {"type": "string"}}},
+                     "description": "One Trajectory JSON object per line."}, **errors(401, 404, 422)},
+)
+def export(
+    caller: CallerDep,
+    store: StoreDep,
+    run_id: Annotated[list[str] | None, Query(max_length=1000, description="Only these runs.")] = None,
+    finished_only: Annotated[bool, Query(description="Skip runs that still expect feedback.")] = False,
+) -> StreamingResponse:
+    """Export runs as trajectories (this token's runs; every run for an admin token)."""
+    owner = None if caller.admin else caller.principal
+    # Materialise first so an unknown run id is a 404 rather than a broken stream.
+    lines = [t.model_dump_json() + "\n" for t in export_trajectories(
+        store, owner=owner, run_ids=run_id, finished_only=finished_only)]
+
+    def body() -> Iterator[str]:
+        yield from lines
+
+    return StreamingResponse(body(), media_type=NDJSON)
+
+
+# ===== ops =======================================================================================
+ops_router = APIRouter(tags=["ops"])
+
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@ops_router.get("/healthz", response_model=HealthPublic)
+def healthz() -> HealthPublic:
+    """The process is up."""
+    return HealthPublic(status="ok")
+
+
+@ops_router.get("/readyz", response_model=ReadyPublic,
+                responses={503: {"model": ReadyPublic, "description": "Not ready."}})
+def readyz(registry: RegistryDep, store: StoreDep) -> JSONResponse:
+    """Ready when the default policy is loaded and the database answers."""
+    name = registry.default_name
+    why = ""
+    try:
+        registry.get(name)
+        loaded = True
+    except Exception as e:  # noqa: BLE001 - readiness reports, never raises
+        loaded, why = False, str(e)
+    try:
+        with store.sessions() as s:
+            s.execute(text("SELECT 1"))
+        db = True
+    except Exception as e:  # noqa: BLE001
+        db, why = False, why or f"database: {type(e).__name__}"
+    ok = loaded and db
+    body = ReadyPublic(status="ready" if ok else "not ready", default_policy=name, policy_loaded=loaded,
+                       database=db, detail=why)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@ops_router.get("/metrics", response_class=Response,
+                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                 "description": "Prometheus text format."}})
+def metrics(m: MetricsDep) -> Response:
+    """Prometheus metrics: requests and latency by route and status, decisions, active runs,
+    policy load failures."""
+    return Response(m.render(), media_type=PROMETHEUS)
+
+
+ROUTERS = (runs_router, policies_router, trajectories_router, ops_router)

@@ -1,0 +1,74 @@
+"""Dependencies of the routes: the caller (from its bearer token) and the app's components."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from mixagent.service.config import Settings, principal_of
+from mixagent.service.errors import Forbidden, Unauthorized
+from mixagent.service.metrics import Metrics
+from mixagent.service.registry import PolicyRegistry
+from mixagent.service.runs import RunStore
+
+__all__ = ["Caller", "CallerDep", "AdminDep", "StoreDep", "RegistryDep", "SettingsDep", "MetricsDep"]
+
+_bearer = HTTPBearer(auto_error=False, description="A token from MIXAGENT_TOKENS or MIXAGENT_ADMIN_TOKENS.")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: str
+    admin: bool
+
+
+def _matches(token: str, allowed: list[str]) -> bool:
+    return any(hmac.compare_digest(token.encode(), a.encode()) for a in allowed)
+
+
+def get_caller(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller:
+    settings: Settings = request.app.state.settings
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise Unauthorized("authorization: a bearer token is required (Authorization: Bearer <token>)", _CHALLENGE)
+    token = creds.credentials
+    admin = _matches(token, settings.admin_token_list)
+    if not admin and not _matches(token, settings.token_list):
+        raise Unauthorized("authorization: the bearer token is not valid", _CHALLENGE)
+    return Caller(principal=principal_of(token), admin=admin)
+
+
+def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if not caller.admin:
+        raise Forbidden("authorization: this route needs an admin token (MIXAGENT_ADMIN_TOKENS)")
+    return caller
+
+
+def get_store(request: Request) -> RunStore:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def get_registry(request: Request) -> PolicyRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[Caller, Depends(get_admin)]
+StoreDep = Annotated[RunStore, Depends(get_store)]
+RegistryDep = Annotated[PolicyRegistry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,62 @@
+"""SQLAlchemy tables. Rows hold JSON text of the contract types, so the wire and the trajectory
+export read the very numbers a trainer posted and a policy returned."""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Run", "Decision", "PolicyArtifact"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One trainer's run: its domain space, budget and the policy version it is pinned to."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    space_json: Mapped[str] = mapped_column(Text)
+    objective_json: Mapped[str] = mapped_column(Text)
+    meta_json: Mapped[str] = mapped_column(Text)
+    horizon: Mapped[int] = mapped_column(Integer)
+    interval: Mapped[int] = mapped_column(Integer)
+    policy_name: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    initial_mixture_id: Mapped[str] = mapped_column(String(32))
+    initial_weights_json: Mapped[str] = mapped_column(Text)
+
+
+class Decision(Base):
+    """The answer to one feedback: ``seq`` orders a run's decisions; ``(run, step)`` is unique, so a
+    retried or racing post can never record a second decision for the same step."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_decision_run_step"),)
+
+    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    decision_id: Mapped[str] = mapped_column(String(32), unique=True)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    feedback_json: Mapped[str] = mapped_column(Text)
+    mixture_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    weights_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class PolicyArtifact(Base):
+    """An artifact loaded through the admin route; replicas and restarts reload it from ``path``."""
+
+    __tablename__ = "policy_artifacts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    card_json: Mapped[str] = mapped_column(Text)
+    loaded_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,388 @@
+"""Runs and their decisions: the rules of the feedback loop, on top of the database.
+
+The rules (ARCHITECTURE.md, "The loop it serves"):
+
+* The first feedback of a run (normally step 0, before training) becomes ``history.feedback[0]``,
+  the reference for relative gains. Each feedback is answered with the next weights, which become
+  the next ``history.weights`` entry. The initial weights of "create run" are stored on the run.
+* Steps strictly increase. A retry of a recorded step with the same payload returns the stored
+  decision; a different payload for a recorded step is a conflict.
+* A feedback may say which mixture it trained on (``mixture_id``); when that is an earlier mixture
+  (the trainer missed a decision, e.g. while the service was unreachable), the history records the
+  mixture really trained on, so exported trajectories stay truthful.
+* A run takes ``horizon + 1`` feedbacks; the last one is answered with ``done = true``.
+
+A decision is acknowledged only after its row is committed. Each process caches the state of the
+runs it serves; a decision written meanwhile by another replica surfaces as a unique-key conflict
+on insert, after which the run is reloaded from the database and the rules applied again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mixagent.service.errors import Conflict, NotFound, Unprocessable
+from mixagent.service.metrics import Metrics
+from mixagent.service.models import Decision, PolicyArtifact, Run
+from mixagent.service.registry import PolicyEntry, PolicyRegistry
+from mixagent.service.schemas import FeedbackIn, RunCreate
+from mixagent.trajectories.contract import (
+    ContractError,
+    DomainSpace,
+    Feedback,
+    History,
+    Objective,
+    Weights,
+    stable_hash,
+)
+
+__all__ = ["RunStore", "RunState", "StoredDecision"]
+
+CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    seq: int
+    step: int
+    decision_id: str
+    payload_hash: str
+    feedback: Feedback
+    mixture_id: str | None
+    weights: Weights
+    created_at: float
+
+
+@dataclass
+class RunState:
+    id: str
+    owner: str
+    created_at: float
+    space: DomainSpace
+    objective: Objective
+    meta: dict[str, Any]
+    horizon: int
+    interval: int
+    policy: PolicyEntry | None
+    policy_name: str
+    policy_version: str
+    initial_mixture_id: str
+    initial_weights: Weights
+    decisions: list[StoredDecision] = field(default_factory=list)
+    history: History | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return len(self.decisions) >= self.horizon + 1
+
+    @property
+    def current_mixture_id(self) -> str:
+        return self.decisions[-1].decision_id if self.decisions else self.initial_mixture_id
+
+    def mixture(self, mixture_id: str) -> Weights | None:
+        if mixture_id == self.initial_mixture_id:
+            return self.initial_weights
+        for d in self.decisions:
+            if d.decision_id == mixture_id:
+                return d.weights
+        return None
+
+    def rebuild_history(self) -> History:
+        h = History(space=self.space)
+        for d in self.decisions:
+            self._append(h, d)
+        self.history = h
+        return h
+
+    def _append(self, h: History, d: StoredDecision) -> None:
+        if h.weights and d.mixture_id is not None:
+            trained = self.mixture(d.mixture_id)
+            if trained is not None:
+                h.weights[-1] = trained
+        h.record_feedback(d.feedback)
+        h.record_weights(d.weights)
+
+
+def _weights_json(w: Weights) -> str:
+    return json.dumps(list(w.values))
+
+
+def _weights_of(text: str) -> Weights:
+    return Weights(values=tuple(json.loads(text)))
+
+
+class RunStore:
+    def __init__(self, sessions: sessionmaker[Session], registry: PolicyRegistry, metrics: Metrics):
+        self.sessions = sessions
+        self.registry = registry
+        self.metrics = metrics
+        self._cache: OrderedDict[str, RunState] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # ----- create ------------------------------------------------------------------------------
+    def create_run(self, *, owner: str, req: RunCreate) -> RunState:
+        try:
+            space = req.space()
+            entry = self.registry.get(req.policy, req.policy_version)
+            entry.check_space(space)
+            policy = entry.policy(req.horizon)
+            initial = policy.initial_weights(space)
+        except ContractError as e:
+            raise Unprocessable(str(e)) from None
+        objective = Objective(**(req.objective.model_dump() if req.objective else {}))
+        meta = {"setting_name": req.setting_name, "model": req.model, "seed": req.seed}
+        state = RunState(
+            id=uuid.uuid4().hex, owner=owner, created_at=time.time(), space=space, objective=objective,
+            meta=meta, horizon=req.horizon, interval=req.interval, policy=entry,
+            policy_name=entry.name, policy_version=entry.version,
+            initial_mixture_id=uuid.uuid4().hex, initial_weights=initial,
+        )
+        state.history = History(space=space)
+        with self.sessions() as s:
+            s.add(Run(
+                id=state.id, owner=owner, created_at=state.created_at, space_json=space.model_dump_json(),
+                objective_json=objective.model_dump_json(), meta_json=json.dumps(meta),
+                horizon=req.horizon, interval=req.interval, policy_name=entry.name,
+                policy_version=entry.version, initial_mixture_id=state.initial_mixture_id,
+                initial_weights_json=_weights_json(initial),
+            ))
+            s.commit()
+        self._remember(state)
+        self.metrics.runs_created.labels(entry.name).inc()
+        return state
+
+    # ----- read --------------------------------------------------------------------------------
+    def _remember(self, state: RunState) -> None:
+        with self._cache_lock:
+            self._cache[state.id] = state
+            self._cache.move_to_end(state.id)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _forget(self, run_id: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(run_id, None)
+
+    def _load(self, run_id: str) -> RunState | None:
+        with self.sessions() as s:
+            row = s.get(Run, run_id)
+            if row is None:
+                return None
+            rows = s.scalars(select(Decision).where(Decision.run_id == run_id).order_by(Decision.seq)).all()
+        space = DomainSpace.model_validate_json(row.space_json)
+        state = RunState(
+            id=row.id, owner=row.owner, created_at=row.created_at, space=space,
+            objective=Objective.model_validate_json(row.objective_json), meta=json.loads(row.meta_json),
+            horizon=row.horizon, interval=row.interval,
+            policy=self.resolve_policy(row.policy_name, row.policy_version),
+            policy_name=row.policy_name, policy_version=row.policy_version,
+            initial_mixture_id=row.initial_mixture_id, initial_weights=_weights_of(row.initial_weights_json),
+            decisions=[
+                StoredDecision(
+                    seq=d.seq, step=d.step, decision_id=d.decision_id, payload_hash=d.payload_hash,
+                    feedback=Feedback.model_validate_json(d.feedback_json), mixture_id=d.mixture_id,
+                    weights=_weights_of(d.weights_json), created_at=d.created_at,
+                )
+                for d in rows
+            ],
+        )
+        state.rebuild_history()
+        return state
+
+    def get(self, *, owner: str | None, run_id: str) -> RunState:
+        """The run ``run_id`` of ``owner`` (any owner when None); 404 for others' runs too."""
+        with self._cache_lock:
+            state = self._cache.get(run_id)
+        if state is None:
+            state = self._load(run_id)
+            if state is not None:
+                self._remember(state)
+        if state is None or (owner is not None and state.owner != owner):
+            raise NotFound(f"run_id: no run {run_id!r} for this token")
+        return state
+
+    def read(self, *, owner: str | None, run_id: str) -> RunState:
+        """The run as the database holds it now, without touching the cache."""
+        state = self._load(run_id)
+        if state is None or (owner is not None and state.owner != owner):
+            raise NotFound(f"run_id: no run {run_id!r} for this token")
+        return state
+
+    def fresh(self, *, owner: str | None, run_id: str) -> RunState:
+        """Like :meth:`get` but read from the database (another replica may have written)."""
+        self._forget(run_id)
+        return self.get(owner=owner, run_id=run_id)
+
+    def list(self, *, owner: str | None, limit: int, offset: int) -> tuple[list[tuple[Run, int]], int]:
+        with self.sessions() as s:
+            q = select(Run)
+            if owner is not None:
+                q = q.where(Run.owner == owner)
+            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+            runs = s.scalars(q.order_by(Run.created_at, Run.id).offset(offset).limit(limit)).all()
+            counts = dict(
+                s.execute(
+                    select(Decision.run_id, func.count()).where(Decision.run_id.in_([r.id for r in runs]))
+                    .group_by(Decision.run_id)
+                ).all()
+            )
+        return [(r, int(counts.get(r.id, 0))) for r in runs], int(total)
+
+    def run_ids(self, *, owner: str | None) -> list[str]:
+        with self.sessions() as s:
+            q = select(Run.id).order_by(Run.created_at, Run.id)
+            if owner is not None:
+                q = q.where(Run.owner == owner)
+            return list(s.scalars(q).all())
+
+    def active_runs(self) -> int:
+        with self.sessions() as s:
+            n = select(func.count()).where(Decision.run_id == Run.id).scalar_subquery()
+            return int(s.scalar(select(func.count()).select_from(Run).where(n <= Run.horizon)) or 0)
+
+    # ----- policy artifacts ---------------------------------------------------------------------
+    def record_artifact(self, entry: PolicyEntry) -> None:
+        """Remember a loaded artifact so restarts and other replicas can load it again."""
+        assert entry.card is not None and entry.path is not None
+        with self.sessions() as s:
+            s.merge(PolicyArtifact(name=entry.name, version=entry.version, path=entry.path,
+                                   card_json=entry.card.model_dump_json(), loaded_at=entry.loaded_at))
+            s.commit()
+
+    def reload_artifacts(self) -> list[str]:
+        """Load every recorded artifact, oldest first (so the newest is current); returns refusals."""
+        with self.sessions() as s:
+            rows = s.scalars(select(PolicyArtifact).order_by(PolicyArtifact.loaded_at)).all()
+        errors = []
+        for row in rows:
+            try:
+                self.registry.load(row.path)
+            except ContractError as e:
+                errors.append(str(e))
+        return errors
+
+    def resolve_policy(self, name: str, version: str) -> PolicyEntry | None:
+        """The loaded entry, or the artifact another replica recorded (loaded without making it
+        current here)."""
+        entry = self.registry.find(name, version)
+        if entry is not None:
+            return entry
+        with self.sessions() as s:
+            row = s.get(PolicyArtifact, (name, version))
+        if row is None:
+            return None
+        try:
+            return self.registry.load(row.path, make_current=False)
+        except ContractError:
+            return None
+
+    # ----- feedback ----------------------------------------------------------------------------
+    def post_feedback(self, *, owner: str, run_id: str, fb: FeedbackIn) -> tuple[RunState, StoredDecision, bool]:
+        """Record ``fb`` and decide the next weights; returns (run, decision, replayed)."""
+        payload_hash = stable_hash(fb.model_dump())
+        state = self.get(owner=owner, run_id=run_id)
+        for attempt in range(3):
+            with state.lock:
+                result = self._decide(state, fb, payload_hash)
+            if result is not None:
+                return state, result[0], result[1]
+            # another writer got there first: reload and apply the rules again
+            state = self.fresh(owner=owner, run_id=run_id)
+        raise Conflict(f"step: concurrent writers kept conflicting on run {run_id!r}; retry")
+
+    def _decide(self, state: RunState, fb: FeedbackIn, payload_hash: str) -> tuple[StoredDecision, bool] | None:
+        for d in reversed(state.decisions):
+            if d.step == fb.step:
+                if d.payload_hash != payload_hash:
+                    raise Conflict(
+                        f"step: step {fb.step} of run {state.id} was already recorded with a different "
+                        "payload; a retry must resend the same feedback"
+                    )
+                self.metrics.replays.inc()
+                return d, True
+        if state.decisions and fb.step <= state.decisions[-1].step:
+            raise Conflict(
+                f"step: {fb.step} does not come after the last recorded step {state.decisions[-1].step} "
+                f"of run {state.id}; steps must strictly increase"
+            )
+        if state.done:
+            raise Conflict(
+                f"step: run {state.id} is done: it took its horizon+1 = {state.horizon + 1} feedbacks"
+            )
+        feedback = Feedback(step=fb.step, tokens_seen=fb.tokens_seen, field_scores=fb.field_scores,
+                            domain_losses=fb.domain_losses)
+        try:
+            feedback.check_space(state.space)
+        except ContractError as e:
+            raise Unprocessable(self._space_message(state.space, fb)) from e
+        trained: Weights | None = None
+        if fb.mixture_id is not None:
+            trained = state.mixture(fb.mixture_id)
+            if trained is None:
+                raise Conflict(f"mixture_id: {fb.mixture_id!r} is not a mixture of run {state.id}")
+        if state.policy is None:
+            state.policy = self.resolve_policy(state.policy_name, state.policy_version)
+            if state.policy is None:
+                raise Conflict(
+                    f"policy: run {state.id} is pinned to {state.policy_name}@{state.policy_version}, "
+                    "which this service has not loaded; load that artifact again"
+                )
+        history = state.history if state.history is not None else state.rebuild_history()
+        try:
+            if history.weights and trained is not None:
+                history.weights[-1] = trained
+            history.record_feedback(feedback)
+            weights = state.policy.policy(state.horizon).next_weights(state.space, history)
+            history.record_weights(weights)
+        except ContractError as e:
+            self._forget(state.id)
+            raise Unprocessable(str(e)) from None
+        except BaseException:
+            self._forget(state.id)
+            raise
+        stored = StoredDecision(
+            seq=len(state.decisions), step=fb.step, decision_id=uuid.uuid4().hex, payload_hash=payload_hash,
+            feedback=feedback, mixture_id=fb.mixture_id, weights=weights, created_at=time.time(),
+        )
+        try:
+            with self.sessions() as s:
+                s.add(Decision(
+                    run_id=state.id, seq=stored.seq, step=stored.step, decision_id=stored.decision_id,
+                    payload_hash=payload_hash, feedback_json=feedback.model_dump_json(),
+                    mixture_id=fb.mixture_id, weights_json=_weights_json(weights), created_at=stored.created_at,
+                ))
+                s.commit()
+        except IntegrityError:
+            self._forget(state.id)
+            return None
+        except BaseException:
+            self._forget(state.id)
+            raise
+        state.decisions.append(stored)
+        self.metrics.decisions.labels(state.policy_name, state.policy_version).inc()
+        return stored, False
+
+    @staticmethod
+    def _space_message(space: DomainSpace, fb: FeedbackIn) -> str:
+        parts = []
+        for what, got, want in (
+            ("field_scores", set(fb.field_scores), set(space.fields)),
+            ("domain_losses", set(fb.domain_losses), set(space.names)),
+        ):
+            missing, unknown = sorted(want - got), sorted(got - want)
+            if missing:
+                parts.append(f"{what}: missing {missing}")
+            if unknown:
+                parts.append(f"{what}: unknown {unknown}")
+        return "; ".join(parts) + f" (the run's fields are {list(space.fields)}, domains {list(space.names)})"

@@ -1,0 +1,125 @@
+"""Fixtures of the service tests: an app on a fresh SQLite file, its TestClient, tokens, helpers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TOKEN = "tok-alice"
+OTHER = "tok-bob"
+ADMIN = "tok-admin"
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+DOMAINS = [
+    {"name": "web", "field": "source", "prior": 3.0},
+    {"name": "code", "field": "source", "prior": 1.0},
+    {"name": "proofs", "field": "target", "prior": 1.0},
+]
+
+
+def run_body(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"domains": DOMAINS, "horizon": 4, "interval": 10}
+    body.update(over)
+    return body
+
+
+def feedback_body(step: int, t: int | None = None, **over: Any) -> dict[str, Any]:
+    """A plausible evaluation: target improves with steps, source forgets a little."""
+    t = step // 10 if t is None else t
+    body: dict[str, Any] = {
+        "step": step,
+        "tokens_seen": step * 4096,
+        "field_scores": {"source": -2.0 - 0.01 * t, "target": -4.0 + 0.2 * t},
+        "domain_losses": {"web": 2.0 + 0.01 * t, "code": 1.5 + 0.02 * t, "proofs": 4.0 - 0.2 * t},
+    }
+    body.update(over)
+    return body
+
+
+def make_settings(tmp_path: Path, **over: Any):  # type: ignore[no-untyped-def]
+    from mixagent.service.config import Settings
+
+    kw: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path / 'mixagent.db'}",
+        "tokens": f"{TOKEN},{OTHER}",
+        "admin_tokens": ADMIN,
+        "policy_dir": tmp_path / "policies",
+    }
+    kw.update(over)
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    return Settings(**kw)
+
+
+def write_card(root: Path, folder: str, **card: Any) -> Path:
+    d = root / folder
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "card.json").write_text(json.dumps(card))
+    return d
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return make_settings(tmp_path)
+
+
+@pytest.fixture()
+def app(settings):  # type: ignore[no-untyped-def]
+    from mixagent.service.main import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture()
+def client(app) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A real uvicorn server on a loopback port, in a thread (for client and integration tests)."""
+
+    def __init__(self, app: Any, port: int | None = None):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture()
+def server(app) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
+    with ServerThread(app) as s:
+        yield s
