@@ -31,7 +31,9 @@ from mixagent.service.schemas import (
     RunCreated,
     RunPublic,
     RunsPublic,
+    RunsQuery,
     RunSummary,
+    TrajectoriesQuery,
 )
 
 __all__ = ["runs_router", "policies_router", "trajectories_router", "ops_router", "ROUTERS"]
@@ -78,14 +80,9 @@ def create_run(body: RunCreate, caller: CallerDep, store: StoreDep, response: Re
 
 
 @runs_router.get("", response_model=RunsPublic, responses=errors(401, 422))
-def list_runs(
-    caller: CallerDep,
-    store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-) -> RunsPublic:
+def list_runs(caller: CallerDep, store: StoreDep, q: Annotated[RunsQuery, Query()]) -> RunsPublic:
     """List this token's runs, oldest first."""
-    rows, total = store.list(owner=caller.principal, limit=limit, offset=offset)
+    rows, total = store.list(owner=caller.principal, limit=q.limit, offset=q.offset)
     data = [
         RunSummary(
             run_id=r.id, created_at=r.created_at, policy=r.policy_name, policy_version=r.policy_version,
@@ -187,17 +184,12 @@ NDJSON = "application/x-ndjson"
     responses={200: {"content": {NDJSON: {"schema": {"type": "string"}}},
                      "description": "One Trajectory JSON object per line."}, **errors(401, 404, 422)},
 )
-def export(
-    caller: CallerDep,
-    store: StoreDep,
-    run_id: Annotated[list[str] | None, Query(max_length=1000, description="Only these runs.")] = None,
-    finished_only: Annotated[bool, Query(description="Skip runs that still expect feedback.")] = False,
-) -> StreamingResponse:
+def export(caller: CallerDep, store: StoreDep, q: Annotated[TrajectoriesQuery, Query()]) -> StreamingResponse:
     """Export runs as trajectories (this token's runs; every run for an admin token)."""
     owner = None if caller.admin else caller.principal
     # Materialise first so an unknown run id is a 404 rather than a broken stream.
     lines = [t.model_dump_json() + "\n" for t in export_trajectories(
-        store, owner=owner, run_ids=run_id, finished_only=finished_only)]
+        store, owner=owner, run_ids=q.run_id, finished_only=q.finished_only)]
 
     def body() -> Iterator[str]:
         yield from lines

@@ -4,9 +4,9 @@ forbid unknown fields, and carry their bounds in the OpenAPI schema."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from mixagent.trajectories.contract import Domain, DomainSpace
 
@@ -22,6 +22,8 @@ __all__ = [
     "RunPublic",
     "RunSummary",
     "RunsPublic",
+    "RunsQuery",
+    "TrajectoriesQuery",
     "PolicyPublic",
     "PoliciesPublic",
     "PolicyLoad",
@@ -38,6 +40,18 @@ MAX_DOMAINS = 256
 MAX_FIELDS = 32
 MAX_STEP = 2**53
 """Steps and token counts stay exact in every JSON client (JavaScript's safe integer range)."""
+
+def _integral(value: object) -> object:
+    """JSON Schema counts ``3.0`` as an integer; refuse what is not a number at all (bools, strings)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"Input should be an integer, not {type(value).__name__}")
+    return value
+
+
+def Int(ge: int, le: int) -> Any:  # noqa: N802 - a type factory
+    """An integer in ``[ge, le]``: ``3`` and ``3.0`` pass, ``3.5``, ``true`` and ``"3"`` do not."""
+    return Annotated[int, Field(ge=ge, le=le, strict=False), BeforeValidator(_integral)]
+
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
@@ -75,16 +89,16 @@ class RunCreate(_In):
     """A new run: its domain space, budget and policy."""
 
     domains: list[DomainIn] = Field(min_length=1, max_length=MAX_DOMAINS)
-    horizon: Annotated[int, Field(ge=1, le=100_000)] = Field(
+    horizon: Int(1, 100_000) = Field(
         description="Number of decisions after the first feedback (the run takes horizon+1 feedbacks)."
     )
-    interval: Annotated[int, Field(ge=1, le=10**9)] = Field(description="Optimizer steps per decision.")
+    interval: Int(1, 10**9) = Field(description="Optimizer steps per decision.")
     policy: Name | None = Field(default=None, description="Policy name; the service default when omitted.")
     policy_version: Name | None = Field(default=None, description="Pin a version; the current one when omitted.")
     objective: ObjectiveIn | None = None
     setting_name: Annotated[str, Field(min_length=1, max_length=128)] = "served"
     model: Annotated[str, Field(min_length=1, max_length=256)] = "unknown"
-    seed: Annotated[int, Field(ge=0, le=MAX_STEP)] = 0
+    seed: Int(0, MAX_STEP) = 0
 
     @model_validator(mode="after")
     def _unique_names(self) -> RunCreate:
@@ -126,8 +140,8 @@ class FeedbackIn(_In):
     (omitted: the service assumes its own last decision).
     """
 
-    step: Annotated[int, Field(ge=0, le=MAX_STEP)]
-    tokens_seen: Annotated[int, Field(ge=0, le=MAX_STEP)]
+    step: Int(0, MAX_STEP)
+    tokens_seen: Int(0, MAX_STEP)
     field_scores: dict[Name, Finite] = Field(min_length=1, max_length=MAX_FIELDS)
     domain_losses: dict[Name, Finite] = Field(min_length=1, max_length=MAX_DOMAINS)
     mixture_id: Id | None = None
@@ -185,6 +199,24 @@ class RunPublic(RunSummary):
     initial_mixture_id: str
     initial_weights: dict[str, float]
     history: list[DecisionRecord]
+
+
+class _Query(BaseModel):
+    """Query strings are text: lax parsing of numbers, but unknown parameters are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunsQuery(_Query):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    offset: Annotated[int, Field(ge=0, le=2**31)] = 0
+
+
+class TrajectoriesQuery(_Query):
+    run_id: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=1000, description="Only these runs."
+    )
+    finished_only: bool = Field(default=False, description="Skip runs that still expect feedback.")
 
 
 class RunsPublic(_Out):

@@ -65,6 +65,7 @@ def test_missing_fields_and_wrong_counts_are_422(client, rid):
         ({"step": False}, "body.step"),
         ({"step": "3"}, "body.step"),
         ({"step": 1.5}, "body.step"),
+        ({"step": [0]}, "body.step"),
         ({"step": -1}, "body.step"),
         ({"tokens_seen": True}, "body.tokens_seen"),
         ({"field_scores": {"source": False, "target": -1.0}}, "body.field_scores.source"),
@@ -120,3 +121,8 @@ def test_unknown_run_and_route(client):
     assert r.status_code == 404 and "no run '00000000000000000000000000000000'" in r.json()["detail"]
     assert client.get("/v1/nothing", headers=auth()).status_code == 404
     assert client.delete("/v1/runs", headers=auth()).status_code == 405
+
+
+def test_a_body_that_is_not_utf8_is_422(client, rid):
+    r = client.post(f"/v1/runs/{rid}/feedback", content=b"\xff\x12\xfe?O", headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: malformed JSON")
