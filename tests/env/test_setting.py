@@ -13,6 +13,8 @@ def test_default_setting_loads_and_has_at_least_8_domains():
     assert s.cpt.horizon >= 16
     assert load_setting("math-tiny") == s  # a name in configs/ works too
     assert load_setting(DEFAULT_SETTING).hash() == s.hash()
+    # Frozen: the committed trajectory dataset was generated with exactly this setting.
+    assert s.hash() == "1d5997c13a3c9cdd"
 
 
 def test_every_shipped_setting_validates():
