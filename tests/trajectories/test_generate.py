@@ -1,0 +1,164 @@
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from mixagent.trajectories.generate import GenerateConfig, GenerateError, generate, make_plan
+from mixagent.trajectories.schedules import BUILTIN_FAMILIES
+from mixagent.trajectories.storage import FileStore, RecordError, read_record
+
+from ..conftest import tiny_setting_dict
+
+
+def test_plan_is_deterministic_prefix_stable_and_covers_every_family(tiny_setting):
+    plan = make_plan(tiny_setting, n=30)
+    assert [p.trajectory_id for p in plan] == [p.trajectory_id for p in make_plan(tiny_setting, n=30)]
+    assert [p.trajectory_id for p in make_plan(tiny_setting, n=12)] == [p.trajectory_id for p in plan[:12]]
+    assert len({p.trajectory_id for p in plan}) == 30
+    assert {p.family for p in plan[: len(BUILTIN_FAMILIES)]} == set(BUILTIN_FAMILIES)
+    other = make_plan(tiny_setting.model_copy(update={"seed": 1}), n=3)  # another setting hash
+    assert not {p.trajectory_id for p in other} & {p.trajectory_id for p in plan}
+    assert make_plan(tiny_setting, n=3, seed=1)[0].trajectory_id != plan[0].trajectory_id
+
+
+def test_dataset_holds_the_plan_with_a_card(tiny_dataset, tiny_setting):
+    import json
+
+    store = FileStore(tiny_dataset)
+    plan = make_plan(tiny_setting, n=9)
+    assert store.list() == sorted(p.trajectory_id for p in plan)
+    card = json.loads((tiny_dataset / "card.json").read_text())
+    assert card["counts"] == {"trajectories": 9, "stages": 9 * 5, "feedbacks": 9 * 6}
+    assert card["families"] == dict.fromkeys(sorted(BUILTIN_FAMILIES), 1)
+    assert card["setting_hash"] == tiny_setting.hash() and card["model"].startswith("llama-1x32")
+    assert card["package_version"] and card["wall_time_s"]["total"] > 0
+    for stored in store.load_all():
+        hd = stored.trajectory.header
+        item = next(p for p in plan if p.trajectory_id == hd.trajectory_id)
+        assert (hd.schedule, hd.schedule_params, hd.seed) == (item.family, item.params, item.seed)
+        assert stored.trajectory.history.stages == tiny_setting.cpt.horizon
+
+
+def test_rerun_resumes_grows_and_refuses_another_plan(tiny_dataset, tiny_setting, cache_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, out)
+    before = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
+    # crash leftovers: a dead partial and a half-written temporary
+    (out / "partial").mkdir(exist_ok=True)
+    (out / "partial" / "cycle-000000000000.jsonl").write_text('{"record": "header"')
+    (out / "records" / ".x.jsonl.gz.tmp999").write_bytes(b"\x1f\x8b")
+    cfg = GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False)
+    report = generate(cfg, tiny_setting)
+    assert (report.generated, report.already_done) == (0, 9)
+    assert not (out / "records" / ".x.jsonl.gz.tmp999").exists() and not (out / "partial" / "cycle-000000000000.jsonl").exists()
+    report = generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    assert (report.generated, report.already_done) == (1, 9)
+    assert all((out / "records" / name).read_bytes() == data for name, data in before.items())
+    with pytest.raises(GenerateError, match=r"generate.json: families"):
+        generate(GenerateConfig(out=out, n=10, families=("constant",), progress=False), tiny_setting)
+    with pytest.raises(GenerateError, match=r"generate.json: setting_hash"):
+        generate(GenerateConfig(out=out, n=10, progress=False), tiny_setting.model_copy(update={"seed": 5}))
+
+
+def test_a_second_generator_is_locked_out(tiny_setting, tmp_path):
+    import fcntl
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    with open(out / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(GenerateError, match="another `trajectories generate`"):
+            generate(GenerateConfig(out=out, n=1, progress=False), tiny_setting)
+
+
+def _slow_setting_file(corpus_root, tmp_path):
+    """The tiny setting with longer stages, so that a kill lands inside a trajectory."""
+    d = tiny_setting_dict(corpus_root)
+    d["cpt"] = {**d["cpt"], "interval": 30, "horizon": 6}
+    path = tmp_path / "slow-tiny.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_kill_9_mid_run_then_rerun_loses_nothing_duplicates_nothing(corpus_root, cache_dir, tmp_path):
+    from mixagent.env.setting import load_setting
+
+    setting_file = _slow_setting_file(corpus_root, tmp_path)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mixagent.cli", "trajectories", "generate", "--setting", str(setting_file),
+           "--n", "4", "--out", str(out), "--threads", "1", "--no-progress"]
+    env = {**os.environ, "MIXAGENT_HOME": str(cache_dir)}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store = FileStore(out)
+    deadline = time.monotonic() + 180
+    in_flight = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        finished = store.list()
+        partials = [p for p in store.partial.glob("*.jsonl")] if store.partial.is_dir() else []
+        lines = {p: p.read_text().count("\n") for p in partials}
+        # in flight: header, start and 1-3 of its 6 stages written, so it cannot finish before the kill
+        busy = [p for p, n in lines.items() if 3 <= n <= 5 and p.name.removesuffix(".jsonl") not in finished]
+        if finished and busy:
+            os.killpg(proc.pid, signal.SIGKILL)
+            in_flight = busy[0]
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert in_flight is not None, f"never saw a finished record and a trajectory in flight: {proc.stderr.read()}"
+    assert proc.returncode == -signal.SIGKILL
+    finished = {p.name: p.read_bytes() for p in store.records.glob("*.jsonl.gz")}
+    assert 1 <= len(finished) < 4
+    assert in_flight.name.replace(".jsonl", ".jsonl.gz") not in finished
+    with pytest.raises(RecordError, match="truncated"):
+        read_record(in_flight)  # the partial is never a valid record
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    plan = make_plan(load_setting(setting_file), n=4)
+    assert store.list() == sorted(p.trajectory_id for p in plan)
+    for name, data in finished.items():  # finished before the kill: kept byte for byte
+        assert (store.records / name).read_bytes() == data
+    assert all(len(gzip.decompress(p.read_bytes()).splitlines()) == 6 + 3 for p in store.records.glob("*.gz"))
+    assert [s.trajectory.history.stages for s in store.load_all()] == [6] * 4
+    assert not store.partial_ids() and not store.stale_temporaries()
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_trajectories_as_one_process(tiny_dataset, tiny_setting, cache_dir, tmp_path):
+    out = tmp_path / "pool"
+    report = generate(GenerateConfig(out=out, n=4, workers=2, threads=1, cache_dir=cache_dir, progress=False),
+                      tiny_setting)
+    assert report.generated == 4
+    _assert_same_records(FileStore(out), FileStore(tiny_dataset))
+
+
+def _assert_same_records(a: FileStore, b: FileStore) -> None:
+    import numpy as np
+
+    for tid in a.list():
+        x, y = a.read(tid).trajectory, b.read(tid).trajectory
+        assert x.header == y.header
+        np.testing.assert_allclose(x.history.weight_matrix(), y.history.weight_matrix())
+        np.testing.assert_allclose(x.history.field_scores(), y.history.field_scores(), rtol=1e-5)
+
+
+@pytest.mark.ray
+def test_ray_executor_runs_the_same_plan_on_a_local_ray(tiny_dataset, tiny_setting, cache_dir, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    report = generate(
+        GenerateConfig(out=out, n=4, workers=2, threads=1, executor="ray", cache_dir=cache_dir, progress=False),
+        tiny_setting,
+    )
+    assert report.generated == 4
+    _assert_same_records(FileStore(out), FileStore(tiny_dataset))
+    again = generate(GenerateConfig(out=out, n=4, workers=2, threads=1, executor="ray", cache_dir=cache_dir,
+                                    progress=False), tiny_setting)
+    assert again.generated == 0

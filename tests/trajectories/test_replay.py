@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from mixagent.trajectories import ContractError, History, action_to_weights, balanced_scores, encode
+from mixagent.trajectories.replay import history_prefix, replay, replay_trajectory
+
+
+def test_replay_gives_one_transition_per_stage(trajectory):
+    tr = replay_trajectory(trajectory)
+    h, hd = trajectory.history, trajectory.header
+    n = h.stages
+    assert len(tr) == n
+    assert tr.observations.shape == tr.next_observations.shape == (n, len(encode(h, hd.horizon, hd.action)))
+    np.testing.assert_array_equal(tr.observations[1:], tr.next_observations[:-1])
+    np.testing.assert_array_equal(tr.next_observations[-1], encode(h, hd.horizon, hd.action))
+    # the observation before decision t sees exactly t mixtures
+    np.testing.assert_array_equal(tr.observations[2], encode(history_prefix(h, 2), hd.horizon, hd.action))
+    # rewards telescope to the final balanced score
+    assert tr.rewards.sum() == pytest.approx(balanced_scores(h, hd.objective)[-1], abs=1e-5)
+    assert tr.timeouts.tolist() == [False] * (n - 1) + [True] and not tr.terminals.any()
+
+
+def test_replay_uses_the_encoders_passed_in(trajectory):
+    seen = []
+
+    def enc(h: History) -> np.ndarray:
+        seen.append(len(h.feedback))
+        return np.array([len(h.weights)], dtype=float)
+
+    tr = replay(trajectory.history, enc, lambda w: w.as_array()[:1], lambda h: np.arange(h.stages, dtype=float))
+    assert seen == list(range(1, trajectory.history.stages + 2))
+    assert tr.observations[:, 0].tolist() == list(range(trajectory.history.stages))
+    assert tr.rewards.tolist() == list(range(trajectory.history.stages))
+    with pytest.raises(ContractError, match="expected 4 rewards"):
+        replay(trajectory.history, enc, lambda w: w.as_array(), lambda h: np.zeros(3))
+
+
+def test_behaviour_actions_reproduce_the_mixtures_of_a_real_dataset(tiny_dataset):
+    from mixagent.trajectories.storage import FileStore
+
+    for stored in FileStore(tiny_dataset).load_all():
+        t = stored.trajectory
+        tr = replay_trajectory(t)
+        for a, w in zip(tr.actions, t.history.weights, strict=True):
+            np.testing.assert_allclose(action_to_weights(a, t.header.space, t.header.action).as_array(),
+                                       w.as_array(), atol=1e-5)

@@ -1,0 +1,170 @@
+"""``mixagent trajectories …``: generate, validate and inspect datasets of mixing trajectories.
+
+Thin shells over :mod:`mixagent.trajectories.generate`, :mod:`.storage` and :mod:`.stats`; torch
+and matplotlib are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["trajectories_app"]
+
+console = Console()
+err_console = Console(stderr=True)
+trajectories_app = typer.Typer(
+    help="Generate, validate and inspect datasets of real mixing trajectories.", no_args_is_help=True
+)
+
+DirArg = Annotated[Path, typer.Argument(help="Dataset folder (holds records/ and card.json).")]
+
+
+@trajectories_app.command("generate")
+def generate_cmd(
+    setting: Annotated[str, typer.Option("--setting", "-s", help="Setting file (YAML/TOML) or a name in configs/.")],
+    n: Annotated[int, typer.Option("--n", help="Trajectories the folder should hold (the plan's first N).")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder (resumed when it exists).")],
+    workers: Annotated[int, typer.Option(help="Parallel workers, one env (model) each.")] = 1,
+    executor: Annotated[str, typer.Option(help="'local' (process pool) or 'ray'.")] = "local",
+    threads: Annotated[int, typer.Option(help="torch threads per worker (0: cores / workers).")] = 0,
+    families: Annotated[str, typer.Option(help="Comma-separated schedule families (default: all built-in).")] = "",
+    seed: Annotated[int, typer.Option(help="Base seed of the plan.")] = 0,
+    level: Annotated[str, typer.Option(help="'field' or 'domain' schedules (default: the setting's action level).")] = "",
+    ray_address: Annotated[str, typer.Option(help="Ray cluster address (default: start a local Ray).")] = "",
+    cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per trajectory).")] = True,
+    plugin: Annotated[list[str] | None, typer.Option(help="Module to import first (registers extra families).")] = None,
+) -> None:
+    """Run the behaviour schedules of the plan in the real env; resumes an existing folder."""
+    from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+    from mixagent.trajectories.generate import GenerateConfig, GenerateError, generate  # noqa: PLC0415
+    from mixagent.trajectories.schedules import BUILTIN_FAMILIES  # noqa: PLC0415
+
+    if executor not in ("local", "ray"):
+        err_console.print(f"[red]--executor: must be 'local' or 'ray', got {executor!r}[/red]")
+        raise typer.Exit(2)
+    if level not in ("", "field", "domain"):
+        err_console.print(f"[red]--level: must be 'field' or 'domain', got {level!r}[/red]")
+        raise typer.Exit(2)
+    try:
+        s = load_setting(setting)
+    except SettingError as e:
+        err_console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    fams = tuple(f.strip() for f in families.split(",") if f.strip()) or BUILTIN_FAMILIES
+    cfg = GenerateConfig(
+        out=out, n=n, families=fams, seed=seed, level=level or None, workers=workers, threads=threads,  # type: ignore[arg-type]
+        executor=executor, ray_address=ray_address or None, cache_dir=cache_dir, progress=progress,  # type: ignore[arg-type]
+        plugins=tuple(plugin or ()),
+    )
+    try:
+        report = generate(cfg, s)
+    except (GenerateError, ContractError) as e:
+        err_console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    per = report.seconds_per_trajectory
+    mean = f"; {sum(per) / len(per):.1f} s per trajectory" if per else ""
+    console.print(
+        f"{report.out}: {report.already_done + report.generated}/{report.planned} planned trajectories finished "
+        f"({report.generated} now, {report.already_done} before) in {report.wall_s:.0f} s{mean}"
+    )
+
+
+def _bad(problems: list[str], message: str) -> None:
+    problems.append(message)
+    typer.echo(f"BAD {message}", err=True)
+
+
+@trajectories_app.command("validate")
+def validate_cmd(directory: DirArg) -> None:
+    """Check every record (exit 1 and one message per bad file); in-progress records are listed."""
+    from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
+    from mixagent.trajectories.storage import FileStore, RecordError  # noqa: PLC0415
+
+    if not directory.is_dir():
+        err_console.print(f"[red]{directory}: not a folder[/red]")
+        raise typer.Exit(2)
+    store = FileStore(directory)
+    bad, good = [], []
+    for r in store.iter_checked():
+        if isinstance(r, RecordError):
+            _bad(bad, str(r))
+        else:
+            good.append(r)
+    for pid in store.partial_ids():
+        typer.echo(f"in progress (not accepted): {store.partial / (pid + '.jsonl')}")
+    for tmp in store.stale_temporaries():
+        typer.echo(f"crash leftover (ignored, removed by the next generate): {tmp}")
+    pinned_path = directory / "generate.json"
+    if pinned_path.exists():
+        try:
+            pinned = json.loads(pinned_path.read_text()).get("setting_hash")
+        except ValueError as e:
+            _bad(bad, f"{pinned_path}: unreadable ({e})")
+            pinned = None
+        for r in good:
+            if pinned and r.trajectory.header.setting_hash != pinned:
+                _bad(bad, f"{r.path}: header.setting_hash {r.trajectory.header.setting_hash} is not the "
+                          f"folder's setting {pinned} ({pinned_path})")
+    card_path = directory / "card.json"
+    if card_path.exists() and good:
+        card = json.loads(card_path.read_text())
+        fresh = build_card([summarise(r) for r in good])
+        if card.get("counts") != fresh["counts"] or card.get("families") != fresh.get("families"):
+            _bad(bad, f"{card_path}: counts/families do not match the records (rebuild: trajectories stats --write-card)")
+    typer.echo(f"{directory}: {len(good)} valid record(s), {len(bad)} problem(s)")
+    if bad:
+        raise typer.Exit(1)
+
+
+@trajectories_app.command("stats")
+def stats_cmd(
+    directory: DirArg,
+    plots: Annotated[Path | None, typer.Option(help="Folder for the plots (default DIR/plots).")] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Only print the table.")] = False,
+    write_card: Annotated[bool, typer.Option("--write-card", help="Rebuild DIR/card.json from the records.")] = False,
+) -> None:
+    """Per-family table of final balanced scores and costs, plus schedule/score/outcome plots."""
+    from mixagent.trajectories.stats import FAMILY_COLUMNS, build_card, family_rows, summarise  # noqa: PLC0415
+    from mixagent.trajectories.storage import FileStore, RecordError, write_json_atomic  # noqa: PLC0415
+
+    store = FileStore(directory)
+    try:
+        stored = store.load_all()
+    except RecordError as e:
+        err_console.print(f"[red]{e}[/red] (run `mixagent trajectories validate {directory}`)")
+        raise typer.Exit(1) from None
+    if not stored:
+        err_console.print(f"[red]{directory}: no finished trajectories[/red]")
+        raise typer.Exit(1)
+    summaries = [summarise(r) for r in stored]
+    card = build_card(summaries)
+    table = Table(title=f"{directory}: {card['setting_name']} ({card['setting_hash']}), {card['model']}",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    rows = family_rows(summaries)
+    for col in FAMILY_COLUMNS:
+        if col == "family":
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(console.width, 110)).print(table)  # a full table even when piped (80 columns)
+    console.print(f"{card['counts']['trajectories']} trajectories, {card['counts']['stages']} stages, "
+                  f"{card['wall_time_s']['total'] / 3600:.2f} CPU-hours of generation", highlight=False)
+    if write_card:
+        write_json_atomic(directory / "card.json", card)
+        console.print(f"card written to {directory / 'card.json'}")
+    if not no_plots:
+        from mixagent.trajectories.plots import plot_dataset  # noqa: PLC0415
+
+        for p in plot_dataset([r.trajectory for r in stored], plots or directory / "plots"):
+            console.print(f"plot: {p}", highlight=False)

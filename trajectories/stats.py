@@ -1,0 +1,143 @@
+"""Per-trajectory summaries, the dataset card, and the per-family table of ``trajectories stats``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mixagent.trajectories.contract import SCHEMA_VERSION, SOURCE_FIELD, Trajectory
+from mixagent.trajectories.encoding import balanced_scores, relative_gains
+from mixagent.trajectories.storage import RECORD_SUFFIX, RecordMeta, StoredTrajectory
+
+__all__ = ["TrajectorySummary", "summarise", "build_card", "family_rows", "FAMILY_COLUMNS"]
+
+
+@dataclass(frozen=True)
+class TrajectorySummary:
+    trajectory_id: str
+    family: str
+    level: str
+    setting_name: str
+    setting_hash: str
+    model: str
+    package_version: str
+    stages: int
+    final_balanced: float
+    final_gains: dict[str, float]
+    mean_target_share: float
+    wall_s: float
+    finished_at: str
+
+
+def summarise(x: StoredTrajectory | Trajectory, meta: RecordMeta | None = None) -> TrajectorySummary:
+    """The numbers the card and the stats table need from one trajectory."""
+    if isinstance(x, StoredTrajectory):
+        traj, meta = x.trajectory, x.meta
+    else:
+        traj = x
+    meta = meta or RecordMeta()
+    h, hd = traj.history, traj.header
+    b = balanced_scores(h, hd.objective)
+    g = relative_gains(h)
+    space = h.space
+    target_rows = [i for i, f in enumerate(space.fields) if f != SOURCE_FIELD]
+    shares = (space.field_matrix() @ h.weight_matrix().T)[target_rows].sum(axis=0) if h.weights else np.zeros(0)
+    return TrajectorySummary(
+        trajectory_id=hd.trajectory_id,
+        family=hd.schedule,
+        level=str(hd.schedule_params.get("level", hd.action.level)),
+        setting_name=hd.setting_name,
+        setting_hash=hd.setting_hash,
+        model=hd.model,
+        package_version=hd.package_version,
+        stages=h.stages,
+        final_balanced=float(b[-1]),
+        final_gains={f: float(g[-1, j]) for j, f in enumerate(space.fields)},
+        mean_target_share=float(shares.mean()) if shares.size else float("nan"),
+        wall_s=meta.wall_s or float(sum(traj.stage_wall_s)),
+        finished_at=meta.finished_at,
+    )
+
+
+def _one_or_all(values: list[str]) -> str | dict[str, int]:
+    c = Counter(values)
+    return next(iter(c)) if len(c) == 1 else dict(sorted(c.items()))
+
+
+def _describe(x: np.ndarray) -> dict[str, float]:
+    return {"mean": round(float(x.mean()), 6), "std": round(float(x.std()), 6),
+            "min": round(float(x.min()), 6), "max": round(float(x.max()), 6)}
+
+
+def build_card(summaries: list[TrajectorySummary]) -> dict[str, Any]:
+    """The dataset card: what the folder holds, from which setting and model, and at what cost."""
+    summaries = sorted(summaries, key=lambda s: s.trajectory_id)
+    card: dict[str, Any] = {
+        "format": f"records/<trajectory_id>{RECORD_SUFFIX}: gzipped JSON Lines, one record per trajectory",
+        "schema_version": SCHEMA_VERSION,
+        "counts": {
+            "trajectories": len(summaries),
+            "stages": sum(s.stages for s in summaries),
+            "feedbacks": sum(s.stages + 1 for s in summaries),
+        },
+    }
+    if not summaries:
+        return card
+    stages = np.array([s.stages for s in summaries])
+    walls = np.array([s.wall_s for s in summaries])
+    finished = sorted(s.finished_at for s in summaries if s.finished_at)
+    by_family: dict[str, list[float]] = {}
+    for s in summaries:
+        by_family.setdefault(s.family, []).append(s.final_balanced)
+    card.update(
+        {
+            "setting_name": _one_or_all([s.setting_name for s in summaries]),
+            "setting_hash": _one_or_all([s.setting_hash for s in summaries]),
+            "model": _one_or_all([s.model for s in summaries]),
+            "package_version": _one_or_all([s.package_version for s in summaries]),
+            "levels": dict(sorted(Counter(s.level for s in summaries).items())),
+            "stages_per_trajectory": {"min": int(stages.min()), "max": int(stages.max())},
+            "families": dict(sorted(Counter(s.family for s in summaries).items())),
+            "wall_time_s": {
+                "total": round(float(walls.sum()), 1),
+                "per_trajectory_mean": round(float(walls.mean()), 2),
+                "per_stage_mean": round(float(walls.sum() / max(stages.sum(), 1)), 3),
+            },
+            "final_balanced_score": {f: _describe(np.array(v)) for f, v in sorted(by_family.items())},
+            "finished": {"first": finished[0] if finished else "", "last": finished[-1] if finished else ""},
+        }
+    )
+    return card
+
+
+FAMILY_COLUMNS = ("family", "n", "T", "B mean", "B std", "B max", "B min", "tgt share", "s/traj")
+"""``B``: final balanced score; ``tgt share``: mean target-field share; ``s/traj``: wall seconds."""
+
+
+def family_rows(summaries: list[TrajectorySummary]) -> list[tuple[str, ...]]:
+    """One row per family (then ``all``) with the columns :data:`FAMILY_COLUMNS`."""
+    groups: dict[str, list[TrajectorySummary]] = {}
+    for s in summaries:
+        groups.setdefault(s.family, []).append(s)
+    rows = []
+    for name, group in [*sorted(groups.items()), ("all", summaries)]:
+        if not group:
+            continue
+        b = np.array([s.final_balanced for s in group])
+        rows.append(
+            (
+                name,
+                str(len(group)),
+                f"{np.mean([s.stages for s in group]):.1f}",
+                f"{b.mean():+.3f}",
+                f"{b.std():.3f}",
+                f"{b.max():+.3f}",
+                f"{b.min():+.3f}",
+                f"{np.nanmean([s.mean_target_share for s in group]):.2f}",
+                f"{np.mean([s.wall_s for s in group]):.1f}",
+            )
+        )
+    return rows

@@ -1,0 +1,408 @@
+"""On-disk trajectories: one gzipped JSON Lines record per trajectory, plus a dataset card.
+
+Why JSON Lines (not Parquet): a record is appended one stage at a time while a run is in progress;
+a truncated last line is detectable on its own; the nested raw contract types (dicts of field
+scores and domain losses) map one-to-one onto lines without a columnar schema; and reading needs
+nothing beyond the standard library, so the service (which exports runs as trajectories) does not
+need pyarrow. gzip keeps a finished record small (≈ 6 KB for 16 stages × 12 domains) and adds a
+CRC on top of the record's own checksum.
+
+Layout of a dataset folder::
+
+    DIR/
+      card.json                   dataset card (rebuilt from the records; see build_card)
+      generate.json               the generation plan's pinned config (setting hash, families, seed, level)
+      setting.json                the resolved setting the trajectories were generated with
+      records/<id>.jsonl.gz       finished trajectories, one file each (the only files readers accept)
+      partial/<id>.jsonl          in-progress records, appended per stage (never accepted; removed on
+                                  finalise, discarded by the next run)
+
+A record (schema version :data:`~mixagent.trajectories.contract.SCHEMA_VERSION`) is these lines::
+
+    {"record": "header", "schema_version": 1, "header": {...TrajectoryHeader...}}
+    {"record": "start", "feedback": {...}, "wall_s": s}          # evaluation before training
+    {"record": "stage", "t": 0, "weights": [...], "feedback": {...}, "wall_s": s}   # × T
+    {"record": "end", "stages": T, "sha256": "...", "wall_s": s, "finished_at": "...", "host": "..."}
+
+``sha256`` is the checksum of the trajectory's content (:func:`trajectory_checksum`: canonical JSON
+of header, history and stage wall times), so it does not depend on line formatting. Finalising
+writes the whole record to a temporary sibling, fsyncs it and renames it over ``records/<id>.jsonl.gz``:
+a crash leaves either no record or a complete one. :func:`read_record` rejects a truncated,
+corrupted, foreign-version or mis-named record with a :class:`RecordError` that names the file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import hashlib
+import io
+import json
+import os
+import socket
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from mixagent.trajectories.contract import (
+    SCHEMA_VERSION,
+    ContractError,
+    Feedback,
+    History,
+    Trajectory,
+    TrajectoryHeader,
+    Weights,
+)
+
+__all__ = [
+    "RECORD_SUFFIX",
+    "RecordError",
+    "RecordMeta",
+    "StoredTrajectory",
+    "TrajectoryStore",
+    "FileStore",
+    "PartialRecord",
+    "trajectory_checksum",
+    "record_lines",
+    "write_record",
+    "read_record",
+    "read_trajectory",
+    "write_json_atomic",
+]
+
+RECORD_SUFFIX = ".jsonl.gz"
+
+
+class RecordError(ContractError):
+    """A stored record is unreadable or does not satisfy the contract; the message names the file."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class RecordMeta:
+    """What a record knows beyond the trajectory: total wall time, when and where it finished."""
+
+    wall_s: float = 0.0
+    finished_at: str = ""
+    host: str = ""
+    start_wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoredTrajectory:
+    trajectory: Trajectory
+    meta: RecordMeta
+    path: Path
+    sha256: str
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def trajectory_checksum(trajectory: Trajectory) -> str:
+    """Full sha256 of the canonical JSON of the trajectory's content."""
+    return hashlib.sha256(_dumps(trajectory.model_dump(mode="json")).encode()).hexdigest()
+
+
+def _header_line(header: TrajectoryHeader) -> str:
+    return _dumps({"record": "header", "schema_version": SCHEMA_VERSION, "header": header.model_dump(mode="json")})
+
+
+def _start_line(feedback: Feedback, wall_s: float) -> str:
+    return _dumps({"record": "start", "feedback": feedback.model_dump(mode="json"), "wall_s": wall_s})
+
+
+def _stage_line(t: int, weights: Weights, feedback: Feedback, wall_s: float) -> str:
+    return _dumps(
+        {"record": "stage", "t": t, "weights": list(weights.values), "feedback": feedback.model_dump(mode="json"),
+         "wall_s": wall_s}
+    )
+
+
+def record_lines(trajectory: Trajectory, meta: RecordMeta) -> list[str]:
+    """The lines of a finished record (without newlines)."""
+    h = trajectory.history
+    lines = [_header_line(trajectory.header), _start_line(h.feedback[0], meta.start_wall_s)]
+    for t, w in enumerate(h.weights):
+        lines.append(_stage_line(t, w, h.feedback[t + 1], trajectory.stage_wall_s[t]))
+    lines.append(
+        _dumps(
+            {"record": "end", "stages": h.stages, "sha256": trajectory_checksum(trajectory), "wall_s": meta.wall_s,
+             "finished_at": meta.finished_at, "host": meta.host}
+        )
+    )
+    return lines
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, fsync, rename over ``path``, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    _write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_record(path: str | Path, trajectory: Trajectory, meta: RecordMeta) -> str:
+    """Finalise ``trajectory`` at ``path`` atomically; returns its checksum. Refuses to overwrite."""
+    path = Path(path)
+    if path.exists():
+        raise RecordError(path, "a finished record already exists; records are never overwritten")
+    buf = io.BytesIO()
+    # mtime=0 and no file name: the same trajectory always gives the same bytes.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
+        gz.write(("\n".join(record_lines(trajectory, meta)) + "\n").encode())
+    _write_atomic(path, buf.getvalue())
+    return trajectory_checksum(trajectory)
+
+
+def _format_validation(prefix: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{prefix}{'.' + loc if loc else ''}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _parse_lines(path: Path, text: str) -> list[dict[str, Any]]:
+    if not text.endswith("\n"):
+        raise RecordError(path, "truncated record (the last line is incomplete)")
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(path, f"line {i}: corrupted (not JSON: {e.msg})") from None
+        if not isinstance(obj, dict) or "record" not in obj:
+            raise RecordError(path, f"line {i}: corrupted (not a record line)")
+        out.append(obj)
+    return out
+
+
+def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tuple[Trajectory, RecordMeta, str]:
+    """Rebuild the trajectory from parsed lines; ``finished`` requires and checks the end line.
+    Returns the trajectory, its record metadata and its stored checksum ("" while in progress)."""
+    if not rows:
+        raise RecordError(path, "truncated record (empty)")
+    first = rows[0]
+    if first.get("record") != "header":
+        raise RecordError(path, f"line 1: expected the header record, got {first.get('record')!r}")
+    version = first.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RecordError(
+            path, f"schema_version {version!r} is not supported by this reader (it reads version {SCHEMA_VERSION})"
+        )
+    try:
+        header = TrajectoryHeader.model_validate(first.get("header"))
+    except ValidationError as e:
+        raise RecordError(path, _format_validation("header", e)) from None
+    if len(rows) < 2 or rows[1].get("record") != "start":
+        raise RecordError(path, "truncated record (no initial evaluation)")
+    end = rows[-1] if rows[-1].get("record") == "end" else None
+    if finished and end is None:
+        raise RecordError(path, f"truncated record (no end line after {len(rows)} lines)")
+    stages = rows[2:-1] if end is not None else rows[2:]
+    for i, r in enumerate(stages):
+        if r.get("record") != "stage" or r.get("t") != i:
+            raise RecordError(path, f"line {i + 3}: expected stage t={i}, got {r.get('record')!r} t={r.get('t')!r}")
+    try:
+        try:
+            history = History(
+                space=header.space,
+                feedback=[rows[1]["feedback"], *[r["feedback"] for r in stages]],
+                weights=[{"values": r["weights"]} for r in stages],
+            )
+        except ValidationError as e:  # weights.i / feedback.i: stage i is on line i + 3
+            raise RecordError(path, _format_validation("history", e)) from None
+        try:
+            traj = Trajectory(header=header, history=history, stage_wall_s=[r["wall_s"] for r in stages])
+        except ValidationError as e:
+            raise RecordError(path, _format_validation("trajectory", e)) from None
+    except KeyError as e:
+        raise RecordError(path, f"a record line lacks the field {e.args[0]!r}") from None
+    if end is not None:
+        if end.get("stages") != len(stages):
+            raise RecordError(path, f"truncated or corrupted: end line says {end.get('stages')} stages, found {len(stages)}")
+        if end.get("sha256") != trajectory_checksum(traj):
+            raise RecordError(path, "corrupted: the content does not match the record's sha256 checksum")
+    end = end or {}
+    try:
+        meta = RecordMeta(
+            wall_s=float(end.get("wall_s", 0.0)),
+            finished_at=str(end.get("finished_at", "")),
+            host=str(end.get("host", "")),
+            start_wall_s=float(rows[1].get("wall_s", 0.0)),
+        )
+    except (TypeError, ValueError):
+        raise RecordError(path, "corrupted: a wall time is not a number") from None
+    return traj, meta, str(end.get("sha256", ""))
+
+
+def read_record(path: str | Path) -> StoredTrajectory:
+    """Read and check one finished record (``.jsonl.gz``; plain ``.jsonl`` is accepted too)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RecordError(path, f"cannot read ({e.strerror})") from None
+    try:
+        data = gzip.decompress(raw) if path.name.endswith(".gz") else raw
+        text = data.decode()
+    except EOFError:
+        raise RecordError(path, "truncated record (the gzip stream ends early)") from None
+    except (OSError, zlib.error, gzip.BadGzipFile) as e:
+        raise RecordError(path, f"corrupted (gzip: {e})") from None
+    except UnicodeDecodeError:
+        raise RecordError(path, "corrupted (not UTF-8 text)") from None
+    traj, meta, sha = _assemble(path, _parse_lines(path, text), finished=True)
+    expected = path.name.removesuffix(RECORD_SUFFIX).removesuffix(".jsonl")
+    if traj.header.trajectory_id != expected:
+        raise RecordError(path, f"header.trajectory_id {traj.header.trajectory_id!r} does not match the file name")
+    return StoredTrajectory(traj, meta, path, sha)
+
+
+def read_trajectory(path: str | Path) -> Trajectory:
+    return read_record(path).trajectory
+
+
+class PartialRecord:
+    """An in-progress record, appended (and flushed) one line per stage. Never read as a result."""
+
+    def __init__(self, path: str | Path, header: TrajectoryHeader):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "w")  # a stale partial of the same id is discarded
+        self._t = 0
+        self._append(_header_line(header))
+
+    def _append(self, line: str) -> None:
+        self._f.write(line + "\n")
+        self._f.flush()
+
+    def start(self, feedback: Feedback, wall_s: float) -> None:
+        self._append(_start_line(feedback, wall_s))
+
+    def stage(self, weights: Weights, feedback: Feedback, wall_s: float) -> None:
+        self._append(_stage_line(self._t, weights, feedback, wall_s))
+        self._t += 1
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def default_meta(wall_s: float, start_wall_s: float) -> RecordMeta:
+    return RecordMeta(wall_s=wall_s, finished_at=now_iso(), host=socket.gethostname(), start_wall_s=start_wall_s)
+
+
+class TrajectoryStore(Protocol):
+    """Where finished trajectories live: write once, read, list."""
+
+    def write(self, trajectory: Trajectory, meta: RecordMeta) -> Path: ...
+
+    def read(self, trajectory_id: str) -> StoredTrajectory: ...
+
+    def list(self) -> list[str]: ...
+
+
+@dataclass
+class FileStore:
+    """A dataset folder (layout in the module docstring)."""
+
+    root: Path
+    _ids: set[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def partial(self) -> Path:
+        return self.root / "partial"
+
+    def path_of(self, trajectory_id: str) -> Path:
+        return self.records / f"{trajectory_id}{RECORD_SUFFIX}"
+
+    def list(self) -> list[str]:
+        """Ids of the finished records (by file name; :meth:`read` checks each)."""
+        if not self.records.is_dir():
+            return []
+        return sorted(p.name.removesuffix(RECORD_SUFFIX) for p in self.records.glob(f"*{RECORD_SUFFIX}")
+                      if not p.name.startswith("."))
+
+    def write(self, trajectory: Trajectory, meta: RecordMeta) -> Path:
+        path = self.path_of(trajectory.header.trajectory_id)
+        write_record(path, trajectory, meta)
+        (self.partial / f"{trajectory.header.trajectory_id}.jsonl").unlink(missing_ok=True)
+        return path
+
+    def read(self, trajectory_id: str) -> StoredTrajectory:
+        return read_record(self.path_of(trajectory_id))
+
+    def iter_checked(self) -> Iterator[StoredTrajectory | RecordError]:
+        """Every record in id order: the stored trajectory, or the error that rejects it."""
+        for tid in self.list():
+            try:
+                yield self.read(tid)
+            except RecordError as e:
+                yield e
+
+    def load_all(self) -> list[StoredTrajectory]:
+        """Every record; raises the first :class:`RecordError`."""
+        out = []
+        for r in self.iter_checked():
+            if isinstance(r, RecordError):
+                raise r
+            out.append(r)
+        return out
+
+    def partial_ids(self) -> list[str]:
+        if not self.partial.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".jsonl") for p in self.partial.glob("*.jsonl"))
+
+    def stale_temporaries(self) -> list[Path]:
+        """Temporary files a crash left behind mid-finalise (never valid records)."""
+        if not self.records.is_dir():
+            return []
+        return sorted(self.records.glob(".*.tmp*"))
+
+    def read_partial(self, trajectory_id: str) -> Trajectory:
+        """The stages an in-progress record has so far (for inspection only)."""
+        path = self.partial / f"{trajectory_id}.jsonl"
+        text = path.read_text()
+        lines = text[: text.rfind("\n") + 1] if "\n" in text else ""
+        return _assemble(path, _parse_lines(path, lines), finished=False)[0]
