@@ -20,7 +20,7 @@ from typing import Any
 from mixagent.env.backend import CPTBackend
 from mixagent.env.cache import atomic_dir, cache_root, write_json_atomic
 from mixagent.env.data import DomainTokens, prepare_data
-from mixagent.env.model import build_llama, count_parameters, load_pretrained
+from mixagent.env.model import build_llama, count_parameters, load_pretrained, quiet_transformers
 from mixagent.env.setting import LlamaSpec, Setting
 from mixagent.trajectories.contract import SOURCE_FIELD
 
@@ -86,6 +86,7 @@ def load_base_model(
         return model
     from transformers import LlamaForCausalLM  # noqa: PLC0415
 
+    quiet_transformers()
     final = cache_root(root) / "base" / setting.base_hash()
     if not (final / "pretrain.json").exists():
         model, info = _pretrain(setting, data, say, progress)

@@ -97,7 +97,11 @@ def corpus_show(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -
 
 
 @env_app.command("pretrain")
-def env_pretrain(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -> None:
+def env_pretrain(
+    setting: SettingOpt = "math-tiny",
+    plot: Annotated[Path | None, typer.Option(help="Save the pre-training loss curve here (PNG).")] = None,
+    cache_dir: CacheOpt = None,
+) -> None:
     """Build the corpus and the base checkpoint (pre-trained on the source field; cached)."""
     from mixagent.env.base import base_info, build_backend  # noqa: PLC0415
 
@@ -108,6 +112,24 @@ def env_pretrain(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) 
     if info:
         fb = info["feedback"]
         console.print(f"pre-trained {info['steps']} steps in {info['seconds']}s; held-out field scores {fb['field_scores']}")
+        if plot:
+            _plot_curve(info["curve"], plot, f"{s.name}: pre-training on the source field")
+            console.print(f"plot saved to {plot}")
+
+
+def _plot_curve(curve: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve])
+    ax.set(title=title, xlabel="optimizer step", ylabel="train loss (nats/token)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 @env_app.command("rollout")
@@ -155,10 +177,15 @@ def env_rollout(
         )
 
     row(info)
-    truncated = False
-    while not truncated:
-        _, _, _, truncated, info = env.step_weights(weights)
-        row(info)
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    with tqdm(total=env.horizon, desc="episode", unit="decision") as bar:
+        truncated = False
+        while not truncated:
+            _, _, _, truncated, info = env.step_weights(weights)
+            row(info)
+            bar.update(1)
+            bar.set_postfix(balanced=f"{info['balanced_score']:+.4f}")
     console.print(t)
     history = env.history
     if out:

@@ -13,10 +13,17 @@ from typing import Any
 
 from mixagent.env.setting import LlamaSpec, PretrainedSpec
 
-__all__ = ["build_llama", "load_pretrained", "load_pretrained_tokenizer", "resolve_checkpoint", "count_parameters"]
+__all__ = ["quiet_transformers", "build_llama", "load_pretrained", "load_pretrained_tokenizer", "resolve_checkpoint", "count_parameters"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars: episodes reload nothing, but CLIs and tests load often."""
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    hf_logging.disable_progress_bar()
 
 
 def resolve_checkpoint(spec: PretrainedSpec) -> tuple[str, str | None]:
@@ -43,6 +50,7 @@ def resolve_checkpoint(spec: PretrainedSpec) -> tuple[str, str | None]:
 def load_pretrained(spec: PretrainedSpec) -> Any:
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
+    quiet_transformers()
     folder, gguf = resolve_checkpoint(spec)
     kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
     import torch  # noqa: PLC0415

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 from mixagent.env.setting import (
     ChatterbotSource,
@@ -203,16 +204,23 @@ def _wordnet_glosses(raw: str) -> str:
 
 def _r_lazyload(path: Path) -> Iterator[tuple[str, str]]:
     """Character vectors from R's lazy-load database (``Rdata.rdb``/``.rdx``), one text per object."""
+    import warnings  # noqa: PLC0415
+
     import rdata  # noqa: PLC0415 - only this reader needs it
 
+    def parse(raw: bytes) -> Any:
+        # The entries are bare serialised R objects; rdata warns that it "assumed RDS", which is right.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return rdata.conversion.convert(rdata.parser.parse_data(raw))
+
     base = path.with_suffix("")
-    index = rdata.conversion.convert(
-        rdata.parser.parse_data(gzip.decompress(base.with_suffix(".rdx").read_bytes()))
-    )
+    index = parse(gzip.decompress(base.with_suffix(".rdx").read_bytes()))
     blob = base.with_suffix(".rdb").read_bytes()
     for name, (off, length) in index["variables"].items():
+        # Each entry: a 4-byte big-endian length, then the zlib-compressed object.
         chunk = blob[int(off) : int(off) + int(length)]
-        obj = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(chunk[4:])))
+        obj = parse(zlib.decompress(chunk[4:]))
         try:
             lines = [str(x) for x in obj]
         except TypeError:
