@@ -92,7 +92,8 @@ def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Pa
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3 * rows), squeeze=False, sharex=True, sharey=True)
     for ax, name in zip(axes.flat, names, strict=False):
         for t in groups[name]:
-            ax.step(np.arange(t.history.stages), _target_share(t.history), where="post", color=colour[name],
+            share = _target_share(t.history)  # stage i spans [i, i+1): repeat the last value to close it
+            ax.step(np.arange(len(share) + 1), np.append(share, share[-1:]), where="post", color=colour[name],
                     alpha=0.5, lw=1)
         ax.set(title=f"{name} (n={len(groups[name])})", ylim=(0, 1))
     for ax in axes.flat[len(names):]:
