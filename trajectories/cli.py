@@ -83,6 +83,26 @@ def _bad(problems: list[str], message: str) -> None:
     typer.echo(f"BAD {message}", err=True)
 
 
+@trajectories_app.command("import")
+def import_cmd(
+    source: Annotated[Path, typer.Argument(help="JSON Lines of Trajectory objects (e.g. a service export).")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to add the records to.")],
+) -> None:
+    """Add exported trajectories (the service's served runs) to a dataset folder as records."""
+    from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
+    from mixagent.trajectories.storage import FileStore, RecordError, import_jsonl, write_json_atomic  # noqa: PLC0415
+
+    store = FileStore(out)
+    try:
+        imported, skipped = import_jsonl(source, store)
+        card = build_card([summarise(r) for r in store.load_all()])
+    except RecordError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    write_json_atomic(out / "card.json", card)
+    typer.echo(f"{out}: {imported} imported, {skipped} already there; {card['counts']['trajectories']} in all")
+
+
 @trajectories_app.command("validate")
 def validate_cmd(directory: DirArg) -> None:
     """Check every record (exit 1 and one message per bad file); in-progress records are listed."""

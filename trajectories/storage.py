@@ -72,6 +72,7 @@ __all__ = [
     "read_record",
     "read_trajectory",
     "write_json_atomic",
+    "import_jsonl",
 ]
 
 RECORD_SUFFIX = ".jsonl.gz"
@@ -406,3 +407,33 @@ class FileStore:
         text = path.read_text()
         lines = text[: text.rfind("\n") + 1] if "\n" in text else ""
         return _assemble(path, _parse_lines(path, lines), finished=False)[0]
+
+
+def import_jsonl(path: str | Path, store: FileStore) -> tuple[int, int]:
+    """Finalise every trajectory of a JSON Lines file of ``Trajectory`` objects (one per line, e.g.
+    a service export) as records of ``store``. An id already stored with the same content is skipped;
+    with other content it is an error (records are never overwritten). Returns (imported, skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RecordError(path, f"cannot read ({e.strerror})") from None
+    trajectories = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            trajectories.append(Trajectory.model_validate_json(line))
+        except ValidationError as e:
+            raise RecordError(path, f"line {i}: " + _format_validation("trajectory", e)) from None
+    imported = skipped = 0
+    for t in trajectories:
+        tid = t.header.trajectory_id
+        if tid in store.list():
+            if store.read(tid).sha256 != trajectory_checksum(t):
+                raise RecordError(store.path_of(tid), f"already holds a different trajectory than {path}")
+            skipped += 1
+            continue
+        store.write(t, RecordMeta(wall_s=float(sum(t.stage_wall_s)), finished_at=now_iso(), host=f"import:{path.name}"))
+        imported += 1
+    return imported, skipped

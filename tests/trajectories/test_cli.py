@@ -48,3 +48,15 @@ def test_generate_rejects_a_bad_setting_naming_file_and_field(tmp_path):
     assert r.exit_code == 2
     assert str(bad) in r.output and "cpt.horizon" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_import_adds_exported_runs_and_validate_accepts_them(tmp_path):
+    from .conftest import make_trajectory
+
+    export = tmp_path / "runs.jsonl"
+    export.write_text(make_trajectory(trajectory_id="served-aaaaaaaaaaaa").model_dump_json() + "\n")
+    r = runner.invoke(app, ["trajectories", "import", str(export), "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    assert "1 imported, 0 already there; 1 in all" in r.output
+    r = runner.invoke(app, ["trajectories", "validate", str(tmp_path / "ds")])
+    assert r.exit_code == 0 and "1 valid record(s), 0 problem(s)" in r.output

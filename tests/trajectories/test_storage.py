@@ -24,7 +24,7 @@ def test_exported_members_are_pinned():
     assert set(storage.__all__) == {
         "RECORD_SUFFIX", "RecordError", "RecordMeta", "StoredTrajectory", "TrajectoryStore", "FileStore",
         "PartialRecord", "trajectory_checksum", "record_lines", "write_record", "read_record",
-        "read_trajectory", "write_json_atomic",
+        "read_trajectory", "write_json_atomic", "import_jsonl",
     }
 
 
@@ -150,3 +150,22 @@ def test_store_lists_only_finished_records(tmp_path, trajectory):
     (store.records / ".x.jsonl.gz.tmp123").write_bytes(b"partial")
     assert store.list() == [trajectory.header.trajectory_id]
     assert store.stale_temporaries() == [store.records / ".x.jsonl.gz.tmp123"]
+
+
+def test_import_of_exported_trajectories_is_idempotent_and_never_overwrites(tmp_path):
+    from mixagent.trajectories.storage import import_jsonl
+
+    a, b = make_trajectory(trajectory_id="served-aaaaaaaaaaaa"), make_trajectory(seed=1, trajectory_id="served-bbbbbbbbbbbb")
+    export = tmp_path / "export.jsonl"
+    export.write_text(a.model_dump_json() + "\n" + b.model_dump_json() + "\n")
+    store = FileStore(tmp_path / "ds")
+    assert import_jsonl(export, store) == (2, 0)
+    assert import_jsonl(export, store) == (0, 2)
+    assert store.read("served-bbbbbbbbbbbb").trajectory == b
+    other = make_trajectory(seed=2, trajectory_id="served-aaaaaaaaaaaa")
+    export.write_text(other.model_dump_json() + "\n")
+    with pytest.raises(RecordError, match="already holds a different trajectory"):
+        import_jsonl(export, store)
+    export.write_text('{"header": {}}\n')
+    with pytest.raises(RecordError, match=r"export.jsonl: line 1: trajectory\.header"):
+        import_jsonl(export, store)
