@@ -25,6 +25,7 @@ Workers. One worker = one process holding one env (one model), reused across tra
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import time
@@ -327,8 +328,6 @@ def _pin(cfg: GenerateConfig, setting: Any, store: FileStore, level: Level) -> N
     }
     path = store.root / "generate.json"
     if path.exists():
-        import json  # noqa: PLC0415
-
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -421,5 +420,6 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
                     log.warning("%d/%d %s %s B=%+.4f (%.0fs; ETA %.0f min)", report.already_done + report.generated,
                                 len(plan), traj.header.trajectory_id, s.family, s.final_balanced, meta.wall_s, eta / 60)
         report.wall_s = time.perf_counter() - t0
-        store.partial.rmdir() if not any(store.partial.iterdir()) else None
+        if not any(store.partial.iterdir()):
+            store.partial.rmdir()
     return report
