@@ -412,8 +412,8 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
                 write_card(store, summaries)
                 report.generated += 1
                 report.seconds_per_trajectory.append(meta.wall_s)
-                bar.update(1)
                 bar.set_postfix(last=f"{s.family} B={s.final_balanced:+.4f}", refresh=False)
+                bar.update(1)
                 if not cfg.progress:
                     elapsed = time.perf_counter() - t0
                     eta = elapsed / report.generated * (len(todo) - report.generated)
