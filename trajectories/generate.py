@@ -379,10 +379,10 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
         raise GenerateError(f"--workers: must be >= 1, got {cfg.workers}")
     level: Level = cfg.level or setting.action.level
     import_plugins(cfg.plugins)
+    plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level)  # checks families
     store = FileStore(cfg.out)
     with _Lock(store.root / ".lock"):
         _pin(cfg, setting, store, level)
-        plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level)
         # Nothing else writes here while we hold the lock: temporaries and partials are dead.
         for tmp in store.stale_temporaries():
             tmp.unlink()

@@ -162,3 +162,40 @@ def test_ray_executor_runs_the_same_plan_on_a_local_ray(tiny_dataset, tiny_setti
     again = generate(GenerateConfig(out=out, n=4, workers=2, threads=1, executor="ray", cache_dir=cache_dir,
                                     progress=False), tiny_setting)
     assert again.generated == 0
+
+
+PLUGIN = '''
+from mixagent.agent.baselines import build_baseline
+from mixagent.trajectories.schedules import families, register_policy_family
+
+if "noisy_loss_softmax" not in families():
+    register_policy_family(
+        "noisy_loss_softmax",
+        lambda ctx, p: build_baseline("loss-softmax", {"temperature": p["temperature"]}),
+        draw_policy_params=lambda ctx, rng, k: {"temperature": round(float(rng.uniform(0.05, 0.5)), 3)},
+    )
+'''
+
+
+def test_an_agent_baseline_with_noise_plugs_in_as_a_family(tiny_setting, cache_dir, tmp_path, monkeypatch):
+    pytest.importorskip("mixagent.agent.baselines")
+    (tmp_path / "behaviour_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "noisy"
+    cfg = GenerateConfig(out=out, n=2, families=("noisy_loss_softmax",), plugins=("behaviour_plugin",),
+                         threads=1, cache_dir=cache_dir, progress=False)
+    assert generate(cfg, tiny_setting).generated == 2
+    for stored in FileStore(out).load_all():
+        hd = stored.trajectory.header
+        assert hd.schedule == "noisy_loss_softmax" and {"sigma", "seed", "temperature"} <= set(hd.schedule_params)
+        assert stored.trajectory.history.stages == tiny_setting.cpt.horizon
+
+
+def test_unknown_plugin_or_family_is_refused_before_anything_runs(tiny_setting, tmp_path):
+    with pytest.raises(GenerateError, match="--plugin: cannot import 'no_such_module'"):
+        generate(GenerateConfig(out=tmp_path / "a", n=1, plugins=("no_such_module",), progress=False), tiny_setting)
+    from mixagent.trajectories import ContractError
+
+    with pytest.raises(ContractError, match="unknown family 'nope'"):
+        generate(GenerateConfig(out=tmp_path / "b", n=1, families=("nope",), progress=False), tiny_setting)
+    assert not (tmp_path / "b").exists()  # nothing pinned: a corrected rerun is not refused
