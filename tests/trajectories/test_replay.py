@@ -44,3 +44,35 @@ def test_behaviour_actions_reproduce_the_mixtures_of_a_real_dataset(tiny_dataset
         for a, w in zip(tr.actions, t.history.weights, strict=True):
             np.testing.assert_allclose(action_to_weights(a, t.header.space, t.header.action).as_array(),
                                        w.as_array(), atol=1e-5)
+
+
+def test_replay_reproduces_what_the_env_returned_online(tiny_env, tiny_setting):
+    from mixagent.trajectories import Trajectory
+    from mixagent.trajectories.generate import make_plan
+    from mixagent.trajectories.schedules import ScheduleContext, build_schedule
+
+    item = make_plan(tiny_setting, n=3)[2]
+    schedule = build_schedule(item.family, item.params, ScheduleContext(tiny_setting.space, tiny_env.horizon,
+                                                                        tiny_setting.action))
+    obs, _ = tiny_env.reset(seed=item.seed)
+    observations, rewards, truncated = [obs], [], False
+    while not truncated:
+        obs, r, _, truncated, _ = tiny_env.step_weights(schedule.next_weights(tiny_env.history))
+        observations.append(obs)
+        rewards.append(r)
+    traj = Trajectory.model_construct(header=make_trajectory_header(tiny_setting, item), history=tiny_env.history)
+    tr = replay_trajectory(traj)
+    np.testing.assert_array_equal(tr.observations, np.array(observations[:-1]))
+    np.testing.assert_array_equal(tr.next_observations[-1], observations[-1])
+    np.testing.assert_allclose(tr.rewards, rewards, rtol=1e-5, atol=1e-7)
+
+
+def make_trajectory_header(setting, item):
+    from mixagent.trajectories import TrajectoryHeader
+
+    return TrajectoryHeader(
+        trajectory_id=item.trajectory_id, setting_name=setting.name, setting_hash=setting.hash(), model="tiny",
+        space=setting.space, objective=setting.objective, action=setting.action, horizon=setting.cpt.horizon,
+        interval=setting.cpt.interval, schedule=item.family, schedule_params=item.params, seed=item.seed,
+        package_version="test",
+    )
