@@ -130,8 +130,9 @@ class LossSoftmaxPolicy:
     def next_weights(self, space: DomainSpace, history: History) -> Weights:
         if not history.feedback:
             return self.initial_weights(space)
-        losses = history.domain_losses()
-        z = losses[-1] / (self.temperature * np.maximum(losses[0], 1e-8))
+        first, last = history.feedback[0].domain_losses, history.feedback[-1].domain_losses
+        l0 = np.array([first[n] for n in space.names])
+        z = np.array([last[n] for n in space.names]) / (self.temperature * np.maximum(l0, 1e-8))
         logits = np.log(space.priors()) + z
         return Weights.from_raw(np.exp(logits - logits.max()))
 

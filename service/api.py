@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
 from mixagent.agent.policy import ArtifactError
 from mixagent.service.deps import AdminDep, CallerDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
@@ -118,13 +119,17 @@ def get_run(run_id: RunId, caller: CallerDep, store: StoreDep) -> RunPublic:
 
 
 @runs_router.post("/{run_id}/feedback", response_model=DecisionPublic, responses=errors(401, 404, 409, 413, 422))
-def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, store: StoreDep) -> DecisionPublic:
+async def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, store: StoreDep) -> DecisionPublic:
     """Report the evaluation at a step; returns the next weights (idempotent per step).
 
     A retry of a recorded step with the same body returns the stored decision (``replayed``);
     another body for a recorded step, or a step that does not come after the last, is a 409.
     """
-    state, decision, replayed = store.post_feedback(owner=caller.principal, run_id=run_id, fb=body)
+    if store.inline:
+        state, decision, replayed = store.post_feedback(owner=caller.principal, run_id=run_id, fb=body)
+    else:
+        state, decision, replayed = await run_in_threadpool(
+            store.post_feedback, owner=caller.principal, run_id=run_id, fb=body)
     return _decision_public(state, decision, replayed)
 
 

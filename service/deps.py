@@ -1,4 +1,7 @@
-"""Dependencies of the routes: the caller (from its bearer token) and the app's components."""
+"""Dependencies of the routes: the caller (from its bearer token) and the app's components.
+
+They are ``async`` because none of them blocks: a sync dependency costs a thread-pool hop per request.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def _matches(token: str, allowed: list[str]) -> bool:
     return any(hmac.compare_digest(token.encode(), a.encode()) for a in allowed)
 
 
-def get_caller(
+async def get_caller(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Caller:
     settings: Settings = request.app.state.settings
@@ -44,25 +47,25 @@ def get_caller(
     return Caller(principal=principal_of(token), admin=admin)
 
 
-def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+async def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     if not caller.admin:
         raise Forbidden("authorization: this route needs an admin token (MIXAGENT_ADMIN_TOKENS)")
     return caller
 
 
-def get_store(request: Request) -> RunStore:
+async def get_store(request: Request) -> RunStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_registry(request: Request) -> PolicyRegistry:
+async def get_registry(request: Request) -> PolicyRegistry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
