@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from mixagent import __version__
 from mixagent.service.api import ROUTERS
 from mixagent.service.config import DEV_TOKEN, Settings
-from mixagent.service.db import init_db, make_engine, make_sessionmaker
+from mixagent.service.db import Checkpointer, init_db, make_engine, make_sessionmaker
 from mixagent.service.errors import BodyLimitMiddleware, install_error_handlers
 from mixagent.service.metrics import Metrics, MetricsMiddleware
 from mixagent.service.registry import BUNDLED_DIR, PolicyRegistry
@@ -44,9 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.policy_load_failures.inc()
     metrics.track_active_runs(store.active_runs)
 
+    checkpointer = Checkpointer(engine).start() if engine.dialect.name == "sqlite" else None
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        if checkpointer is not None:
+            checkpointer.stop()
         engine.dispose()
 
     app = FastAPI(title="mixagent", version=__version__, description=DESCRIPTION, lifespan=lifespan)
