@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,32 +92,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServerThread:
-    """A real uvicorn server on a loopback port, in a thread (for client and integration tests)."""
-
-    def __init__(self, app: Any, port: int | None = None):
-        import uvicorn
-
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture()
-def server(app) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
-    with ServerThread(app) as s:
+def server(app) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    from mixagent.service.demo import BackgroundServer
+
+    with BackgroundServer(app) as s:
         yield s
