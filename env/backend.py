@@ -184,7 +184,11 @@ class CPTBackend:
         """Per-domain held-out loss, and per-field mean log-likelihood of held-out continuations
         (the tokens after the first ``context_fraction`` of each window), averaged over the field's
         domains with equal weight."""
-        nll = self.token_nll().numpy().astype(np.float64)
+        return self.feedback_from_nll(self.token_nll())
+
+    def feedback_from_nll(self, token_nll: torch.Tensor) -> Feedback:
+        """Reduce per-token NLL of the evaluation windows to :class:`Feedback` at the current step."""
+        nll = token_nll.numpy().astype(np.float64)
         k = self.eval_set.n_domains
         rows = self.eval_set.domain_of_row
         domain_loss = np.array([nll[rows == d].mean() for d in range(k)])
