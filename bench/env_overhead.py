@@ -9,6 +9,11 @@ passes: batch sampling, weight mapping, history bookkeeping, validation, observa
     python bench/env_overhead.py                       # default setting, 8 intervals
     python bench/env_overhead.py --setting math-small --intervals 4 --threads 2
 
+Two measures: the difference of the two totals (median over intervals; the order alternates, but on
+a shared machine each total moves by tens of percent), and the overhead *accounted* piece by piece
+(the env's own work timed alone, median of 25 repeats, over the median env step). Both sides must
+compute identical losses, which the table checks.
+
 Prints a table and writes bench/results/env_overhead.json. Target: overhead <= 5% of step time.
 """
 
