@@ -37,7 +37,7 @@ from mixagent.env.backend import get_lr, make_optimizer
 from mixagent.env.mixing_env import DataMixingEnv
 from mixagent.env.setting import load_setting
 from mixagent.trajectories.contract import History
-from mixagent.trajectories.encoding import action_to_weights, balanced_scores, encode
+from mixagent.trajectories.encoding import action_to_weights, balanced_scores
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -86,19 +86,37 @@ def time_overhead_components(env: DataMixingEnv, action: np.ndarray, nll: torch.
     probs = action_to_weights(action, space, setting.action).as_array()
     rng = np.random.default_rng(1)
 
+    saved = env._history
+
     def bookkeeping() -> None:
+        # What step_weights does around training and evaluation, on the real env object.
         h = History(space=space, feedback=full.feedback[:-1], weights=full.weights[:-1])
         w = action_to_weights(action, space, setting.action)
         h.record_weights(w)
         h.record_feedback(full.feedback[-1])
-        balanced_scores(h, setting.objective)
-        encode(h, env.horizon, setting.action)
+        b = balanced_scores(h, setting.objective)
+        env._history = h
+        env._get_info(train_loss=0.0, balanced=float(b[-1]))
+        env._get_obs()
 
-    return {
+    def per_step_extras() -> None:
+        # What CPTBackend.train_step does besides the model's math: mode switch, lr, loss sum.
+        total = torch.zeros(())
+        for i in range(cpt.interval):
+            backend.model.train()
+            for group in backend.optimizer.param_groups:
+                group["lr"] = backend.lr_at(i)
+            total += torch.zeros(())
+        float(total)
+
+    out = {
         "sample_batches_s": _median_time(lambda: [backend.sampler.sample(probs, cpt.batch_size, rng) for _ in range(cpt.interval)]),
+        "per_step_extras_s": _median_time(per_step_extras),
         "feedback_from_nll_s": _median_time(lambda: backend.feedback_from_nll(nll)),
-        "history_reward_obs_s": _median_time(bookkeeping),
+        "history_reward_obs_info_s": _median_time(bookkeeping),
     }
+    env._history = saved
+    return out
 
 
 def main() -> None:

@@ -48,18 +48,20 @@ class TokenSampler:
     """Draws ``[batch, seq_len+1]`` windows: each row's domain ~ Categorical(weights), its start
     uniform within that domain's train tokens. One gather over a concatenated array: cheap."""
 
-    def __init__(self, arrays: list[np.ndarray], seq_len: int):
+    def __init__(self, arrays: list[np.ndarray], seq_len: int, names: list[str] | None = None):
         self.seq_len = seq_len
-        too_short = [i for i, a in enumerate(arrays) if a.size <= seq_len + 1]
+        names = names or [str(i) for i in range(len(arrays))]
+        too_short = [n for n, a in zip(names, arrays, strict=True) if a.size < seq_len + 1]
         if too_short:
-            raise ValueError(f"domains {too_short} have fewer than seq_len+1={seq_len + 1} train tokens")
+            raise ValueError(f"domains {too_short} have fewer than cpt.seq_len+1={seq_len + 1} train tokens")
         self.tokens = np.concatenate(arrays).astype(np.int64)
         self.offsets = np.cumsum([0] + [a.size for a in arrays[:-1]])
-        self.spans = np.array([a.size - seq_len - 1 for a in arrays])
+        self.spans = np.array([a.size - seq_len for a in arrays])  # number of valid window starts
         self._ar = np.arange(seq_len + 1)
 
     def sample(self, probs: np.ndarray, batch: int, rng: np.random.Generator) -> torch.Tensor:
-        doms = rng.choice(len(self.spans), size=batch, p=probs)
+        # Weights are validated to sum to 1 within 1e-6; numpy's sampler wants ~1e-8.
+        doms = rng.choice(len(self.spans), size=batch, p=probs / probs.sum())
         starts = self.offsets[doms] + (rng.random(batch) * self.spans[doms]).astype(np.int64)
         return torch.from_numpy(self.tokens[starts[:, None] + self._ar])
 
@@ -108,7 +110,7 @@ class CPTBackend:
         self.evaluation = evaluation
         self.total_steps = total_steps
         names = list(space.names)
-        self.sampler = TokenSampler([data.train[n] for n in names], cpt.seq_len)
+        self.sampler = TokenSampler([data.train[n] for n in names], cpt.seq_len, names)
         self.eval_set = EvalSet.build(
             [data.heldout[n] for n in names], names, evaluation.windows_per_domain, cpt.seq_len
         )
@@ -129,7 +131,7 @@ class CPTBackend:
         self.optimizer = self._new_optimizer()
         self.step = 0
         self.rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # global, as torch's RNG is; models here have no dropout anyway
 
     def set_base_state(self) -> None:
         """Make the model's current weights the state that :meth:`reset` restores."""
@@ -181,9 +183,13 @@ class CPTBackend:
         return torch.cat(out)
 
     def evaluate(self) -> Feedback:
-        """Per-domain held-out loss, and per-field mean log-likelihood of held-out continuations
-        (the tokens after the first ``context_fraction`` of each window), averaged over the field's
-        domains with equal weight."""
+        """Per-domain held-out loss, and per-field mean log-likelihood of held-out continuations,
+        averaged over the field's domains with equal weight.
+
+        A window has ``seq_len + 1`` tokens and ``seq_len`` next-token predictions. With
+        ``c = round(context_fraction·seq_len)``, the continuation is the last ``seq_len - c``
+        predictions: tokens ``c+1 … seq_len`` of the window, each given everything before it (at
+        least the first ``c+1`` tokens)."""
         return self.feedback_from_nll(self.token_nll())
 
     def feedback_from_nll(self, token_nll: torch.Tensor) -> Feedback:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mixagent.env.backend import CPTBackend
-from mixagent.env.cache import atomic_dir, cache_root, write_json_atomic
+from mixagent.env.cache import atomic_dir, build_lock, cache_root, write_json_atomic
 from mixagent.env.data import DomainTokens, prepare_data
 from mixagent.env.model import build_llama, count_parameters, load_pretrained, quiet_transformers
 from mixagent.env.setting import LlamaSpec, Setting
@@ -43,11 +43,8 @@ def _pretrain(setting: Setting, data: DomainTokens, say: Any, progress: bool) ->
     assert isinstance(setting.model, LlamaSpec)
     spec = setting.pretrain
     model = build_llama(setting.model, data.vocab_size, setting.cpt.seq_len, setting.seed, data.eos_id)
-    cpt = setting.cpt.model_copy(
-        update={"lr": spec.lr, "warmup_steps": spec.warmup_steps, "batch_size": spec.batch_size}
-    )
     space = setting.space
-    backend = CPTBackend(model, data, space, cpt, setting.eval, total_steps=spec.steps)
+    backend = CPTBackend(model, data, space, setting.pretrain_cpt(), setting.eval, total_steps=spec.steps)
     backend.reset(setting.seed)
     # Source field only, domains in proportion to their priors.
     probs = space.priors() * (space.field_matrix()[space.fields.index(SOURCE_FIELD)] > 0)
@@ -88,13 +85,14 @@ def load_base_model(
 
     quiet_transformers()
     final = cache_root(root) / "base" / setting.base_hash()
-    if not (final / "pretrain.json").exists():
-        model, info = _pretrain(setting, data, say, progress)
-        with atomic_dir(final) as tmp:
-            model.save_pretrained(tmp)
-            write_json_atomic(tmp / "pretrain.json", info)
-        say(f"base checkpoint saved at {final}")
-        return model
+    with build_lock(final):
+        if not (final / "pretrain.json").exists():
+            model, info = _pretrain(setting, data, say, progress)
+            with atomic_dir(final) as tmp:
+                model.save_pretrained(tmp)
+                write_json_atomic(tmp / "pretrain.json", info)
+            say(f"base checkpoint saved at {final}")
+            return model
     return LlamaForCausalLM.from_pretrained(final, local_files_only=True)
 
 

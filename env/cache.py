@@ -4,6 +4,7 @@ that a later run would mistake for a finished one."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_root", "atomic_dir", "write_json_atomic"]
+__all__ = ["cache_root", "atomic_dir", "build_lock", "write_json_atomic"]
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -30,13 +31,29 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
-        if final.exists():  # another process finished the same entry first: keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        tmp.rename(final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.exists():
+            raise
+        # Another process finished the same entry first (same content by construction): keep theirs.
+
+
+@contextmanager
+def build_lock(final: Path) -> Iterator[None]:
+    """Hold an exclusive lock while building ``final``, so parallel workers on a cold cache build
+    each entry once and the others wait, then find it built."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with (final.parent / f".{final.name}.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

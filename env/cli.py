@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +45,20 @@ def _error(msg: str) -> None:
     console.print(msg, style="red", soft_wrap=True, markup=False, highlight=False)
 
 
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the errors a user can fix (a package that cannot be fetched, a missing checkpoint, a
+    domain too small for the setting) into one red line and exit code 1, not a traceback."""
+    from mixagent.env.corpus import CorpusError  # noqa: PLC0415
+    from mixagent.env.sources import SourceError  # noqa: PLC0415
+
+    try:
+        yield
+    except (SourceError, CorpusError, FileNotFoundError, ValueError) as e:
+        _error(str(e))
+        raise typer.Exit(1) from None
+
+
 def _say(msg: str) -> None:
     console.print(msg, highlight=False)
 
@@ -50,16 +66,11 @@ def _say(msg: str) -> None:
 @corpus_app.command("build")
 def corpus_build(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -> None:
     """Fetch, extract, deduplicate, split and tokenise the setting's corpus (cached)."""
-    from mixagent.env.corpus import CorpusError  # noqa: PLC0415
     from mixagent.env.data import prepare_data  # noqa: PLC0415
-    from mixagent.env.sources import SourceError  # noqa: PLC0415
 
     s = _load(setting)
-    try:
+    with _clear_errors():
         data = prepare_data(s, cache_dir, _say)
-    except (SourceError, CorpusError) as e:
-        _error(str(e))
-        raise typer.Exit(1) from None
     _manifest_table(s, data.manifest)
     console.print(f"data folder: {data.folder}")
 
@@ -106,7 +117,8 @@ def env_pretrain(
     from mixagent.env.base import base_info, build_backend  # noqa: PLC0415
 
     s = _load(setting)
-    _, desc = build_backend(s, cache_dir, _say, progress=True)
+    with _clear_errors():
+        _, desc = build_backend(s, cache_dir, _say, progress=True)
     info = base_info(s, cache_dir)
     console.print(f"base model: {desc}")
     if info:
@@ -146,18 +158,18 @@ def env_rollout(
 
     from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415
     from mixagent.trajectories.contract import SOURCE_FIELD  # noqa: PLC0415
+    from mixagent.trajectories.encoding import field_shares_to_weights  # noqa: PLC0415
 
     if not 0.0 <= target_share <= 1.0:
         _error(f"--target-share: must be within [0, 1], got {target_share}")
         raise typer.Exit(2)
     s = _load(setting)
-    env = DataMixingEnv(s, cache_dir=cache_dir, progress=True)
+    with _clear_errors():
+        env = DataMixingEnv(s, cache_dir=cache_dir, progress=True)
     space = env.space
-    shares = np.array([1 - target_share if f == SOURCE_FIELD else target_share for f in space.fields])
-    shares = shares / max(shares.sum(), 1e-12)
-    fm = space.field_matrix()
-    p = space.priors()
-    weights = (fm.T @ shares) * p / (fm.T @ (fm @ p))
+    n_targets = len(space.fields) - 1  # the target share is split evenly over the target fields
+    shares = np.array([1 - target_share if f == SOURCE_FIELD else target_share / n_targets for f in space.fields])
+    weights = field_shares_to_weights(space, shares)
     _, info = env.reset(seed=seed)
     t = Table(title=f"{s.name}: constant target share {target_share} (seed {seed}); field scores in nats/token")
     for col in ("t", "step", *space.fields, "balanced", "train loss", "train s", "eval s"):

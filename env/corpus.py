@@ -16,13 +16,14 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mixagent.env.cache import atomic_dir, cache_root, write_json_atomic
+from mixagent.env.cache import atomic_dir, build_lock, cache_root, write_json_atomic
 from mixagent.env.setting import Setting
 from mixagent.env.sources import open_source, read_text_file, split_documents
 
@@ -61,13 +62,13 @@ def _file_digest(path: Path) -> str:
 
 
 def _write_jsonl(path: Path, docs: list[str]) -> None:
-    with path.open("w") as f:
+    with path.open("w", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
 
 
 def read_documents(path: Path) -> list[str]:
-    with path.open() as f:
+    with path.open(encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f]
 
 
@@ -90,7 +91,7 @@ def _collect_domain(
         path = info.files[int(i)]
         try:
             texts = list(read_text_file(path, info.reader))
-        except (OSError, ValueError, UnicodeError) as e:
+        except (OSError, ValueError, UnicodeError, KeyError, zlib.error) as e:
             log.warning("domain %s: skipping unreadable %s (%s)", name, path, e)
             continue
         for _, text in texts:
@@ -128,9 +129,14 @@ def build_corpus(setting: Setting, root: Path | None = None, say: Progress | Non
     """Build (or find cached) the corpus of ``setting``; returns its folder."""
     say = say or log.info
     final = corpus_dir(setting, root)
-    if (final / "manifest.json").exists():
-        say(f"corpus {setting.corpus_hash()} is cached at {final}")
-        return final
+    with build_lock(final):
+        if (final / "manifest.json").exists():
+            say(f"corpus {setting.corpus_hash()} is cached at {final}")
+            return final
+        return _build(setting, final, root, say)
+
+
+def _build(setting: Setting, final: Path, root: Path | None, say: Progress) -> Path:
     t0 = time.time()
     seen: set[str] = set()
     entries = []

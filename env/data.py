@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.env.cache import atomic_dir, cache_root, write_json_atomic
+from mixagent.env.cache import atomic_dir, build_lock, cache_root, write_json_atomic
 from mixagent.env.corpus import build_corpus, read_documents
 from mixagent.env.model import load_pretrained_tokenizer
 from mixagent.env.setting import Setting
@@ -80,55 +80,60 @@ def _encode_docs(encode_batch: Any, docs: list[str], eos_id: int, dtype: type) -
     return np.asarray(ids, dtype=dtype)
 
 
+def _tokenize(setting: Setting, final: Path, root: Path | None, say: Any) -> None:
+    corpus = build_corpus(setting, root, say)
+    t0 = time.time()
+    with atomic_dir(final) as tmp:
+        if setting.tokenizer.kind == "bpe":
+            tok = _train_bpe(setting, corpus, tmp / "tokenizer.json")
+            eos_id = tok.token_to_id(EOS_TOKEN)
+            vocab = tok.get_vocab_size()
+
+            def encode_batch(batch: list[str]) -> list[list[int]]:
+                return [e.ids for e in tok.encode_batch(batch)]
+
+        else:
+            hf_tok = load_pretrained_tokenizer(setting.model)  # type: ignore[arg-type]
+            eos_id = hf_tok.eos_token_id if hf_tok.eos_token_id is not None else 0
+            vocab = len(hf_tok)
+
+            def encode_batch(batch: list[str]) -> list[list[int]]:
+                return hf_tok(batch, add_special_tokens=False)["input_ids"]
+
+        dtype = np.uint16 if vocab <= 65535 else np.uint32
+        corpus_manifest = json.loads((corpus / "manifest.json").read_text())
+        domains = []
+        for entry in corpus_manifest["domains"]:
+            name = entry["domain"]
+            counts = {}
+            for split in ("train", "heldout"):
+                arr = _encode_docs(encode_batch, read_documents(corpus / f"{name}.{split}.jsonl"), eos_id, dtype)
+                np.save(tmp / f"{name}.{split}.npy", arr)
+                counts[f"{split}_tokens"] = int(arr.size)
+            domains.append({**entry, **counts})
+            say(f"{name}: {counts['train_tokens']:,} train / {counts['heldout_tokens']:,} held-out tokens")
+        write_json_atomic(
+            tmp / "manifest.json",
+            {
+                "data_hash": setting.data_hash(),
+                "corpus_hash": setting.corpus_hash(),
+                "tokenizer": setting.tokenizer.model_dump(),
+                "vocab_size": vocab,
+                "eos_id": eos_id,
+                "domains": domains,
+                "tokenize_seconds": round(time.time() - t0, 1),
+            },
+        )
+    say(f"tokenised in {time.time() - t0:.0f}s at {final}")
+
+
 def prepare_data(setting: Setting, root: Path | None = None, say: Any = None) -> DomainTokens:
     """Build (or load cached) corpus, tokenizer and token arrays for ``setting``."""
     say = say or log.info
     final = cache_root(root) / "data" / setting.data_hash()
-    if not (final / "manifest.json").exists():
-        corpus = build_corpus(setting, root, say)
-        t0 = time.time()
-        with atomic_dir(final) as tmp:
-            if setting.tokenizer.kind == "bpe":
-                tok = _train_bpe(setting, corpus, tmp / "tokenizer.json")
-                eos_id = tok.token_to_id(EOS_TOKEN)
-                vocab = tok.get_vocab_size()
-
-                def encode_batch(batch: list[str]) -> list[list[int]]:
-                    return [e.ids for e in tok.encode_batch(batch)]
-
-            else:
-                hf_tok = load_pretrained_tokenizer(setting.model)  # type: ignore[arg-type]
-                eos_id = hf_tok.eos_token_id if hf_tok.eos_token_id is not None else 0
-                vocab = len(hf_tok)
-
-                def encode_batch(batch: list[str]) -> list[list[int]]:
-                    return hf_tok(batch, add_special_tokens=False)["input_ids"]
-
-            dtype = np.uint16 if vocab <= 65535 else np.uint32
-            corpus_manifest = json.loads((corpus / "manifest.json").read_text())
-            domains = []
-            for entry in corpus_manifest["domains"]:
-                name = entry["domain"]
-                counts = {}
-                for split in ("train", "heldout"):
-                    arr = _encode_docs(encode_batch, read_documents(corpus / f"{name}.{split}.jsonl"), eos_id, dtype)
-                    np.save(tmp / f"{name}.{split}.npy", arr)
-                    counts[f"{split}_tokens"] = int(arr.size)
-                domains.append({**entry, **counts})
-                say(f"{name}: {counts['train_tokens']:,} train / {counts['heldout_tokens']:,} held-out tokens")
-            write_json_atomic(
-                tmp / "manifest.json",
-                {
-                    "data_hash": setting.data_hash(),
-                    "corpus_hash": setting.corpus_hash(),
-                    "tokenizer": setting.tokenizer.model_dump(),
-                    "vocab_size": vocab,
-                    "eos_id": eos_id,
-                    "domains": domains,
-                    "tokenize_seconds": round(time.time() - t0, 1),
-                },
-            )
-        say(f"tokenised in {time.time() - t0:.0f}s at {final}")
+    with build_lock(final):
+        if not (final / "manifest.json").exists():
+            _tokenize(setting, final, root, say)
     manifest = json.loads((final / "manifest.json").read_text())
     data = DomainTokens(final, int(manifest["vocab_size"]), int(manifest["eos_id"]), manifest=manifest)
     for name in setting.corpus.domains:

@@ -111,15 +111,11 @@ class DataMixingEnv(gym.Env):
         self._history = History(space=self.space, feedback=[feedback])
         self._t = 0
         self.last_stage_seconds = {"train": 0.0, "eval": time.perf_counter() - t0}
-        return self._get_obs(), self._get_info(train_loss=float("nan"))
+        return self._get_obs(), self._get_info(train_loss=float("nan"), balanced=0.0)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        a = np.asarray(action, dtype=np.float32)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action: expected shape {self.action_space.shape}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"action: must be finite, got {a.tolist()}")
-        return self.step_weights(action_to_weights(a, self.space, self.setting.action))
+        # ContractError is a ValueError; its message names the shape or the non-finite values.
+        return self.step_weights(action_to_weights(action, self.space, self.setting.action))
 
     def step_weights(self, weights: Weights | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Train one interval on ``weights`` (a :class:`Weights` or K raw shares) and evaluate."""
@@ -135,19 +131,26 @@ class DataMixingEnv(gym.Env):
                 weights = Weights.from_raw(raw)
             except ContractError as e:
                 raise ValueError(str(e)) from None
-        self._history.record_weights(weights)
+        if len(weights.values) != self.space.size:
+            raise ValueError(f"weights: expected {self.space.size} values, got {len(weights.values)}")
         t0 = time.perf_counter()
-        train_loss = self.backend.train(weights.as_array(), self.setting.cpt.interval)
-        t1 = time.perf_counter()
-        feedback = self.backend.evaluate()
+        try:
+            train_loss = self.backend.train(weights.as_array(), self.setting.cpt.interval)
+            t1 = time.perf_counter()
+            feedback = self.backend.evaluate()
+        except BaseException:
+            # The model is part-trained and the stage has no feedback: only reset() can go on.
+            self._history = None
+            raise
         t2 = time.perf_counter()
+        self._history.record_weights(weights)
         self._history.record_feedback(feedback)
         self._t += 1
         b = balanced_scores(self._history, self.setting.objective)
-        reward = float(b[-1] - b[-2])
         truncated = self._t >= self.horizon
         self.last_stage_seconds = {"train": t1 - t0, "eval": t2 - t1}
-        return self._get_obs(), reward, False, truncated, self._get_info(train_loss=train_loss)
+        info = self._get_info(train_loss=train_loss, balanced=float(b[-1]))
+        return self._get_obs(), float(b[-1] - b[-2]), False, truncated, info
 
     # ----- helpers -------------------------------------------------------------------------------
     @property
@@ -161,13 +164,12 @@ class DataMixingEnv(gym.Env):
         assert self._history is not None
         return encode(self._history, self.horizon, self.setting.action)
 
-    def _get_info(self, *, train_loss: float) -> dict[str, Any]:
+    def _get_info(self, *, train_loss: float, balanced: float) -> dict[str, Any]:
         assert self._history is not None
-        b = balanced_scores(self._history, self.setting.objective)
         return {
             "t": self._t,
             "feedback": self._history.feedback[-1].model_dump(),
             "weights": self._history.weights[-1].as_dict(self.space) if self._history.weights else None,
-            "balanced_score": float(b[-1]),
+            "balanced_score": balanced,
             "train_loss": train_loss,
         }

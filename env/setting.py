@@ -18,6 +18,7 @@ from mixagent.trajectories.contract import (
     SOURCE_FIELD,
     ActionSpec,
     DomainSpace,
+    Name,
     Objective,
     stable_hash,
 )
@@ -41,12 +42,18 @@ __all__ = [
     "load_setting",
     "DEFAULT_SETTING",
     "CORPUS_CODE_VERSION",
+    "DATA_CODE_VERSION",
+    "BASE_CODE_VERSION",
 ]
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_SETTING = CONFIGS_DIR / "math-tiny.yaml"
-CORPUS_CODE_VERSION = 1
+CORPUS_CODE_VERSION = 2
 """Bump when extraction/splitting code changes what a corpus contains (invalidates caches)."""
+DATA_CODE_VERSION = 1
+"""Bump when tokenizer training or token encoding changes (invalidates token caches)."""
+BASE_CODE_VERSION = 2
+"""Bump when model building, optimizer, schedule or sampling code changes what pre-training gives."""
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -110,7 +117,7 @@ DomainSource = Annotated[
 class CorpusSpec(_Spec):
     """Where each domain's text comes from and how much of it is kept."""
 
-    domains: dict[str, DomainSource] = Field(min_length=2)
+    domains: dict[Name, DomainSource] = Field(min_length=2)
     max_train_bytes: PosInt = 2_000_000
     """Per domain: documents are taken in a seeded order until this many train bytes are kept."""
     heldout_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
@@ -204,9 +211,9 @@ class Setting(_Spec):
     description: str = ""
     seed: int = 0
     corpus: CorpusSpec
-    fields: dict[str, tuple[str, ...]]
+    fields: dict[Name, tuple[Name, ...]]
     """Field name -> its domains. ``source`` is the field the base model knows; the rest are targets."""
-    priors: dict[str, PosFloat] = Field(default_factory=dict)
+    priors: dict[Name, PosFloat] = Field(default_factory=dict)
     """Default share per domain (unnamed domains get 1); used for within-field splits and ε-mixing."""
     tokenizer: TokenizerSpec = TokenizerSpec()
     model: LlamaSpec | PretrainedSpec = Field(default_factory=LlamaSpec, discriminator="kind")
@@ -250,6 +257,20 @@ class Setting(_Spec):
             raise ValueError("tokenizer.kind: a pretrained model needs tokenizer.kind 'pretrained'")
         if self.model.kind == "llama" and self.pretrain.steps == 0:
             raise ValueError("pretrain.steps: a model built from config needs pre-training steps > 0")
+        if self.model.kind == "llama" and self.pretrain.warmup_steps >= self.pretrain.steps:
+            raise ValueError(
+                f"pretrain.warmup_steps: {self.pretrain.warmup_steps} is not below pretrain.steps={self.pretrain.steps}"
+            )
+        if self.cpt.warmup_steps >= self.total_steps:
+            raise ValueError(
+                f"cpt.warmup_steps: {self.cpt.warmup_steps} is not below the episode's "
+                f"interval×horizon = {self.total_steps} steps"
+            )
+        if round(self.eval.context_fraction * self.cpt.seq_len) >= self.cpt.seq_len:
+            raise ValueError(
+                f"eval.context_fraction: {self.eval.context_fraction} leaves no continuation tokens "
+                f"to score in windows of cpt.seq_len={self.cpt.seq_len}"
+            )
         return self
 
     # ----- derived -------------------------------------------------------------------------------
@@ -262,36 +283,52 @@ class Setting(_Spec):
         return self.cpt.interval * self.cpt.horizon
 
     def corpus_hash(self) -> str:
-        return stable_hash({"v": CORPUS_CODE_VERSION, "corpus": self.corpus.model_dump()})
+        """Domain sources and caps, *in order* (cross-domain dedup keeps a document in the first)."""
+        return stable_hash(
+            {"v": CORPUS_CODE_VERSION, "order": list(self.corpus.domains), "corpus": self.corpus.model_dump()}
+        )
 
     def data_hash(self) -> str:
         """Corpus + tokenizer (+ the checkpoint, whose tokenizer a pretrained setting uses)."""
         tok: dict[str, Any] = self.tokenizer.model_dump()
         if self.tokenizer.kind == "pretrained":
             tok = {"kind": "pretrained", "model": self.model.model_dump()}
-        return stable_hash({"corpus": self.corpus_hash(), "tokenizer": tok})
+        return stable_hash({"v": DATA_CODE_VERSION, "corpus": self.corpus_hash(), "tokenizer": tok})
+
+    def pretrain_cpt(self) -> CPTSpec:
+        """The exact training spec pre-training runs with: the CPT optimizer settings, with the
+        pre-training learning rate, warm-up and batch size."""
+        p = self.pretrain
+        return self.cpt.model_copy(update={"lr": p.lr, "warmup_steps": p.warmup_steps, "batch_size": p.batch_size})
 
     def base_hash(self) -> str:
-        """Data + model + pre-training (+ seed and sequence length, which pre-training uses)."""
+        """Data + model + everything pre-training reads: its spec, the source domains and their
+        priors, the seed. Nothing else (the CPT budget, evaluation, target priors) changes the base."""
+        spec = self.pretrain_cpt().model_dump(exclude={"interval", "horizon", "threads"})
+        source = self.fields[SOURCE_FIELD]
         return stable_hash(
             {
+                "v": BASE_CODE_VERSION,
                 "data": self.data_hash(),
                 "model": self.model.model_dump(),
-                "pretrain": self.pretrain.model_dump(),
-                "source": self.fields[SOURCE_FIELD],
-                "priors": self.priors,
-                "seq_len": self.cpt.seq_len,
+                "steps": self.pretrain.steps,
+                "spec": spec,
+                "source": source,
+                "priors": {d: self.priors.get(d, 1.0) for d in source},
                 "seed": self.seed,
             }
         )
 
     def hash(self) -> str:
-        return stable_hash(self.model_dump(exclude={"description"}))
+        """Everything that decides an episode's numbers: the setting's values and the code
+        versions behind its corpus, tokens and base model (so a trajectory's ``setting_hash``
+        changes when they do)."""
+        return stable_hash({"setting": self.model_dump(exclude={"description"}), "base": self.base_hash()})
 
 
 def _read_document(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SettingError(f"{path}: cannot read setting ({e.strerror})") from None
     try:
@@ -307,14 +344,26 @@ def _read_document(path: Path) -> dict[str, Any]:
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``: mappings merge key by key, anything else is replaced; a
-    mapping whose ``kind`` changes (another model or source type) replaces the old one whole."""
+    """``override`` on top of ``base``: mappings merge key by key, anything else is replaced; ``null``
+    deletes a key (e.g. a corpus domain); a mapping whose ``kind`` changes (another model or source
+    type) replaces the old one whole, and so do the groupings ``fields`` and ``priors``."""
     out = dict(base)
     for k, v in override.items():
         old = out.get(k)
-        mergeable = isinstance(v, dict) and isinstance(old, dict) and v.get("kind", old.get("kind")) == old.get("kind")
+        if v is None:
+            out.pop(k, None)
+            continue
+        mergeable = (
+            k not in _REPLACED_WHOLE
+            and isinstance(v, dict)
+            and isinstance(old, dict)
+            and v.get("kind", old.get("kind")) == old.get("kind")
+        )
         out[k] = _deep_merge(old, v) if mergeable else v  # type: ignore[arg-type]
     return out
+
+
+_REPLACED_WHOLE = {"fields", "priors"}
 
 
 def _read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -347,8 +396,8 @@ def load_setting(source: str | Path | dict[str, Any] | Setting | None = None) ->
 
     ``None`` loads the default setting (:data:`DEFAULT_SETTING`); a bare name loads
     ``configs/<name>.yaml``. ``extends: base.yaml`` inherits another file and overrides only the
-    keys given (mappings merge, lists are replaced). Relative ``files`` roots are resolved against
-    the setting file's folder.
+    keys given (mappings merge; lists, ``fields`` and ``priors`` are replaced; ``null`` deletes a
+    key). Relative ``files`` roots are resolved against the setting file's folder.
     """
     if isinstance(source, Setting):
         return source

@@ -24,6 +24,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from mixagent.env.cache import build_lock
 from mixagent.env.setting import (
     ChatterbotSource,
     DebSource,
@@ -58,7 +59,11 @@ class SourceInfo:
 def fetch_deb(package: str, cache_dir: Path) -> tuple[Path, str]:
     """Download and unpack one Debian package; returns ``(unpacked root, version)``. Cached."""
     debs = cache_dir / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
+    with build_lock(debs / package):  # parallel workers on a cold cache fetch and unpack once
+        return _fetch_deb(package, debs)
+
+
+def _fetch_deb(package: str, debs: Path) -> tuple[Path, str]:
     found = sorted(debs.glob(f"{package}_*.deb"))
     if not found:
         if shutil.which("apt-get") is None:
@@ -105,7 +110,8 @@ def open_source(source: DomainSource, cache_dir: Path) -> SourceInfo:
         return SourceInfo("deb", source.package, version, files, source.reader)
     if isinstance(source, PythonStdlibSource):
         root = Path(sysconfig.get_paths()["stdlib"])
-        files = _glob(root, source.include, source.exclude)
+        # Never what pip installed into the interpreter: the domain must not depend on it.
+        files = _glob(root, source.include, (*source.exclude, "site-packages/*", "dist-packages/*"))
         return SourceInfo("python_stdlib", "python", sys.version.split()[0], files, "text")
     if isinstance(source, LicencesSource):
         root = Path(source.root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +63,12 @@ def tiny_setting_dict(corpus_root: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the session; MIXAGENT_HOME points at it while the session runs."""
     d = tmp_path_factory.mktemp("mixagent-cache")
-    os.environ["MIXAGENT_HOME"] = str(d)
-    return d
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MIXAGENT_HOME", str(d))
+    yield d
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WEIGHT_FLOOR",
     "SOURCE_FIELD",
+    "Name",
     "ContractError",
     "Domain",
     "DomainSpace",
@@ -69,7 +70,8 @@ class Domain(_Frozen):
 
 
 class DomainSpace(_Frozen):
-    """Ordered domains grouped into fields. The ``source`` field comes first, targets after it."""
+    """Ordered domains grouped into fields. Domains keep the order they are given in; ``fields``
+    lists the ``source`` field first, then the target fields."""
 
     domains: tuple[Domain, ...] = Field(min_length=1)
 

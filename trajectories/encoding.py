@@ -45,6 +45,7 @@ __all__ = [
     "relative_gains",
     "balanced_scores",
     "stage_rewards",
+    "field_shares_to_weights",
     "action_to_weights",
     "weights_to_action",
     "encode",
@@ -90,10 +91,14 @@ def _field_weight_vector(space: DomainSpace, objective: Objective) -> np.ndarray
 
 
 def balanced_scores(history: History, objective: Objective) -> np.ndarray:
-    """``B_t = sum_f c_f g_f(t) - λ·std_f g_f(t)`` for every feedback; ``B_0 = 0``."""
+    """``B_t = m_t - λ·s_t`` for every feedback, with ``m_t = Σ_f c_f g_f(t)`` and
+    ``s_t = sqrt(Σ_f c_f (g_f(t) - m_t)²)`` the ``c``-weighted mean and spread (equal weights: the
+    plain mean and standard deviation); ``B_0 = 0``. A field of weight 0 counts in neither."""
     g = relative_gains(history)
     c = _field_weight_vector(history.space, objective)
-    return g @ c - objective.spread_penalty * g.std(axis=1)
+    mean = g @ c
+    spread = np.sqrt(((g - mean[:, None]) ** 2) @ c)
+    return mean - objective.spread_penalty * spread
 
 
 def stage_rewards(history: History, objective: Objective) -> np.ndarray:
@@ -106,8 +111,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
-def _expand_field_shares(space: DomainSpace, shares: np.ndarray) -> np.ndarray:
-    """Spread field shares over domains in proportion to the domain priors within each field."""
+def field_shares_to_weights(space: DomainSpace, shares: np.ndarray) -> np.ndarray:
+    """Spread field shares (in ``space.fields`` order) over domains in proportion to the domain
+    priors within each field; the result sums to ``shares.sum()``."""
     m = space.field_matrix()
     p = space.priors()
     within = p / (m.T @ (m @ p))
@@ -125,7 +131,7 @@ def action_to_weights(action: np.ndarray, space: DomainSpace, spec: ActionSpec) 
     a = np.clip(a, -1.0, 1.0)
     if spec.level == "field":
         shares = (1 - spec.epsilon) * _softmax(spec.beta * a) + spec.epsilon * space.field_priors()
-        w = _expand_field_shares(space, shares)
+        w = field_shares_to_weights(space, shares)
     else:
         w = (1 - spec.epsilon) * _softmax(spec.beta * a) + spec.epsilon * space.priors()
     return Weights.from_raw(w)

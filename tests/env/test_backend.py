@@ -26,8 +26,12 @@ def test_sampler_draws_domains_by_weight_and_is_seeded():
     np.testing.assert_allclose(share, probs, atol=0.03)
     again = s.sample(probs, 4000, np.random.default_rng(0))
     assert (again == batch).all()
-    with pytest.raises(ValueError, match="fewer than seq_len"):
-        TokenSampler([np.zeros(5, dtype=np.uint16)], seq_len=8)
+    with pytest.raises(ValueError, match=r"domains \['tiny'\] have fewer than cpt.seq_len\+1=9 train tokens"):
+        TokenSampler([np.zeros(5, dtype=np.uint16)], seq_len=8, names=["tiny"])
+    # every window start is reachable, the last one included
+    edge = TokenSampler([np.arange(10, dtype=np.uint16)], seq_len=8)
+    firsts = set(edge.sample(np.array([1.0]), 200, np.random.default_rng(0))[:, 0].tolist())
+    assert firsts == {0, 1}
 
 
 def test_eval_windows_are_fixed_and_cover_each_domain():

@@ -76,13 +76,13 @@ def test_target_only_forgets_source_more_than_a_mixture(real_cache):
     """The environment means something: on the default setting, CPT on the target only lowers the
     target loss most and raises the source loss most; source-only does the opposite."""
     from mixagent.env.mixing_env import DataMixingEnv
+    from mixagent.trajectories.encoding import field_shares_to_weights
 
     s = load_setting("math-tiny")
     env = DataMixingEnv(s, cache_dir=real_cache)
-    fm = env.space.field_matrix()
     deltas = {}
     for share in (1.0, 0.5, 0.0):
-        w = fm.T @ np.array([1 - share, share]) * env.space.priors() / (fm.T @ (fm @ env.space.priors()))
+        w = field_shares_to_weights(env.space, np.array([1 - share, share]))
         env.reset(seed=0)
         truncated = False
         while not truncated:

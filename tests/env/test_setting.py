@@ -14,7 +14,7 @@ def test_default_setting_loads_and_has_at_least_8_domains():
     assert load_setting("math-tiny") == s  # a name in configs/ works too
     assert load_setting(DEFAULT_SETTING).hash() == s.hash()
     # Frozen: the committed trajectory dataset was generated with exactly this setting.
-    assert s.hash() == "1d5997c13a3c9cdd"
+    assert s.hash() == "1be1b90f65d3616e"
 
 
 def test_every_shipped_setting_validates():
@@ -27,11 +27,30 @@ def test_every_shipped_setting_validates():
 
 
 def test_hashes_separate_what_each_cache_depends_on(corpus_root):
-    a = load_setting(tiny_setting_dict(corpus_root))
-    b = load_setting(tiny_setting_dict(corpus_root, cpt={"interval": 9, "horizon": 3, "seq_len": 32}))
-    assert a.base_hash() == b.base_hash() and a.hash() != b.hash()
+    base = tiny_setting_dict(corpus_root)
+    a = load_setting(base)
+
+    def with_cpt(**kw):
+        return load_setting(tiny_setting_dict(corpus_root, cpt={**base["cpt"], **kw}))
+
+    # the CPT budget and rate, evaluation and target priors do not change the base ...
+    for same in (with_cpt(interval=9, horizon=3), with_cpt(lr=0.5),
+                 load_setting(tiny_setting_dict(corpus_root, priors={"tgt_a": 5.0})),
+                 load_setting(tiny_setting_dict(corpus_root, eval={"windows_per_domain": 2}))):
+        assert same.base_hash() == a.base_hash() and same.hash() != a.hash()
+    # ... everything pre-training reads does
+    for other in (with_cpt(weight_decay=0.0), with_cpt(grad_clip=5.0), with_cpt(beta2=0.99),
+                  with_cpt(min_lr_ratio=0.5), with_cpt(seq_len=16),
+                  load_setting(tiny_setting_dict(corpus_root, priors={"src_a": 5.0})),
+                  load_setting(tiny_setting_dict(corpus_root, seed=1))):
+        assert other.base_hash() != a.base_hash()
     c = load_setting(tiny_setting_dict(corpus_root, model={"kind": "llama", "n_layer": 2, "n_head": 2, "d_model": 32}))
     assert c.data_hash() == a.data_hash() and c.base_hash() != a.base_hash()
+    # the order of domains decides cross-domain dedup, so it is part of the corpus
+    reordered = dict(base["corpus"])
+    reordered["domains"] = dict(reversed(list(base["corpus"]["domains"].items())))
+    r = load_setting(tiny_setting_dict(corpus_root, corpus=reordered))
+    assert r.corpus_hash() != a.corpus_hash()
 
 
 @pytest.mark.parametrize(
@@ -46,6 +65,9 @@ def test_hashes_separate_what_each_cache_depends_on(corpus_root):
         ({"model": {"kind": "llama", "d_model": 30, "n_head": 4}}, "model.d_model=30 is not divisible by model.n_head=4"),
         ({"priors": {"zzz": 1.0}}, "priors: unknown domain 'zzz'"),
         ({"cpt": {"intervall": 4}}, "cpt.intervall: Extra inputs are not permitted"),
+        ({"fields": {"source": ["src_a", "src b"], "target": ["tgt_a", "tgt_b"]}}, "fields.source.1: String should match pattern"),
+        ({"eval": {"context_fraction": 0.999}}, "eval.context_fraction: 0.999 leaves no continuation tokens"),
+        ({"cpt": {"interval": 2, "horizon": 2, "warmup_steps": 4}}, "cpt.warmup_steps: 4 is not below"),
         ({"fields": {"source": ["src_a"], "target": ["tgt_a", "tgt_b"]}}, "domain(s) ['src_b'] belong to no field"),
     ],
 )
@@ -100,3 +122,21 @@ def test_extends_inherits_and_overrides(tmp_path, corpus_root):
         load_setting(loop)
     pre = load_setting("smollm2-math")
     assert pre.model.kind == "pretrained" and pre.tokenizer.kind == "pretrained"  # kind change replaces
+
+
+def test_extends_can_replace_fields_and_delete_domains(tmp_path, corpus_root):
+    import yaml
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_setting_dict(corpus_root)))
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "extends: base.yaml\nname: other-target\n"
+        "fields: {source: [src_a, tgt_a], code: [src_b]}\n"  # a new target field, old one gone
+        "corpus: {domains: {tgt_b: null}}\n"  # and a domain dropped
+    )
+    s = load_setting(child)
+    assert s.space.fields == ("source", "code")
+    assert set(s.corpus.domains) == {"src_a", "src_b", "tgt_a"}
+    # the shipped example: code as the target, no Python written
+    code = load_setting("code-tiny")
+    assert code.fields["target"] == ("pycode", "pydocs") and "pycode" not in code.fields["source"]

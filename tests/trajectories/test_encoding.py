@@ -114,3 +114,33 @@ def test_observation_is_clipped():
     h = make_history([(-1.0, -1.0), (-1e-9, -5.0)])
     obs = encode(h, 4, ActionSpec())
     assert obs.max() <= OBS_BOUND and obs.min() >= -OBS_BOUND
+
+
+def test_observation_windows_hold_the_right_past_steps():
+    # 7 feedbacks (t = 6): gains at t-1..t-4, shares of the mixtures before the last one
+    scores = [(-4.0, -5.0 + 0.1 * t) for t in range(7)]
+    h = make_history(scores)
+    spec = ActionSpec()
+    obs = encode(h, horizon=8, spec=spec)
+    g = relative_gains(h) * 10
+    f = 2
+    gains_window = obs[3 * f + 1 : 3 * f + 1 + 4 * f].reshape(4, f)
+    np.testing.assert_allclose(gains_window, g[[5, 4, 3, 2]], rtol=1e-5)
+    fm = SPACE.field_matrix()
+    shares = [fm @ w.as_array() for w in h.weights]  # weights[i] trained between feedback i and i+1
+    np.testing.assert_allclose(obs[2 * f : 3 * f], shares[5], rtol=1e-5)  # the last mixture
+    share_window = obs[3 * f + 1 + 4 * f :].reshape(4, f)
+    np.testing.assert_allclose(share_window, [shares[4], shares[3], shares[2], shares[1]], rtol=1e-5)
+    # two steps in: the windows reach back before the start (zeros / priors)
+    o2 = encode(make_history(scores[:3]), 8, spec)
+    gw = o2[3 * f + 1 : 3 * f + 1 + 4 * f].reshape(4, f)
+    np.testing.assert_allclose(gw[1], 0.0)  # g(0) = 0
+    np.testing.assert_allclose(gw[2:], 0.0)  # before the start
+    sw = o2[3 * f + 1 + 4 * f :].reshape(4, f)
+    np.testing.assert_allclose(sw[1:], np.tile(SPACE.field_priors(), (3, 1)), rtol=1e-6)
+
+
+def test_weighted_objective_ignores_zero_weight_fields_in_the_spread():
+    h = make_history([(-4.0, -5.0), (-3.0, -5.0)])
+    b = balanced_scores(h, Objective(spread_penalty=1.0, field_weights={"source": 1.0}))
+    assert b[1] == pytest.approx(0.25)  # only the source gain, no spread penalty from the target
