@@ -102,27 +102,34 @@ class FixedTargetSharePolicy(_Static):
 
 
 class LossSoftmaxPolicy:
-    """Loss-softmax: upweight the domains whose held-out loss improved least since the start.
+    """Loss-softmax: upweight the domains with the highest held-out loss.
 
-    ``w_k ∝ prior_k · exp(ℓ_k(t) / (τ · ℓ_k(0)))`` with ``ℓ_k(t)`` the newest held-out loss of domain
-    k, ``ℓ_k(0)`` its loss at the first feedback and ``τ = temperature``. Dividing by the start loss
-    makes the rule scale-free across domains (an intrinsically hard domain does not dominate); a
-    domain whose loss rose (forgetting) gains share. Before any feedback, and right after the first,
-    the mixture is the prior. Non-positive start losses are treated as 1e-8.
+    ``relative=True`` (default): ``w_k ∝ prior_k · exp(ℓ_k(t) / (τ · ℓ_k(0)))`` with ``ℓ_k(t)`` the
+    newest held-out loss of domain k, ``ℓ_k(0)`` its loss at the first feedback and
+    ``τ = temperature``. Dividing by the start loss makes the rule scale-free across domains (an
+    intrinsically hard domain does not dominate); a domain whose loss rose (forgetting) gains share.
+    Before any feedback, and right after the first, the mixture is the prior. Non-positive start
+    losses are treated as 1e-8.
+
+    ``relative=False``: the plain heuristic of METHODS.md, ``w_k ∝ softmax(ℓ_k(t) / τ)`` (no prior,
+    no reference), which pours the mixture into the hardest domains (in CPT, the new field's).
     """
 
     name = "loss-softmax"
 
-    def __init__(self, temperature: float = 0.1):
+    def __init__(self, temperature: float = 0.1, relative: bool = True):
         if not (isinstance(temperature, int | float) and not isinstance(temperature, bool)) or not (
             float(temperature) > 0 and np.isfinite(temperature)
         ):
             raise ContractError(f"temperature: must be a positive finite number, got {temperature!r}")
+        if not isinstance(relative, bool):
+            raise ContractError(f"relative: must be true or false, got {relative!r}")
         self.temperature = float(temperature)
+        self.relative = relative
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"temperature": self.temperature}
+        return {"temperature": self.temperature, "relative": self.relative}
 
     def initial_weights(self, space: DomainSpace) -> Weights:
         return Weights.from_raw(space.priors())
@@ -131,9 +138,12 @@ class LossSoftmaxPolicy:
         if not history.feedback:
             return self.initial_weights(space)
         first, last = history.feedback[0].domain_losses, history.feedback[-1].domain_losses
+        loss = np.array([last[n] for n in space.names])
+        if not self.relative:
+            logits = loss / self.temperature
+            return Weights.from_raw(np.exp(logits - logits.max()))
         l0 = np.array([first[n] for n in space.names])
-        z = np.array([last[n] for n in space.names]) / (self.temperature * np.maximum(l0, 1e-8))
-        logits = np.log(space.priors()) + z
+        logits = np.log(space.priors()) + loss / (self.temperature * np.maximum(l0, 1e-8))
         return Weights.from_raw(np.exp(logits - logits.max()))
 
 

@@ -20,11 +20,12 @@ CASES = [
     (UniformPolicy(), {}),
     (PriorPolicy(), {}),
     (FixedTargetSharePolicy(0.3), {"target_share": 0.3}),
-    (LossSoftmaxPolicy(0.05), {"temperature": 0.05}),
+    (LossSoftmaxPolicy(0.05), {"temperature": 0.05, "relative": True}),
+    (LossSoftmaxPolicy(2.0, relative=False), {"temperature": 2.0, "relative": False}),
 ]
 
 
-@pytest.mark.parametrize(("policy", "params"), CASES, ids=[p.name for p, _ in CASES])
+@pytest.mark.parametrize(("policy", "params"), CASES, ids=[f"{p.name}-{i}" for i, (p, _) in enumerate(CASES)])
 def test_policy_contract(policy, params, tmp_path):
     card = {"name": f"tuned-{policy.name}", "version": "1", "kind": "baseline", "rule": policy.name, "params": params}
     check_policy(policy, card, tmp_path)
@@ -81,11 +82,17 @@ def test_loss_softmax_rule():
     assert min(w.values) == pytest.approx(1e-4)
     with pytest.raises(ContractError, match="temperature"):
         LossSoftmaxPolicy(0)
+    with pytest.raises(ContractError, match="relative"):
+        LossSoftmaxPolicy(0.1, relative="yes")  # type: ignore[arg-type]
+    # the plain form of METHODS.md: softmax(loss / T), no prior, no reference
+    plain = LossSoftmaxPolicy(temperature=2.0, relative=False).next_weights(space, h)
+    z = np.exp(np.array([2.2, 1.0, 3.2]) / 2.0)
+    assert plain.values == pytest.approx((z / z.sum()).tolist())
 
 
 def test_build_baseline_names_unknown_rules_and_parameters():
     assert build_baseline("fixed-target-share", {"target_share": 0.2}).params == {"target_share": 0.2}  # type: ignore[attr-defined]
     with pytest.raises(ContractError, match=r"unknown baseline 'nope'; known: \['fixed-target-share'"):
         build_baseline("nope")
-    with pytest.raises(ContractError, match=r"\['beta'\] are not parameters of 'loss-softmax' \(it takes \['temperature'\]\)"):
+    with pytest.raises(ContractError, match=r"\['beta'\] are not parameters of 'loss-softmax' \(it takes \['relative', 'temperature'\]\)"):
         build_baseline("loss-softmax", {"beta": 1})
