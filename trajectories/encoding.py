@@ -120,6 +120,10 @@ def field_shares_to_weights(space: DomainSpace, shares: np.ndarray) -> np.ndarra
     return (m.T @ shares) * within
 
 
+_SHIFTS = 257
+"""Shifts tried by :func:`weights_to_action` when the logits do not fit the action box."""
+
+
 def action_to_weights(action: np.ndarray, space: DomainSpace, spec: ActionSpec) -> Weights:
     """Map ``a ∈ [-1, 1]^A`` to weights ``(1-ε)·softmax(β·a) + ε·prior`` (see :class:`ActionSpec`)."""
     a = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -140,8 +144,13 @@ def action_to_weights(action: np.ndarray, space: DomainSpace, spec: ActionSpec) 
 def weights_to_action(weights: Weights, space: DomainSpace, spec: ActionSpec) -> np.ndarray:
     """The action in ``[-1, 1]^A`` whose image is closest to ``weights`` (exact when reachable).
 
-    Inverts the ε-mixing and the softmax; shares the map cannot reach are clipped, so behaviour
-    data is labelled with the action that would have produced the nearest mixture.
+    Inverts the ε-mixing and the softmax, giving logits ``log(q)/β`` that are unique up to a shift.
+    When they span at most the box's width, centring them is exact. Otherwise some must be clipped,
+    and which ones depends on the shift: the shift (on a grid of :data:`_SHIFTS` points between "the
+    smallest at -1" and "the largest at +1") whose clipped image is nearest in L1 is taken. With two
+    units every such shift gives ``[+1, -1]``; with more, centring would push mid-sized shares up to
+    the box edge next to the largest ones. Behaviour data is thus labelled with the action that
+    produces the nearest reachable mixture.
     """
     w = weights.as_array()
     if w.shape != (space.size,):
@@ -154,9 +163,14 @@ def weights_to_action(weights: Weights, space: DomainSpace, spec: ActionSpec) ->
     q = (w - spec.epsilon * prior) / (1 - spec.epsilon)
     q = np.maximum(q, 1e-12)
     logits = np.log(q) / spec.beta
-    # Softmax is shift-invariant: centre the logits in the box, then clip what still sticks out.
-    logits = logits - (logits.max() + logits.min()) / 2
-    return np.clip(logits, -1.0, 1.0).astype(np.float32)
+    hi, lo = logits.max(), logits.min()
+    if hi - lo <= 2.0:  # reachable: centre the logits in the box (softmax is shift-invariant)
+        return np.clip(logits - (hi + lo) / 2, -1.0, 1.0).astype(np.float32)
+    candidates = np.clip(logits[None, :] - np.linspace(lo + 1.0, hi - 1.0, _SHIFTS)[:, None], -1.0, 1.0)
+    z = np.exp(spec.beta * (candidates - 1.0))
+    images = (1 - spec.epsilon) * z / z.sum(axis=1, keepdims=True) + spec.epsilon * prior
+    best = int(np.argmin(np.abs(images - w[None, :]).sum(axis=1)))
+    return candidates[best].astype(np.float32)
 
 
 def encode(history: History, horizon: int, spec: ActionSpec) -> np.ndarray:

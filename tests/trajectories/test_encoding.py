@@ -69,6 +69,22 @@ def test_unreachable_weights_are_clipped_to_the_box():
     assert a[1] == pytest.approx(1.0) and a[0] == pytest.approx(-1.0)
 
 
+def test_unreachable_domain_mixtures_get_the_nearest_reachable_one():
+    # Two large shares, two mid-sized ones, one vanishing: the logits span more than the box.
+    space = DomainSpace.from_fields({"source": ["a", "b", "c"], "target": ["d", "e"]})
+    spec = ActionSpec(level="domain", beta=3.0, epsilon=0.02)
+    w = Weights.from_raw([0.45, 0.45, 0.05, 0.0498, 0.0002])
+    near = action_to_weights(weights_to_action(w, space, spec), space, spec).as_array()
+    # centring the logits (the old rule) clips the mid-sized shares up to the edge of the box
+    q = np.maximum((w.as_array() - 0.02 * space.priors()) / 0.98, 1e-12)
+    logits = np.log(q) / 3.0
+    centred = np.clip(logits - (logits.max() + logits.min()) / 2, -1, 1)
+    far = action_to_weights(centred, space, spec).as_array()
+    assert np.abs(near - w.as_array()).sum() < 0.5 * np.abs(far - w.as_array()).sum()
+    assert near[0] == pytest.approx(near[1]) and near[0] > near[2] > near[4]  # order is kept
+    assert np.abs(near - w.as_array()).sum() < 0.05
+
+
 def test_action_rejects_nan_and_wrong_shape():
     spec = ActionSpec()
     with pytest.raises(ContractError, match="expected 2 values"):

@@ -168,9 +168,9 @@ PLUGIN = '''
 from mixagent.agent.baselines import build_baseline
 from mixagent.trajectories.schedules import families, register_policy_family
 
-if "noisy_loss_softmax" not in families():
+if "noisy_user_loss_softmax" not in families():
     register_policy_family(
-        "noisy_loss_softmax",
+        "noisy_user_loss_softmax",
         lambda ctx, p: build_baseline("loss-softmax", {"temperature": p["temperature"]}),
         draw_policy_params=lambda ctx, rng, k: {"temperature": round(float(rng.uniform(0.05, 0.5)), 3)},
     )
@@ -182,12 +182,12 @@ def test_an_agent_baseline_with_noise_plugs_in_as_a_family(tiny_setting, cache_d
     (tmp_path / "behaviour_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "noisy"
-    cfg = GenerateConfig(out=out, n=2, families=("noisy_loss_softmax",), plugins=("behaviour_plugin",),
+    cfg = GenerateConfig(out=out, n=2, families=("noisy_user_loss_softmax",), plugins=("behaviour_plugin",),
                          threads=1, cache_dir=cache_dir, progress=False)
     assert generate(cfg, tiny_setting).generated == 2
     for stored in FileStore(out).load_all():
         hd = stored.trajectory.header
-        assert hd.schedule == "noisy_loss_softmax" and {"sigma", "seed", "temperature"} <= set(hd.schedule_params)
+        assert hd.schedule == "noisy_user_loss_softmax" and {"sigma", "seed", "temperature"} <= set(hd.schedule_params)
         assert stored.trajectory.history.stages == tiny_setting.cpt.horizon
 
 
