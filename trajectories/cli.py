@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -94,18 +94,37 @@ def import_cmd(
 
     store = FileStore(out)
     try:
-        imported, skipped = import_jsonl(source, store)
-        card = build_card([summarise(r) for r in store.load_all()])
+        with store.lock("import"):
+            pinned = _read_json_object(out / "generate.json") if (out / "generate.json").exists() else {}
+            report = import_jsonl(source, store, setting_hash=pinned.get("setting_hash"))
+            card = build_card([summarise(r) for r in store.load_all()])
+            write_json_atomic(out / "card.json", card)
     except RecordError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
-    write_json_atomic(out / "card.json", card)
-    typer.echo(f"{out}: {imported} imported, {skipped} already there; {card['counts']['trajectories']} in all")
+    for line in report.unfinished:
+        typer.echo(f"left out (not finished): {source}: {line}")
+    typer.echo(f"{out}: {report.imported} imported, {report.skipped} already there, {len(report.unfinished)} "
+               f"unfinished left out; {card['counts']['trajectories']} in all")
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of a dataset folder, or a RecordError naming it."""
+    from mixagent.trajectories.storage import RecordError  # noqa: PLC0415
+
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RecordError(path, f"unreadable ({e})") from None
+    if not isinstance(obj, dict):
+        raise RecordError(path, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 @trajectories_app.command("validate")
 def validate_cmd(directory: DirArg) -> None:
     """Check every record (exit 1 and one message per bad file); in-progress records are listed."""
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
     from mixagent.trajectories.storage import FileStore, RecordError  # noqa: PLC0415
 
@@ -123,23 +142,35 @@ def validate_cmd(directory: DirArg) -> None:
         typer.echo(f"in progress (not accepted): {store.partial / (pid + '.jsonl')}")
     for tmp in store.stale_temporaries():
         typer.echo(f"crash leftover (ignored, removed by the next generate): {tmp}")
-    pinned_path = directory / "generate.json"
-    if pinned_path.exists():
+    if not store.records.is_dir():
+        _bad(bad, f"{store.records}: missing (not a dataset folder)")
+    else:
+        for stray in sorted(store.records.iterdir()):
+            if not stray.name.startswith(".") and not stray.name.endswith(".jsonl.gz"):
+                _bad(bad, f"{stray}: not a record (records are <id>.jsonl.gz)")
+    for name in ("generate.json", "card.json"):
+        path = directory / name
+        if not path.exists():
+            continue
         try:
-            pinned = json.loads(pinned_path.read_text()).get("setting_hash")
-        except ValueError as e:
-            _bad(bad, f"{pinned_path}: unreadable ({e})")
-            pinned = None
-        for r in good:
-            if pinned and r.trajectory.header.setting_hash != pinned:
-                _bad(bad, f"{r.path}: header.setting_hash {r.trajectory.header.setting_hash} is not the "
-                          f"folder's setting {pinned} ({pinned_path})")
-    card_path = directory / "card.json"
-    if card_path.exists() and good:
-        card = json.loads(card_path.read_text())
-        fresh = build_card([summarise(r) for r in good])
-        if card.get("counts") != fresh["counts"] or card.get("families") != fresh.get("families"):
-            _bad(bad, f"{card_path}: counts/families do not match the records (rebuild: trajectories stats --write-card)")
+            obj = _read_json_object(path)
+        except RecordError as e:
+            _bad(bad, str(e))
+            continue
+        if name == "generate.json":
+            pinned = obj.get("setting_hash")
+            for r in good:
+                if r.trajectory.header.setting_hash != pinned:
+                    _bad(bad, f"{r.path}: header.setting_hash {r.trajectory.header.setting_hash} is not the "
+                              f"folder's setting {pinned!r} ({path})")
+        elif good:
+            try:
+                fresh = build_card([summarise(r) for r in good])
+            except ContractError as e:
+                _bad(bad, f"{directory}: the records do not make a card ({e})")
+                continue
+            if obj.get("counts") != fresh["counts"] or obj.get("families") != fresh.get("families"):
+                _bad(bad, f"{path}: counts/families do not match the records (rebuild: trajectories stats --write-card)")
     typer.echo(f"{directory}: {len(good)} valid record(s), {len(bad)} problem(s)")
     if bad:
         raise typer.Exit(1)
@@ -181,7 +212,12 @@ def stats_cmd(
     console.print(f"{card['counts']['trajectories']} trajectories, {card['counts']['stages']} stages, "
                   f"{card['wall_time_s']['total'] / 3600:.2f} CPU-hours of generation", highlight=False)
     if write_card:
-        write_json_atomic(directory / "card.json", card)
+        try:
+            with store.lock("rewrite the card"):
+                write_json_atomic(directory / "card.json", card)
+        except RecordError as e:
+            err_console.print(f"[red]{e}[/red] (a running generator keeps the card up to date itself)")
+            raise typer.Exit(1) from None
         console.print(f"card written to {directory / 'card.json'}")
     if not no_plots:
         from mixagent.trajectories.plots import plot_dataset  # noqa: PLC0415

@@ -53,8 +53,14 @@ class ContractError(ValueError):
 
 def stable_hash(obj: Any) -> str:
     """A short sha256 of the canonical JSON of ``obj``: identical content gives an identical hash."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_hash_default).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _hash_default(value: Any) -> str:
+    if isinstance(value, set | frozenset):  # str() of a set depends on PYTHONHASHSEED
+        raise TypeError(f"stable_hash: a set has no stable order, got {value!r}; use a sorted list")
+    return str(value)
 
 
 class _Frozen(BaseModel):
@@ -336,6 +342,16 @@ class TrajectoryHeader(_Frozen):
     schedule_params: dict[str, Any] = Field(default_factory=dict)
     seed: int
     package_version: str
+
+    @model_validator(mode="after")
+    def _check(self) -> TrajectoryHeader:
+        if self.objective.field_weights is not None:
+            unknown = sorted(set(self.objective.field_weights) - set(self.space.fields))
+            if unknown:
+                raise ValueError(
+                    f"objective.field_weights: unknown field(s) {unknown} (the space has {list(self.space.fields)})"
+                )
+        return self
 
 
 class Trajectory(BaseModel):

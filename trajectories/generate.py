@@ -24,7 +24,6 @@ Workers. One worker = one process holding one env (one model), reused across tra
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -126,6 +125,8 @@ class GenerateReport:
     generated: int = 0
     wall_s: float = 0.0
     seconds_per_trajectory: list[float] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    """``<id>: <error>`` of the trajectories that raised (left out; a rerun retries them)."""
 
 
 def trajectory_id(setting_hash: str, family: str, params: dict[str, Any], seed: int) -> str:
@@ -194,7 +195,7 @@ class TrajectoryRunner:
             model=self.env.model_description,
             space=s.space,
             objective=s.objective,
-            action=s.action,
+            action=self.ctx.spec(item.params.get("level", s.action.level)),
             horizon=s.cpt.horizon,
             interval=s.cpt.interval,
             schedule=item.family,
@@ -239,8 +240,24 @@ class TrajectoryRunner:
 _WORKER: TrajectoryRunner | None = None
 
 
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """Pool workers do not notice a ``kill -9`` of the driver: without this they would train their
+    trajectory to the end for nobody (competing with the resumed run) and then wait forever."""
+    import threading  # noqa: PLC0415
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(setting: dict[str, Any], cache_dir: str | None, threads: int, plugins: Sequence[str]) -> None:
     global _WORKER
+    _exit_with_parent()
     _WORKER = TrajectoryRunner(setting, cache_dir, threads, plugins)
 
 
@@ -249,37 +266,50 @@ def _run_in_worker(item: PlanItem, partial_dir: str | None) -> dict[str, Any]:
     return _WORKER.run(item, partial_dir)
 
 
-def _results_local(cfg: GenerateConfig, setting: dict[str, Any], todo: list[PlanItem], partial: str) -> Iterator[dict[str, Any]]:
+Outcome = tuple[PlanItem, "dict[str, Any] | Exception"]
+"""A finished plan item with its result, or the exception that ended it (reported, not fatal)."""
+
+
+def _results_local(cfg: GenerateConfig, setting: dict[str, Any], todo: list[PlanItem], partial: str) -> Iterator[Outcome]:
     cache = str(cfg.cache_dir) if cfg.cache_dir else None
     threads = cfg.resolved_threads()
     if cfg.workers <= 1:
         runner = TrajectoryRunner(setting, cache, threads, cfg.plugins)
         for item in todo:
-            yield runner.run(item, partial)
+            try:
+                result: dict[str, Any] | Exception = runner.run(item, partial)
+            except Exception as e:  # noqa: BLE001 - reported per trajectory by the driver
+                result = e
+            yield item, result
         return
     import multiprocessing as mp  # noqa: PLC0415
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait  # noqa: PLC0415
+    from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
 
     with ProcessPoolExecutor(
         max_workers=cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
         initargs=(setting, cache, threads, cfg.plugins),
     ) as pool:
         queue = iter(todo)
-        pending = set()
+        pending: dict[Any, PlanItem] = {}
         for item in queue:  # keep exactly one task per worker in flight, in plan order
-            pending.add(pool.submit(_run_in_worker, item, partial))
+            pending[pool.submit(_run_in_worker, item, partial)] = item
             if len(pending) >= cfg.workers:
                 break
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: pending[f].index):
+                item = pending.pop(fut)
+                exc = fut.exception()
+                if isinstance(exc, BrokenProcessPool):  # a worker died (OOM kill, segfault): stop here
+                    raise GenerateError(f"a worker process died ({exc}); rerun the same command to resume") from exc
+                yield item, exc if exc is not None else fut.result()
                 nxt = next(queue, None)
                 if nxt is not None:
-                    pending.add(pool.submit(_run_in_worker, nxt, partial))
+                    pending[pool.submit(_run_in_worker, nxt, partial)] = nxt
 
 
-def _results_ray(cfg: GenerateConfig, setting: dict[str, Any], todo: list[PlanItem], partial: str) -> Iterator[dict[str, Any]]:
+def _results_ray(cfg: GenerateConfig, setting: dict[str, Any], todo: list[PlanItem], partial: str) -> Iterator[Outcome]:
     try:
         import ray  # noqa: PLC0415
     except ImportError as e:
@@ -296,18 +326,24 @@ def _results_ray(cfg: GenerateConfig, setting: dict[str, Any], todo: list[PlanIt
         cache = str(cfg.cache_dir) if cfg.cache_dir else None
         actors = [remote_runner.remote(setting, cache, threads, cfg.plugins) for _ in range(max(cfg.workers, 1))]
         queue = iter(todo)
-        pending: dict[Any, Any] = {}
+        pending: dict[Any, tuple[Any, PlanItem]] = {}
         for actor in actors:
             item = next(queue, None)
             if item is not None:
-                pending[actor.run.remote(item, partial)] = actor
+                pending[actor.run.remote(item, partial)] = (actor, item)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(done[0])
-            yield ray.get(done[0])
+            actor, item = pending.pop(done[0])
+            try:
+                result: dict[str, Any] | Exception = ray.get(done[0])
+            except ray.exceptions.ActorDiedError as e:
+                raise GenerateError(f"a Ray worker died ({e}); rerun the same command to resume") from e
+            except Exception as e:  # noqa: BLE001 - a RayTaskError wraps the trajectory's own error
+                result = e
+            yield item, result
             item = next(queue, None)
             if item is not None:
-                pending[actor.run.remote(item, partial)] = actor
+                pending[actor.run.remote(item, partial)] = (actor, item)
     finally:
         if started:
             ray.shutdown()
@@ -345,43 +381,48 @@ def _pin(cfg: GenerateConfig, setting: Any, store: FileStore, level: Level) -> N
         write_json_atomic(setting_path, setting.model_dump(mode="json"))
 
 
-class _Lock:
-    def __init__(self, path: Path):
-        self.path = path
-        self._f: Any = None
-
-    def __enter__(self) -> _Lock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a")
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._f.close()
-            raise GenerateError(f"{self.path}: another `trajectories generate` is writing to this folder") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._f, fcntl.LOCK_UN)
-        self._f.close()
-
-
 def write_card(store: FileStore, summaries: dict[str, TrajectorySummary]) -> dict[str, Any]:
     card = build_card(list(summaries.values()))
     write_json_atomic(store.root / "card.json", card)
     return card
 
 
+def _check_plan_membership(cfg: GenerateConfig, setting: Any, level: Level, store: FileStore, done: set[str]) -> None:
+    """Refuse a folder holding records that are not items of its plan (drawn by other code, a
+    changed plugin or another numpy): resuming would silently mix two plans."""
+    if not done:
+        return
+    # Workers finish out of order, so stored ids may lie a little past the first max(N, stored)
+    # items; twice that plus 64 covers any resume history with up to 64 workers.
+    reach = 2 * max(cfg.n, len(done)) + 64
+    known = {it.trajectory_id for it in make_plan(setting, n=reach, families=cfg.families, seed=cfg.seed, level=level)}
+    foreign = sorted(done - known)
+    if foreign:
+        raise GenerateError(
+            f"{store.path_of(foreign[0])}: not an item of this folder's plan (the first {reach} items of "
+            f"families {list(cfg.families)}, seed {cfg.seed}, level {level}); {len(foreign)} such record(s). "
+            "They were drawn by other code; move them out or use another --out"
+        )
+
+
 def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
-    """Run (or resume) the plan of ``cfg`` for ``setting``; see the module docstring."""
+    """Run (or resume) the plan of ``cfg`` for ``setting``; see the module docstring.
+
+    A trajectory that raises is logged and left out (the next run retries it); the others go on,
+    and a :class:`GenerateError` listing the failures ends the run."""
     if cfg.n < 0:
         raise GenerateError(f"--n: must be >= 0, got {cfg.n}")
     if cfg.workers < 1:
         raise GenerateError(f"--workers: must be >= 1, got {cfg.workers}")
+    if cfg.seed < 0:
+        raise GenerateError(f"--seed: must be >= 0, got {cfg.seed}")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise GenerateError(f"--out: {cfg.out} exists and is not a folder")
     level: Level = cfg.level or setting.action.level
     import_plugins(cfg.plugins)
     plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level)  # checks families
     store = FileStore(cfg.out)
-    with _Lock(store.root / ".lock"):
+    with store.lock("generate"):
         _pin(cfg, setting, store, level)
         # Nothing else writes here while we hold the lock: temporaries and partials are dead.
         for tmp in store.stale_temporaries():
@@ -391,6 +432,7 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
         store.partial.mkdir(parents=True, exist_ok=True)
         summaries = {s.trajectory.header.trajectory_id: summarise(s) for s in store.load_all()}
         done = set(summaries)
+        _check_plan_membership(cfg, setting, level, store, done)
         todo = [it for it in plan if it.trajectory_id not in done]
         report = GenerateReport(store.root, len(plan), len(plan) - len(todo))
         write_card(store, summaries)
@@ -402,9 +444,14 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         t0 = time.perf_counter()
+        t_first: float | None = None
         with tqdm(total=len(plan), initial=report.already_done, unit="traj", desc=setting.name,
                   disable=not cfg.progress, smoothing=0.0, dynamic_ncols=True) as bar:
-            for res in results:
+            for item, res in results:
+                if isinstance(res, Exception):
+                    report.failed.append(f"{item.trajectory_id}: {type(res).__name__}: {res}")
+                    log.error("%s failed (left out; the next run retries it): %s", item.trajectory_id, res)
+                    continue
                 traj = Trajectory.model_validate(res["trajectory"])
                 meta = RecordMeta(**res["meta"])
                 store.write(traj, meta)
@@ -415,11 +462,18 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
                 bar.set_postfix(last=f"{s.family} B={s.final_balanced:+.4f}", refresh=False)
                 bar.update(1)
                 if not cfg.progress:
-                    elapsed = time.perf_counter() - t0
-                    eta = elapsed / report.generated * (len(todo) - report.generated)
+                    now = time.perf_counter()
+                    t_first = t_first or now  # the rate after the first result leaves out start-up
+                    n_rate, since = (report.generated - 1, now - t_first) if report.generated > 1 else (1, now - t0)
+                    eta = since / n_rate * (len(todo) - report.generated - len(report.failed))
                     log.warning("%d/%d %s %s B=%+.4f (%.0fs; ETA %.0f min)", report.already_done + report.generated,
                                 len(plan), traj.header.trajectory_id, s.family, s.final_balanced, meta.wall_s, eta / 60)
         report.wall_s = time.perf_counter() - t0
         if not any(store.partial.iterdir()):
             store.partial.rmdir()
+    if report.failed:
+        raise GenerateError(
+            f"{len(report.failed)} trajectory(ies) failed and were left out ({report.generated} finished now); "
+            "rerun the same command to retry them:\n  " + "\n  ".join(report.failed)
+        )
     return report

@@ -34,6 +34,7 @@ corrupted, foreign-version or mis-named record with a :class:`RecordError` that 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import gzip
 import hashlib
 import io
@@ -44,7 +45,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
@@ -65,6 +66,7 @@ __all__ = [
     "StoredTrajectory",
     "TrajectoryStore",
     "FileStore",
+    "FolderLock",
     "PartialRecord",
     "trajectory_checksum",
     "record_lines",
@@ -73,6 +75,8 @@ __all__ = [
     "read_trajectory",
     "write_json_atomic",
     "import_jsonl",
+    "ImportReport",
+    "unfinished",
 ]
 
 RECORD_SUFFIX = ".jsonl.gz"
@@ -155,15 +159,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, fsync, rename over ``path``, fsync the folder."""
+def _write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to a temporary sibling, fsync, move it to ``path``, fsync the folder.
+    ``overwrite=False`` moves by hard link, which fails if ``path`` exists (even if another writer
+    created it a moment ago), so a finished record is never replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if overwrite:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise RecordError(path, "a finished record already exists; records are never overwritten") from None
+        finally:
+            tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
@@ -171,16 +185,30 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
+def unfinished(trajectory: Trajectory) -> str:
+    """Why ``trajectory`` is not a finished record ("" when it is): every one of its ``horizon``
+    stages has weights and the feedback that followed them."""
+    h, horizon = trajectory.history, trajectory.header.horizon
+    if len(h.weights) != h.stages:
+        return f"in progress: stage {len(h.weights) - 1} has weights but no feedback yet"
+    if h.stages != horizon:
+        return f"incomplete: {h.stages} stages, header.horizon is {horizon}"
+    return ""
+
+
 def write_record(path: str | Path, trajectory: Trajectory, meta: RecordMeta) -> str:
     """Finalise ``trajectory`` at ``path`` atomically; returns its checksum. Refuses to overwrite."""
     path = Path(path)
     if path.exists():
         raise RecordError(path, "a finished record already exists; records are never overwritten")
+    problem = unfinished(trajectory)
+    if problem:
+        raise RecordError(path, problem)
     buf = io.BytesIO()
     # mtime=0 and no file name: the same trajectory always gives the same bytes.
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
         gz.write(("\n".join(record_lines(trajectory, meta)) + "\n").encode())
-    _write_atomic(path, buf.getvalue())
+    _write_atomic(path, buf.getvalue(), overwrite=False)
     return trajectory_checksum(trajectory)
 
 
@@ -248,6 +276,8 @@ def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tupl
             raise RecordError(path, _format_validation("trajectory", e)) from None
     except KeyError as e:
         raise RecordError(path, f"a record line lacks the field {e.args[0]!r}") from None
+    if finished and len(stages) != header.horizon:
+        raise RecordError(path, f"incomplete: {len(stages)} stages, header.horizon is {header.horizon}")
     if end is not None:
         if end.get("stages") != len(stages):
             raise RecordError(path, f"truncated or corrupted: end line says {end.get('stages')} stages, found {len(stages)}")
@@ -326,6 +356,32 @@ def default_meta(wall_s: float, start_wall_s: float) -> RecordMeta:
     return RecordMeta(wall_s=wall_s, finished_at=now_iso(), host=socket.gethostname(), start_wall_s=start_wall_s)
 
 
+class FolderLock:
+    """The writer's lock of a dataset folder (``DIR/.lock``; the kernel releases it when the process
+    dies): generation, import and card rewrites never interleave in one folder."""
+
+    def __init__(self, root: Path, purpose: str):
+        self.path = Path(root) / ".lock"
+        self.purpose = purpose
+        self._f: Any = None
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            raise RecordError(
+                self.path, f"another writer (e.g. `trajectories generate`) holds this folder; cannot {self.purpose} now"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+
+
 class TrajectoryStore(Protocol):
     """Where finished trajectories live: write once, read, list."""
 
@@ -353,6 +409,9 @@ class FileStore:
     @property
     def partial(self) -> Path:
         return self.root / "partial"
+
+    def lock(self, purpose: str) -> FolderLock:
+        return FolderLock(self.root, purpose)
 
     def path_of(self, trajectory_id: str) -> Path:
         return self.records / f"{trajectory_id}{RECORD_SUFFIX}"
@@ -409,23 +468,43 @@ class FileStore:
         return _assemble(path, _parse_lines(path, lines), finished=False)[0]
 
 
-def import_jsonl(path: str | Path, store: FileStore) -> tuple[int, int]:
-    """Finalise every trajectory of a JSON Lines file of ``Trajectory`` objects (one per line, e.g.
-    a service export) as records of ``store``. An id already stored with the same content is skipped;
-    with other content it is an error (records are never overwritten). Returns (imported, skipped)."""
+class ImportReport(NamedTuple):
+    imported: int
+    skipped: int
+    """Already stored with the same content."""
+    unfinished: list[str]
+    """``line i: <id> is <why>`` for runs that did not reach their horizon (left out)."""
+
+
+def import_jsonl(path: str | Path, store: FileStore, *, setting_hash: str | None = None) -> ImportReport:
+    """Finalise every finished trajectory of a JSON Lines file of ``Trajectory`` objects (one per
+    line, e.g. a service export) as records of ``store``. An id already stored with the same content
+    is skipped; with other content it is an error (records are never overwritten). Runs that did not
+    reach their horizon are left out and listed; a line that is not a trajectory fails the import
+    before anything is written, and so does one whose ``header.setting_hash`` is not ``setting_hash``
+    (the folder's pinned setting, when it has one)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise RecordError(path, f"cannot read ({e.strerror})") from None
-    trajectories = []
+    trajectories: list[Trajectory] = []
+    left_out: list[str] = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            trajectories.append(Trajectory.model_validate_json(line))
+            t = Trajectory.model_validate_json(line)
         except ValidationError as e:
             raise RecordError(path, f"line {i}: " + _format_validation("trajectory", e)) from None
+        if setting_hash is not None and t.header.setting_hash != setting_hash:
+            raise RecordError(path, f"line {i}: header.setting_hash {t.header.setting_hash!r} is not the setting "
+                                    f"{setting_hash!r} of {store.root} (a folder holds one setting)")
+        problem = unfinished(t)
+        if problem:  # a live or abandoned run: not a dataset record, but not an error in the file
+            left_out.append(f"line {i}: {t.header.trajectory_id} is {problem}")
+            continue
+        trajectories.append(t)
     imported = skipped = 0
     for t in trajectories:
         tid = t.header.trajectory_id
@@ -436,4 +515,4 @@ def import_jsonl(path: str | Path, store: FileStore) -> tuple[int, int]:
             continue
         store.write(t, RecordMeta(wall_s=float(sum(t.stage_wall_s)), finished_at=now_iso(), host=f"import:{path.name}"))
         imported += 1
-    return imported, skipped
+    return ImportReport(imported, skipped, left_out)

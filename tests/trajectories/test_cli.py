@@ -53,10 +53,56 @@ def test_generate_rejects_a_bad_setting_naming_file_and_field(tmp_path):
 def test_import_adds_exported_runs_and_validate_accepts_them(tmp_path):
     from .conftest import make_trajectory
 
+    from mixagent.trajectories import History
+
+    live = make_trajectory(seed=1, trajectory_id="served-bbbbbbbbbbbb")
+    h = live.history  # a run in progress: its last weights have no feedback yet
+    live = live.model_copy(update={"history": History(space=h.space, feedback=h.feedback[:3], weights=h.weights[:3]),
+                                   "stage_wall_s": live.stage_wall_s[:2]})
     export = tmp_path / "runs.jsonl"
-    export.write_text(make_trajectory(trajectory_id="served-aaaaaaaaaaaa").model_dump_json() + "\n")
+    export.write_text(make_trajectory(trajectory_id="served-aaaaaaaaaaaa").model_dump_json() + "\n"
+                      + live.model_dump_json() + "\n")
     r = runner.invoke(app, ["trajectories", "import", str(export), "--out", str(tmp_path / "ds")])
     assert r.exit_code == 0, r.output
-    assert "1 imported, 0 already there; 1 in all" in r.output
+    assert "left out (not finished)" in r.output and "served-bbbbbbbbbbbb is in progress" in r.output
+    assert "1 imported, 0 already there, 1 unfinished left out; 1 in all" in r.output
     r = runner.invoke(app, ["trajectories", "validate", str(tmp_path / "ds")])
     assert r.exit_code == 0 and "1 valid record(s), 0 problem(s)" in r.output
+
+
+def test_import_refuses_runs_of_another_setting_and_a_locked_folder(tiny_dataset, tmp_path):
+    import fcntl
+
+    from .conftest import make_trajectory
+
+    out = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, out)
+    export = tmp_path / "runs.jsonl"
+    export.write_text(make_trajectory(trajectory_id="served-aaaaaaaaaaaa").model_dump_json() + "\n")
+    r = runner.invoke(app, ["trajectories", "import", str(export), "--out", str(out)])
+    assert r.exit_code == 1 and "is not the setting" in r.output and "line 1" in r.output
+    with open(out / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        r = runner.invoke(app, ["trajectories", "import", str(export), "--out", str(out)])
+        assert r.exit_code == 1 and "another writer" in " ".join(r.output.split())
+        r = runner.invoke(app, ["trajectories", "stats", str(out), "--no-plots", "--write-card"])
+        assert r.exit_code == 1 and "another writer" in " ".join(r.output.split())
+    assert runner.invoke(app, ["trajectories", "validate", str(out)]).exit_code == 0  # nothing was written
+
+
+def test_validate_reports_broken_folder_files_instead_of_crashing(tiny_dataset, tmp_path):
+    out = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, out)
+    (out / "card.json").write_text("{not json")
+    (out / "generate.json").write_text("[1, 2]")
+    (out / "records" / "notes.txt").write_text("hello")
+    r = runner.invoke(app, ["trajectories", "validate", str(out)])
+    assert r.exit_code == 1, r.output
+    flat = r.output.replace("\n", "")
+    assert f"{out / 'card.json'}: unreadable" in flat
+    assert f"{out / 'generate.json'}: expected a JSON object, got list" in flat
+    assert f"{out / 'records' / 'notes.txt'}: not a record" in flat
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(app, ["trajectories", "validate", str(empty)])
+    assert r.exit_code == 1 and "missing (not a dataset folder)" in r.output.replace("\n", "")

@@ -10,7 +10,8 @@ import yaml
 
 from mixagent.trajectories.generate import GenerateConfig, GenerateError, generate, make_plan
 from mixagent.trajectories.schedules import BUILTIN_FAMILIES
-from mixagent.trajectories.storage import FileStore, RecordError, read_record
+from mixagent.trajectories.schedules import families
+from mixagent.trajectories.storage import FileStore, RecordError, RecordMeta, read_record
 
 from ..conftest import tiny_setting_dict
 
@@ -74,8 +75,54 @@ def test_a_second_generator_is_locked_out(tiny_setting, tmp_path):
     out.mkdir()
     with open(out / ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        with pytest.raises(GenerateError, match="another `trajectories generate`"):
+        with pytest.raises(RecordError, match="another writer"):
             generate(GenerateConfig(out=out, n=1, progress=False), tiny_setting)
+
+
+def test_bad_seed_or_out_is_refused_before_anything_runs(tiny_setting, tmp_path):
+    with pytest.raises(GenerateError, match="--seed: must be >= 0, got -1"):
+        generate(GenerateConfig(out=tmp_path / "a", n=1, seed=-1, progress=False), tiny_setting)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GenerateError, match="--out: .*file exists and is not a folder"):
+        generate(GenerateConfig(out=tmp_path / "file", n=1, progress=False), tiny_setting)
+    assert not (tmp_path / "a").exists()
+
+
+def test_records_of_another_plan_are_refused(tiny_dataset, tiny_setting, cache_dir, tmp_path):
+    import shutil
+
+    from tests.trajectories.conftest import make_trajectory
+
+    out = tmp_path / "mixed"
+    shutil.copytree(tiny_dataset, out)
+    stray = make_trajectory(stages=tiny_setting.cpt.horizon, trajectory_id="constant-ffffffffffff")
+    stray = stray.model_copy(update={"header": stray.header.model_copy(update={"setting_hash": tiny_setting.hash()})})
+    FileStore(out).write(stray, RecordMeta())
+    with pytest.raises(GenerateError, match=r"constant-ffffffffffff.jsonl.gz: not an item of this folder's plan"):
+        generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    assert len(FileStore(out).list()) == 10  # nothing generated, nothing removed
+
+
+def test_a_failing_trajectory_is_reported_and_the_others_still_finish(tiny_setting, cache_dir, tmp_path):
+    from mixagent.trajectories.schedules import ScheduleFamily, register_family
+
+    class Exploding:
+        def next_weights(self, history):
+            raise RuntimeError("schedule blew up")
+
+    if "exploding_test" not in families():
+        register_family(ScheduleFamily("exploding_test", lambda c, r, k: {}, lambda c, p: Exploding()))
+    out = tmp_path / "failing"
+    cfg = GenerateConfig(out=out, n=3, families=("constant", "exploding_test"), threads=1, cache_dir=cache_dir,
+                         progress=False)
+    with pytest.raises(GenerateError, match=r"(?s)1 trajectory\(ies\) failed .* \(2 finished now\).*exploding_test-.*blew up"):
+        generate(cfg, tiny_setting)
+    store = FileStore(out)
+    assert [t.split("-")[0] for t in store.list()] == ["constant", "constant"]
+    assert [p.split("-")[0] for p in store.partial_ids()] == ["exploding_test"]  # kept for a post-mortem
+    again = generate(GenerateConfig(out=out, n=1, families=("constant", "exploding_test"), threads=1,
+                                    cache_dir=cache_dir, progress=False), tiny_setting)
+    assert again.generated == 0 and not store.partial_ids()  # the next run discards it
 
 
 def _slow_setting_file(corpus_root, tmp_path):
@@ -128,6 +175,57 @@ def test_kill_9_mid_run_then_rerun_loses_nothing_duplicates_nothing(corpus_root,
     assert all(len(gzip.decompress(p.read_bytes()).splitlines()) == 6 + 3 for p in store.records.glob("*.gz"))
     assert [s.trajectory.history.stages for s in store.load_all()] == [6] * 4
     assert not store.partial_ids() and not store.stale_temporaries()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_pool_workers_exit_when_the_driver_is_killed(corpus_root, cache_dir, tmp_path):
+    """``kill -9`` of the driver alone (not its process group): its pool workers must not train on."""
+    setting_file = _slow_setting_file(corpus_root, tmp_path)
+    out = tmp_path / "orphans"
+    cmd = [sys.executable, "-m", "mixagent.cli", "trajectories", "generate", "--setting", str(setting_file),
+           "--n", "4", "--out", str(out), "--workers", "2", "--threads", "1", "--no-progress"]
+    env = {**os.environ, "MIXAGENT_HOME": str(cache_dir)}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            partial = out / "partial"
+            if partial.is_dir() and sum(p.read_text().count("\n") >= 3 for p in partial.glob("*.jsonl")) >= 2:
+                break  # both workers are training
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert proc.poll() is None and len(workers) >= 2, proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "pool workers outlived the killed driver"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.mark.slow
@@ -199,3 +297,23 @@ def test_unknown_plugin_or_family_is_refused_before_anything_runs(tiny_setting, 
     with pytest.raises(ContractError, match="unknown family 'nope'"):
         generate(GenerateConfig(out=tmp_path / "b", n=1, families=("nope",), progress=False), tiny_setting)
     assert not (tmp_path / "b").exists()  # nothing pinned: a corrected rerun is not refused
+
+
+def test_domain_level_runs_record_their_action_level_and_replay_exactly(tiny_setting, cache_dir, tmp_path):
+    import numpy as np
+
+    from mixagent.trajectories import action_to_weights
+    from mixagent.trajectories.replay import replay_trajectory
+
+    out = tmp_path / "domain"
+    generate(GenerateConfig(out=out, n=2, families=("dirichlet", "ramp_up"), level="domain", threads=1,
+                            cache_dir=cache_dir, progress=False), tiny_setting)
+    for stored in FileStore(out).load_all():
+        t = stored.trajectory
+        assert t.header.action.level == "domain" and t.header.schedule_params["level"] == "domain"
+        assert t.header.action.beta == tiny_setting.action.beta
+        tr = replay_trajectory(t)
+        assert tr.actions.shape == (t.history.stages, tiny_setting.space.size)  # K-D behaviour actions
+        for a, w in zip(tr.actions, t.history.weights, strict=True):
+            np.testing.assert_allclose(action_to_weights(a, t.header.space, t.header.action).as_array(),
+                                       w.as_array(), atol=1e-5)

@@ -24,7 +24,7 @@ def test_exported_members_are_pinned():
     assert set(storage.__all__) == {
         "RECORD_SUFFIX", "RecordError", "RecordMeta", "StoredTrajectory", "TrajectoryStore", "FileStore",
         "PartialRecord", "trajectory_checksum", "record_lines", "write_record", "read_record",
-        "read_trajectory", "write_json_atomic", "import_jsonl",
+        "read_trajectory", "write_json_atomic", "import_jsonl", "ImportReport", "unfinished", "FolderLock",
     }
 
 
@@ -159,8 +159,8 @@ def test_import_of_exported_trajectories_is_idempotent_and_never_overwrites(tmp_
     export = tmp_path / "export.jsonl"
     export.write_text(a.model_dump_json() + "\n" + b.model_dump_json() + "\n")
     store = FileStore(tmp_path / "ds")
-    assert import_jsonl(export, store) == (2, 0)
-    assert import_jsonl(export, store) == (0, 2)
+    assert import_jsonl(export, store) == (2, 0, [])
+    assert import_jsonl(export, store) == (0, 2, [])
     assert store.read("served-bbbbbbbbbbbb").trajectory == b
     other = make_trajectory(seed=2, trajectory_id="served-aaaaaaaaaaaa")
     export.write_text(other.model_dump_json() + "\n")
@@ -169,3 +169,45 @@ def test_import_of_exported_trajectories_is_idempotent_and_never_overwrites(tmp_
     export.write_text('{"header": {}}\n')
     with pytest.raises(RecordError, match=r"export.jsonl: line 1: trajectory\.header"):
         import_jsonl(export, store)
+
+
+def test_a_short_or_pending_trajectory_is_never_a_finished_record(tmp_path, trajectory):
+    from mixagent.trajectories import History
+
+    h = trajectory.history
+    short = trajectory.model_copy(update={"header": trajectory.header.model_copy(update={"horizon": h.stages + 12})})
+    with pytest.raises(RecordError, match=r"incomplete: 4 stages, header.horizon is 16"):
+        write_record(tmp_path / f"{trajectory.header.trajectory_id}.jsonl.gz", short, META)
+    pending = trajectory.model_copy(update={
+        "history": History(space=h.space, feedback=h.feedback[:3], weights=h.weights[:3]),
+        "stage_wall_s": trajectory.stage_wall_s[:2]})
+    with pytest.raises(RecordError, match=r"in progress: stage 2 has weights but no feedback yet"):
+        write_record(tmp_path / f"{trajectory.header.trajectory_id}.jsonl.gz", pending, META)
+    assert not list(tmp_path.iterdir())
+    # a record written by other code with a horizon it never reached is refused on reading
+    path = tmp_path / f"{trajectory.header.trajectory_id}.jsonl.gz"
+    write_record(path, trajectory, META)
+    text = gzip.decompress(path.read_bytes()).decode().replace('"horizon":4', '"horizon":16')
+    path.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(RecordError, match=rf"{path.name}: incomplete: 4 stages, header.horizon is 16"):
+        read_record(path)
+
+
+def test_finalising_never_replaces_a_record_that_appeared_meanwhile(tmp_path, trajectory, monkeypatch):
+    path = tmp_path / f"{trajectory.header.trajectory_id}.jsonl.gz"
+    real_exists = type(path).exists
+    # another writer finishes the same id between our existence check and our move
+    monkeypatch.setattr(type(path), "exists", lambda p: False if p == path else real_exists(p))
+    path.write_bytes(b"theirs")
+    with pytest.raises(RecordError, match="never overwritten"):
+        write_record(path, trajectory, META)
+    assert path.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_header_objective_must_name_fields_of_its_space(trajectory):
+    from pydantic import ValidationError
+
+    data = trajectory.header.model_dump()
+    data["objective"] = {"field_weights": {"physics": 1.0}}
+    with pytest.raises(ValidationError, match=r"objective.field_weights: unknown field\(s\) \['physics'\]"):
+        type(trajectory.header).model_validate(data)
