@@ -15,7 +15,8 @@ process alone; a rerun of the same command skips every id already finished, disc
 loses at most the trajectories in flight, never a finished one, and never accepts a partial one. A
 lock file (``DIR/.lock``, released by the kernel when the process dies) keeps two generators out of
 one folder. ``generate.json`` pins the setting hash, families, seed and level of a folder: a rerun
-that disagrees is refused rather than mixing two plans.
+that disagrees is refused rather than mixing two plans, and so is a run whose first evaluation
+differs from the folder's records (another corpus, base model or numerics: see ``_check_same_start``).
 
 Workers. One worker = one process holding one env (one model), reused across trajectories;
 ``reset`` restores the base model from memory. ``threads`` sets torch's intra-op threads per worker
@@ -35,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mixagent.trajectories.contract import SCHEMA_VERSION, Trajectory, TrajectoryHeader, stable_hash
+from mixagent.trajectories.contract import SCHEMA_VERSION, Feedback, Trajectory, TrajectoryHeader, stable_hash
 from mixagent.trajectories.schedules import (
     BUILTIN_FAMILIES,
     Level,
@@ -405,6 +406,22 @@ def _check_plan_membership(cfg: GenerateConfig, setting: Any, level: Level, stor
         )
 
 
+def _check_same_start(store: FileStore, start: Feedback | None, traj: Trajectory) -> Feedback:
+    """Every trajectory of a folder starts from the same base model on the same held-out text, so
+    its first evaluation is identical (bit for bit: runs are deterministic). A rerun on a machine
+    whose corpus (Debian package or stdlib versions), base model or numerics (torch, CPU) differ
+    would add runs of another environment under the same setting hash: refuse them."""
+    first = traj.history.feedback[0]
+    if start is not None and first != start:
+        drift = max(abs(first.domain_losses[d] - start.domain_losses[d]) for d in start.domain_losses)
+        raise GenerateError(
+            f"{store.root}: {traj.header.trajectory_id} starts from another evaluation than the folder's other records "
+            f"(domain losses differ by up to {drift:.3g}): this machine builds another corpus or base model "
+            "(package, stdlib or torch versions, CPU). Its runs are not written; generate into another --out"
+        )
+    return first
+
+
 def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
     """Run (or resume) the plan of ``cfg`` for ``setting``; see the module docstring.
 
@@ -430,9 +447,13 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
         for pid in store.partial_ids():
             (store.partial / f"{pid}.jsonl").unlink()
         store.partial.mkdir(parents=True, exist_ok=True)
-        summaries = {s.trajectory.header.trajectory_id: summarise(s) for s in store.load_all()}
+        stored = store.load_all()
+        summaries = {s.trajectory.header.trajectory_id: summarise(s) for s in stored}
         done = set(summaries)
         _check_plan_membership(cfg, setting, level, store, done)
+        start = None
+        for st in stored:  # the folder itself must be one environment
+            start = _check_same_start(store, start, st.trajectory)
         todo = [it for it in plan if it.trajectory_id not in done]
         report = GenerateReport(store.root, len(plan), len(plan) - len(todo))
         write_card(store, summaries)
@@ -454,6 +475,7 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
                     continue
                 traj = Trajectory.model_validate(res["trajectory"])
                 meta = RecordMeta(**res["meta"])
+                start = _check_same_start(store, start, traj)
                 store.write(traj, meta)
                 s = summaries[traj.header.trajectory_id] = summarise(traj, meta)
                 write_card(store, summaries)

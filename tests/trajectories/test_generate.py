@@ -317,3 +317,32 @@ def test_domain_level_runs_record_their_action_level_and_replay_exactly(tiny_set
         for a, w in zip(tr.actions, t.history.weights, strict=True):
             np.testing.assert_allclose(action_to_weights(a, t.header.space, t.header.action).as_array(),
                                        w.as_array(), atol=1e-5)
+
+
+def test_runs_of_another_environment_are_not_added_to_a_folder(tiny_dataset, tiny_setting, cache_dir, tmp_path):
+    """A rebuilt corpus or base that differs (other package versions, torch, CPU) shows in the first
+    evaluation; its runs must not join the folder under the same setting hash."""
+    import shutil
+
+    from mixagent.trajectories import History
+
+    out = tmp_path / "drift"
+    shutil.copytree(tiny_dataset, out)
+    store = FileStore(out)
+
+    def restart(stored, shift):
+        t, h = stored.trajectory, stored.trajectory.history
+        f0 = h.feedback[0]
+        moved = f0.model_copy(update={"domain_losses": {d: v + shift for d, v in f0.domain_losses.items()}})
+        stored.path.unlink()
+        store.write(t.model_copy(update={"history": History(space=h.space, feedback=[moved, *h.feedback[1:]],
+                                                            weights=h.weights)}), stored.meta)
+
+    for stored in store.load_all():  # the folder "was made" by another environment
+        restart(stored, 0.25)
+    with pytest.raises(GenerateError, match=r"constant-\w+ starts from another evaluation .* differ by up to 0.25"):
+        generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    assert len(store.list()) == 9  # the new run was not written
+    restart(store.load_all()[3], 0.5)  # a folder that mixes two environments is refused as it is
+    with pytest.raises(GenerateError, match=r"differ by up to 0.5"):
+        generate(GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
