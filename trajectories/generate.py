@@ -376,7 +376,7 @@ def _pin(cfg: GenerateConfig, setting: Any, store: FileStore, level: Level) -> N
                     "use another --out (a folder holds one plan)"
                 )
     write_json_atomic(path, {**pinned, "n": cfg.n, "workers": cfg.workers, "threads": cfg.resolved_threads(),
-                             "executor": cfg.executor})
+                             "executor": cfg.executor, "plugins": list(cfg.plugins)})
     setting_path = store.root / "setting.json"
     if not setting_path.exists():
         write_json_atomic(setting_path, setting.model_dump(mode="json"))

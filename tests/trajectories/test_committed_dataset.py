@@ -1,45 +1,54 @@
-"""The committed math-tiny dataset stays readable and consistent with the frozen setting."""
+"""The committed datasets (``data/trajectories/*``) stay readable and consistent with their
+setting, their card and the schedule code that drew them."""
 
+import importlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from mixagent.trajectories import History
+from mixagent.trajectories.schedules import ScheduleContext, build_schedule
 from mixagent.trajectories.stats import build_card, summarise
 from mixagent.trajectories.storage import FileStore
 
-DATASET = Path(__file__).resolve().parents[2] / "data" / "trajectories" / "math-tiny"
+DATA = Path(__file__).resolve().parents[2] / "data" / "trajectories"
+DATASETS = sorted(p.parent for p in DATA.glob("*/records"))
 
 
-@pytest.mark.skipif(not (DATASET / "records").is_dir(), reason="no committed math-tiny dataset")
-def test_math_tiny_dataset_matches_the_frozen_setting_and_its_card():
-    from mixagent.env.setting import DEFAULT_SETTING, load_setting
+def test_the_math_tiny_dataset_is_committed():
+    assert DATA / "math-tiny" in DATASETS
 
-    setting = load_setting(DEFAULT_SETTING)
-    stored = FileStore(DATASET).load_all()  # raises on any bad record, naming the file
+
+@pytest.mark.parametrize("folder", DATASETS, ids=lambda p: p.name)
+def test_dataset_matches_its_setting_and_card(folder):
+    from mixagent.env.setting import CONFIGS_DIR, load_setting
+
+    pinned = json.loads((folder / "generate.json").read_text())
+    setting = load_setting(CONFIGS_DIR / f"{pinned['setting_name']}.yaml")
+    assert pinned["setting_hash"] == setting.hash(), "the setting file changed under a committed dataset"
+    stored = FileStore(folder).load_all()  # raises on any bad record, naming the file
     assert stored
     for s in stored:
         hd = s.trajectory.header
         assert hd.setting_hash == setting.hash() and hd.setting_name == setting.name
+        assert hd.schedule in pinned["families"]
         assert s.trajectory.history.stages == setting.cpt.horizon >= 16
-    card = json.loads((DATASET / "card.json").read_text())
+    card = json.loads((folder / "card.json").read_text())
     fresh = build_card([summarise(s) for s in stored])
     assert card["counts"] == fresh["counts"] and card["families"] == fresh["families"]
-    assert json.loads((DATASET / "generate.json").read_text())["setting_hash"] == setting.hash()
     # one base model: every run starts from the same evaluation
     first = stored[0].trajectory.history.feedback[0]
     assert all(s.trajectory.history.feedback[0] == first for s in stored)
 
 
-@pytest.mark.skipif(not (DATASET / "records").is_dir(), reason="no committed math-tiny dataset")
-def test_every_committed_mixture_is_rebuilt_from_its_header():
+@pytest.mark.parametrize("folder", DATASETS, ids=lambda p: p.name)
+def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
     """The schedule code still produces exactly the weights that were trained on (bit for bit)."""
-    import numpy as np
-
-    from mixagent.trajectories import History
-    from mixagent.trajectories.schedules import ScheduleContext, build_schedule
-
-    for s in FileStore(DATASET).load_all():
+    for module in json.loads((folder / "generate.json").read_text()).get("plugins", []):
+        importlib.import_module(module)
+    for s in FileStore(folder).load_all():
         hd, h = s.trajectory.header, s.trajectory.history
         schedule = build_schedule(hd.schedule, hd.schedule_params, ScheduleContext(hd.space, hd.horizon, hd.action))
         for i, w in enumerate(h.weights):
