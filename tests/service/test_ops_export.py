@@ -101,3 +101,26 @@ def test_export_runs_command(client, settings, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "wrote 1 trajectories" in res.output
     assert Trajectory.model_validate_json(out.read_text()).header.trajectory_id == rid
+
+
+def test_served_runs_flow_into_a_dataset_folder(client, app, tmp_path):
+    """The flywheel: finished served runs become dataset records; a live one is left out, not lost."""
+    from mixagent.trajectories.storage import FileStore, import_jsonl
+
+    done_id = client.post("/v1/runs", json=run_body(horizon=3, seed=1), headers=auth()).json()["run_id"]
+    for s in (0, 10, 20, 30):  # the start evaluation and one after each of the 3 decisions
+        client.post(f"/v1/runs/{done_id}/feedback", json=feedback_body(s), headers=auth())
+    live_id = client.post("/v1/runs", json=run_body(horizon=3, seed=2), headers=auth()).json()["run_id"]
+    for s in (0, 10):
+        client.post(f"/v1/runs/{live_id}/feedback", json=feedback_body(s), headers=auth())
+    export = tmp_path / "served.jsonl"
+    assert write_jsonl(export_trajectories(app.state.store), export) == 2
+    store = FileStore(tmp_path / "served")
+    report = import_jsonl(export, store)
+    assert (report.imported, report.skipped) == (1, 0)
+    assert len(report.unfinished) == 1 and live_id in report.unfinished[0] and "1 stages" in report.unfinished[0]
+    stored = store.read(done_id).trajectory
+    assert stored.history.stages == stored.header.horizon == 3
+    assert stored == Trajectory.model_validate_json(
+        next(line for line in export.read_text().splitlines() if done_id in line))
+    assert import_jsonl(export, store)[:2] == (0, 1)  # a second import adds nothing
