@@ -54,3 +54,23 @@ def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
         for i, w in enumerate(h.weights):
             seen = History(space=hd.space, feedback=h.feedback[: i + 1], weights=h.weights[:i])
             np.testing.assert_array_equal(schedule.next_weights(seen).as_array(), w.as_array(), err_msg=hd.trajectory_id)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_a_committed_trajectory_is_regenerated_bit_for_bit():
+    """Same setting, schedule and seed on a rebuilt corpus and base (`MIXAGENT_REAL_HOME`, else a
+    fresh cache: ~10 minutes) give the committed trajectory exactly: weights, every feedback value."""
+    import os
+
+    from mixagent.env.setting import DEFAULT_SETTING, load_setting
+    from mixagent.trajectories.generate import TrajectoryRunner, make_plan
+
+    setting = load_setting(DEFAULT_SETTING)
+    store = FileStore(DATA / "math-tiny")
+    item = next(it for it in make_plan(setting, n=32) if it.trajectory_id in set(store.list()))
+    runner = TrajectoryRunner(setting.model_dump(mode="json"), os.environ.get("MIXAGENT_REAL_HOME"), threads=1)
+    again = runner.run(item)["trajectory"]
+    committed = store.read(item.trajectory_id).trajectory.model_dump(mode="json")
+    assert again["header"] == committed["header"]
+    assert again["history"] == committed["history"]  # floats compared exactly
