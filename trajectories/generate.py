@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -287,10 +288,12 @@ def _results_local(cfg: GenerateConfig, setting: dict[str, Any], todo: list[Plan
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait  # noqa: PLC0415
     from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
 
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
         initargs=(setting, cache, threads, cfg.plugins),
-    ) as pool:
+    )
+    finished = False
+    try:
         queue = iter(todo)
         pending: dict[Any, PlanItem] = {}
         for item in queue:  # keep exactly one task per worker in flight, in plan order
@@ -308,6 +311,13 @@ def _results_local(cfg: GenerateConfig, setting: dict[str, Any], todo: list[Plan
                 nxt = next(queue, None)
                 if nxt is not None:
                     pending[pool.submit(_run_in_worker, nxt, partial)] = nxt
+        finished = True
+    finally:
+        if not finished:  # the driver stopped early (an error, or the consumer closed us): stop the
+            # trajectories in flight now instead of training them to the end for nobody
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _results_ray(cfg: GenerateConfig, setting: dict[str, Any], todo: list[PlanItem], partial: str) -> Iterator[Outcome]:
@@ -466,8 +476,8 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
 
         t0 = time.perf_counter()
         t_first: float | None = None
-        with tqdm(total=len(plan), initial=report.already_done, unit="traj", desc=setting.name,
-                  disable=not cfg.progress, smoothing=0.0, dynamic_ncols=True) as bar:
+        with closing(results), tqdm(total=len(plan), initial=report.already_done, unit="traj", desc=setting.name,
+                                    disable=not cfg.progress, smoothing=0.0, dynamic_ncols=True) as bar:
             for item, res in results:
                 if isinstance(res, Exception):
                     report.failed.append(f"{item.trajectory_id}: {type(res).__name__}: {res}")

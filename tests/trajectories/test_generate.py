@@ -343,6 +343,12 @@ def test_runs_of_another_environment_are_not_added_to_a_folder(tiny_dataset, tin
     with pytest.raises(GenerateError, match=r"constant-\w+ starts from another evaluation .* differ by up to 0.25"):
         generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
     assert len(store.list()) == 9  # the new run was not written
+    import multiprocessing
+
+    with pytest.raises(GenerateError, match=r"starts from another evaluation"):  # the same with a pool:
+        generate(GenerateConfig(out=out, n=12, workers=2, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    assert not multiprocessing.active_children()  # no worker outlives the refused run
+    assert len(store.list()) == 9
     restart(store.load_all()[3], 0.5)  # a folder that mixes two environments is refused as it is
     with pytest.raises(GenerateError, match=r"differ by up to 0.5"):
         generate(GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
