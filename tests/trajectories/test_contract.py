@@ -105,3 +105,12 @@ def test_history_validation_on_load_names_the_problem():
         History(space=SPACE, feedback=[fb(5), fb(5)], weights=[Weights.from_raw([1, 1, 1])])
     with pytest.raises(ValidationError, match=r"history.feedback\[0\]"):
         History(space=SPACE, feedback=[fb(0).model_copy(update={"field_scores": {"source": 1.0}})])
+
+
+def test_stable_hash_is_order_free_for_mappings_and_refuses_sets():
+    from mixagent.trajectories.contract import stable_hash
+
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": [1, 2]}) != stable_hash({"a": [2, 1]})
+    with pytest.raises(TypeError, match="a set has no stable order"):
+        stable_hash({"families": {"constant", "cycle"}})
