@@ -20,47 +20,49 @@ with them the trajectory ids, are readable and stable.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from mixagent.agent.baselines import build_baseline
 from mixagent.trajectories.schedules import ScheduleContext, families, register_policy_family
 
-__all__ = ["BEHAVIOUR_BASELINES", "register_all"]
-
-DrawParams = Callable[[np.random.Generator], dict[str, Any]]
+__all__ = ["BehaviourBaseline", "BEHAVIOUR_BASELINES", "register_all"]
 
 
-def _uniform(name: str, lo: float, hi: float) -> DrawParams:
-    return lambda rng: {name: round(float(rng.uniform(lo, hi)), 4)}
+class BehaviourBaseline(NamedTuple):
+    """A baseline rule with fixed parameters and one parameter drawn per trajectory in [lo, hi]."""
+
+    rule: str
+    fixed: dict[str, Any]
+    param: str
+    lo: float
+    hi: float
+    scale: Literal["linear", "log"] = "linear"
+
+    def draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        if self.scale == "log":
+            value = math.exp(rng.uniform(math.log(self.lo), math.log(self.hi)))
+        else:
+            value = rng.uniform(self.lo, self.hi)
+        return {self.param: round(float(value), 4)}
+
+    def build(self, ctx: ScheduleContext, params: dict[str, Any]) -> Any:
+        return build_baseline(self.rule, {**self.fixed, self.param: params[self.param]})
 
 
-def _log_uniform(name: str, lo: float, hi: float) -> DrawParams:
-    return lambda rng: {name: round(float(math.exp(rng.uniform(math.log(lo), math.log(hi)))), 4)}
-
-
-BEHAVIOUR_BASELINES: dict[str, tuple[str, dict[str, Any], DrawParams]] = {
-    "noisy_fixed_target_share": ("fixed-target-share", {}, _uniform("target_share", 0.05, 0.95)),
-    "noisy_loss_softmax": ("loss-softmax", {"relative": True}, _log_uniform("temperature", 0.05, 1.0)),
-    "noisy_loss_softmax_plain": ("loss-softmax", {"relative": False}, _log_uniform("temperature", 0.5, 5.0)),
+BEHAVIOUR_BASELINES: dict[str, BehaviourBaseline] = {
+    "noisy_fixed_target_share": BehaviourBaseline("fixed-target-share", {}, "target_share", 0.05, 0.95),
+    "noisy_loss_softmax": BehaviourBaseline("loss-softmax", {"relative": True}, "temperature", 0.05, 1.0, "log"),
+    "noisy_loss_softmax_plain": BehaviourBaseline("loss-softmax", {"relative": False}, "temperature", 0.5, 5.0, "log"),
 }
-"""family → (baseline rule, fixed parameters, draw of the per-trajectory parameters)."""
 
 
-def register_all() -> tuple[str, ...]:
+def register_all() -> None:
     """Register every family of :data:`BEHAVIOUR_BASELINES` that is not registered yet."""
-    for family, (rule, fixed, draw) in BEHAVIOUR_BASELINES.items():
-        if family in families():
-            continue
-        names = tuple(draw(np.random.default_rng(0)))
-
-        def factory(ctx: ScheduleContext, p: dict[str, Any], rule=rule, fixed=fixed, names=names):
-            return build_baseline(rule, {**fixed, **{n: p[n] for n in names}})
-
-        register_policy_family(family, factory, draw_policy_params=lambda ctx, rng, k, draw=draw: draw(rng))
-    return tuple(BEHAVIOUR_BASELINES)
+    for family, b in BEHAVIOUR_BASELINES.items():
+        if family not in families():
+            register_policy_family(family, b.build, draw_policy_params=lambda ctx, rng, k, b=b: b.draw(rng))
 
 
 register_all()

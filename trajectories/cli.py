@@ -6,9 +6,8 @@ and matplotlib are imported inside the commands that need them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich import box
@@ -90,12 +89,18 @@ def import_cmd(
 ) -> None:
     """Add exported trajectories (the service's served runs) to a dataset folder as records."""
     from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
-    from mixagent.trajectories.storage import FileStore, RecordError, import_jsonl, write_json_atomic  # noqa: PLC0415
+    from mixagent.trajectories.storage import (  # noqa: PLC0415
+        FileStore,
+        RecordError,
+        import_jsonl,
+        read_json_object,
+        write_json_atomic,
+    )
 
     store = FileStore(out)
     try:
         with store.lock("import"):
-            pinned = _read_json_object(out / "generate.json") if (out / "generate.json").exists() else {}
+            pinned = read_json_object(out / "generate.json") if (out / "generate.json").exists() else {}
             report = import_jsonl(source, store, setting_hash=pinned.get("setting_hash"))
             card = build_card([summarise(r) for r in store.load_all()])
             write_json_atomic(out / "card.json", card)
@@ -108,25 +113,12 @@ def import_cmd(
                f"unfinished left out; {card['counts']['trajectories']} in all")
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object file of a dataset folder, or a RecordError naming it."""
-    from mixagent.trajectories.storage import RecordError  # noqa: PLC0415
-
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RecordError(path, f"unreadable ({e})") from None
-    if not isinstance(obj, dict):
-        raise RecordError(path, f"expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
 @trajectories_app.command("validate")
 def validate_cmd(directory: DirArg) -> None:
     """Check every record (exit 1 and one message per bad file); in-progress records are listed."""
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
-    from mixagent.trajectories.storage import FileStore, RecordError  # noqa: PLC0415
+    from mixagent.trajectories.storage import FileStore, RecordError, read_json_object  # noqa: PLC0415
 
     if not directory.is_dir():
         err_console.print(f"[red]{directory}: not a folder[/red]")
@@ -148,29 +140,26 @@ def validate_cmd(directory: DirArg) -> None:
         for stray in sorted(store.records.iterdir()):
             if not stray.name.startswith(".") and not stray.name.endswith(".jsonl.gz"):
                 _bad(bad, f"{stray}: not a record (records are <id>.jsonl.gz)")
-    for name in ("generate.json", "card.json"):
-        path = directory / name
-        if not path.exists():
-            continue
+    pinned_path, card_path = directory / "generate.json", directory / "card.json"
+    if pinned_path.exists():
         try:
-            obj = _read_json_object(path)
+            pinned = read_json_object(pinned_path).get("setting_hash")
         except RecordError as e:
             _bad(bad, str(e))
-            continue
-        if name == "generate.json":
-            pinned = obj.get("setting_hash")
+        else:
             for r in good:
                 if r.trajectory.header.setting_hash != pinned:
                     _bad(bad, f"{r.path}: header.setting_hash {r.trajectory.header.setting_hash} is not the "
-                              f"folder's setting {pinned!r} ({path})")
-        elif good:
-            try:
-                fresh = build_card([summarise(r) for r in good])
-            except ContractError as e:
-                _bad(bad, f"{directory}: the records do not make a card ({e})")
-                continue
-            if obj.get("counts") != fresh["counts"] or obj.get("families") != fresh.get("families"):
-                _bad(bad, f"{path}: counts/families do not match the records (rebuild: trajectories stats --write-card)")
+                              f"folder's setting {pinned!r} ({pinned_path})")
+    if card_path.exists() and good:
+        try:
+            card = read_json_object(card_path)
+            fresh = build_card([summarise(r) for r in good])
+        except ContractError as e:  # RecordError (the card file) or a summary the records cannot make
+            _bad(bad, str(e))
+        else:
+            if card.get("counts") != fresh["counts"] or card.get("families") != fresh.get("families"):
+                _bad(bad, f"{card_path}: counts/families do not match the records (rebuild: trajectories stats --write-card)")
     typer.echo(f"{directory}: {len(good)} valid record(s), {len(bad)} problem(s)")
     if bad:
         raise typer.Exit(1)

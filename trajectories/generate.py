@@ -25,7 +25,6 @@ Workers. One worker = one process holding one env (one model), reused across tra
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -52,6 +51,7 @@ from mixagent.trajectories.storage import (
     PartialRecord,
     RecordMeta,
     default_meta,
+    read_json_object,
     write_json_atomic,
 )
 
@@ -375,10 +375,7 @@ def _pin(cfg: GenerateConfig, setting: Any, store: FileStore, level: Level) -> N
     }
     path = store.root / "generate.json"
     if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise GenerateError(f"{path}: unreadable ({e})") from None
+        old = read_json_object(path)
         for key, value in pinned.items():
             if old.get(key) != value:
                 raise GenerateError(
@@ -496,8 +493,8 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
                 if not cfg.progress:
                     now = time.perf_counter()
                     t_first = t_first or now  # the rate after the first result leaves out start-up
-                    n_rate, since = (report.generated - 1, now - t_first) if report.generated > 1 else (1, now - t0)
-                    eta = since / n_rate * (len(todo) - report.generated - len(report.failed))
+                    rate = (now - t_first) / (report.generated - 1) if report.generated > 1 else now - t0
+                    eta = rate * (len(todo) - report.generated - len(report.failed))
                     log.warning("%d/%d %s %s B=%+.4f (%.0fs; ETA %.0f min)", report.already_done + report.generated,
                                 len(plan), traj.header.trajectory_id, s.family, s.final_balanced, meta.wall_s, eta / 60)
         report.wall_s = time.perf_counter() - t0

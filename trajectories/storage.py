@@ -74,6 +74,7 @@ __all__ = [
     "read_record",
     "read_trajectory",
     "write_json_atomic",
+    "read_json_object",
     "import_jsonl",
     "ImportReport",
     "unfinished",
@@ -185,6 +186,17 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of a dataset folder (card, generate.json), or a RecordError naming it."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise RecordError(path, f"unreadable ({e})") from None
+    if not isinstance(obj, dict):
+        raise RecordError(path, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def unfinished(trajectory: Trajectory) -> str:
     """Why ``trajectory`` is not a finished record ("" when it is): every one of its ``horizon``
     stages has weights and the feedback that followed them."""
@@ -197,12 +209,10 @@ def unfinished(trajectory: Trajectory) -> str:
 
 
 def write_record(path: str | Path, trajectory: Trajectory, meta: RecordMeta) -> str:
-    """Finalise ``trajectory`` at ``path`` atomically; returns its checksum. Refuses to overwrite."""
+    """Finalise ``trajectory`` at ``path`` atomically; returns its checksum. Refuses to overwrite
+    (the hard link of :func:`_write_atomic` fails on an existing file)."""
     path = Path(path)
-    if path.exists():
-        raise RecordError(path, "a finished record already exists; records are never overwritten")
-    problem = unfinished(trajectory)
-    if problem:
+    if problem := unfinished(trajectory):
         raise RecordError(path, problem)
     buf = io.BytesIO()
     # mtime=0 and no file name: the same trajectory always gives the same bytes.
@@ -276,8 +286,8 @@ def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tupl
             raise RecordError(path, _format_validation("trajectory", e)) from None
     except KeyError as e:
         raise RecordError(path, f"a record line lacks the field {e.args[0]!r}") from None
-    if finished and len(stages) != header.horizon:
-        raise RecordError(path, f"incomplete: {len(stages)} stages, header.horizon is {header.horizon}")
+    if finished and (problem := unfinished(traj)):
+        raise RecordError(path, problem)
     if end is not None:
         if end.get("stages") != len(stages):
             raise RecordError(path, f"truncated or corrupted: end line says {end.get('stages')} stages, found {len(stages)}")
@@ -506,9 +516,10 @@ def import_jsonl(path: str | Path, store: FileStore, *, setting_hash: str | None
             continue
         trajectories.append(t)
     imported = skipped = 0
+    stored = set(store.list())
     for t in trajectories:
         tid = t.header.trajectory_id
-        if tid in store.list():
+        if tid in stored:
             if store.read(tid).sha256 != trajectory_checksum(t):
                 raise RecordError(store.path_of(tid), f"already holds a different trajectory than {path}")
             skipped += 1

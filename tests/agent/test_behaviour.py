@@ -57,8 +57,8 @@ def test_noisy_baselines_follow_their_rule_up_to_the_noise(family, level):
     for row in w:  # every mixture lies on the action image, so the behaviour action is exact
         a = weights_to_action(Weights.from_raw(row), SPACE, spec)
         np.testing.assert_allclose(action_to_weights(a, SPACE, spec).as_array(), row, atol=1e-9)
-    rule, fixed, _ = BEHAVIOUR_BASELINES[family]
-    policy = build_baseline(rule, {**fixed, **{k: v for k, v in params.items() if k not in ("sigma", "seed", "level")}})
+    b = BEHAVIOUR_BASELINES[family]
+    policy = build_baseline(b.rule, {**b.fixed, **{k: v for k, v in params.items() if k not in ("sigma", "seed", "level")}})
     expected = policy.initial_weights(SPACE).as_array()
     # a feasible mixture (every share above ε·prior) is its own projection: the rule's target share
     assert w[0][TARGET].sum() == pytest.approx(expected[TARGET].sum(), abs=1e-6)

@@ -24,7 +24,8 @@ def test_exported_members_are_pinned():
     assert set(storage.__all__) == {
         "RECORD_SUFFIX", "RecordError", "RecordMeta", "StoredTrajectory", "TrajectoryStore", "FileStore",
         "PartialRecord", "trajectory_checksum", "record_lines", "write_record", "read_record",
-        "read_trajectory", "write_json_atomic", "import_jsonl", "ImportReport", "unfinished", "FolderLock",
+        "read_trajectory", "write_json_atomic", "read_json_object", "import_jsonl", "ImportReport", "unfinished",
+        "FolderLock",
     }
 
 
