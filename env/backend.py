@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mixagent.env.data import DomainTokens
+from mixagent.env.provenance import fingerprint
 from mixagent.env.setting import CPTSpec, EvalSpec
 from mixagent.trajectories.contract import DomainSpace, Feedback
 
@@ -117,6 +118,7 @@ class CPTBackend:
         self.context_len = int(round(evaluation.context_fraction * cpt.seq_len))
         self._field_matrix = space.field_matrix()
         self._base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._data_manifest = data.manifest
         self.rng = np.random.default_rng(0)
         self.step = 0
         self.optimizer = self._new_optimizer()
@@ -136,6 +138,10 @@ class CPTBackend:
     def set_base_state(self) -> None:
         """Make the model's current weights the state that :meth:`reset` restores."""
         self._base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def provenance(self) -> dict[str, str]:
+        """Digests of the corpus and base weights, and the numerics, that episodes here run on."""
+        return fingerprint(self._data_manifest, self._base_state)
 
     @property
     def tokens_per_step(self) -> int:

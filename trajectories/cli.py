@@ -40,6 +40,8 @@ def generate_cmd(
     cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per trajectory).")] = True,
     plugin: Annotated[list[str] | None, typer.Option(help="Module to import first (registers extra families).")] = None,
+    start_tolerance: Annotated[float, typer.Option(
+        help="Refuse runs whose first evaluation differs from the folder's by more (nats, any domain).")] = 0.01,
 ) -> None:
     """Run the behaviour schedules of the plan in the real env; resumes an existing folder."""
     from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
@@ -62,7 +64,7 @@ def generate_cmd(
     cfg = GenerateConfig(
         out=out, n=n, families=fams, seed=seed, level=level or None, workers=workers, threads=threads,  # type: ignore[arg-type]
         executor=executor, ray_address=ray_address or None, cache_dir=cache_dir, progress=progress,  # type: ignore[arg-type]
-        plugins=tuple(plugin or ()),
+        plugins=tuple(plugin or ()), start_tolerance=start_tolerance,
     )
     try:
         report = generate(cfg, s)
@@ -200,6 +202,9 @@ def stats_cmd(
     Console(width=max(console.width, 110)).print(table)  # a full table even when piped (80 columns)
     console.print(f"{card['counts']['trajectories']} trajectories, {card['counts']['stages']} stages, "
                   f"{card['wall_time_s']['total'] / 3600:.2f} CPU-hours of generation", highlight=False)
+    for i, e in enumerate(card["environments"]):
+        console.print(f"environment {i}: {e['trajectories']} trajectories, start drift {e['start_drift']:.2g} nats; "
+                      f"numerics: {e['numerics']}; corpus {e['corpus']}, base {e['base']}", highlight=False)
     if write_card:
         try:
             with store.lock("rewrite the card"):

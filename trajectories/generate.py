@@ -16,7 +16,10 @@ loses at most the trajectories in flight, never a finished one, and never accept
 lock file (``DIR/.lock``, released by the kernel when the process dies) keeps two generators out of
 one folder. ``generate.json`` pins the setting hash, families, seed and level of a folder: a rerun
 that disagrees is refused rather than mixing two plans, and so is a run whose first evaluation
-differs from the folder's records (another corpus, base model or numerics: see ``_check_same_start``).
+is trained on another corpus or starts from another base model than the folder's records (see
+``_FolderEnvironment``). Float numerics may differ between the machines of several sittings: each
+record keeps its provenance (corpus and base digests, CPU and library versions), and the card
+counts the runs per environment.
 
 Workers. One worker = one process holding one env (one model), reused across trajectories;
 ``reset`` restores the base model from memory. ``threads`` sets torch's intra-op threads per worker
@@ -76,6 +79,12 @@ class GenerateError(RuntimeError):
     """Generation cannot start or go on (the message says why and names the file)."""
 
 
+START_TOLERANCE = 0.01
+"""Largest per-domain difference (nats) between the first evaluations of one folder's runs. Another
+CPU's float kernels move the base model's held-out losses by up to ~0.003 (``env/provenance.py``);
+another corpus, tokenizer or pre-training moves them by far more."""
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     """One generation run. Fields pinned in ``generate.json`` are marked (pinned)."""
@@ -102,6 +111,8 @@ class GenerateConfig:
     """Cache of corpora and base models (default ``$MIXAGENT_HOME``)."""
     progress: bool = True
     """Show a progress bar with an ETA (otherwise one log line per trajectory)."""
+    start_tolerance: float = START_TOLERANCE
+    """Refuse a run whose first evaluation differs from the folder's by more (nats, any domain)."""
     plugins: tuple[str, ...] = ()
     """Modules imported (here and in every worker) before families are resolved: they register
     extra families, e.g. online baselines with noise via ``register_policy_family``."""
@@ -235,7 +246,7 @@ class TrajectoryRunner:
             if partial:
                 partial.close()
         traj = Trajectory(header=header, history=self.env.history, stage_wall_s=walls)
-        meta = default_meta(time.perf_counter() - t_start, start_s)
+        meta = default_meta(time.perf_counter() - t_start, start_s, self.env.backend.provenance())
         return {"trajectory": traj.model_dump(mode="json"), "meta": asdict(meta)}
 
 
@@ -413,20 +424,36 @@ def _check_plan_membership(cfg: GenerateConfig, setting: Any, level: Level, stor
         )
 
 
-def _check_same_start(store: FileStore, start: Feedback | None, traj: Trajectory) -> Feedback:
-    """Every trajectory of a folder starts from the same base model on the same held-out text, so
-    its first evaluation is identical (bit for bit: runs are deterministic). A rerun on a machine
-    whose corpus (Debian package or stdlib versions), base model or numerics (torch, CPU) differ
-    would add runs of another environment under the same setting hash: refuse them."""
-    first = traj.history.feedback[0]
-    if start is not None and first != start:
-        drift = max(abs(first.domain_losses[d] - start.domain_losses[d]) for d in start.domain_losses)
-        raise GenerateError(
-            f"{store.root}: {traj.header.trajectory_id} starts from another evaluation than the folder's other records "
-            f"(domain losses differ by up to {drift:.3g}): this machine builds another corpus or base model "
-            "(package, stdlib or torch versions, CPU). Its runs are not written; generate into another --out"
-        )
-    return first
+@dataclass
+class _FolderEnvironment:
+    """The environment a folder's runs come from, as its first runs show it: every run starts from
+    the same base model on the same held-out text, up to float numerics, and on one corpus."""
+
+    root: Path
+    tolerance: float
+    start: Feedback | None = None
+    corpus: str = ""  # unknown until a run that records its provenance is admitted
+
+    def admit(self, traj: Trajectory, meta: RecordMeta) -> None:
+        tid, first = traj.header.trajectory_id, traj.history.feedback[0]
+        corpus = meta.provenance.get("corpus", "")
+        if self.corpus and corpus and corpus != self.corpus:
+            raise GenerateError(
+                f"{self.root}: {tid} was trained on another corpus (digest {corpus}) than the folder's other records "
+                f"({self.corpus}): a Debian package, the stdlib or the tokenizer differ on this machine. "
+                "Its runs are not written; generate into another --out"
+            )
+        if self.start is not None:
+            drift = max(abs(first.domain_losses[d] - self.start.domain_losses[d]) for d in self.start.domain_losses)
+            if drift > self.tolerance:
+                raise GenerateError(
+                    f"{self.root}: {tid} starts from another evaluation than the folder's other records (domain losses "
+                    f"differ by up to {drift:.3g}, more than --start-tolerance {self.tolerance:g}): this machine builds "
+                    "another corpus or base model (package, stdlib or torch versions). Its runs are not written; "
+                    "generate into another --out"
+                )
+        self.start = self.start or first
+        self.corpus = self.corpus or corpus
 
 
 def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
@@ -440,6 +467,8 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
         raise GenerateError(f"--workers: must be >= 1, got {cfg.workers}")
     if cfg.seed < 0:
         raise GenerateError(f"--seed: must be >= 0, got {cfg.seed}")
+    if not cfg.start_tolerance >= 0:
+        raise GenerateError(f"--start-tolerance: must be >= 0, got {cfg.start_tolerance}")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise GenerateError(f"--out: {cfg.out} exists and is not a folder")
     level: Level = cfg.level or setting.action.level
@@ -458,9 +487,9 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
         summaries = {s.trajectory.header.trajectory_id: summarise(s) for s in stored}
         done = set(summaries)
         _check_plan_membership(cfg, setting, level, store, done)
-        start = None
-        for st in stored:  # the folder itself must be one environment
-            start = _check_same_start(store, start, st.trajectory)
+        environment = _FolderEnvironment(store.root, cfg.start_tolerance)
+        for st in sorted(stored, key=lambda st: st.meta.finished_at):  # the folder itself must be one environment
+            environment.admit(st.trajectory, st.meta)
         todo = [it for it in plan if it.trajectory_id not in done]
         report = GenerateReport(store.root, len(plan), len(plan) - len(todo))
         write_card(store, summaries)
@@ -482,7 +511,7 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
                     continue
                 traj = Trajectory.model_validate(res["trajectory"])
                 meta = RecordMeta(**res["meta"])
-                start = _check_same_start(store, start, traj)
+                environment.admit(traj, meta)
                 store.write(traj, meta)
                 s = summaries[traj.header.trajectory_id] = summarise(traj, meta)
                 write_card(store, summaries)

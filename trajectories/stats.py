@@ -12,7 +12,7 @@ from mixagent.trajectories.contract import SCHEMA_VERSION, SOURCE_FIELD, Traject
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
 from mixagent.trajectories.storage import RECORD_SUFFIX, RecordMeta, StoredTrajectory
 
-__all__ = ["TrajectorySummary", "summarise", "build_card", "family_rows", "FAMILY_COLUMNS"]
+__all__ = ["TrajectorySummary", "summarise", "build_card", "environments", "family_rows", "FAMILY_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class TrajectorySummary:
     mean_target_share: float
     wall_s: float
     finished_at: str
+    start_losses: dict[str, float]
+    provenance: dict[str, str]
 
 
 def summarise(x: StoredTrajectory | Trajectory, meta: RecordMeta | None = None) -> TrajectorySummary:
@@ -59,6 +61,8 @@ def summarise(x: StoredTrajectory | Trajectory, meta: RecordMeta | None = None) 
         mean_target_share=float(shares.mean()) if shares.size else float("nan"),
         wall_s=meta.wall_s or float(sum(traj.stage_wall_s)),
         finished_at=meta.finished_at,
+        start_losses=dict(h.feedback[0].domain_losses),
+        provenance=dict(meta.provenance),
     )
 
 
@@ -70,6 +74,26 @@ def _one_or_all(values: list[str]) -> str | dict[str, int]:
 def _describe(x: np.ndarray) -> dict[str, float]:
     return {"mean": round(float(x.mean()), 6), "std": round(float(x.std()), 6),
             "min": round(float(x.min()), 6), "max": round(float(x.max()), 6)}
+
+
+def environments(summaries: list[TrajectorySummary]) -> list[dict[str, Any]]:
+    """The environments a folder's runs come from, oldest first: one per distinct first evaluation
+    (runs on one corpus and base with the same numerics start bit for bit alike), with its
+    ``start_drift`` from the oldest (largest per-domain difference, nats) and its provenance."""
+    groups: dict[tuple[tuple[str, float], ...], list[TrajectorySummary]] = {}
+    for s in sorted(summaries, key=lambda s: s.finished_at):
+        groups.setdefault(tuple(sorted(s.start_losses.items())), []).append(s)
+    ref = dict(next(iter(groups), ()))
+    out = []
+    for start, group in groups.items():
+        row: dict[str, Any] = {
+            "trajectories": len(group),
+            "start_drift": round(max((abs(v - ref[d]) for d, v in start), default=0.0), 6),
+        }
+        for key in ("corpus", "base", "numerics"):
+            row[key] = _one_or_all([s.provenance.get(key, "unrecorded") for s in group])
+        out.append(row)
+    return out
 
 
 def build_card(summaries: list[TrajectorySummary]) -> dict[str, Any]:
@@ -107,6 +131,7 @@ def build_card(summaries: list[TrajectorySummary]) -> dict[str, Any]:
                 "per_stage_mean": round(float(walls.sum() / max(stages.sum(), 1)), 3),
             },
             "final_balanced_score": {f: _describe(np.array(v)) for f, v in sorted(by_family.items())},
+            "environments": environments(summaries),
             "finished": {"first": finished[0] if finished else "", "last": finished[-1] if finished else ""},
         }
     )

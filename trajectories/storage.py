@@ -22,7 +22,8 @@ A record (schema version :data:`~mixagent.trajectories.contract.SCHEMA_VERSION`)
     {"record": "header", "schema_version": 1, "header": {...TrajectoryHeader...}}
     {"record": "start", "feedback": {...}, "wall_s": s}          # evaluation before training
     {"record": "stage", "t": 0, "weights": [...], "feedback": {...}, "wall_s": s}   # × T
-    {"record": "end", "stages": T, "sha256": "...", "wall_s": s, "finished_at": "...", "host": "..."}
+    {"record": "end", "stages": T, "sha256": "...", "wall_s": s, "finished_at": "...", "host": "...",
+     "provenance": {"corpus": "...", "base": "...", "numerics": "..."}}     # provenance: optional
 
 ``sha256`` is the checksum of the trajectory's content (:func:`trajectory_checksum`: canonical JSON
 of header, history and stage wall times), so it does not depend on line formatting. Finalising
@@ -94,12 +95,14 @@ class RecordError(ContractError):
 
 @dataclass(frozen=True)
 class RecordMeta:
-    """What a record knows beyond the trajectory: total wall time, when and where it finished."""
+    """What a record knows beyond the trajectory: total wall time, when and where it finished, and
+    the environment's ``provenance`` (corpus and base digests, numerics: ``env/provenance.py``)."""
 
     wall_s: float = 0.0
     finished_at: str = ""
     host: str = ""
     start_wall_s: float = 0.0
+    provenance: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,12 +143,11 @@ def record_lines(trajectory: Trajectory, meta: RecordMeta) -> list[str]:
     lines = [_header_line(trajectory.header), _start_line(h.feedback[0], meta.start_wall_s)]
     for t, w in enumerate(h.weights):
         lines.append(_stage_line(t, w, h.feedback[t + 1], trajectory.stage_wall_s[t]))
-    lines.append(
-        _dumps(
-            {"record": "end", "stages": h.stages, "sha256": trajectory_checksum(trajectory), "wall_s": meta.wall_s,
-             "finished_at": meta.finished_at, "host": meta.host}
-        )
-    )
+    end = {"record": "end", "stages": h.stages, "sha256": trajectory_checksum(trajectory), "wall_s": meta.wall_s,
+           "finished_at": meta.finished_at, "host": meta.host}
+    if meta.provenance:
+        end["provenance"] = meta.provenance
+    lines.append(_dumps(end))
     return lines
 
 
@@ -294,12 +296,16 @@ def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tupl
         if end.get("sha256") != trajectory_checksum(traj):
             raise RecordError(path, "corrupted: the content does not match the record's sha256 checksum")
     end = end or {}
+    provenance = end.get("provenance", {})
+    if not (isinstance(provenance, dict) and all(isinstance(v, str) for v in provenance.values())):
+        raise RecordError(path, f"end line: provenance must be an object of strings, got {provenance!r}")
     try:
         meta = RecordMeta(
             wall_s=float(end.get("wall_s", 0.0)),
             finished_at=str(end.get("finished_at", "")),
             host=str(end.get("host", "")),
             start_wall_s=float(rows[1].get("wall_s", 0.0)),
+            provenance=provenance,
         )
     except (TypeError, ValueError):
         raise RecordError(path, "corrupted: a wall time is not a number") from None
@@ -362,8 +368,9 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
-def default_meta(wall_s: float, start_wall_s: float) -> RecordMeta:
-    return RecordMeta(wall_s=wall_s, finished_at=now_iso(), host=socket.gethostname(), start_wall_s=start_wall_s)
+def default_meta(wall_s: float, start_wall_s: float, provenance: dict[str, str] | None = None) -> RecordMeta:
+    return RecordMeta(wall_s=wall_s, finished_at=now_iso(), host=socket.gethostname(), start_wall_s=start_wall_s,
+                      provenance=dict(provenance or {}))
 
 
 class FolderLock:

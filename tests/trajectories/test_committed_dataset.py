@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mixagent.trajectories import History
+from mixagent.trajectories.generate import START_TOLERANCE
 from mixagent.trajectories.schedules import ScheduleContext, build_schedule
 from mixagent.trajectories.stats import build_card, summarise
 from mixagent.trajectories.storage import FileStore
@@ -38,9 +39,11 @@ def test_dataset_matches_its_setting_and_card(folder):
     card = json.loads((folder / "card.json").read_text())
     fresh = build_card([summarise(s) for s in stored])
     assert card["counts"] == fresh["counts"] and card["families"] == fresh["families"]
-    # one base model: every run starts from the same evaluation
-    first = stored[0].trajectory.history.feedback[0]
-    assert all(s.trajectory.history.feedback[0] == first for s in stored)
+    assert card["environments"] == fresh["environments"]
+    # one corpus and base model, up to the float numerics of the machines of several sittings
+    assert all(e["start_drift"] <= START_TOLERANCE for e in fresh["environments"])
+    corpora = {s.meta.provenance["corpus"] for s in stored if "corpus" in s.meta.provenance}
+    assert len(corpora) <= 1, corpora
 
 
 @pytest.mark.parametrize("folder", DATASETS, ids=lambda p: p.name)
@@ -60,7 +63,9 @@ def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
 @pytest.mark.slow
 def test_a_committed_trajectory_is_regenerated_bit_for_bit():
     """Same setting, schedule and seed on a rebuilt corpus and base (`MIXAGENT_REAL_HOME`, else a
-    fresh cache: ~10 minutes) give the committed trajectory exactly: weights, every feedback value."""
+    fresh cache: ~10 minutes) give the committed trajectory exactly: weights, every feedback value.
+    Exactness holds between machines with the same float numerics: the trajectory checked is one
+    that starts from this machine's base evaluation (skipped when no committed run shares it)."""
     import os
 
     from mixagent.env.setting import DEFAULT_SETTING, load_setting
@@ -68,9 +73,20 @@ def test_a_committed_trajectory_is_regenerated_bit_for_bit():
 
     setting = load_setting(DEFAULT_SETTING)
     store = FileStore(DATA / "math-tiny")
-    item = next(it for it in make_plan(setting, n=32) if it.trajectory_id in set(store.list()))
     runner = TrajectoryRunner(setting.model_dump(mode="json"), os.environ.get("MIXAGENT_REAL_HOME"), threads=1)
+    runner.env.reset(seed=0)
+    here = runner.env.history.feedback[0]
+    stored = {s.trajectory.header.trajectory_id: s for s in store.load_all()}
+    same = [it for it in make_plan(setting, n=len(stored) + 64)
+            if it.trajectory_id in stored and stored[it.trajectory_id].trajectory.history.feedback[0] == here]
+    if not same:
+        provenance = runner.env.backend.provenance()
+        drift = max(abs(here.domain_losses[d] - v)
+                    for d, v in next(iter(stored.values())).trajectory.history.feedback[0].domain_losses.items())
+        pytest.skip(f"no committed trajectory was generated with this machine's numerics ({provenance['numerics']}; "
+                    f"its base evaluation differs by {drift:.2g} nats)")
+    item = same[0]
     again = runner.run(item)["trajectory"]
-    committed = store.read(item.trajectory_id).trajectory.model_dump(mode="json")
+    committed = stored[item.trajectory_id].trajectory.model_dump(mode="json")
     assert again["header"] == committed["header"]
     assert again["history"] == committed["history"]  # floats compared exactly

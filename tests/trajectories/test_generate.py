@@ -1,4 +1,5 @@
 import gzip
+import json
 import os
 import signal
 import subprocess
@@ -352,3 +353,76 @@ def test_runs_of_another_environment_are_not_added_to_a_folder(tiny_dataset, tin
     restart(store.load_all()[3], 0.5)  # a folder that mixes two environments is refused as it is
     with pytest.raises(GenerateError, match=r"differ by up to 0.5"):
         generate(GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+
+
+def _rewrite(store, stored, *, shift=0.0, provenance=None):
+    """Rewrite one record as if another machine had made it: its first evaluation moved by ``shift``
+    nats in every domain, its provenance replaced."""
+    from dataclasses import replace
+
+    from mixagent.trajectories import History
+
+    t, h = stored.trajectory, stored.trajectory.history
+    f0 = h.feedback[0]
+    moved = f0.model_copy(update={"domain_losses": {d: v + shift for d, v in f0.domain_losses.items()}})
+    stored.path.unlink()
+    meta = stored.meta if provenance is None else replace(stored.meta, provenance=provenance)
+    store.write(t.model_copy(update={"history": History(space=h.space, feedback=[moved, *h.feedback[1:]],
+                                                        weights=h.weights)}), meta)
+
+
+def test_records_keep_the_provenance_of_their_environment(tiny_dataset, tiny_setting, tiny_backend, cache_dir):
+    from mixagent.env.data import prepare_data
+    from mixagent.env.provenance import corpus_digest, numerics, weights_digest
+
+    stored = FileStore(tiny_dataset).load_all()
+    corpus = corpus_digest(prepare_data(tiny_setting, cache_dir).manifest)
+    base = weights_digest(tiny_backend._base_state)
+    for s in stored:
+        assert s.meta.provenance == {"corpus": corpus, "base": base, "numerics": numerics()}
+    card = json.loads((tiny_dataset / "card.json").read_text())
+    assert card["environments"] == [{"trajectories": len(stored), "start_drift": 0.0, "corpus": corpus,
+                                     "base": base, "numerics": numerics()}]
+
+
+def test_runs_on_other_float_numerics_join_the_folder_and_the_card_tells_them_apart(
+    tiny_dataset, tiny_setting, cache_dir, tmp_path
+):
+    """Sittings on machines whose CPUs sum floats in another order start ~1e-3 nats apart: such runs
+    may complete a folder (within --start-tolerance), and the card counts each environment."""
+    import shutil
+
+    out = tmp_path / "numerics"
+    shutil.copytree(tiny_dataset, out)
+    store = FileStore(out)
+    for s in store.load_all():  # made "elsewhere", before provenance was recorded
+        _rewrite(store, s, shift=0.004, provenance={})
+    with pytest.raises(GenerateError, match=r"differ by up to 0.004, more than --start-tolerance 0.001"):
+        generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False,
+                                start_tolerance=0.001), tiny_setting)
+    assert len(store.list()) == 9
+    report = generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    assert report.generated == 1 and len(store.list()) == 10
+    envs = json.loads((out / "card.json").read_text())["environments"]
+    assert [e["trajectories"] for e in envs] == [9, 1]
+    assert envs[0]["start_drift"] == 0.0 and envs[0]["numerics"] == "unrecorded"
+    assert envs[1]["start_drift"] == pytest.approx(0.004, abs=1e-6) and envs[1]["numerics"] != "unrecorded"
+
+
+def test_runs_on_another_corpus_are_refused_whatever_their_start(tiny_dataset, tiny_setting, cache_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "corpus"
+    shutil.copytree(tiny_dataset, out)
+    store = FileStore(out)
+    for s in store.load_all():
+        _rewrite(store, s, provenance={**s.meta.provenance, "corpus": "0123456789abcdef"})
+    with pytest.raises(GenerateError, match=r"another corpus \(digest \w+\) than the folder's other records "
+                                            r"\(0123456789abcdef\)"):
+        generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    assert len(store.list()) == 9
+
+
+def test_a_negative_start_tolerance_is_refused(tiny_setting, tmp_path):
+    with pytest.raises(GenerateError, match=r"--start-tolerance: must be >= 0, got -1"):
+        generate(GenerateConfig(out=tmp_path / "x", n=1, start_tolerance=-1.0, progress=False), tiny_setting)

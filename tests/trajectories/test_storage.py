@@ -1,5 +1,6 @@
 import gzip
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -212,3 +213,19 @@ def test_a_header_objective_must_name_fields_of_its_space(trajectory):
     data["objective"] = {"field_weights": {"physics": 1.0}}
     with pytest.raises(ValidationError, match=r"objective.field_weights: unknown field\(s\) \['physics'\]"):
         type(trajectory.header).model_validate(data)
+
+
+def test_provenance_round_trips_and_old_records_without_it_still_read(tmp_path, trajectory):
+    prov = {"corpus": "0123456789abcdef", "base": "fedcba9876543210", "numerics": "x86_64 (AVX2); torch 2.13.0"}
+    path = tmp_path / f"{trajectory.header.trajectory_id}.jsonl.gz"
+    write_record(path, trajectory, replace(META, provenance=prov))
+    assert read_record(path).meta.provenance == prov
+    _edit_line(path, -1, lambda end: end.pop("provenance"))  # a record written before provenance existed
+    assert read_record(path).meta.provenance == {}
+
+
+def test_rejects_a_provenance_that_is_not_an_object_of_strings(written):
+    _edit_line(written, -1, lambda end: end.update(provenance={"corpus": 7}))
+    with pytest.raises(RecordError, match=r"provenance must be an object of strings, got \{'corpus': 7\}") as e:
+        read_record(written)
+    assert str(written) in str(e.value)
