@@ -119,6 +119,7 @@ class CPTBackend:
         self._field_matrix = space.field_matrix()
         self._base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._data_manifest = data.manifest
+        self._provenance: dict[str, str] | None = None
         self.rng = np.random.default_rng(0)
         self.step = 0
         self.optimizer = self._new_optimizer()
@@ -138,10 +139,13 @@ class CPTBackend:
     def set_base_state(self) -> None:
         """Make the model's current weights the state that :meth:`reset` restores."""
         self._base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._provenance = None
 
     def provenance(self) -> dict[str, str]:
         """Digests of the corpus and base weights, and the numerics, that episodes here run on."""
-        return fingerprint(self._data_manifest, self._base_state)
+        if self._provenance is None:
+            self._provenance = fingerprint(self._data_manifest, self._base_state)
+        return dict(self._provenance)
 
     @property
     def tokens_per_step(self) -> int:

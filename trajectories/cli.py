@@ -42,6 +42,8 @@ def generate_cmd(
     plugin: Annotated[list[str] | None, typer.Option(help="Module to import first (registers extra families).")] = None,
     start_tolerance: Annotated[float, typer.Option(
         help="Refuse runs whose first evaluation differs from the folder's by more (nats, any domain).")] = 0.01,
+    adopt_corpus: Annotated[bool, typer.Option(
+        "--adopt-corpus", help="Let a folder whose records predate provenance take this machine's corpus.")] = False,
 ) -> None:
     """Run the behaviour schedules of the plan in the real env; resumes an existing folder."""
     from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
@@ -64,7 +66,7 @@ def generate_cmd(
     cfg = GenerateConfig(
         out=out, n=n, families=fams, seed=seed, level=level or None, workers=workers, threads=threads,  # type: ignore[arg-type]
         executor=executor, ray_address=ray_address or None, cache_dir=cache_dir, progress=progress,  # type: ignore[arg-type]
-        plugins=tuple(plugin or ()), start_tolerance=start_tolerance,
+        plugins=tuple(plugin or ()), start_tolerance=start_tolerance, adopt_corpus=adopt_corpus,
     )
     try:
         report = generate(cfg, s)
@@ -90,10 +92,11 @@ def import_cmd(
     out: Annotated[Path, typer.Option("--out", help="Dataset folder to add the records to.")],
 ) -> None:
     """Add exported trajectories (the service's served runs) to a dataset folder as records."""
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+    from mixagent.trajectories.environment import FolderEnvironment  # noqa: PLC0415
     from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
     from mixagent.trajectories.storage import (  # noqa: PLC0415
         FileStore,
-        RecordError,
         import_jsonl,
         read_json_object,
         write_json_atomic,
@@ -103,10 +106,12 @@ def import_cmd(
     try:
         with store.lock("import"):
             pinned = read_json_object(out / "generate.json") if (out / "generate.json").exists() else {}
-            report = import_jsonl(source, store, setting_hash=pinned.get("setting_hash"))
+            # A generated folder is one environment (trajectories/environment.py); others take any run.
+            environment = FolderEnvironment.of(out, store.load_all()) if pinned else None
+            report = import_jsonl(source, store, setting_hash=pinned.get("setting_hash"), environment=environment)
             card = build_card([summarise(r) for r in store.load_all()])
             write_json_atomic(out / "card.json", card)
-    except RecordError as e:
+    except ContractError as e:  # a bad record or line, or a run of another environment
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
     for line in report.unfinished:

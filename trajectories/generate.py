@@ -17,7 +17,7 @@ lock file (``DIR/.lock``, released by the kernel when the process dies) keeps tw
 one folder. ``generate.json`` pins the setting hash, families, seed and level of a folder: a rerun
 that disagrees is refused rather than mixing two plans, and so is a run whose first evaluation
 is trained on another corpus or starts from another base model than the folder's records (see
-``_FolderEnvironment``). Float numerics may differ between the machines of several sittings: each
+``environment.py``). Float numerics may differ between the machines of several sittings: each
 record keeps its provenance (corpus and base digests, CPU and library versions), and the card
 counts the runs per environment.
 
@@ -39,7 +39,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mixagent.trajectories.contract import SCHEMA_VERSION, Feedback, Trajectory, TrajectoryHeader, stable_hash
+from mixagent.trajectories.contract import SCHEMA_VERSION, Trajectory, TrajectoryHeader, stable_hash
+from mixagent.trajectories.environment import START_TOLERANCE, FolderEnvironment, ForeignEnvironmentError
 from mixagent.trajectories.schedules import (
     BUILTIN_FAMILIES,
     Level,
@@ -79,12 +80,6 @@ class GenerateError(RuntimeError):
     """Generation cannot start or go on (the message says why and names the file)."""
 
 
-START_TOLERANCE = 0.01
-"""Largest per-domain difference (nats) between the first evaluations of one folder's runs. Another
-CPU's float kernels move the base model's held-out losses by up to ~0.003 (``env/provenance.py``);
-another corpus, tokenizer or pre-training moves them by far more."""
-
-
 @dataclass(frozen=True)
 class GenerateConfig:
     """One generation run. Fields pinned in ``generate.json`` are marked (pinned)."""
@@ -113,6 +108,8 @@ class GenerateConfig:
     """Show a progress bar with an ETA (otherwise one log line per trajectory)."""
     start_tolerance: float = START_TOLERANCE
     """Refuse a run whose first evaluation differs from the folder's by more (nats, any domain)."""
+    adopt_corpus: bool = False
+    """Let a folder whose records all predate provenance take this machine's corpus digest."""
     plugins: tuple[str, ...] = ()
     """Modules imported (here and in every worker) before families are resolved: they register
     extra families, e.g. online baselines with noise via ``register_policy_family``."""
@@ -424,38 +421,6 @@ def _check_plan_membership(cfg: GenerateConfig, setting: Any, level: Level, stor
         )
 
 
-@dataclass
-class _FolderEnvironment:
-    """The environment a folder's runs come from, as its first runs show it: every run starts from
-    the same base model on the same held-out text, up to float numerics, and on one corpus."""
-
-    root: Path
-    tolerance: float
-    start: Feedback | None = None
-    corpus: str = ""  # unknown until a run that records its provenance is admitted
-
-    def admit(self, traj: Trajectory, meta: RecordMeta) -> None:
-        tid, first = traj.header.trajectory_id, traj.history.feedback[0]
-        corpus = meta.provenance.get("corpus", "")
-        if self.corpus and corpus and corpus != self.corpus:
-            raise GenerateError(
-                f"{self.root}: {tid} was trained on another corpus (digest {corpus}) than the folder's other records "
-                f"({self.corpus}): a Debian package, the stdlib or the tokenizer differ on this machine. "
-                "Its runs are not written; generate into another --out"
-            )
-        if self.start is not None:
-            drift = max(abs(first.domain_losses[d] - self.start.domain_losses[d]) for d in self.start.domain_losses)
-            if drift > self.tolerance:
-                raise GenerateError(
-                    f"{self.root}: {tid} starts from another evaluation than the folder's other records (domain losses "
-                    f"differ by up to {drift:.3g}, more than --start-tolerance {self.tolerance:g}): this machine builds "
-                    "another corpus or base model (package, stdlib or torch versions). Its runs are not written; "
-                    "generate into another --out"
-                )
-        self.start = self.start or first
-        self.corpus = self.corpus or corpus
-
-
 def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
     """Run (or resume) the plan of ``cfg`` for ``setting``; see the module docstring.
 
@@ -487,9 +452,12 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
         summaries = {s.trajectory.header.trajectory_id: summarise(s) for s in stored}
         done = set(summaries)
         _check_plan_membership(cfg, setting, level, store, done)
-        environment = _FolderEnvironment(store.root, cfg.start_tolerance)
-        for st in sorted(stored, key=lambda st: st.meta.finished_at):  # the folder itself must be one environment
-            environment.admit(st.trajectory, st.meta)
+        # The folder itself must be one environment (a corpus adopted before is kept); new runs join it.
+        try:
+            environment = FolderEnvironment.of(store.root, stored, cfg.start_tolerance)
+        except ForeignEnvironmentError as e:
+            raise GenerateError(str(e)) from None
+        environment.adopt_corpus = cfg.adopt_corpus
         todo = [it for it in plan if it.trajectory_id not in done]
         report = GenerateReport(store.root, len(plan), len(plan) - len(todo))
         write_card(store, summaries)
@@ -511,7 +479,10 @@ def generate(cfg: GenerateConfig, setting: Any) -> GenerateReport:
                     continue
                 traj = Trajectory.model_validate(res["trajectory"])
                 meta = RecordMeta(**res["meta"])
-                environment.admit(traj, meta)
+                try:
+                    environment.admit(traj, meta.provenance)
+                except ForeignEnvironmentError as e:
+                    raise GenerateError(str(e)) from None
                 store.write(traj, meta)
                 s = summaries[traj.header.trajectory_id] = summarise(traj, meta)
                 write_card(store, summaries)

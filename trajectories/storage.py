@@ -59,6 +59,7 @@ from mixagent.trajectories.contract import (
     TrajectoryHeader,
     Weights,
 )
+from mixagent.trajectories.environment import FolderEnvironment
 
 __all__ = [
     "RECORD_SUFFIX",
@@ -493,13 +494,15 @@ class ImportReport(NamedTuple):
     """``line i: <id> is <why>`` for runs that did not reach their horizon (left out)."""
 
 
-def import_jsonl(path: str | Path, store: FileStore, *, setting_hash: str | None = None) -> ImportReport:
+def import_jsonl(path: str | Path, store: FileStore, *, setting_hash: str | None = None,
+                 environment: FolderEnvironment | None = None) -> ImportReport:
     """Finalise every finished trajectory of a JSON Lines file of ``Trajectory`` objects (one per
     line, e.g. a service export) as records of ``store``. An id already stored with the same content
     is skipped; with other content it is an error (records are never overwritten). Runs that did not
     reach their horizon are left out and listed; a line that is not a trajectory fails the import
     before anything is written, and so does one whose ``header.setting_hash`` is not ``setting_hash``
-    (the folder's pinned setting, when it has one)."""
+    (the folder's pinned setting, when it has one), and so does one that ``environment`` (a generated
+    folder's) does not admit: a run from another base model would make the folder refuse to grow."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -522,15 +525,17 @@ def import_jsonl(path: str | Path, store: FileStore, *, setting_hash: str | None
             left_out.append(f"line {i}: {t.header.trajectory_id} is {problem}")
             continue
         trajectories.append(t)
-    imported = skipped = 0
     stored = set(store.list())
+    new = []
     for t in trajectories:
         tid = t.header.trajectory_id
         if tid in stored:
             if store.read(tid).sha256 != trajectory_checksum(t):
                 raise RecordError(store.path_of(tid), f"already holds a different trajectory than {path}")
-            skipped += 1
-            continue
+        else:
+            if environment is not None:
+                environment.admit(t, {})
+            new.append(t)
+    for t in new:
         store.write(t, RecordMeta(wall_s=float(sum(t.stage_wall_s)), finished_at=now_iso(), host=f"import:{path.name}"))
-        imported += 1
-    return ImportReport(imported, skipped, left_out)
+    return ImportReport(len(new), len(trajectories) - len(new), left_out)

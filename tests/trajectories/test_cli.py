@@ -90,6 +90,28 @@ def test_import_refuses_runs_of_another_setting_and_a_locked_folder(tiny_dataset
     assert runner.invoke(app, ["trajectories", "validate", str(out)]).exit_code == 0  # nothing was written
 
 
+def test_import_into_a_generated_folder_admits_only_runs_of_its_environment(tiny_dataset, tmp_path):
+    """A served run from another base model would make the folder refuse to grow: refused up front."""
+    from mixagent.trajectories.storage import FileStore
+
+    from .test_environment import moved
+
+    out = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, out)
+    run = FileStore(out).load_all()[0].trajectory
+    run = run.model_copy(update={"header": run.header.model_copy(update={"trajectory_id": "served-aaaaaaaaaaaa"})})
+    export = tmp_path / "runs.jsonl"
+    export.write_text(moved(run, 0.5).model_dump_json() + "\n")
+    r = runner.invoke(app, ["trajectories", "import", str(export), "--out", str(out)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "served-aaaaaaaaaaaa starts from another evaluation" in text and "0.5" in text
+    assert len(FileStore(out).list()) == 9
+    export.write_text(moved(run, 0.001).model_dump_json() + "\n")  # other numerics: joins, as unrecorded
+    r = runner.invoke(app, ["trajectories", "import", str(export), "--out", str(out)])
+    assert r.exit_code == 0 and "1 imported" in r.output
+    assert FileStore(out).read("served-aaaaaaaaaaaa").meta.provenance == {}
+
+
 def test_validate_reports_broken_folder_files_instead_of_crashing(tiny_dataset, tmp_path):
     out = tmp_path / "broken"
     shutil.copytree(tiny_dataset, out)

@@ -1,5 +1,6 @@
 import gzip
 import json
+from dataclasses import replace
 import os
 import signal
 import subprocess
@@ -358,8 +359,6 @@ def test_runs_of_another_environment_are_not_added_to_a_folder(tiny_dataset, tin
 def _rewrite(store, stored, *, shift=0.0, provenance=None):
     """Rewrite one record as if another machine had made it: its first evaluation moved by ``shift``
     nats in every domain, its provenance replaced."""
-    from dataclasses import replace
-
     from mixagent.trajectories import History
 
     t, h = stored.trajectory, stored.trajectory.history
@@ -397,14 +396,18 @@ def test_runs_on_other_float_numerics_join_the_folder_and_the_card_tells_them_ap
     store = FileStore(out)
     for s in store.load_all():  # made "elsewhere", before provenance was recorded
         _rewrite(store, s, shift=0.004, provenance={})
+    cfg = GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False)
+    with pytest.raises(GenerateError, match=r"the folder's 9 records predate provenance.*--adopt-corpus"):
+        generate(cfg, tiny_setting)
     with pytest.raises(GenerateError, match=r"differ by up to 0.004, more than --start-tolerance 0.001"):
-        generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False,
-                                start_tolerance=0.001), tiny_setting)
+        generate(replace(cfg, adopt_corpus=True, start_tolerance=0.001), tiny_setting)
     assert len(store.list()) == 9
-    report = generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    report = generate(replace(cfg, adopt_corpus=True), tiny_setting)
     assert report.generated == 1 and len(store.list()) == 10
+    report = generate(replace(cfg, n=11), tiny_setting)  # the folder keeps the corpus it adopted
+    assert report.generated == 1
     envs = json.loads((out / "card.json").read_text())["environments"]
-    assert [e["trajectories"] for e in envs] == [9, 1]
+    assert [e["trajectories"] for e in envs] == [9, 2]
     assert envs[0]["start_drift"] == 0.0 and envs[0]["numerics"] == "unrecorded"
     assert envs[1]["start_drift"] == pytest.approx(0.004, abs=1e-6) and envs[1]["numerics"] != "unrecorded"
 
