@@ -15,7 +15,7 @@ rebuilt on another instruction set evaluates up to 0.0026 nats (any domain) away
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,15 @@ class ForeignEnvironmentError(ContractError):
     """A run comes from another environment than the folder's; the message names folder and run."""
 
 
-def start_drift(a: Feedback, b: Feedback) -> float:
-    """Largest per-domain difference of two evaluations (nats); NaN compares as infinitely far."""
-    d = max(abs(a.domain_losses[k] - b.domain_losses[k]) for k in b.domain_losses)
+def start_drift(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """Largest per-domain difference of two evaluations' domain losses (nats); NaN counts as
+    infinitely far."""
+    d = max((abs(a[k] - b[k]) for k in b), default=0.0)
     return d if d == d else float("inf")
+
+
+def _provenance(p: dict[str, str]) -> tuple[str, str, str]:
+    return p.get("corpus", ""), p.get("base", ""), p.get("numerics", "")
 
 
 @dataclass
@@ -70,7 +75,7 @@ class FolderEnvironment:
     def check(self, traj: Trajectory, provenance: dict[str, str]) -> None:
         """Raise :class:`ForeignEnvironmentError` unless ``traj`` may join the folder."""
         tid, first = traj.header.trajectory_id, traj.history.feedback[0]
-        corpus, base, numerics = (provenance.get(k, "") for k in ("corpus", "base", "numerics"))
+        corpus, base, numerics = _provenance(provenance)
         if corpus and self.corpus and corpus != self.corpus:
             self._refuse(tid, f"was trained on another corpus (digest {corpus}) than the folder's other records "
                               f"({self.corpus}): a Debian package, the stdlib or the tokenizer differ on this machine")
@@ -84,7 +89,7 @@ class FolderEnvironment:
             self._refuse(tid, f"starts from another base model (weights digest {base}, the folder's is {known}) "
                               f"on the same corpus and numerics: pre-training changed")
         if self.start is not None:
-            drift = start_drift(first, self.start)
+            drift = start_drift(first.domain_losses, self.start.domain_losses)
             if not drift <= self.tolerance:
                 self._refuse(tid, f"starts from another evaluation than the folder's other records (domain losses "
                                   f"differ by up to {drift:.3g}, more than --start-tolerance {self.tolerance:g}): "
@@ -93,7 +98,7 @@ class FolderEnvironment:
     def admit(self, traj: Trajectory, provenance: dict[str, str]) -> None:
         """:meth:`check`, then count ``traj`` as one of the folder's runs."""
         self.check(traj, provenance)
-        corpus, base, numerics = (provenance.get(k, "") for k in ("corpus", "base", "numerics"))
+        corpus, base, numerics = _provenance(provenance)
         self.start = self.start or traj.history.feedback[0]
         self.corpus = self.corpus or corpus
         self.unrecorded += not corpus

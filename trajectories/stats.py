@@ -10,6 +10,7 @@ import numpy as np
 
 from mixagent.trajectories.contract import SCHEMA_VERSION, SOURCE_FIELD, Trajectory
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
+from mixagent.trajectories.environment import start_drift
 from mixagent.trajectories.storage import RECORD_SUFFIX, RecordMeta, StoredTrajectory
 
 __all__ = ["TrajectorySummary", "summarise", "build_card", "environments", "family_rows", "FAMILY_COLUMNS"]
@@ -88,7 +89,7 @@ def environments(summaries: list[TrajectorySummary]) -> list[dict[str, Any]]:
     for start, group in groups.items():
         row: dict[str, Any] = {
             "trajectories": len(group),
-            "start_drift": round(max((abs(v - ref[d]) for d, v in start), default=0.0), 6),
+            "start_drift": round(start_drift(dict(start), ref), 6),
         }
         for key in ("corpus", "base", "numerics"):
             row[key] = _one_or_all([s.provenance.get(key, "unrecorded") for s in group])

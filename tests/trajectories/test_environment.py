@@ -25,10 +25,10 @@ def runs(tiny_dataset):
 
 
 def test_start_drift_is_the_largest_domain_difference_and_nan_is_infinitely_far(runs):
-    a = runs[0].history.feedback[0]
+    a = runs[0].history.feedback[0].domain_losses
     assert start_drift(a, a) == 0.0
-    assert start_drift(moved(runs[0], 0.003).history.feedback[0], a) == pytest.approx(0.003)
-    assert math.isinf(start_drift(moved(runs[0], float("nan")).history.feedback[0], a))
+    assert start_drift(moved(runs[0], 0.003).history.feedback[0].domain_losses, a) == pytest.approx(0.003)
+    assert math.isinf(start_drift(moved(runs[0], float("nan")).history.feedback[0].domain_losses, a))
 
 
 def test_other_numerics_within_tolerance_join_and_further_starts_are_refused(tmp_path, runs):
