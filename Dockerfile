@@ -3,7 +3,7 @@
 #   docker build -t mixagent .
 #   docker run -p 8000:8000 -v mixagent-data:/data -e MIXAGENT_TOKENS=change-me mixagent
 #
-# Without a Docker engine, buildah builds and runs it (see tests/service/test_container.py):
+# Without a Docker engine, buildah builds and runs it (see tests/service/server/test_container.py):
 #   buildah --storage-driver vfs bud --isolation chroot --network host --format docker \
 #     --build-arg BASE_IMAGE=localhost/debian-python:bookworm -t mixagent .
 ARG BASE_IMAGE=python:3.11-slim

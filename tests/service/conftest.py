@@ -46,7 +46,7 @@ def feedback_body(step: int, t: int | None = None, **over: Any) -> dict[str, Any
 
 
 def make_settings(tmp_path: Path, **over: Any):  # type: ignore[no-untyped-def]
-    from mixagent.service.config import Settings
+    from mixagent.service.server.config import Settings
 
     kw: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'mixagent.db'}",
@@ -73,7 +73,7 @@ def settings(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture()
 def app(settings):  # type: ignore[no-untyped-def]
-    from mixagent.service.main import create_app
+    from mixagent.service.server.main import create_app
 
     return create_app(settings)
 
@@ -94,7 +94,7 @@ def free_port() -> int:
 
 @pytest.fixture()
 def server(app) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    from mixagent.service.demo import BackgroundServer
+    from mixagent.service.trainer.demo import BackgroundServer
 
     with BackgroundServer(app) as s:
         yield s

@@ -8,7 +8,7 @@ import logging
 import httpx
 import pytest
 
-from mixagent.service.client import (
+from mixagent.service.trainer.client import (
     AuthError,
     MixingClient,
     RequestRejected,
@@ -93,7 +93,7 @@ def test_an_unreachable_service_keeps_the_last_weights_and_logs_it(server, caplo
         w0 = run.report(fb(0))
     dead = f"http://127.0.0.1:{free_port()}"
     run.client = MixingClient(dead, TOKEN, retries=2, backoff_s=0.01, timeout=0.5)
-    with caplog.at_level(logging.WARNING, logger="mixagent.service.client"):
+    with caplog.at_level(logging.WARNING, logger="mixagent.service.trainer.client"):
         assert run.report(fb(10)) == w0
     assert run.missed == [10]
     assert "unreachable at step 10" in caplog.text and "keeping the last weights" in caplog.text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from mixagent.service.main import create_app
+from mixagent.service.server.main import create_app
 from mixagent.trajectories import ActionSpec, DomainSpace, Feedback, History, action_to_weights, encode
 from tests.service.conftest import ADMIN, auth, feedback_body, run_body, write_card
 

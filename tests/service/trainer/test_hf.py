@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mixagent.service.client import MixingClient  # noqa: E402
-from mixagent.service.hf import MixagentCallback, MixingTrainer  # noqa: E402
-from mixagent.service.sampler import LiveWeightSampler  # noqa: E402
+from mixagent.service.trainer.client import MixingClient  # noqa: E402
+from mixagent.service.trainer.hf import MixagentCallback, MixingTrainer  # noqa: E402
+from mixagent.service.trainer.sampler import LiveWeightSampler  # noqa: E402
 from mixagent.trajectories import DomainSpace  # noqa: E402
 from tests.service.conftest import TOKEN  # noqa: E402
 

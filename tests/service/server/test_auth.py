@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixagent.service.config import DEV_TOKEN, Settings
+from mixagent.service.server.config import DEV_TOKEN, Settings
 from tests.service.conftest import ADMIN, OTHER, auth, feedback_body, run_body
 
 

@@ -12,11 +12,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mixagent.service.config import Settings, principal_of
-from mixagent.service.errors import Forbidden, Unauthorized
-from mixagent.service.metrics import Metrics
-from mixagent.service.registry import PolicyRegistry
-from mixagent.service.runs import RunStore
+from mixagent.service.server.config import Settings, principal_of
+from mixagent.service.server.errors import Forbidden, Unauthorized
+from mixagent.service.server.metrics import Metrics
+from mixagent.service.server.registry import PolicyRegistry
+from mixagent.service.server.runs import RunStore
 
 __all__ = ["Caller", "CallerDep", "AdminDep", "StoreDep", "RegistryDep", "SettingsDep", "MetricsDep"]
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from mixagent.service.sampler import LiveWeightSampler  # noqa: E402
+from mixagent.service.trainer.sampler import LiveWeightSampler  # noqa: E402
 
 
 class DomainOf(Dataset):

@@ -12,12 +12,13 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from mixagent.agent.policy import ArtifactError
-from mixagent.service.deps import AdminDep, CallerDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
-from mixagent.service.errors import Unprocessable
-from mixagent.service.export import export_trajectories
-from mixagent.service.registry import PolicyEntry, PolicyRegistry
-from mixagent.service.runs import RunState, StoredDecision
-from mixagent.service.schemas import (
+from mixagent.service.server.deps import AdminDep, CallerDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
+from mixagent.service.server.errors import Unprocessable
+from mixagent.service.server.limits import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
+from mixagent.service.server.export import export_trajectories
+from mixagent.service.server.registry import PolicyEntry, PolicyRegistry
+from mixagent.service.server.runs import RunState, StoredDecision
+from mixagent.service.server.schemas import (
     DecisionPublic,
     DecisionRecord,
     DomainPublic,
@@ -31,6 +32,7 @@ from mixagent.service.schemas import (
     RunCreate,
     RunCreated,
     RunPublic,
+    RunQuery,
     RunsPublic,
     RunsQuery,
     RunSummary,
@@ -43,15 +45,20 @@ _ERRORS = {
     401: "Missing or invalid bearer token.",
     403: "The route needs an admin token.",
     404: "No such run for this token.",
-    409: "The step conflicts with the run's recorded history.",
-    413: "The request body is too large.",
+    409: "The step or tokens_seen conflicts with the run's recorded history, or the run is done.",
+    413: "The request body is over MIXAGENT_MAX_BODY_BYTES (256 KiB by default).",
+    414: f"The path and query string are over {MAX_URL_BYTES} bytes.",
     422: "The input breaks the schema or the run's domain space.",
+    431: f"Over {MAX_HEADERS} header lines or {MAX_HEADER_BYTES} bytes of headers.",
+    503: "The database is unavailable; retry (see Retry-After).",
 }
+_EVERY_ROUTE = (414, 431)
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries of the error responses a route can give (all carry :class:`ErrorPublic`)."""
-    return {c: {"model": ErrorPublic, "description": _ERRORS[c]} for c in codes}
+    """OpenAPI entries of the error responses a route can give (all carry :class:`ErrorPublic`);
+    the size limits apply to every route."""
+    return {c: {"model": ErrorPublic, "description": _ERRORS[c]} for c in sorted({*codes, *_EVERY_ROUTE})}
 
 
 # ===== /v1/runs ==================================================================================
@@ -68,7 +75,7 @@ def _decision_public(state: RunState, d: StoredDecision, replayed: bool) -> Deci
     )
 
 
-@runs_router.post("", status_code=201, response_model=RunCreated, responses=errors(401, 413, 422))
+@runs_router.post("", status_code=201, response_model=RunCreated, responses=errors(401, 413, 422, 503))
 def create_run(body: RunCreate, caller: CallerDep, store: StoreDep, response: Response) -> RunCreated:
     """Create a run; returns its id and the mixture to train on until the first decision."""
     state = store.create_run(owner=caller.principal, req=body)
@@ -80,7 +87,7 @@ def create_run(body: RunCreate, caller: CallerDep, store: StoreDep, response: Re
     )
 
 
-@runs_router.get("", response_model=RunsPublic, responses=errors(401, 422))
+@runs_router.get("", response_model=RunsPublic, responses=errors(401, 422, 503))
 def list_runs(caller: CallerDep, store: StoreDep, q: Annotated[RunsQuery, Query()]) -> RunsPublic:
     """List this token's runs, oldest first."""
     rows, total = store.list(owner=caller.principal, limit=q.limit, offset=q.offset)
@@ -94,15 +101,18 @@ def list_runs(caller: CallerDep, store: StoreDep, q: Annotated[RunsQuery, Query(
     return RunsPublic(data=data, count=total)
 
 
-@runs_router.get("/{run_id}", response_model=RunPublic, responses=errors(401, 404, 422))
-def get_run(run_id: RunId, caller: CallerDep, store: StoreDep) -> RunPublic:
-    """A run with its full history: the initial mixture and every decision."""
-    state = store.read(owner=caller.principal, run_id=run_id)
+@runs_router.get("/{run_id}", response_model=RunPublic, responses=errors(401, 404, 422, 503))
+def get_run(run_id: RunId, caller: CallerDep, store: StoreDep, q: Annotated[RunQuery, Query()]) -> RunPublic:
+    """A run with one page of its history (``offset``, ``limit``): the initial mixture and decisions."""
+    page = store.read_page(owner=caller.principal, run_id=run_id, offset=q.offset, limit=q.limit)
+    state = page.state
     names = state.space.names
+    end = page.offset + len(state.decisions)
     return RunPublic(
         run_id=state.id, created_at=state.created_at, policy=state.policy_name,
         policy_version=state.policy_version, horizon=state.horizon, interval=state.interval,
-        decisions=len(state.decisions), done=state.done,
+        decisions=page.total, done=page.total >= state.horizon + 1, offset=page.offset,
+        next_offset=end if end < page.total else None,
         domains=[DomainPublic(name=d.name, field=d.field, prior=d.prior) for d in state.space.domains],
         setting_name=str(state.meta.get("setting_name", "")), model=str(state.meta.get("model", "")),
         seed=int(state.meta.get("seed", 0)),
@@ -118,12 +128,14 @@ def get_run(run_id: RunId, caller: CallerDep, store: StoreDep) -> RunPublic:
     )
 
 
-@runs_router.post("/{run_id}/feedback", response_model=DecisionPublic, responses=errors(401, 404, 409, 413, 422))
+@runs_router.post("/{run_id}/feedback", response_model=DecisionPublic,
+                  responses=errors(401, 404, 409, 413, 422, 503))
 async def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, store: StoreDep) -> DecisionPublic:
     """Report the evaluation at a step; returns the next weights (idempotent per step).
 
     A retry of a recorded step with the same body returns the stored decision (``replayed``);
-    another body for a recorded step, or a step that does not come after the last, is a 409.
+    another body for a recorded step, a step that does not come after the last, ``tokens_seen``
+    below the last reported, or a feedback after the run's horizon+1, is a 409.
     """
     if store.inline:
         state, decision, replayed = store.post_feedback(owner=caller.principal, run_id=run_id, fb=body)
@@ -154,7 +166,8 @@ def list_policies(_: CallerDep, registry: RegistryDep) -> PoliciesPublic:
     return PoliciesPublic(data=data, count=len(data))
 
 
-@policies_router.post("/load", status_code=201, response_model=PolicyPublic, responses=errors(401, 403, 413, 422))
+@policies_router.post("/load", status_code=201, response_model=PolicyPublic,
+                     responses=errors(401, 403, 413, 422, 503))
 def load_policy(
     body: PolicyLoad, _: AdminDep, registry: RegistryDep, settings: SettingsDep, store: StoreDep,
     metrics: MetricsDep,
@@ -163,15 +176,19 @@ def load_policy(
     their version. An invalid artifact is refused (422) and the service keeps serving."""
     if settings.policy_dir is None:
         raise Unprocessable("path: this service has no policy_dir (MIXAGENT_POLICY_DIR) to load from")
-    root = settings.policy_dir.resolve()
-    folder = (root / body.path).resolve()
-    if folder != root and root not in folder.parents:
-        raise Unprocessable(f"path: {body.path!r} lies outside the policy directory")
-    try:
+    try:  # the schema already refused control characters and over-long names; the file system may still object
+        root = settings.policy_dir.resolve()
+        folder = (root / body.path).resolve()
+        if folder != root and root not in folder.parents:
+            raise Unprocessable(f"path: {body.path!r} lies outside the policy directory")
         entry = registry.load(folder)
     except ArtifactError as e:
         metrics.policy_load_failures.inc()
         raise Unprocessable(f"path: artifact {body.path!r} refused: {e}") from None
+    except (OSError, ValueError) as e:
+        metrics.policy_load_failures.inc()
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise Unprocessable(f"path: cannot read artifact {body.path!r}: {reason}") from None
     metrics.policies_loaded.inc()
     store.record_artifact(entry)
     return _policy_public(registry, entry)
@@ -187,17 +204,19 @@ NDJSON = "application/x-ndjson"
     "",
     response_class=StreamingResponse,
     responses={200: {"content": {NDJSON: {"schema": {"type": "string"}}},
-                     "description": "One Trajectory JSON object per line."}, **errors(401, 404, 422)},
+                     "description": "One Trajectory JSON object per line."}, **errors(401, 404, 422, 503)},
 )
 def export(caller: CallerDep, store: StoreDep, q: Annotated[TrajectoriesQuery, Query()]) -> StreamingResponse:
-    """Export runs as trajectories (this token's runs; every run for an admin token)."""
+    """Export runs as trajectories (this token's runs; every run for an admin token), streamed one
+    run at a time."""
     owner = None if caller.admin else caller.principal
-    # Materialise first so an unknown run id is a 404 rather than a broken stream.
-    lines = [t.model_dump_json() + "\n" for t in export_trajectories(
-        store, owner=owner, run_ids=q.run_id, finished_only=q.finished_only)]
+    # Check the ids first so an unknown run id is a 404 rather than a broken stream; then read one
+    # run at a time, so memory stays that of the largest run, not of all of them.
+    run_ids = store.check_ids(owner=owner, run_ids=q.run_id) if q.run_id else store.run_ids(owner=owner)
 
     def body() -> Iterator[str]:
-        yield from lines
+        for t in export_trajectories(store, owner=owner, run_ids=run_ids, finished_only=q.finished_only):
+            yield t.model_dump_json() + "\n"
 
     return StreamingResponse(body(), media_type=NDJSON)
 
@@ -216,8 +235,9 @@ def healthz() -> HealthPublic:
 
 @ops_router.get("/readyz", response_model=ReadyPublic,
                 responses={503: {"model": ReadyPublic, "description": "Not ready."}})
-def readyz(registry: RegistryDep, store: StoreDep) -> JSONResponse:
-    """Ready when the default policy is loaded and the database answers."""
+def readyz(registry: RegistryDep, store: StoreDep, settings: SettingsDep) -> JSONResponse:
+    """Ready when the default policy is loaded, the policy folder (if set) exists and the database
+    answers."""
     name = registry.default_name
     why = ""
     try:
@@ -225,6 +245,8 @@ def readyz(registry: RegistryDep, store: StoreDep) -> JSONResponse:
         loaded = True
     except Exception as e:  # noqa: BLE001 - readiness reports, never raises
         loaded, why = False, str(e)
+    if settings.policy_dir is not None and not settings.policy_dir.is_dir():
+        loaded, why = False, why or f"policy_dir: {str(settings.policy_dir)!r} is not a folder"
     try:
         with store.sessions() as s:
             s.execute(text("SELECT 1"))

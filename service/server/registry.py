@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN_VERSION = "builtin"
 FALLBACK_POLICY = "loss-softmax"
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "agent" / "artifacts"
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "agent" / "artifacts"
 """Artifacts shipped with the package (``agent/artifacts/<name>/card.json``); the first one found
 becomes the default policy."""
 

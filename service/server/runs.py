@@ -5,7 +5,7 @@ The rules (ARCHITECTURE.md, "The loop it serves"):
 * The first feedback of a run (normally step 0, before training) becomes ``history.feedback[0]``,
   the reference for relative gains. Each feedback is answered with the next weights, which become
   the next ``history.weights`` entry. The initial weights of "create run" are stored on the run.
-* Steps strictly increase. A retry of a recorded step with the same payload returns the stored
+* Steps strictly increase and ``tokens_seen`` never decreases (409 naming both values). A retry of a recorded step with the same payload returns the stored
   decision; a different payload for a recorded step is a conflict.
 * A feedback may say which mixture it trained on (``mixture_id``); when that is an earlier mixture
   (the trainer missed a decision, e.g. while the service was unreachable), the history records the
@@ -15,6 +15,13 @@ The rules (ARCHITECTURE.md, "The loop it serves"):
 A decision is acknowledged only after its row is committed. Each process caches the state of the
 runs it serves; a decision written meanwhile by another replica surfaces as a unique-key conflict
 on insert, after which the run is reloaded from the database and the rules applied again.
+
+The cache is bounded by memory, not by a count of runs: each run's size is estimated from its
+domains, fields and decisions (:func:`estimate_bytes`, measured in ``tests/service/server/test_memory.py``
+and ``bench/service_memory.py``) and the least recently used runs leave it first once the total passes
+``cache_bytes`` (``MIXAGENT_RUN_CACHE_MB``). A run that left the cache is read back from the database
+on its next feedback. Reads for ``GET /v1/runs/{id}`` never go through the cache and load one page
+of decisions.
 """
 
 from __future__ import annotations
@@ -32,11 +39,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mixagent.service.errors import Conflict, NotFound, Unprocessable
-from mixagent.service.metrics import Metrics
-from mixagent.service.models import Decision, PolicyArtifact, Run
-from mixagent.service.registry import PolicyEntry, PolicyRegistry
-from mixagent.service.schemas import FeedbackIn, RunCreate
+from mixagent.service.server.errors import Conflict, NotFound, Unprocessable
+from mixagent.service.server.metrics import Metrics
+from mixagent.service.server.models import Decision, PolicyArtifact, Run
+from mixagent.service.server.registry import PolicyEntry, PolicyRegistry
+from mixagent.service.server.schemas import FeedbackIn, RunCreate
 from mixagent.trajectories.contract import (
     ContractError,
     DomainSpace,
@@ -47,9 +54,16 @@ from mixagent.trajectories.contract import (
     stable_hash,
 )
 
-__all__ = ["RunStore", "RunState", "StoredDecision"]
+__all__ = ["RunStore", "RunState", "StoredDecision", "RunPage", "estimate_bytes"]
 
-CACHE_SIZE = 4096
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+RUN_BYTES = 8_000
+"""Estimated fixed cost of a cached run (state, domain space, policy handle, lock)."""
+DECISION_BYTES = 1_500
+"""Estimated fixed cost of one cached decision (feedback, weights, ids, history entries)."""
+CELL_BYTES = 110
+"""Estimated cost of one number of a cached decision (a domain loss, a field score or a weight with
+its dict slot, float object and name reference)."""
 _INSERT_DECISION = insert(Decision.__table__)  # type: ignore[arg-type]
 
 
@@ -63,6 +77,22 @@ class StoredDecision:
     mixture_id: str | None
     weights: Weights
     created_at: float
+
+
+def estimate_bytes(domains: int, fields: int, decisions: int) -> int:
+    """Estimated memory of a cached run of ``decisions`` decisions over ``domains`` domains."""
+    return RUN_BYTES + decisions * (DECISION_BYTES + CELL_BYTES * (2 * domains + fields))
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of a run's decisions, read from the database (``GET /v1/runs/{id}``)."""
+
+    state: RunState
+    """The run, with ``decisions`` holding only this page."""
+    total: int
+    """Decisions recorded in all."""
+    offset: int
 
 
 @dataclass
@@ -97,6 +127,10 @@ class RunState:
         return len(self.decisions) >= self.horizon + 1
 
     @property
+    def nbytes(self) -> int:
+        return estimate_bytes(self.space.size, len(self.space.fields), len(self.decisions))
+
+    @property
     def current_mixture_id(self) -> str:
         return self.decisions[-1].decision_id if self.decisions else self.initial_mixture_id
 
@@ -124,6 +158,14 @@ class RunState:
         h.record_weights(d.weights)
 
 
+def _owned(state: RunState | None, owner: str | None, run_id: str) -> RunState:
+    """``state`` if it exists and belongs to ``owner`` (any owner when None); else 404, the same
+    answer for another token's run as for no run, so ids of others' runs cannot be probed."""
+    if state is None or (owner is not None and state.owner != owner):
+        raise NotFound(f"run_id: no run {run_id!r} for this token")
+    return state
+
+
 def _weights_json(w: Weights) -> str:
     return json.dumps(list(w.values))
 
@@ -133,14 +175,20 @@ def _weights_of(text: str) -> Weights:
 
 
 class RunStore:
-    def __init__(self, sessions: sessionmaker[Session], registry: PolicyRegistry, metrics: Metrics):
+    def __init__(
+        self, sessions: sessionmaker[Session], registry: PolicyRegistry, metrics: Metrics, *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ):
         self.sessions = sessions
         self.registry = registry
         self.metrics = metrics
+        self.cache_bytes = cache_bytes
         self._cache: OrderedDict[str, RunState] = OrderedDict()
+        self._cached_bytes: dict[str, int] = {}
+        self._cache_total = 0
         self._cache_lock = threading.Lock()
-        self._engine = sessions.kw["bind"]
-        sqlite = self._engine.dialect.name == "sqlite"
+        self.engine = sessions.kw["bind"]
+        sqlite = self.engine.dialect.name == "sqlite"
         self.inline = sqlite
         """Serve feedback on the event loop: an SQLite write is a local call of ~0.1 ms, cheaper
         than the two thread-pool hops a sync route costs. PostgreSQL writes go to the thread pool."""
@@ -184,22 +232,38 @@ class RunStore:
 
     # ----- read --------------------------------------------------------------------------------
     def _remember(self, state: RunState) -> None:
+        """Put ``state`` first in the cache (or update its size) and evict the least recently used
+        runs until the estimate fits ``cache_bytes``; the run just used always stays."""
         with self._cache_lock:
             self._cache[state.id] = state
             self._cache.move_to_end(state.id)
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+            size = state.nbytes
+            self._cache_total += size - self._cached_bytes.get(state.id, 0)
+            self._cached_bytes[state.id] = size
+            while self._cache_total > self.cache_bytes and len(self._cache) > 1:
+                old, _ = self._cache.popitem(last=False)
+                self._cache_total -= self._cached_bytes.pop(old)
 
     def _forget(self, run_id: str) -> None:
         with self._cache_lock:
             self._cache.pop(run_id, None)
+            self._cache_total -= self._cached_bytes.pop(run_id, 0)
 
-    def _load(self, run_id: str) -> RunState | None:
+    def cache_stats(self) -> dict[str, int]:
+        """Runs in the cache, their estimated bytes and the bound."""
+        with self._cache_lock:
+            return {"runs": len(self._cache), "bytes": self._cache_total, "limit": self.cache_bytes}
+
+    def _load(self, run_id: str, page: tuple[int, int] | None = None) -> RunState | None:
+        """The run with all its decisions, or only ``page = (offset, limit)`` of them (by ``seq``)."""
         with self.sessions() as s:
             row = s.get(Run, run_id)
             if row is None:
                 return None
-            rows = s.scalars(select(Decision).where(Decision.run_id == run_id).order_by(Decision.seq)).all()
+            q = select(Decision).where(Decision.run_id == run_id)
+            if page is not None:
+                q = q.where(Decision.seq >= page[0], Decision.seq < page[0] + page[1])
+            rows = s.scalars(q.order_by(Decision.seq)).all()
         space = DomainSpace.model_validate_json(row.space_json)
         state = RunState(
             id=row.id, owner=row.owner, created_at=row.created_at, space=space,
@@ -217,7 +281,8 @@ class RunStore:
                 for d in rows
             ],
         )
-        state.rebuild_history()
+        if page is None:
+            state.rebuild_history()
         return state
 
     def get(self, *, owner: str | None, run_id: str) -> RunState:
@@ -228,16 +293,18 @@ class RunStore:
             state = self._load(run_id)
             if state is not None:
                 self._remember(state)
-        if state is None or (owner is not None and state.owner != owner):
-            raise NotFound(f"run_id: no run {run_id!r} for this token")
-        return state
+        return _owned(state, owner, run_id)
 
     def read(self, *, owner: str | None, run_id: str) -> RunState:
         """The run as the database holds it now, without touching the cache."""
-        state = self._load(run_id)
-        if state is None or (owner is not None and state.owner != owner):
-            raise NotFound(f"run_id: no run {run_id!r} for this token")
-        return state
+        return _owned(self._load(run_id), owner, run_id)
+
+    def read_page(self, *, owner: str | None, run_id: str, offset: int, limit: int) -> RunPage:
+        """The run with decisions ``offset`` to ``offset + limit - 1`` only, from the database."""
+        state = _owned(self._load(run_id, page=(offset, limit)), owner, run_id)
+        with self.sessions() as s:
+            total = s.scalar(select(func.count()).where(Decision.run_id == run_id)) or 0
+        return RunPage(state=state, total=int(total), offset=offset)
 
     def fresh(self, *, owner: str | None, run_id: str) -> RunState:
         """Like :meth:`get` but read from the database (another replica may have written)."""
@@ -258,6 +325,20 @@ class RunStore:
                 ).all()
             )
         return [(r, int(counts.get(r.id, 0))) for r in runs], int(total)
+
+    def check_ids(self, *, owner: str | None, run_ids: list[str]) -> list[str]:
+        """``run_ids`` (duplicates dropped, order kept) if each is a run of ``owner`` (any when None);
+        NotFound names the first that is not."""
+        wanted = list(dict.fromkeys(run_ids))
+        with self.sessions() as s:
+            q = select(Run.id).where(Run.id.in_(wanted))
+            if owner is not None:
+                q = q.where(Run.owner == owner)
+            found = set(s.scalars(q).all())
+        for run_id in wanted:
+            if run_id not in found:
+                _owned(None, owner, run_id)
+        return wanted
 
     def run_ids(self, *, owner: str | None) -> list[str]:
         with self.sessions() as s:
@@ -336,6 +417,13 @@ class RunStore:
                 f"step: {fb.step} does not come after the last recorded step {state.decisions[-1].step} "
                 f"of run {state.id}; steps must strictly increase"
             )
+        if state.decisions and fb.tokens_seen < state.decisions[-1].feedback.tokens_seen:
+            last = state.decisions[-1]
+            raise Conflict(
+                f"tokens_seen: {fb.tokens_seen} at step {fb.step} is less than the {last.feedback.tokens_seen} "
+                f"reported at step {last.step} of run {state.id}; tokens_seen counts the tokens trained on "
+                "since the start of the run and never decreases"
+            )
         if state.done:
             raise Conflict(
                 f"step: run {state.id} is done: it took its horizon+1 = {state.horizon + 1} feedbacks"
@@ -378,7 +466,7 @@ class RunStore:
         try:
             # A Core insert of a cached statement on a plain connection: the ORM's unit of work and
             # statement building cost several times the write itself on this hot path.
-            with self._write_lock, self._engine.begin() as conn:
+            with self._write_lock, self.engine.begin() as conn:
                 conn.execute(_INSERT_DECISION, {
                     "run_id": state.id, "seq": stored.seq, "step": stored.step, "decision_id": stored.decision_id,
                     "payload_hash": payload_hash, "feedback_json": feedback.model_dump_json(),
@@ -392,6 +480,7 @@ class RunStore:
             self._forget(state.id)
             raise
         state.decisions.append(stored)
+        self._remember(state)  # its size grew
         self.metrics.decisions.labels(state.policy_name, state.policy_version).inc()
         return stored, False
 

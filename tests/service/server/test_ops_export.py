@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mixagent.service.export import export_trajectories, write_jsonl
+from mixagent.service.server.export import export_trajectories, write_jsonl
 from mixagent.trajectories import Objective, Trajectory, balanced_scores, stage_rewards
 from tests.service.conftest import OTHER, auth, feedback_body, run_body
 
@@ -31,7 +31,7 @@ def test_health_and_readiness(client):
 def test_readiness_fails_when_the_default_policy_is_missing(tmp_path):
     from starlette.testclient import TestClient
 
-    from mixagent.service.main import create_app
+    from mixagent.service.server.main import create_app
     from tests.service.conftest import make_settings
 
     with TestClient(create_app(make_settings(tmp_path, default_policy="learned"))) as c:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
-from mixagent.service.main import create_app
+from mixagent.service.server.main import create_app
 from tests.service.conftest import auth, feedback_body, run_body
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -11,13 +11,18 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from mixagent.service.config import Settings
-from mixagent.service.models import Base
+from mixagent.service.server.config import Settings
+from mixagent.service.server.models import Base
 
-__all__ = ["make_engine", "init_db", "make_sessionmaker", "Checkpointer"]
+__all__ = ["make_engine", "init_db", "make_sessionmaker", "Checkpointer", "check_database", "DatabaseUnavailable"]
+
+CONNECT_TIMEOUT_S = 5
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +62,16 @@ class Checkpointer:
         self.checkpoint()
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or opened; the message names it (without a password)."""
+
+
 def make_engine(settings: Settings) -> Engine:
     url = settings.database_url
     if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         sync = settings.sqlite_synchronous
 
@@ -74,7 +86,24 @@ def make_engine(settings: Settings) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A bounded connect: an unreachable server is an error after seconds, not a hang.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+
+
+def check_database(settings: Settings) -> None:
+    """Open the database once and run ``SELECT 1``; :class:`DatabaseUnavailable` names what failed."""
+    try:
+        engine = make_engine(settings)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, OSError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise DatabaseUnavailable(
+            f"database: cannot open {settings.database_display}: {reason}") from None
 
 
 def init_db(engine: Engine) -> None:

@@ -23,7 +23,7 @@ from tests.service.conftest import feedback_body, free_port, run_body
 
 pytestmark = pytest.mark.container
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BASE = "localhost/debian-python:bookworm"
 IMAGE = "localhost/mixagent:test"
 BUILDAH = ["buildah", "--storage-driver", "vfs"]

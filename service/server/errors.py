@@ -6,22 +6,28 @@ ServiceError                  -> its ``status``
  ├── NotFound                 404  unknown run / policy, or a run of another token
  ├── Conflict                 409  step out of order, retried step with another payload, run done
  ├── Unprocessable            422  input that is well-formed JSON but breaks the contract
- └── Forbidden                403  a non-admin token on an admin route
+ ├── Forbidden                403  a non-admin token on an admin route
+ └── Unauthorized             401  no bearer token, or one that is not valid
 RequestValidationError        422  schema violations and malformed JSON (FastAPI)
-BodyLimitMiddleware           413  bodies over ``max_body_bytes``
+HTTPException 405             405  a method the path does not allow (``Allow`` lists every one it does)
+OperationalError (database)   503  the database is unreachable (``Retry-After``); not the client's fault
+limits.py                     413 / 414 / 431  body, URL and header sizes (JSON, before routing)
 ```
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mixagent.service.server.methods import allowed_methods
 
 __all__ = [
     "ServiceError",
@@ -31,7 +37,6 @@ __all__ = [
     "Forbidden",
     "Unauthorized",
     "install_error_handlers",
-    "BodyLimitMiddleware",
     "format_validation_errors",
 ]
 
@@ -72,19 +77,26 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def format_validation_errors(errors: list[Any]) -> tuple[str, list[dict[str, Any]]]:
-    """One readable line (``body.steps: Input should be ... (got 'x')``) and a JSON-safe list."""
+def format_validation_errors(errors: Iterable[Any], *, root: str = "request") -> tuple[str, list[dict[str, Any]]]:
+    """One readable line and a JSON-safe list from pydantic's ``ValidationError.errors()``.
+
+    The line names each field by its dotted location (``root`` when it has none), gives pydantic's
+    message without its ``Value error, `` prefix, and the value received, shortened:
+    ``body.steps: Input should be a valid integer (got 'x')``. At most five errors are spelled out.
+    The one formatter of validation errors in the service (HTTP 422 bodies, settings at start-up,
+    wire types that re-check the contract).
+    """
     items = []
     lines = []
     for e in errors:
         loc = [str(x) if not isinstance(x, int) else x for x in e.get("loc", ())]
-        where = ".".join(str(x) for x in loc) or "request"
-        msg = str(e.get("msg", "invalid"))
+        where = ".".join(str(x) for x in loc) or root
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         if e.get("type") == "json_invalid":
             ctx = e.get("ctx", {}) or {}
             msg = f"malformed JSON: {ctx.get('error', msg)}"
             line = f"{where}: {msg}"
-        elif "input" in e and e.get("type") not in ("missing",):
+        elif "input" in e and e.get("type") not in ("missing", "value_error"):
             line = f"{where}: {msg} (got {_short(e['input'])})"
         else:
             line = f"{where}: {msg}"
@@ -104,73 +116,23 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail, "errors": items}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8)
             return JSONResponse({"detail": f"body: malformed JSON ({exc.detail})"}, status_code=422)
+        if exc.status_code == 405:  # Starlette lists the methods of one route; the path may have several
+            allow = ", ".join(allowed_methods(request.scope))
+            return JSONResponse({"detail": f"method: {request.method} is not allowed on {request.url.path}; "
+                                           f"allowed: {allow}"}, status_code=405, headers={"Allow": allow})
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    async def _database(request: Request, exc: OperationalError) -> JSONResponse:
+        # The database went away (a PostgreSQL restart, a full disk): the client may retry.
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc.orig)
+        return JSONResponse({"detail": "database: unavailable, retry later"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
-
-
-class BodyLimitMiddleware:
-    """Reject request bodies larger than ``limit`` bytes with 413, before any parsing.
-
-    The body is read up front (bounded by the limit) and replayed to the app, so a chunked upload
-    without Content-Length is bounded too.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def _reject(self, send: Send, size: str) -> None:
-        body = (
-            f'{{"detail":"request body is {size} bytes; the limit is {self.limit} bytes '
-            f'(MIXAGENT_MAX_BODY_BYTES)"}}'
-        ).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.limit:
-                    await self._reject(send, str(declared))
-                    return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._reject(send, f"more than {self.limit}")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)

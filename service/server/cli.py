@@ -1,0 +1,113 @@
+"""``mixagent serve`` and ``mixagent export-runs``: the server's commands.
+
+Only typer is imported at module level; the web stack is imported when a command runs. Every
+start-up problem a user can fix (invalid settings, a missing extra, a policy folder that does not
+exist, a database that does not answer) ends the command with one line that says what to do, and
+exit status 2. Output is plain text (``typer.echo``), never cut to the terminal width when piped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from mixagent.service.server.config import Settings
+
+__all__ = ["serve", "export_runs", "APP_FACTORY"]
+
+APP_FACTORY = "mixagent.service.server.main:create_app"
+"""What uvicorn runs (``--factory``): it reads its settings from the ``MIXAGENT_*`` environment."""
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with one line on stderr (exit status 2)."""
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
+
+
+def _apply_overrides(**values: object) -> None:
+    """Command-line options win over MIXAGENT_* variables; uvicorn's factory reads the environment."""
+    for key, value in values.items():
+        if value is not None:
+            os.environ[f"MIXAGENT_{key.upper()}"] = str(value)
+
+
+def _settings() -> Settings:
+    try:
+        from pydantic import ValidationError  # noqa: PLC0415
+
+        from mixagent.service.server.config import Settings  # noqa: PLC0415
+        from mixagent.service.server.errors import format_validation_errors  # noqa: PLC0415
+    except ModuleNotFoundError as e:
+        fail(f"the service needs its extra ({e.name} is not installed): pip install 'mixagent[service]'")
+    try:
+        return Settings()
+    except ValidationError as e:
+        fail(f"invalid settings: {format_validation_errors(e.errors(), root='settings')[0]}")
+
+
+def _check_database(s: Settings) -> None:
+    """Connect once, so an unreachable or misnamed database is one line, not a traceback."""
+    from mixagent.service.server.db import DatabaseUnavailable, check_database  # noqa: PLC0415
+
+    try:
+        check_database(s)
+    except DatabaseUnavailable as e:
+        fail(f"{e} (MIXAGENT_DATABASE_URL / --database-url)")
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (MIXAGENT_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (MIXAGENT_PORT, default 8000).")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL (MIXAGENT_DATABASE_URL; default an SQLite file in the user data folder).")] = None,
+    policy_dir: Annotated[Path | None, typer.Option(help="Policy artifact folder (MIXAGENT_POLICY_DIR).")] = None,
+    default_policy: Annotated[str | None, typer.Option(help="Policy of runs naming none.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Run the mixing service (uvicorn). Settings come from MIXAGENT_* variables and these options."""
+    _apply_overrides(host=host, port=port, database_url=database_url, policy_dir=policy_dir,
+                     default_policy=default_policy)
+    s = _settings()
+    try:
+        import uvicorn  # noqa: PLC0415
+    except ModuleNotFoundError as e:
+        fail(f"the service needs its extra ({e.name} is not installed): pip install 'mixagent[service]'")
+    from mixagent.service.server.config import DEV_TOKEN  # noqa: PLC0415
+    from mixagent.service.server.limits import uvicorn_limits  # noqa: PLC0415
+
+    if s.policy_dir is not None and not s.policy_dir.is_dir():
+        fail(f"policy_dir: {str(s.policy_dir)!r} is not a folder (MIXAGENT_POLICY_DIR / --policy-dir)")
+    _check_database(s)
+    typer.echo(f"mixagent serving on http://{s.host}:{s.port} (OpenAPI at /docs)")
+    typer.echo(f"  database: {s.database_display}")
+    if DEV_TOKEN in s.token_list:
+        typer.echo(f"  token: the development token {DEV_TOKEN!r} (environment=local only; "
+                   "set MIXAGENT_TOKENS for your own)")
+    else:
+        typer.echo(f"  tokens: {len(s.token_list)} from MIXAGENT_TOKENS, {len(s.admin_token_list)} admin")
+    if s.policy_dir is not None:
+        typer.echo(f"  policy dir: {s.policy_dir}")
+    uvicorn.run(APP_FACTORY, factory=True, host=s.host, port=s.port, workers=workers, log_level=s.log_level,
+                **uvicorn_limits())
+
+
+def export_runs(
+    out: Annotated[Path, typer.Argument(help="JSON Lines file to write (one trajectory per line).")],
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL (MIXAGENT_DATABASE_URL).")] = None,
+    finished_only: Annotated[bool, typer.Option(help="Skip runs that still expect feedback.")] = False,
+) -> None:
+    """Export every served run as a trajectory record (the data flywheel)."""
+    _apply_overrides(database_url=database_url)
+    s = _settings()
+    _check_database(s)
+    from mixagent.service.server.export import export_trajectories, write_jsonl  # noqa: PLC0415
+    from mixagent.service.server.main import open_store  # noqa: PLC0415
+
+    store, _ = open_store(s)
+    n = write_jsonl(export_trajectories(store, finished_only=finished_only), out)
+    typer.echo(f"wrote {n} trajectories to {out}")

@@ -1,0 +1,356 @@
+"""Wire types: one family per resource; input (``*Create``/``*In``), storage (``models``) and output
+(``*Public``) never share a type. Inputs are strict (no ``false`` as a number, no ``"1"`` as an int),
+forbid unknown fields, and carry their bounds in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import GetJsonSchemaHandler, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pydantic.json_schema import JsonSchemaValue
+
+from mixagent.service.server.errors import format_validation_errors
+from mixagent.trajectories.contract import Domain, DomainSpace
+
+__all__ = [
+    "Name",
+    "DomainIn",
+    "ObjectiveIn",
+    "RunCreate",
+    "RunCreated",
+    "FeedbackIn",
+    "DecisionPublic",
+    "DecisionRecord",
+    "RunPublic",
+    "RunSummary",
+    "RunsPublic",
+    "RunsQuery",
+    "TrajectoriesQuery",
+    "PolicyPublic",
+    "PoliciesPublic",
+    "PolicyLoad",
+    "ErrorItem",
+    "ErrorPublic",
+    "HealthPublic",
+    "ReadyPublic",
+    "RunQuery",
+    "MAX_DOMAINS",
+    "MAX_FIELDS",
+    "MAX_HORIZON",
+    "MAX_RUN_VALUES",
+    "MAX_PAGE",
+    "MAX_STEP",
+]
+
+MAX_DOMAINS = 256
+"""Domains of a run (The Pile has 22, SlimPajama 7; 256 leaves room for clustered corpora)."""
+MAX_FIELDS = 32
+MAX_HORIZON = 4096
+"""Decisions of a run: a decision every 25 optimizer steps of a 100k-step run, with room to spare."""
+MAX_RUN_VALUES = 2**18
+"""``horizon × domains`` of a run (e.g. 1024 decisions × 256 domains, 4096 × 64): bounds the memory
+one cached run takes (about 60 MB at the bound, :func:`mixagent.service.server.runs.estimate_bytes`)."""
+MAX_PAGE = 500
+"""History entries in one ``GET /v1/runs/{id}`` answer (at 256 domains, about 8 MB)."""
+MAX_STEP = 2**53
+"""Steps and token counts stay exact in every JSON client (JavaScript's safe integer range)."""
+
+def _integral(value: object) -> object:
+    """JSON Schema counts ``3.0`` as an integer; refuse what is not a number at all (bools, strings)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"Input should be an integer, not {type(value).__name__}")
+    return value
+
+
+def Int(ge: int, le: int) -> Any:  # noqa: N802 - a type factory
+    """An integer in ``[ge, le]``: ``3`` and ``3.0`` pass, ``3.5``, ``true`` and ``"3"`` do not."""
+    return Annotated[int, Field(ge=ge, le=le, strict=False), BeforeValidator(_integral)]
+
+
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Id = Annotated[str, Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
+
+
+class _ClosedKeys:
+    """Say ``additionalProperties: false`` next to a dict's key pattern, so keys the server refuses
+    are schema-invalid too (pydantic publishes the pattern alone)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema["additionalProperties"] = False
+        return schema
+
+
+def NameMap(value: Any, max_length: int) -> Any:  # noqa: N802 - a type factory
+    """``{name: value}`` with 1 to ``max_length`` keys, each a :data:`Name`."""
+    return Annotated[dict[Name, value], Field(min_length=1, max_length=max_length), _ClosedKeys()]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----- runs ------------------------------------------------------------------------------------
+class DomainIn(_In):
+    """A data domain: its name, its field (``source`` or a target field) and its prior share."""
+
+    name: Name
+    field: Name
+    prior: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)] = 1.0
+
+
+class ObjectiveIn(_In):
+    """How the run's result is scored in the exported trajectory (see ``Objective``)."""
+
+    spread_penalty: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.5
+    field_weights: NameMap(Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)], MAX_FIELDS) | None = Field(
+        default=None, description="Weight of each field in the balanced score (default: equal)."
+    )
+
+
+class RunCreate(_In):
+    """A new run: its domain space, budget and policy."""
+
+    domains: list[DomainIn] = Field(min_length=1, max_length=MAX_DOMAINS)
+    horizon: Int(1, MAX_HORIZON) = Field(
+        description="Number of decisions after the first feedback: it counts feedbacks, not optimizer "
+        f"steps (the run takes horizon+1 feedbacks). horizon × domains is at most {MAX_RUN_VALUES}."
+    )
+    interval: Int(1, 10**9) = Field(description="Optimizer steps per decision.")
+    policy: Name | None = Field(default=None, description="Policy name; the service default when omitted.")
+    policy_version: Name | None = Field(default=None, description="Pin a version; the current one when omitted.")
+    objective: ObjectiveIn | None = None
+    setting_name: Annotated[str, Field(min_length=1, max_length=128)] = "served"
+    model: Annotated[str, Field(min_length=1, max_length=256)] = "unknown"
+    seed: Int(0, MAX_STEP) = 0
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RunCreate:
+        try:  # the contract's own checks (unique names), so they are stated once
+            self.space()
+        except ValidationError as e:
+            raise ValueError(format_validation_errors(e.errors(), root="domains")[0]) from None
+        if self.horizon * len(self.domains) > MAX_RUN_VALUES:
+            raise ValueError(
+                f"horizon: {self.horizon} decisions x {len(self.domains)} domains = "
+                f"{self.horizon * len(self.domains)} values; a run holds at most {MAX_RUN_VALUES} "
+                "(horizon x domains)"
+            )
+        fields = {d.field for d in self.domains}
+        if len(fields) > MAX_FIELDS:
+            raise ValueError(f"domains: {len(fields)} fields, at most {MAX_FIELDS}")
+        if self.objective is not None and self.objective.field_weights is not None:
+            unknown = sorted(set(self.objective.field_weights) - fields)
+            if unknown:
+                raise ValueError(f"objective.field_weights: unknown field(s) {unknown}; fields are {sorted(fields)}")
+        return self
+
+    def space(self) -> DomainSpace:
+        return DomainSpace(domains=tuple(Domain(name=d.name, field=d.field, prior=d.prior) for d in self.domains))
+
+
+class RunCreated(_Out):
+    """The run's id and the mixture to train on until the first decision.
+
+    These initial weights are the policy's choice before it has seen any evaluation (for the
+    built-in policies: the domains' priors, or the fixed target share). The step-0 feedback (the
+    evaluation before training) is the reference for every later one; its answer is the first
+    decision, whose weights replace these."""
+
+    run_id: str
+    mixture_id: str = Field(
+        description="Id of the initial mixture. Send it back as the step-0 feedback's mixture_id (or omit it "
+        "there); after that, send the decision_id of the mixture you trained on.")
+    weights: dict[str, float] = Field(
+        description="The initial mixture (domain name -> share, summing to 1): what to train on if you train "
+        "before the step-0 evaluation; most trainers evaluate at step 0 first and train on its answer.")
+    policy: str
+    policy_version: str
+    horizon: int
+    interval: int
+    created_at: float
+
+
+class FeedbackIn(_In):
+    """The evaluation at optimizer step ``step``: per-field scores and per-domain held-out losses.
+
+    ``field_scores`` must name exactly the run's fields, ``domain_losses`` exactly its domains.
+    ``mixture_id`` is the mixture the trainer actually trained on since its previous feedback
+    (omitted: the service assumes its own last decision).
+    """
+
+    step: Int(0, MAX_STEP) = Field(description="Optimizer step of this evaluation; strictly increases.")
+    tokens_seen: Int(0, MAX_STEP) = Field(
+        description="Training tokens since the start of the run; never decreases (409 otherwise).")
+    field_scores: NameMap(Finite, MAX_FIELDS) = Field(
+        description="Per field: mean per-token log-likelihood of its held-out text (nats; higher is better).")
+    domain_losses: NameMap(Finite, MAX_DOMAINS) = Field(
+        description="Per domain: mean held-out cross-entropy (nats/token).")
+    mixture_id: Id | None = Field(
+        default=None,
+        description="The mixture trained on since the previous feedback (a decision_id, or the run's initial "
+        "mixture_id); omitted: the service's last decision.")
+
+
+class DecisionPublic(_Out):
+    """The mixture for the next stage: train on ``weights`` until the next evaluation, then send
+    ``decision_id`` back as that feedback's ``mixture_id``."""
+
+    run_id: str
+    decision_id: str = Field(description="Id of this mixture (send it back as the next feedback's mixture_id).")
+    step: int
+    t: int = Field(description="Index of this feedback in the run (0 for the first).")
+    weights: dict[str, float]
+    policy: str
+    policy_version: str
+    done: bool = Field(description="True once the run has received its horizon+1 feedbacks.")
+    replayed: bool = Field(description="True when this answers a retry of an already recorded step.")
+
+
+class DecisionRecord(_Out):
+    step: int
+    tokens_seen: int
+    field_scores: dict[str, float]
+    domain_losses: dict[str, float]
+    trained_on: str | None = Field(description="Mixture id the trainer reported training on, if any.")
+    decision_id: str
+    weights: dict[str, float]
+    received_at: float
+
+
+class DomainPublic(_Out):
+    name: str
+    field: str
+    prior: float
+
+
+class RunSummary(_Out):
+    run_id: str
+    created_at: float
+    policy: str
+    policy_version: str
+    horizon: int
+    interval: int
+    decisions: int
+    done: bool
+
+
+class RunPublic(RunSummary):
+    """A run with one page of its history: the initial mixture and decisions ``offset`` to
+    ``offset + len(history) - 1`` in order (``decisions`` counts them all)."""
+
+    domains: list[DomainPublic]
+    setting_name: str
+    model: str
+    seed: int
+    initial_mixture_id: str
+    initial_weights: dict[str, float]
+    offset: int = Field(description="Index (t) of the first history entry of this page.")
+    next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
+    history: list[DecisionRecord]
+
+
+class _Query(BaseModel):
+    """Query strings are text: lax parsing of numbers, but unknown parameters are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunsQuery(_Query):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    offset: Annotated[int, Field(ge=0, le=2**31)] = 0
+
+
+class RunQuery(_Query):
+    """One page of a run's history."""
+
+    offset: Annotated[int, Field(ge=0, le=MAX_HORIZON + 1, description="First history entry (t).")] = 0
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE, description="History entries at most.")] = 100
+
+
+class TrajectoriesQuery(_Query):
+    run_id: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=1000, description="Only these runs."
+    )
+    finished_only: bool = Field(default=False, description="Skip runs that still expect feedback.")
+
+
+class RunsPublic(_Out):
+    data: list[RunSummary]
+    count: int
+
+
+# ----- policies --------------------------------------------------------------------------------
+class PolicyPublic(_Out):
+    name: str
+    version: str
+    kind: Literal["builtin", "baseline", "onnx"]
+    rule: str | None
+    params: dict[str, float | int | str | bool]
+    description: str
+    current: bool = Field(description="New runs naming this policy without a version get this one.")
+    default: bool = Field(description="Runs that name no policy get this one.")
+    encoder_version: str | None
+    loaded_at: float
+
+
+class PoliciesPublic(_Out):
+    data: list[PolicyPublic]
+    count: int
+
+
+MAX_PATH_PART_BYTES = 255
+"""A file name's limit on Linux and macOS (``NAME_MAX``)."""
+
+
+class PolicyLoad(_In):
+    """An artifact folder to load, relative to the service's ``policy_dir``."""
+
+    path: Annotated[str, Field(
+        min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Folder relative to policy_dir: no control characters, each part at most 255 bytes.")]
+
+    @field_validator("path")
+    @classmethod
+    def _a_plain_relative_path(cls, path: str) -> str:
+        bad = sorted({f"U+{ord(c):04X}" for c in path if ord(c) < 0x20 or ord(c) == 0x7F})
+        if bad:
+            raise ValueError(f"path: control character(s) {bad} in {path!r}")
+        for part in path.replace("\\", "/").split("/"):
+            if len(part.encode()) > MAX_PATH_PART_BYTES:
+                raise ValueError(
+                    f"path: the part {part[:40]!r}... is {len(part.encode())} bytes; a file name has at most "
+                    f"{MAX_PATH_PART_BYTES}")
+        return path
+
+
+# ----- ops & errors ----------------------------------------------------------------------------
+class ErrorItem(_Out):
+    loc: list[str]
+    msg: str
+    type: str
+
+
+class ErrorPublic(_Out):
+    detail: str = Field(description="What was wrong, naming the field and the value.")
+    errors: list[ErrorItem] | None = None
+
+
+class HealthPublic(_Out):
+    status: Literal["ok"]
+
+
+class ReadyPublic(_Out):
+    status: Literal["ready", "not ready"]
+    default_policy: str
+    policy_loaded: bool
+    database: bool
+    detail: str

@@ -1,0 +1,155 @@
+"""``mixagent demo``: a short real continual pre-training with the service in the loop.
+
+The service runs in this process on a loopback port (uvicorn in a thread, an SQLite file in the
+output folder); the trainer side is a :class:`~mixagent.env.mixing_env.DataMixingEnv` episode that
+talks to it through :class:`~mixagent.service.trainer.client.MixingClient` over HTTP, exactly as a remote
+trainer would. The same episode (same seed, same batches order) is then trained on a uniform
+mixture, and the per-field scores of both are printed side by side.
+
+Outputs in ``out``: ``weights.png`` (the served run: weights per stage, field scores, domain
+losses), ``uniform.png``, ``served.jsonl`` (the served run exported as a trajectory) and
+``demo.json`` (the numbers printed).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixagent.service.trainer.client import MixingClient
+from mixagent.service.server.config import Settings
+from mixagent.service.server.export import export_trajectories, write_jsonl
+from mixagent.service.server.main import create_app
+from mixagent.trajectories.contract import ContractError, Feedback, History, Weights
+
+__all__ = ["BackgroundServer", "DemoError", "run_demo"]
+
+
+class DemoError(Exception):
+    """A demo that cannot start: the message says what to change (``mixagent demo`` prints it as
+    one line)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn on a loopback port, in a daemon thread (a context manager)."""
+
+    def __init__(self, app: Any, port: int | None = None):
+        import uvicorn  # noqa: PLC0415
+
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="mixagent-server", daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the mixing service did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _episode(env: Any, seed: int, choose: Callable[[Feedback], Weights | list[float]]) -> History:
+    """One episode; ``choose`` gets each feedback (the step-0 evaluation first) and returns the
+    mixture for the next stage."""
+    _, info = env.reset(seed=seed)
+    weights = choose(Feedback.model_validate(info["feedback"]))
+    for _ in range(env.horizon):
+        _, _, _, truncated, info = env.step_weights(np.asarray(getattr(weights, "values", weights)))
+        weights = choose(Feedback.model_validate(info["feedback"]))
+        if truncated:
+            break
+    return env.history  # type: ignore[no-any-return]
+
+
+def run_demo(
+    *, setting: str, policy: str, out: Path, seed: int = 0, cache_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    try:
+        from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415 - torch only here
+        from mixagent.trajectories.encoding import balanced_scores  # noqa: PLC0415
+        from mixagent.trajectories.plots import plot_history  # noqa: PLC0415
+    except ModuleNotFoundError as e:
+        raise DemoError(f"needs the train extra ({e.name} is not installed): pip install 'mixagent[all]'") from None
+
+    out.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    db = out / "demo.db"
+    db.unlink(missing_ok=True)
+    settings = Settings(database_url=f"sqlite:///{db}", tokens=token)
+    app = create_app(settings)
+    try:  # before minutes of loading: an unknown policy is one line now, not a traceback later
+        app.state.registry.get(policy)
+    except ContractError as e:
+        raise DemoError(f"--policy: {str(e).removeprefix('policy: ')}") from None
+    echo(f"loading setting {setting} (corpus, tokenizer and base model are built and cached on first use)")
+    env = DataMixingEnv(setting, cache_dir=cache_dir, progress=True)
+    s = env.setting
+    with BackgroundServer(app) as server, MixingClient(server.url, token) as client:
+        echo(f"mixing service on {server.url}; policy {policy}; {env.horizon} decisions x {s.cpt.interval} steps")
+        run = client.start_run(env.space, horizon=env.horizon, interval=s.cpt.interval, policy=policy,
+                               setting_name=s.name, model=env.model_description, seed=seed,
+                               objective=s.objective.model_dump())
+
+        def ask_service(fb: Feedback) -> list[float]:
+            run.report(fb)
+            return run.weights_array()
+
+        t0 = time.time()
+        served = _episode(env, seed, ask_service)
+        served_s = time.time() - t0
+        n = write_jsonl(export_trajectories(app.state.store), out / "served.jsonl")
+    uniform_w = [1.0 / env.space.size] * env.space.size
+    t0 = time.time()
+    uniform = _episode(env, seed, lambda fb: uniform_w)
+    uniform_s = time.time() - t0
+
+    fields = env.space.fields
+    s_served, s_uniform = served.field_scores(), uniform.field_scores()
+    b_served = balanced_scores(served, s.objective)
+    b_uniform = balanced_scores(uniform, s.objective)
+    echo("")
+    echo(f"per-field score (mean log-likelihood of held-out text, nats/token; higher is better) after "
+         f"{served.feedback[-1].step} steps")
+    echo(f"{'field':<12}{'start':>10}{'uniform':>10}{policy:>22}")
+    for j, f in enumerate(fields):
+        echo(f"{f:<12}{s_served[0, j]:>10.4f}{s_uniform[-1, j]:>10.4f}{s_served[-1, j]:>22.4f}")
+    echo(f"{'balanced B':<12}{0.0:>10.4f}{b_uniform[-1]:>10.4f}{b_served[-1]:>22.4f}")
+    fm = env.space.field_matrix()
+    shares = np.array([fm @ w.as_array() for w in served.weights])
+    echo("served field shares per stage: " + "; ".join(
+        f"t{t}: " + ", ".join(f"{f}={x:.2f}" for f, x in zip(fields, row, strict=True)) for t, row in enumerate(shares)))
+    plot_history(served, out / "weights.png", title=f"{s.name}: served by {policy}")
+    plot_history(uniform, out / "uniform.png", title=f"{s.name}: uniform mixture")
+    result = {
+        "setting": s.name, "policy": policy, "seed": seed, "steps": served.feedback[-1].step,
+        "fields": list(fields),
+        "start": s_served[0].tolist(), "uniform_final": s_uniform[-1].tolist(), "served_final": s_served[-1].tolist(),
+        "balanced_uniform": float(b_uniform[-1]), "balanced_served": float(b_served[-1]),
+        "served_field_shares": shares.tolist(), "wall_s": {"served": round(served_s, 1), "uniform": round(uniform_s, 1)},
+        "exported_trajectories": n,
+    }
+    (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    echo(f"wrote {out / 'weights.png'}, {out / 'uniform.png'}, {out / 'served.jsonl'}, {out / 'demo.json'}")
+    return result

@@ -1,0 +1,95 @@
+"""A PyTorch ``Sampler`` whose domain weights can change while a ``DataLoader`` iterates.
+
+Why a sampler: a ``DataLoader``'s sampler runs in the main process and only *indices* go to the
+worker processes, so weights set in the main process (e.g. by :class:`MixagentCallback` after a
+decision) take effect for the next indices drawn, however many workers load the data. Weights kept
+inside an ``IterableDataset`` would be copied into each worker and never see the change
+(NOTES.md). Batches already prefetched (``prefetch_factor × num_workers``) keep the old mixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["LiveWeightSampler"]
+
+
+class LiveWeightSampler(Sampler[int]):
+    """Yield dataset indices: each draw picks a domain by the current weights, then an index of
+    that domain uniformly (with replacement).
+
+    Args:
+        domain_indices: for each domain (in ``names`` order), the dataset indices of its examples.
+        names: domain names, so weights can be given as ``{name: share}``.
+        weights: initial weights (mapping or sequence); default uniform.
+        num_samples: indices per epoch (``len(sampler)``).
+        seed: the draws of epoch e use ``seed + e``.
+        chunk: indices drawn per weights read; small enough that a change shows up quickly.
+    """
+
+    def __init__(
+        self,
+        domain_indices: Sequence[Sequence[int]],
+        names: Sequence[str],
+        weights: Mapping[str, float] | Sequence[float] | None = None,
+        *,
+        num_samples: int,
+        seed: int = 0,
+        chunk: int = 16,
+    ):
+        if len(domain_indices) != len(names):
+            raise ValueError(f"domain_indices: {len(domain_indices)} lists for {len(names)} names")
+        empty = [n for n, ix in zip(names, domain_indices, strict=True) if len(ix) == 0]
+        if empty:
+            raise ValueError(f"domain_indices: domain(s) {empty} have no examples")
+        if num_samples < 1:
+            raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
+        self.names = list(names)
+        self._indices = [np.asarray(ix, dtype=np.int64) for ix in domain_indices]
+        self.num_samples = num_samples
+        self.seed = seed
+        self.chunk = chunk
+        self.epoch = 0
+        self._weights = np.full(len(names), 1.0 / len(names))
+        if weights is not None:
+            self.set_weights(weights)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.names, self._weights.tolist(), strict=True))
+
+    def set_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None:
+        """Replace the mixture (renormalised); the next indices drawn follow it."""
+        if isinstance(weights, Mapping):
+            unknown = sorted(set(weights) - set(self.names))
+            missing = sorted(set(self.names) - set(weights))
+            if unknown or missing:
+                raise ValueError(f"weights: missing domains {missing}, unknown domains {unknown}")
+            w = np.array([weights[n] for n in self.names], dtype=np.float64)
+        else:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if w.shape != (len(self.names),):
+                raise ValueError(f"weights: {w.size} values for {len(self.names)} domains")
+        if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights: need finite non-negative values with a positive sum, got {w.tolist()}")
+        self._weights = w / w.sum()  # one assignment: iterators read either the old or the new array
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        left = self.num_samples
+        while left > 0:
+            n = min(self.chunk, left)
+            domains = rng.choice(len(self._indices), size=n, p=self._weights)
+            for k in domains:
+                ix = self._indices[k]
+                yield int(ix[rng.integers(len(ix))])
+            left -= n

@@ -1,0 +1,101 @@
+"""The two rooms of ``service/`` keep their promises, checked in a fresh interpreter each:
+
+* every module of the server imports neither torch, transformers, d3rlpy, gymnasium, ``mixagent.env``
+  nor the trainer room (serving stays a slim CPU install);
+* the trainer's HTTP client and the package's import surface need neither torch nor transformers;
+* the old flat module paths still work, as aliases that warn.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "d3rlpy", "gymnasium", "mixagent.env")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the forbidden modules it left in ``sys.modules``."""
+    probe = f"{code}\nimport sys, json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in " \
+            f"{HEAVY!r} or m in {HEAVY!r} or m.startswith('mixagent.env.') or m.startswith('mixagent.service.trainer'))))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_server_imports_no_training_code_and_not_the_trainer_room():
+    code = (
+        "import importlib, pkgutil, mixagent.service.server as pkg\n"
+        "for m in pkgutil.iter_modules(pkg.__path__): importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+        "from mixagent.service.server.main import create_app\n"
+        "import mixagent.service\n"
+    )
+    assert _loaded_after(code) == []
+
+
+def test_the_commands_import_no_web_stack_until_they_run():
+    """``mixagent --help`` and the other commands work on a core install (no service extra)."""
+    code = ("import sys, mixagent.service.cli\n"
+            "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'uvicorn', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_app_factory_builds_without_training_code(tmp_path):
+    code = (
+        "from mixagent.service.server.config import Settings\n"
+        "from mixagent.service.server.main import create_app\n"
+        f"create_app(Settings(database_url='sqlite:///{tmp_path}/x.db', tokens='t'))\n"
+    )
+    assert _loaded_after(code) == []
+
+
+def test_the_trainer_client_and_surface_need_neither_torch_nor_transformers():
+    loaded = _loaded_after("import mixagent.service.trainer.client\n"
+                           "from mixagent.service.trainer import MixingClient, MixingRun, StepConflict\n")
+    assert [m for m in loaded if not m.startswith("mixagent.service.trainer")] == []
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("mixagent.service.client", "mixagent.service.trainer.client"),
+    ("mixagent.service.sampler", "mixagent.service.trainer.sampler"),
+    ("mixagent.service.hf", "mixagent.service.trainer.hf"),
+    ("mixagent.service.demo", "mixagent.service.trainer.demo"),
+    ("mixagent.service.main", "mixagent.service.server.main"),
+    ("mixagent.service.config", "mixagent.service.server.config"),
+    ("mixagent.service.schemas", "mixagent.service.server.schemas"),
+    ("mixagent.service.export", "mixagent.service.server.export"),
+])
+def test_old_paths_are_warning_aliases_of_the_new_modules(old, new):
+    if new.endswith(("sampler", "hf", "demo")):
+        pytest.importorskip("torch")
+    if new.endswith("hf"):
+        pytest.importorskip("transformers")
+    code = (
+        "import importlib, warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    old = importlib.import_module({old!r})\n"
+        f"new = importlib.import_module({new!r})\n"
+        "msgs = [str(x.message) for x in w if issubclass(x.category, DeprecationWarning) and 'moved to' in str(x.message)]\n"
+        "print(old is new, msgs)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("True"), out
+    assert f"{old} moved to {new}" in out
+
+
+def test_the_trainer_surface_names_resolve_lazily():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import mixagent.service.trainer as trainer
+    from mixagent.service.trainer.client import MixingClient
+    from mixagent.service.trainer.hf import MixagentCallback
+    from mixagent.service.trainer.sampler import LiveWeightSampler
+
+    assert (trainer.MixingClient, trainer.LiveWeightSampler, trainer.MixagentCallback) == (
+        MixingClient, LiveWeightSampler, MixagentCallback)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        trainer.nothing  # noqa: B018
