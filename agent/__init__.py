@@ -1,5 +1,11 @@
-"""Mixing policies (the ``MixingPolicy`` interface, baselines, the learned agent) and the evaluation
-harness that drives :mod:`mixagent.env` with them."""
+"""Policies and the loop that runs them: the ``MixingPolicy`` interface, the baselines, the learned
+agent and its artifacts, the policy registry (``mixagent.policies`` entry points), the runner that
+drives the env with any policy (trajectory generation and evaluation), and the evaluation report.
+
+Importing this package loads only what serving needs (``policy``, ``baselines``: numpy, no torch).
+The runner, generation, training and evaluation modules import ``mixagent.env`` (torch) and are
+imported explicitly. Must not import ``mixagent.service``.
+"""
 
 from mixagent.agent.baselines import (
     BASELINES,
@@ -9,10 +15,12 @@ from mixagent.agent.baselines import (
     UniformPolicy,
     build_baseline,
 )
-from mixagent.agent.policy import ArtifactError, MixingPolicy, PolicyCard, load_artifact
+from mixagent.agent.policy import ArtifactError, PolicyCard, load_artifact
+from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
 
 __all__ = [
     "MixingPolicy",
+    "PolicyFactory",
     "PolicyCard",
     "ArtifactError",
     "load_artifact",

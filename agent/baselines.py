@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mixagent.agent.policy import MixingPolicy
 from mixagent.trajectories.contract import SOURCE_FIELD, ContractError, DomainSpace, History, Weights
+from mixagent.trajectories.policy import MixingPolicy
 
 __all__ = [
     "UniformPolicy",

@@ -1,9 +1,9 @@
 """The online baselines as noisy behaviour families, so trajectories also cover feedback-driven runs.
 
-Import this module (``mixagent trajectories generate --plugin mixagent.agent.behaviour``) and every
-rule below becomes a schedule family: a fresh baseline per trajectory, its parameters drawn from the
-trajectory's seed, and every mixture perturbed in logit space by ``N(0, σ²)`` (σ drawn per trajectory,
-see :func:`~mixagent.trajectories.schedules.register_policy_family`). Noise matters: a deterministic
+Each family below is a ``mixagent.policies`` entry point (``pyproject.toml``): a fresh baseline per
+trajectory, its parameters drawn from the trajectory's seed, and every mixture perturbed in logit
+space by ``N(0, σ²)`` (σ drawn per trajectory, see
+:func:`~mixagent.trajectories.schedules.noisy_policy_family`). Noise matters: a deterministic
 baseline visits one path through the state space, and offline RL needs actions around it.
 
 | family                       | baseline (agent/baselines.py)        | drawn per trajectory              |
@@ -25,9 +25,18 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from mixagent.agent.baselines import build_baseline
-from mixagent.trajectories.schedules import ScheduleContext, families, register_policy_family
+from mixagent.trajectories.policy import MixingPolicy, PolicyContext, PolicyFamily
+from mixagent.trajectories.schedules import noisy_policy_family
 
-__all__ = ["BehaviourBaseline", "BEHAVIOUR_BASELINES", "register_all"]
+__all__ = [
+    "BehaviourBaseline",
+    "BEHAVIOUR_BASELINES",
+    "NOISY_FIXED_TARGET_SHARE",
+    "NOISY_LOSS_SOFTMAX",
+    "NOISY_LOSS_SOFTMAX_PLAIN",
+    "BEHAVIOUR_FAMILIES",
+    "register_all",
+]
 
 
 class BehaviourBaseline(NamedTuple):
@@ -47,8 +56,12 @@ class BehaviourBaseline(NamedTuple):
             value = rng.uniform(self.lo, self.hi)
         return {self.param: round(float(value), 4)}
 
-    def build(self, ctx: ScheduleContext, params: dict[str, Any]) -> Any:
+    def build(self, ctx: PolicyContext, params: dict[str, Any]) -> MixingPolicy:
         return build_baseline(self.rule, {**self.fixed, self.param: params[self.param]})
+
+    def family(self, name: str) -> PolicyFamily:
+        return noisy_policy_family(name, self.build, draw_policy_params=lambda ctx, rng, k: self.draw(rng),
+                                   description=f"{self.rule} {self.fixed or ''} with logit noise")
 
 
 BEHAVIOUR_BASELINES: dict[str, BehaviourBaseline] = {
@@ -57,12 +70,14 @@ BEHAVIOUR_BASELINES: dict[str, BehaviourBaseline] = {
     "noisy_loss_softmax_plain": BehaviourBaseline("loss-softmax", {"relative": False}, "temperature", 0.5, 5.0, "log"),
 }
 
+NOISY_FIXED_TARGET_SHARE = BEHAVIOUR_BASELINES["noisy_fixed_target_share"].family("noisy_fixed_target_share")
+NOISY_LOSS_SOFTMAX = BEHAVIOUR_BASELINES["noisy_loss_softmax"].family("noisy_loss_softmax")
+NOISY_LOSS_SOFTMAX_PLAIN = BEHAVIOUR_BASELINES["noisy_loss_softmax_plain"].family("noisy_loss_softmax_plain")
+BEHAVIOUR_FAMILIES: dict[str, PolicyFamily] = {
+    f.name: f for f in (NOISY_FIXED_TARGET_SHARE, NOISY_LOSS_SOFTMAX, NOISY_LOSS_SOFTMAX_PLAIN)
+}
+
 
 def register_all() -> None:
-    """Register every family of :data:`BEHAVIOUR_BASELINES` that is not registered yet."""
-    for family, b in BEHAVIOUR_BASELINES.items():
-        if family not in families():
-            register_policy_family(family, b.build, draw_policy_params=lambda ctx, rng, k, b=b: b.draw(rng))
-
-
-register_all()
+    """Deprecated no-op (one release): these families are ``mixagent.policies`` entry points now,
+    so ``--plugin mixagent.agent.behaviour`` is no longer needed."""

@@ -16,9 +16,8 @@ problem, and probes the policy once on a synthetic history before handing it out
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,8 +28,11 @@ from mixagent.trajectories.contract import (
     DomainSpace,
     Feedback,
     History,
+    Name,
+    Objective,
     Weights,
 )
+from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
 from mixagent.trajectories.encoding import (
     ENCODER_VERSION,
     action_size,
@@ -52,28 +54,7 @@ __all__ = [
 
 CARD_FILE = "card.json"
 
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 ParamValue = float | int | str | bool
-
-
-@runtime_checkable
-class MixingPolicy(Protocol):
-    """Chooses the mixture of the next stage from the raw history of a run.
-
-    ``initial_weights`` is the mixture before any feedback; ``next_weights`` is called after each
-    feedback (``history.feedback[-1]`` is the newest) and returns the mixture for the next stage.
-    Implementations are deterministic given their parameters and never mutate ``history``.
-    """
-
-    name: str
-
-    def initial_weights(self, space: DomainSpace) -> Weights: ...
-
-    def next_weights(self, space: DomainSpace, history: History) -> Weights: ...
-
-
-PolicyFactory = Callable[[int], MixingPolicy]
-"""Builds the policy for a run of a given horizon (learned policies encode progress ``t / T``)."""
 
 
 class ArtifactError(ContractError):
@@ -209,7 +190,7 @@ def _load_onnx(folder: Path, card: PolicyCard) -> PolicyFactory:
     if not outputs or outputs[0].shape[-1] != n_act:
         got = [(o.name, o.shape) for o in outputs]
         raise ArtifactError(f"{path}: expected an action output of width {n_act}, got {got}")
-    return lambda horizon: OnnxPolicy(session, card, horizon)
+    return lambda horizon, objective=None: OnnxPolicy(session, card, horizon)
 
 
 def load_artifact(folder: str | Path) -> tuple[PolicyCard, PolicyFactory]:
@@ -246,11 +227,11 @@ def load_artifact(folder: str | Path) -> tuple[PolicyCard, PolicyFactory]:
             policy = build_baseline(card.rule, card.params)
         except ContractError as e:
             raise ArtifactError(f"{card_path}: {e}") from None
-        factory: PolicyFactory = lambda horizon: policy  # noqa: E731
+        factory: PolicyFactory = lambda horizon, objective=None: policy  # noqa: E731
     else:
         factory = _load_onnx(folder, card)
     try:
-        probe_policy(factory(8), _probe_space(card))
+        probe_policy(factory(8, Objective()), _probe_space(card))
     except Exception as e:  # any failure on a synthetic history means it must not be served
         raise ArtifactError(f"{card_path}: the policy fails on a synthetic history ({type(e).__name__}: {e})") from None
     return card, factory

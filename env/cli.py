@@ -7,21 +7,20 @@ Thin shells over :mod:`mixagent.env`; heavy imports happen inside the commands s
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mixagent.console import console as _console
 from mixagent.env.setting import SettingError, load_setting
 
 __all__ = ["corpus_app", "env_app"]
 
-console = Console()
+console = _console()
 corpus_app = typer.Typer(help="Build and inspect the multi-domain corpus of a setting.", no_args_is_help=True)
 env_app = typer.Typer(help="Pre-train base models and run CPT episodes in the environment.", no_args_is_help=True)
 
@@ -210,6 +209,3 @@ def env_rollout(
         plot_history(history, plot, title=f"{s.name}: target share {target_share}")
         console.print(f"plot saved to {plot}")
 
-
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")

@@ -1,4 +1,8 @@
-"""The ``mixagent`` command: one entry point, a sub-command group per part."""
+"""The ``mixagent`` command: one entry point, a sub-command group per part.
+
+The root sits above every floor (it may import all of them); each group's module keeps its heavy
+imports inside its commands, so ``mixagent --help`` loads neither torch nor d3rlpy.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from typing import Annotated
 import typer
 
 from mixagent import __version__
-from mixagent.env.cli import configure_logging, corpus_app, env_app
+from mixagent.agent.cli import agent_app, generate_cmd
+from mixagent.console import configure_logging
+from mixagent.env.cli import corpus_app, env_app
+from mixagent.service.cli import register as _register_service
 from mixagent.trajectories.cli import trajectories_app
 
 app = typer.Typer(
@@ -18,10 +25,10 @@ app = typer.Typer(
 )
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(env_app, name="env")
-from mixagent.service.cli import register as _register_service  # noqa: E402
-
-_register_service(app)
+trajectories_app.command("generate")(generate_cmd)
 app.add_typer(trajectories_app, name="trajectories")
+app.add_typer(agent_app, name="agent")
+_register_service(app)
 
 
 @app.callback()

@@ -105,3 +105,13 @@ def tiny_env(tiny_setting, tiny_backend):
     from mixagent.env.mixing_env import DataMixingEnv
 
     return DataMixingEnv(tiny_setting, backend=tiny_backend)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_setting, cache_dir, tmp_path_factory) -> Path:
+    """A real dataset: the first 9 plan items (one per built-in family) on the tiny setting."""
+    from mixagent.agent.generate import GenerateConfig, generate
+
+    out = tmp_path_factory.mktemp("dataset") / "tiny"
+    generate(GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+    return out

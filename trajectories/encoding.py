@@ -45,6 +45,7 @@ __all__ = [
     "relative_gains",
     "balanced_scores",
     "stage_rewards",
+    "softmax",
     "field_shares_to_weights",
     "action_to_weights",
     "weights_to_action",
@@ -106,7 +107,8 @@ def stage_rewards(history: History, objective: Objective) -> np.ndarray:
     return np.diff(balanced_scores(history, objective))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """``exp(x - max x)`` normalised: the one softmax of the action map and the schedules."""
     z = np.exp(x - x.max())
     return z / z.sum()
 
@@ -134,10 +136,10 @@ def action_to_weights(action: np.ndarray, space: DomainSpace, spec: ActionSpec) 
         raise ContractError(f"action: non-finite value(s) in {a.tolist()}")
     a = np.clip(a, -1.0, 1.0)
     if spec.level == "field":
-        shares = (1 - spec.epsilon) * _softmax(spec.beta * a) + spec.epsilon * space.field_priors()
+        shares = (1 - spec.epsilon) * softmax(spec.beta * a) + spec.epsilon * space.field_priors()
         w = field_shares_to_weights(space, shares)
     else:
-        w = (1 - spec.epsilon) * _softmax(spec.beta * a) + spec.epsilon * space.priors()
+        w = (1 - spec.epsilon) * softmax(spec.beta * a) + spec.epsilon * space.priors()
     return Weights.from_raw(w)
 
 

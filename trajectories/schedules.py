@@ -27,76 +27,71 @@ Every mixture is projected onto the image of the action map of its level,
 | ``switch_replay_first`` | ``lo`` for ``t < τ``, then ``hi``                                     |
 | ``cycle``             | sine/square/triangle wave between ``lo`` and ``hi``, period ``P``      |
 
-The registry is open: :func:`register_family` adds any family, and :func:`register_policy_family`
-turns any object with the ``MixingPolicy`` methods (``initial_weights(space)``,
-``next_weights(space, history)``) into a noisy behaviour family, which is how the online baselines of
-``agent/`` plug in ("online baselines with noise") once they exist.
+Every schedule is an open-loop :class:`~mixagent.trajectories.policy.MixingPolicy` (it ignores the
+feedback), and every family is a :class:`~mixagent.trajectories.policy.PolicyFamily` constant of
+this module, published through the ``mixagent.policies`` entry-point group (``pyproject.toml``) like
+every other policy. :func:`noisy_policy_family` turns any ``MixingPolicy`` into a "policy + logit
+noise" behaviour family (``agent/behaviour.py`` does that for the online baselines).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 
 from mixagent.trajectories.contract import (
     SOURCE_FIELD,
-    ActionSpec,
     ContractError,
     DomainSpace,
     History,
     Weights,
 )
-from mixagent.trajectories.encoding import action_to_weights, weights_to_action
+from mixagent.trajectories.encoding import action_to_weights, field_shares_to_weights, softmax, weights_to_action
+from mixagent.trajectories.policy import (
+    DrawFn,
+    Level,
+    MixingPolicy,
+    PolicyContext,
+    PolicyFamily,
+)
 
 __all__ = [
     "BUILTIN_FAMILIES",
+    "SCHEDULE_FAMILIES",
+    "CONSTANT_GRID",
     "Level",
     "ScheduleContext",
-    "BehaviourSchedule",
     "StaticSchedule",
+    "NoisyPolicy",
+    "noisy_policy_family",
+    "draw_params",
+    "build_policy",
+    "CONSTANT",
+    "UNIFORM_SHARE",
+    "RAMP_UP",
+    "RAMP_DOWN",
+    "SWITCH_TARGET_FIRST",
+    "SWITCH_REPLAY_FIRST",
+    "CYCLE",
+    "DIRICHLET",
+    "LOGIT_WALK",
+    # deprecated (one release): registration by call instead of entry points
     "ScheduleFamily",
     "register_family",
     "register_policy_family",
-    "families",
-    "get_family",
-    "draw_params",
-    "build_schedule",
-    "CONSTANT_GRID",
+    "RUNTIME_FAMILIES",
 ]
-
-Level = Literal["field", "domain"]
 
 CONSTANT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 """Target shares of the ``constant`` family; the k-th constant trajectory takes point k mod 11."""
 
-
-@dataclass(frozen=True)
-class ScheduleContext:
-    """What a schedule needs to know about the problem: the domains, horizon and action map."""
-
-    space: DomainSpace
-    horizon: int
-    action: ActionSpec
-
-    def spec(self, level: Level) -> ActionSpec:
-        """The action map of ``level`` with the setting's β and ε."""
-        return self.action.model_copy(update={"level": level})
-
-    def units(self, level: Level) -> int:
-        return len(self.space.fields) if level == "field" else self.space.size
-
-    def unit_priors(self, level: Level) -> np.ndarray:
-        return self.space.field_priors() if level == "field" else self.space.priors()
-
-
-class BehaviourSchedule(Protocol):
-    """Chooses the mixture of the next stage from the raw history so far (``len(weights)`` = t)."""
-
-    def next_weights(self, history: History) -> Weights: ...
+ScheduleContext = PolicyContext
+"""The earlier name of :class:`~mixagent.trajectories.policy.PolicyContext` (kept for one release)."""
 
 
 @dataclass(frozen=True)
@@ -104,89 +99,53 @@ class StaticSchedule:
     """A schedule fixed in advance: row t of ``matrix`` ``[T, K]`` is the mixture of stage t."""
 
     matrix: np.ndarray
+    name: str = "static"
 
-    def next_weights(self, history: History) -> Weights:
+    def initial_weights(self, space: DomainSpace) -> Weights:
+        return Weights.from_raw(self.matrix[0])
+
+    def next_weights(self, space: DomainSpace, history: History) -> Weights:
         t = len(history.weights)
         if t >= len(self.matrix):
             raise ContractError(f"schedule: stage {t} is past the horizon {len(self.matrix)}")
         return Weights.from_raw(self.matrix[t])
 
 
-DrawFn = Callable[[ScheduleContext, np.random.Generator, int], dict[str, Any]]
-BuildFn = Callable[[ScheduleContext, dict[str, Any]], BehaviourSchedule]
-
-
-@dataclass(frozen=True)
-class ScheduleFamily:
-    """A named family: ``draw(ctx, rng, index)`` returns JSON parameters (``index`` is the k-th
-    draw of this family in a dataset, for grids), ``build(ctx, params)`` the schedule."""
-
-    name: str
-    draw: DrawFn
-    build: BuildFn
-    description: str = ""
-
-
-_REGISTRY: dict[str, ScheduleFamily] = {}
-
-
-def register_family(family: ScheduleFamily, *, replace: bool = False) -> ScheduleFamily:
-    """Add a family to the registry (``replace=True`` to redefine an existing name)."""
-    if family.name in _REGISTRY and not replace:
-        raise ValueError(f"schedule family '{family.name}' is already registered")
-    _REGISTRY[family.name] = family
-    return family
-
-
-def families() -> tuple[str, ...]:
-    """Names of every registered family, built-in ones first."""
-    return tuple(_REGISTRY)
-
-
-def get_family(name: str) -> ScheduleFamily:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ContractError(f"schedule: unknown family '{name}' (known: {', '.join(_REGISTRY)})") from None
-
-
-def draw_params(family: str, ctx: ScheduleContext, seed: int, index: int = 0, level: Level = "field") -> dict[str, Any]:
-    """The parameters of one schedule of ``family``, drawn from ``seed`` (deterministic)."""
+def draw_params(family: PolicyFamily, ctx: PolicyContext, seed: int, index: int = 0, level: Level = "field") -> dict[str, Any]:
+    """The parameters of one member of ``family``, drawn from ``seed`` (deterministic)."""
+    if family.draw is None:
+        raise ContractError(f"schedule: family '{family.name}' has no parameter draw (it is not a behaviour family)")
     rng = np.random.default_rng(seed)
-    params = get_family(family).draw(ctx, rng, index)
+    params = family.draw(ctx, rng, index)
     params = {"level": level, **params}
-    if level == "domain" and "split" not in params and _uses_share(family):
+    if level == "domain" and "split" not in params and family.shares:
         params["split"] = _draw_split(ctx, rng)
     return params
 
 
-def build_schedule(family: str, params: dict[str, Any], ctx: ScheduleContext) -> BehaviourSchedule:
+def build_policy(family: PolicyFamily, params: dict[str, Any], ctx: PolicyContext) -> MixingPolicy:
+    """The member of ``family`` with ``params`` (checks the level first)."""
     level = params.get("level", "field")
     if level not in ("field", "domain"):
         raise ContractError(f"schedule_params.level: must be 'field' or 'domain', got {level!r}")
-    return get_family(family).build(ctx, params)
+    return family.build(ctx, params)
 
 
 # ----- helpers: from unit shares / target shares to projected domain weights -----------------------
 
 
-def _project(ctx: ScheduleContext, level: Level, unit_shares: np.ndarray) -> np.ndarray:
+def _project(ctx: PolicyContext, level: Level, unit_shares: np.ndarray) -> np.ndarray:
     """Domain weights for one stage: expand unit shares to domains, then map onto the action image."""
     u = np.maximum(np.asarray(unit_shares, dtype=np.float64), 0.0)
     u = u / u.sum()
     space = ctx.space
-    if level == "field":
-        m = space.field_matrix()
-        p = space.priors()
-        raw = (m.T @ u) * p / (m.T @ (m @ p))
-    else:
-        raw = u
+    raw = field_shares_to_weights(space, u) if level == "field" else u
     spec = ctx.spec(level)
     a = weights_to_action(Weights.from_raw(raw), space, spec)
     return action_to_weights(a, space, spec).as_array()
 
 
-def _target_units(ctx: ScheduleContext, level: Level, share: float, split: list[float] | None) -> np.ndarray:
+def _target_units(ctx: PolicyContext, level: Level, share: float, split: list[float] | None) -> np.ndarray:
     """Unit shares for target share ``share``: targets by field prior, then (domain level) ``split``."""
     space = ctx.space
     fp = space.field_priors()
@@ -204,37 +163,29 @@ def _target_units(ctx: ScheduleContext, level: Level, share: float, split: list[
     return (m.T @ field) * within
 
 
-def _draw_split(ctx: ScheduleContext, rng: np.random.Generator) -> list[float]:
+def _draw_split(ctx: PolicyContext, rng: np.random.Generator) -> list[float]:
     """A random within-field split of domains, around the priors (concentration log-uniform 1..30)."""
     c = float(np.exp(rng.uniform(math.log(1.0), math.log(30.0))))
     alpha = c * ctx.space.priors() * ctx.space.size
     return [round(float(x), 6) + 1e-6 for x in rng.dirichlet(alpha)]
 
 
-def _share_schedule(ctx: ScheduleContext, params: dict[str, Any], shares: np.ndarray) -> StaticSchedule:
+def _share_schedule(name: str, ctx: PolicyContext, params: dict[str, Any], shares: np.ndarray) -> StaticSchedule:
     level: Level = params.get("level", "field")
     split = params.get("split")
     rows = [_project(ctx, level, _target_units(ctx, level, float(np.clip(s, 0, 1)), split)) for s in shares]
-    return StaticSchedule(np.array(rows))
+    return StaticSchedule(np.array(rows), name)
 
 
-_SHARE_FAMILIES: set[str] = set()
-
-
-def _uses_share(family: str) -> bool:
-    return family in _SHARE_FAMILIES
-
-
-def _share_family(name: str, description: str, draw: DrawFn, shares: Callable[[dict[str, Any], int], np.ndarray]) -> None:
-    """Register a family defined by a target-share series ``shares(params, T)``."""
-    _SHARE_FAMILIES.add(name)
-    register_family(
-        ScheduleFamily(
-            name=name,
-            draw=draw,
-            build=lambda ctx, p: _share_schedule(ctx, p, shares(p, ctx.horizon)),
-            description=description,
-        )
+def _share_family(name: str, description: str, draw: DrawFn | None,
+                  shares: Callable[[dict[str, Any], int], np.ndarray]) -> PolicyFamily:
+    """A family defined by a target-share series ``shares(params, T)``."""
+    return PolicyFamily(
+        name=name,
+        build=lambda ctx, p: _share_schedule(name, ctx, p, shares(p, ctx.horizon)),
+        draw=draw,
+        description=description,
+        shares=True,
     )
 
 
@@ -248,13 +199,13 @@ def _progress(horizon: int) -> np.ndarray:
 
 # ----- the built-in families ---------------------------------------------------------------------
 
-_share_family(
+CONSTANT = _share_family(
     "constant",
     "constant target share from a grid",
     lambda ctx, rng, k: {"share": CONSTANT_GRID[k % len(CONSTANT_GRID)]},
     lambda p, T: np.full(T, float(p["share"])),
 )
-_share_family(
+UNIFORM_SHARE = _share_family(
     "uniform_share",
     "target share drawn uniformly per stage",
     lambda ctx, rng, k: {"seed": int(rng.integers(2**31))},
@@ -267,7 +218,7 @@ def _ramp(p: dict[str, Any], T: int) -> np.ndarray:
 
 
 def _draw_ramp(up: bool) -> DrawFn:
-    def draw(ctx: ScheduleContext, rng: np.random.Generator, k: int) -> dict[str, Any]:
+    def draw(ctx: PolicyContext, rng: np.random.Generator, k: int) -> dict[str, Any]:
         lo, hi = _u(rng, 0.0, 0.4), _u(rng, 0.6, 1.0)
         power = round(float(np.exp(rng.uniform(math.log(0.5), math.log(2.0)))), 4)
         return {"start": lo, "end": hi, "power": power} if up else {"start": hi, "end": lo, "power": power}
@@ -275,16 +226,17 @@ def _draw_ramp(up: bool) -> DrawFn:
     return draw
 
 
-_share_family("ramp_up", "monotone ramp of the target share, low to high", _draw_ramp(True), _ramp)
-_share_family("ramp_down", "monotone ramp of the target share, high to low", _draw_ramp(False), _ramp)
+RAMP_UP = _share_family("ramp_up", "monotone ramp of the target share, low to high", _draw_ramp(True), _ramp)
+RAMP_DOWN = _share_family("ramp_down", "monotone ramp of the target share, high to low", _draw_ramp(False), _ramp)
 
 
 def _switch(p: dict[str, Any], T: int) -> np.ndarray:
-    return np.where(np.arange(T) < p["at"], p["first"], p["then"])
+    at = p["at"] if "at" in p else round(float(p["at_fraction"]) * T)
+    return np.where(np.arange(T) < at, p["first"], p["then"])
 
 
 def _draw_switch(target_first: bool) -> DrawFn:
-    def draw(ctx: ScheduleContext, rng: np.random.Generator, k: int) -> dict[str, Any]:
+    def draw(ctx: PolicyContext, rng: np.random.Generator, k: int) -> dict[str, Any]:
         lo, hi = _u(rng, 0.0, 0.4), _u(rng, 0.6, 1.0)
         at = int(rng.integers(1, max(ctx.horizon, 2)))
         return {"first": hi, "then": lo, "at": at} if target_first else {"first": lo, "then": hi, "at": at}
@@ -292,8 +244,12 @@ def _draw_switch(target_first: bool) -> DrawFn:
     return draw
 
 
-_share_family("switch_target_first", "target-heavy first, then replay (source-heavy)", _draw_switch(True), _switch)
-_share_family("switch_replay_first", "source-heavy first, then target-heavy", _draw_switch(False), _switch)
+SWITCH_TARGET_FIRST = _share_family(
+    "switch_target_first", "target-heavy first, then replay (source-heavy)", _draw_switch(True), _switch
+)
+SWITCH_REPLAY_FIRST = _share_family(
+    "switch_replay_first", "source-heavy first, then target-heavy", _draw_switch(False), _switch
+)
 
 
 def _cycle(p: dict[str, Any], T: int) -> np.ndarray:
@@ -307,7 +263,7 @@ def _cycle(p: dict[str, Any], T: int) -> np.ndarray:
     return p["lo"] + (p["hi"] - p["lo"]) * wave
 
 
-_share_family(
+CYCLE = _share_family(
     "cycle",
     "periodic target share (sine, square or triangle wave)",
     lambda ctx, rng, k: {
@@ -321,111 +277,152 @@ _share_family(
 )
 
 
-def _dirichlet(ctx: ScheduleContext, p: dict[str, Any]) -> StaticSchedule:
+def _dirichlet(ctx: PolicyContext, p: dict[str, Any]) -> StaticSchedule:
     level: Level = p.get("level", "field")
     rng = np.random.default_rng(p["seed"])
     alpha = float(p["alpha"]) * ctx.units(level) * ctx.unit_priors(level)
-    return StaticSchedule(np.array([_project(ctx, level, rng.dirichlet(alpha)) for _ in range(ctx.horizon)]))
+    return StaticSchedule(np.array([_project(ctx, level, rng.dirichlet(alpha)) for _ in range(ctx.horizon)]), "dirichlet")
 
 
-register_family(
-    ScheduleFamily(
-        "dirichlet",
-        lambda ctx, rng, k: {
-            "alpha": round(float(np.exp(rng.uniform(math.log(0.2), math.log(5.0)))), 4),
-            "seed": int(rng.integers(2**31)),
-        },
-        _dirichlet,
-        "independent Dirichlet(α·n·prior) mixture per stage",
-    )
+DIRICHLET = PolicyFamily(
+    "dirichlet",
+    _dirichlet,
+    lambda ctx, rng, k: {
+        "alpha": round(float(np.exp(rng.uniform(math.log(0.2), math.log(5.0)))), 4),
+        "seed": int(rng.integers(2**31)),
+    },
+    "independent Dirichlet(α·n·prior) mixture per stage",
 )
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max())
-    return z / z.sum()
-
-
-def _logit_walk(ctx: ScheduleContext, p: dict[str, Any]) -> StaticSchedule:
+def _logit_walk(ctx: PolicyContext, p: dict[str, Any]) -> StaticSchedule:
     level: Level = p.get("level", "field")
     rng = np.random.default_rng(p["seed"])
     n = ctx.units(level)
     x = np.log(ctx.unit_priors(level)) + rng.normal(0, 1, n)
     rows = []
     for _ in range(ctx.horizon):
-        rows.append(_project(ctx, level, _softmax(x)))
+        rows.append(_project(ctx, level, softmax(x)))
         x = x + rng.normal(0, float(p["sigma"]), n)
-    return StaticSchedule(np.array(rows))
+    return StaticSchedule(np.array(rows), "logit_walk")
 
 
-register_family(
-    ScheduleFamily(
-        "logit_walk",
-        lambda ctx, rng, k: {"sigma": _u(rng, 0.2, 1.0), "seed": int(rng.integers(2**31))},
-        _logit_walk,
-        "Gaussian random walk of the logits, softmax per stage",
-    )
+LOGIT_WALK = PolicyFamily(
+    "logit_walk",
+    _logit_walk,
+    lambda ctx, rng, k: {"sigma": _u(rng, 0.2, 1.0), "seed": int(rng.integers(2**31))},
+    "Gaussian random walk of the logits, softmax per stage",
 )
 
-BUILTIN_FAMILIES: tuple[str, ...] = families()
+SCHEDULE_FAMILIES: dict[str, PolicyFamily] = {
+    f.name: f
+    for f in (CONSTANT, UNIFORM_SHARE, RAMP_UP, RAMP_DOWN, SWITCH_TARGET_FIRST, SWITCH_REPLAY_FIRST, CYCLE,
+              DIRICHLET, LOGIT_WALK)
+}
+"""The built-in behaviour schedules by name (each also declared as a ``mixagent.policies`` entry point)."""
+
+BUILTIN_FAMILIES: tuple[str, ...] = tuple(SCHEDULE_FAMILIES)
 """The families every dataset covers by default, in the round-robin order of a generation plan."""
 
 
 # ----- online policies with noise ------------------------------------------------------------------
 
 
-class MixingPolicyLike(Protocol):
-    """The ``MixingPolicy`` interface of ``agent/`` (ARCHITECTURE.md), restated to avoid the import."""
-
-    def initial_weights(self, space: DomainSpace) -> Weights: ...
-
-    def next_weights(self, space: DomainSpace, history: History) -> Weights: ...
-
-
 @dataclass
-class NoisyPolicySchedule:
+class NoisyPolicy:
     """An online policy whose every mixture is perturbed in logit space: ``softmax(log w + N(0, σ²))``
     over fields or domains (``level``), then projected like every behaviour mixture."""
 
-    policy: MixingPolicyLike
-    ctx: ScheduleContext
+    policy: MixingPolicy
+    ctx: PolicyContext
     level: Level
     sigma: float
     seed: int
 
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.seed)
+        self.name = f"noisy-{self.policy.name}"
 
-    def next_weights(self, history: History) -> Weights:
-        space = self.ctx.space
+    def initial_weights(self, space: DomainSpace) -> Weights:
+        return self._perturb(self.policy.initial_weights(space))
+
+    def next_weights(self, space: DomainSpace, history: History) -> Weights:
         if not history.weights:
             w = self.policy.initial_weights(space)
         else:
             w = self.policy.next_weights(space, history)
+        return self._perturb(w)
+
+    def _perturb(self, w: Weights) -> Weights:
+        space = self.ctx.space
         v = w.as_array()
         if self.level == "field":
             v = space.field_matrix() @ v
         x = np.log(np.maximum(v, 1e-12)) + self._rng.normal(0, self.sigma, v.size)
-        return Weights.from_raw(_project(self.ctx, self.level, _softmax(x)))
+        return Weights.from_raw(_project(self.ctx, self.level, softmax(x)))
+
+
+def noisy_policy_family(
+    name: str,
+    factory: Callable[[PolicyContext, dict[str, Any]], MixingPolicy],
+    *,
+    sigma: tuple[float, float] = (0.1, 0.6),
+    draw_policy_params: DrawFn | None = None,
+    description: str = "online policy with logit noise",
+) -> PolicyFamily:
+    """The family "policy + logit noise": ``factory(ctx, params)`` builds the policy (a fresh one per
+    trajectory), ``σ`` is drawn uniformly from ``sigma``, and ``draw_policy_params`` may add the
+    policy's own parameters. The policy must be deterministic given its parameters."""
+
+    def draw(ctx: PolicyContext, rng: np.random.Generator, k: int) -> dict[str, Any]:
+        extra = draw_policy_params(ctx, rng, k) if draw_policy_params else {}
+        return {"sigma": _u(rng, *sigma), "seed": int(rng.integers(2**31)), **extra}
+
+    def build(ctx: PolicyContext, p: dict[str, Any]) -> MixingPolicy:
+        return NoisyPolicy(factory(ctx, p), ctx, p.get("level", "field"), float(p["sigma"]), int(p["seed"]))
+
+    return PolicyFamily(name, build, draw, description)
+
+
+# ----- deprecated: registration by call (kept for one release; use entry points) -------------------
+
+RUNTIME_FAMILIES: dict[str, PolicyFamily] = {}
+"""Families registered by :func:`register_family` (deprecated); ``agent/registry.py`` merges them
+with the entry points."""
+
+_DEPRECATED = (
+    "{what} is deprecated and will be removed in the next release: declare the family in the "
+    "'mixagent.policies' entry-point group of your package instead"
+)
+
+
+def ScheduleFamily(name: str, draw: DrawFn, build: Callable[[PolicyContext, dict[str, Any]], Any],  # noqa: N802
+                   description: str = "") -> PolicyFamily:
+    """Deprecated constructor of the previous release: ``ScheduleFamily(name, draw, build, description)``."""
+    return PolicyFamily(name=name, build=build, draw=draw, description=description)
+
+
+def register_family(family: PolicyFamily, *, replace: bool = False) -> PolicyFamily:
+    """Deprecated: add ``family`` to the runtime registry (entry points are the way now)."""
+    warnings.warn(_DEPRECATED.format(what="register_family"), DeprecationWarning, stacklevel=2)
+    if (family.name in RUNTIME_FAMILIES or family.name in SCHEDULE_FAMILIES) and not replace:
+        raise ValueError(f"schedule family '{family.name}' is already registered")
+    RUNTIME_FAMILIES[family.name] = family
+    return family
 
 
 def register_policy_family(
     name: str,
-    factory: Callable[[ScheduleContext, dict[str, Any]], MixingPolicyLike],
+    factory: Callable[[PolicyContext, dict[str, Any]], MixingPolicy],
     *,
     sigma: tuple[float, float] = (0.1, 0.6),
     draw_policy_params: DrawFn | None = None,
     replace: bool = False,
-) -> ScheduleFamily:
-    """Register ``name`` as "policy + logit noise": ``factory(ctx, params)`` builds the policy (a fresh
-    one per trajectory), ``σ`` is drawn uniformly from ``sigma``, and ``draw_policy_params`` may add
-    the policy's own parameters. The policy must be deterministic given its parameters."""
-
-    def draw(ctx: ScheduleContext, rng: np.random.Generator, k: int) -> dict[str, Any]:
-        extra = draw_policy_params(ctx, rng, k) if draw_policy_params else {}
-        return {"sigma": _u(rng, *sigma), "seed": int(rng.integers(2**31)), **extra}
-
-    def build(ctx: ScheduleContext, p: dict[str, Any]) -> BehaviourSchedule:
-        return NoisyPolicySchedule(factory(ctx, p), ctx, p.get("level", "field"), float(p["sigma"]), int(p["seed"]))
-
-    return register_family(ScheduleFamily(name, draw, build, "online policy with logit noise"), replace=replace)
+) -> PolicyFamily:
+    """Deprecated: :func:`noisy_policy_family` plus :func:`register_family`."""
+    warnings.warn(_DEPRECATED.format(what="register_policy_family"), DeprecationWarning, stacklevel=2)
+    family = noisy_policy_family(name, factory, sigma=sigma, draw_policy_params=draw_policy_params)
+    if (name in RUNTIME_FAMILIES or name in SCHEDULE_FAMILIES) and not replace:
+        raise ValueError(f"schedule family '{name}' is already registered")
+    RUNTIME_FAMILIES[name] = family
+    return family

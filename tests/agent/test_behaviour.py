@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 
 from mixagent.agent.baselines import build_baseline
-from mixagent.agent.behaviour import BEHAVIOUR_BASELINES, register_all
+from mixagent.agent.behaviour import BEHAVIOUR_BASELINES, BEHAVIOUR_FAMILIES
+from mixagent.agent.registry import build_policy, draw_params, policy_families
 from mixagent.trajectories import ActionSpec, DomainSpace, Feedback, History, Weights
 from mixagent.trajectories.encoding import action_to_weights, weights_to_action
-from mixagent.trajectories.schedules import ScheduleContext, build_schedule, draw_params, families
+from mixagent.trajectories.policy import PolicyContext
 
 SPACE = DomainSpace.from_fields(
     {"source": ["web", "code", "dict"], "target": ["coq", "maxima"]}, {"web": 3.0, "coq": 2.0}
 )
-CTX = ScheduleContext(SPACE, 8, ActionSpec())
+CTX = PolicyContext(SPACE, 8, ActionSpec())
 TARGET = np.array([0, 0, 0, 1, 1], dtype=bool)
 
 
@@ -22,19 +23,20 @@ def feedback(t: int, losses: dict[str, float]) -> Feedback:
 
 def run(family: str, params: dict, stages: int = 4) -> np.ndarray:
     """Weights of ``stages`` decisions against a run whose target losses fall and source losses rise."""
-    schedule = build_schedule(family, params, CTX)
+    schedule = build_policy(family, params, CTX)
     h = History(space=SPACE)
     for t in range(stages):
         h.record_feedback(feedback(t, {d: (6.0 - 0.5 * t) if tgt else (3.0 + 0.1 * t)
                                        for d, tgt in zip(SPACE.names, TARGET, strict=True)}))
-        h.record_weights(schedule.next_weights(h))
+        h.record_weights(schedule.next_weights(SPACE, h))
     return h.weight_matrix()
 
 
-def test_every_baseline_family_is_registered_and_draws_in_range():
-    before = families()
-    register_all()  # importing twice (a plugin in every worker) registers nothing new and never raises
-    assert families() == before and set(BEHAVIOUR_BASELINES) <= set(before)
+def test_every_baseline_family_is_an_entry_point_and_draws_in_range():
+    families = policy_families()
+    for name, family in BEHAVIOUR_FAMILIES.items():
+        assert families[name] is family  # found through the mixagent.policies entry points
+    assert set(BEHAVIOUR_BASELINES) == set(BEHAVIOUR_FAMILIES)
     for family in BEHAVIOUR_BASELINES:
         draws = [draw_params(family, CTX, seed) for seed in range(200)]
         assert draws[7] == draw_params(family, CTX, 7)  # seeded

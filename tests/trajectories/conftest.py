@@ -58,13 +58,3 @@ def make_trajectory(stages: int = 4, seed: int = 0, trajectory_id: str = "consta
 @pytest.fixture()
 def trajectory() -> Trajectory:
     return make_trajectory()
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tiny_setting, cache_dir, tmp_path_factory) -> Path:
-    """A real dataset: the first 9 plan items (one per built-in family) on the tiny setting."""
-    from mixagent.trajectories.generate import GenerateConfig, generate
-
-    out = tmp_path_factory.mktemp("dataset") / "tiny"
-    generate(GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
-    return out

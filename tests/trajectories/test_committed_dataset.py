@@ -1,7 +1,6 @@
 """The committed datasets (``data/trajectories/*``) stay readable and consistent with their
 setting, their card and the schedule code that drew them."""
 
-import importlib
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from mixagent.trajectories import History
 from mixagent.trajectories.environment import START_TOLERANCE, start_drift
-from mixagent.trajectories.schedules import ScheduleContext, build_schedule
+from mixagent.trajectories.policy import PolicyContext
 from mixagent.trajectories.stats import build_card, summarise
 from mixagent.trajectories.storage import FileStore
 
@@ -49,14 +48,14 @@ def test_dataset_matches_its_setting_and_card(folder):
 @pytest.mark.parametrize("folder", DATASETS, ids=lambda p: p.name)
 def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
     """The schedule code still produces exactly the weights that were trained on (bit for bit)."""
-    for module in json.loads((folder / "generate.json").read_text()).get("plugins", []):
-        importlib.import_module(module)
+    from mixagent.agent.registry import build_policy
+
     for s in FileStore(folder).load_all():
         hd, h = s.trajectory.header, s.trajectory.history
-        schedule = build_schedule(hd.schedule, hd.schedule_params, ScheduleContext(hd.space, hd.horizon, hd.action))
+        schedule = build_policy(hd.schedule, hd.schedule_params, PolicyContext(hd.space, hd.horizon, hd.action))
         for i, w in enumerate(h.weights):
             seen = History(space=hd.space, feedback=h.feedback[: i + 1], weights=h.weights[:i])
-            np.testing.assert_array_equal(schedule.next_weights(seen).as_array(), w.as_array(), err_msg=hd.trajectory_id)
+            np.testing.assert_array_equal(schedule.next_weights(hd.space, seen).as_array(), w.as_array(), err_msg=hd.trajectory_id)
 
 
 @pytest.mark.real
@@ -69,16 +68,17 @@ def test_a_committed_trajectory_is_regenerated_bit_for_bit():
     import os
 
     from mixagent.env.setting import DEFAULT_SETTING, load_setting
-    from mixagent.trajectories.generate import TrajectoryRunner, make_plan
+    from mixagent.agent.generate import make_plan
+    from mixagent.agent.runner import EpisodeWorker
 
     setting = load_setting(DEFAULT_SETTING)
     store = FileStore(DATA / "math-tiny")
-    runner = TrajectoryRunner(setting.model_dump(mode="json"), os.environ.get("MIXAGENT_REAL_HOME"), threads=1)
+    runner = EpisodeWorker(setting.model_dump(mode="json"), os.environ.get("MIXAGENT_REAL_HOME"), threads=1)
     runner.env.reset(seed=0)
     here = runner.env.history.feedback[0]
     stored = {s.trajectory.header.trajectory_id: s for s in store.load_all()}
     same = [it for it in make_plan(setting, n=len(stored) + 64)
-            if it.trajectory_id in stored and stored[it.trajectory_id].trajectory.history.feedback[0] == here]
+            if it.run_id in stored and stored[it.run_id].trajectory.history.feedback[0] == here]
     if not same:
         provenance = runner.env.backend.provenance()
         drift = start_drift(here.domain_losses, next(iter(stored.values())).trajectory.history.feedback[0].domain_losses)
@@ -86,6 +86,6 @@ def test_a_committed_trajectory_is_regenerated_bit_for_bit():
                     f"its base evaluation differs by {drift:.2g} nats)")
     item = same[0]
     again = runner.run(item)["trajectory"]
-    committed = stored[item.trajectory_id].trajectory.model_dump(mode="json")
+    committed = stored[item.run_id].trajectory.model_dump(mode="json")
     assert again["header"] == committed["header"]
     assert again["history"] == committed["history"]  # floats compared exactly

@@ -48,16 +48,17 @@ def test_behaviour_actions_reproduce_the_mixtures_of_a_real_dataset(tiny_dataset
 
 def test_replay_reproduces_what_the_env_returned_online(tiny_env, tiny_setting):
     from mixagent.trajectories import Trajectory
-    from mixagent.trajectories.generate import make_plan
-    from mixagent.trajectories.schedules import ScheduleContext, build_schedule
+    from mixagent.agent.generate import make_plan
+    from mixagent.agent.registry import build_policy
+    from mixagent.trajectories.policy import PolicyContext
 
     item = make_plan(tiny_setting, n=3)[2]
-    schedule = build_schedule(item.family, item.params, ScheduleContext(tiny_setting.space, tiny_env.horizon,
-                                                                        tiny_setting.action))
+    schedule = build_policy(item.policy, item.params, PolicyContext(tiny_setting.space, tiny_env.horizon,
+                                                                     tiny_setting.action))
     obs, _ = tiny_env.reset(seed=item.seed)
     observations, rewards, truncated = [obs], [], False
     while not truncated:
-        obs, r, _, truncated, _ = tiny_env.step_weights(schedule.next_weights(tiny_env.history))
+        obs, r, _, truncated, _ = tiny_env.step_weights(schedule.next_weights(tiny_setting.space, tiny_env.history))
         observations.append(obs)
         rewards.append(r)
     traj = Trajectory.model_construct(header=make_trajectory_header(tiny_setting, item), history=tiny_env.history)
@@ -71,8 +72,8 @@ def make_trajectory_header(setting, item):
     from mixagent.trajectories import TrajectoryHeader
 
     return TrajectoryHeader(
-        trajectory_id=item.trajectory_id, setting_name=setting.name, setting_hash=setting.hash(), model="tiny",
+        trajectory_id=item.run_id, setting_name=setting.name, setting_hash=setting.hash(), model="tiny",
         space=setting.space, objective=setting.objective, action=setting.action, horizon=setting.cpt.horizon,
-        interval=setting.cpt.interval, schedule=item.family, schedule_params=item.params, seed=item.seed,
+        interval=setting.cpt.interval, schedule=item.policy, schedule_params=item.params, seed=item.seed,
         package_version="test",
     )

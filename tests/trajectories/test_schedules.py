@@ -3,23 +3,30 @@ import pytest
 
 from mixagent.trajectories import ActionSpec, ContractError, DomainSpace, History, Weights
 from mixagent.trajectories.encoding import action_to_weights, weights_to_action
+from mixagent.trajectories.policy import PolicyContext
 from mixagent.trajectories.schedules import (
     BUILTIN_FAMILIES,
     CONSTANT_GRID,
-    ScheduleContext,
-    ScheduleFamily,
+    SCHEDULE_FAMILIES,
     StaticSchedule,
-    build_schedule,
-    draw_params,
-    families,
-    register_family,
-    register_policy_family,
+    build_policy,
+    noisy_policy_family,
 )
+from mixagent.trajectories.schedules import draw_params as _draw_params
+
+
+def draw_params(family, ctx, seed, index=0, level="field"):
+    return _draw_params(SCHEDULE_FAMILIES[family], ctx, seed, index, level)
+
+
+def build_schedule(family, params, ctx):
+    return build_policy(SCHEDULE_FAMILIES[family], params, ctx)
+
 
 SPACE = DomainSpace.from_fields(
     {"source": ["web", "code", "dict"], "target": ["coq", "maxima"]}, {"web": 3.0, "coq": 2.0}
 )
-CTX = ScheduleContext(SPACE, 16, ActionSpec())
+CTX = PolicyContext(SPACE, 16, ActionSpec())
 
 
 def matrix(family, seed=0, index=0, level="field"):
@@ -95,14 +102,21 @@ def test_cycles_repeat_with_their_period():
         assert np.ptp(s) > 0.1
 
 
-def test_registry_is_open_and_checked():
-    with pytest.raises(ValueError, match="already registered"):
-        register_family(ScheduleFamily("constant", lambda c, r, k: {}, lambda c, p: StaticSchedule(np.ones((1, 1)))))
-    with pytest.raises(ContractError, match="unknown family 'nope'"):
-        draw_params("nope", CTX, 0)
+def test_schedules_are_open_loop_policies():
+    from mixagent.trajectories import MixingPolicy
+
+    for name, family in SCHEDULE_FAMILIES.items():
+        policy = build_policy(family, _draw_params(family, CTX, 0), CTX)
+        assert isinstance(policy, MixingPolicy) and policy.name == name
+        assert policy.initial_weights(SPACE) == Weights.from_raw(policy.matrix[0])
+    with pytest.raises(ContractError, match="past the horizon"):
+        StaticSchedule(np.ones((1, 5)) / 5).next_weights(SPACE, History(space=SPACE, feedback=[], weights=[]).model_copy(
+            update={"weights": [Weights.from_raw(np.ones(5))]}))
 
 
 class TargetHeavy:
+    name = "target-heavy"
+
     """A tiny online policy: raises the target share after every stage in which the target score fell."""
 
     def initial_weights(self, space):
@@ -115,11 +129,9 @@ class TargetHeavy:
 
 
 def test_policies_plug_in_as_noisy_families():
-    name = "noisy_test_target_heavy"
-    if name not in families():
-        register_policy_family(name, lambda ctx, p: TargetHeavy())
-    params = draw_params(name, CTX, 11)
-    schedule = build_schedule(name, params, CTX)
+    family = noisy_policy_family("noisy_test_target_heavy", lambda ctx, p: TargetHeavy())
+    params = _draw_params(family, CTX, 11)
+    schedule = build_policy(family, params, CTX)
     from mixagent.trajectories import Feedback
 
     h = History(space=SPACE)
@@ -127,10 +139,10 @@ def test_policies_plug_in_as_noisy_families():
     for t in range(4):
         h.record_feedback(Feedback(step=t, tokens_seen=t, field_scores={"source": -3.0, "target": -4.0 + rng.normal()},
                                    domain_losses={d: 3.0 for d in SPACE.names}))
-        h.record_weights(schedule.next_weights(h))
+        h.record_weights(schedule.next_weights(SPACE, h))
     w = h.weight_matrix()
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
     assert not np.allclose(w[1], w[2]) or not np.allclose(w[2], w[3])
-    again = build_schedule(name, params, CTX)  # seeded: the same noise again
+    again = build_policy(family, params, CTX)  # seeded: the same noise again
     h2 = History(space=SPACE, feedback=h.feedback[:1])
-    np.testing.assert_allclose(again.next_weights(h2).as_array(), w[0])
+    np.testing.assert_allclose(again.next_weights(SPACE, h2).as_array(), w[0])

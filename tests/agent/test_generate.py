@@ -10,23 +10,23 @@ import time
 import pytest
 import yaml
 
-from mixagent.trajectories.generate import GenerateConfig, GenerateError, generate, make_plan
+from mixagent.agent.generate import GenerateConfig, GenerateError, generate, make_plan
+from mixagent.agent.registry import policy_families
 from mixagent.trajectories.schedules import BUILTIN_FAMILIES
-from mixagent.trajectories.schedules import families
 from mixagent.trajectories.storage import FileStore, RecordError, RecordMeta, read_record
 
-from ..conftest import tiny_setting_dict
+from tests.conftest import tiny_setting_dict
 
 
 def test_plan_is_deterministic_prefix_stable_and_covers_every_family(tiny_setting):
     plan = make_plan(tiny_setting, n=30)
-    assert [p.trajectory_id for p in plan] == [p.trajectory_id for p in make_plan(tiny_setting, n=30)]
-    assert [p.trajectory_id for p in make_plan(tiny_setting, n=12)] == [p.trajectory_id for p in plan[:12]]
-    assert len({p.trajectory_id for p in plan}) == 30
-    assert {p.family for p in plan[: len(BUILTIN_FAMILIES)]} == set(BUILTIN_FAMILIES)
+    assert [p.run_id for p in plan] == [p.run_id for p in make_plan(tiny_setting, n=30)]
+    assert [p.run_id for p in make_plan(tiny_setting, n=12)] == [p.run_id for p in plan[:12]]
+    assert len({p.run_id for p in plan}) == 30
+    assert {p.policy for p in plan[: len(BUILTIN_FAMILIES)]} == set(BUILTIN_FAMILIES)
     other = make_plan(tiny_setting.model_copy(update={"seed": 1}), n=3)  # another setting hash
-    assert not {p.trajectory_id for p in other} & {p.trajectory_id for p in plan}
-    assert make_plan(tiny_setting, n=3, seed=1)[0].trajectory_id != plan[0].trajectory_id
+    assert not {p.run_id for p in other} & {p.run_id for p in plan}
+    assert make_plan(tiny_setting, n=3, seed=1)[0].run_id != plan[0].run_id
 
 
 def test_dataset_holds_the_plan_with_a_card(tiny_dataset, tiny_setting):
@@ -34,7 +34,7 @@ def test_dataset_holds_the_plan_with_a_card(tiny_dataset, tiny_setting):
 
     store = FileStore(tiny_dataset)
     plan = make_plan(tiny_setting, n=9)
-    assert store.list() == sorted(p.trajectory_id for p in plan)
+    assert store.list() == sorted(p.run_id for p in plan)
     card = json.loads((tiny_dataset / "card.json").read_text())
     assert card["counts"] == {"trajectories": 9, "stages": 9 * 5, "feedbacks": 9 * 6}
     assert card["families"] == dict.fromkeys(sorted(BUILTIN_FAMILIES), 1)
@@ -42,8 +42,8 @@ def test_dataset_holds_the_plan_with_a_card(tiny_dataset, tiny_setting):
     assert card["package_version"] and card["wall_time_s"]["total"] > 0
     for stored in store.load_all():
         hd = stored.trajectory.header
-        item = next(p for p in plan if p.trajectory_id == hd.trajectory_id)
-        assert (hd.schedule, hd.schedule_params, hd.seed) == (item.family, item.params, item.seed)
+        item = next(p for p in plan if p.run_id == hd.trajectory_id)
+        assert (hd.schedule, hd.schedule_params, hd.seed) == (item.policy, item.params, item.seed)
         assert stored.trajectory.history.stages == tiny_setting.cpt.horizon
 
 
@@ -105,19 +105,25 @@ def test_records_of_another_plan_are_refused(tiny_dataset, tiny_setting, cache_d
     assert len(FileStore(out).list()) == 10  # nothing generated, nothing removed
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_a_failing_trajectory_is_reported_and_the_others_still_finish(tiny_setting, cache_dir, tmp_path):
     from mixagent.trajectories.schedules import ScheduleFamily, register_family
 
     class Exploding:
-        def next_weights(self, history):
+        name = "exploding"
+
+        def initial_weights(self, space):
             raise RuntimeError("schedule blew up")
 
-    if "exploding_test" not in families():
+        def next_weights(self, space, history):
+            raise RuntimeError("schedule blew up")
+
+    if "exploding_test" not in policy_families():
         register_family(ScheduleFamily("exploding_test", lambda c, r, k: {}, lambda c, p: Exploding()))
     out = tmp_path / "failing"
     cfg = GenerateConfig(out=out, n=3, families=("constant", "exploding_test"), threads=1, cache_dir=cache_dir,
                          progress=False)
-    with pytest.raises(GenerateError, match=r"(?s)1 trajectory\(ies\) failed .* \(2 finished now\).*exploding_test-.*blew up"):
+    with pytest.raises(GenerateError, match=r"(?s)1 episode\(s\) failed .* \(2 finished now\).*exploding_test-.*blew up"):
         generate(cfg, tiny_setting)
     store = FileStore(out)
     assert [t.split("-")[0] for t in store.list()] == ["constant", "constant"]
@@ -171,7 +177,7 @@ def test_kill_9_mid_run_then_rerun_loses_nothing_duplicates_nothing(corpus_root,
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     plan = make_plan(load_setting(setting_file), n=4)
-    assert store.list() == sorted(p.trajectory_id for p in plan)
+    assert store.list() == sorted(p.run_id for p in plan)
     for name, data in finished.items():  # finished before the kill: kept byte for byte
         assert (store.records / name).read_bytes() == data
     assert all(len(gzip.decompress(p.read_bytes()).splitlines()) == 6 + 3 for p in store.records.glob("*.gz"))
@@ -266,9 +272,9 @@ def test_ray_executor_runs_the_same_plan_on_a_local_ray(tiny_dataset, tiny_setti
 
 PLUGIN = '''
 from mixagent.agent.baselines import build_baseline
-from mixagent.trajectories.schedules import families, register_policy_family
+from mixagent.trajectories.schedules import RUNTIME_FAMILIES, register_policy_family
 
-if "noisy_user_loss_softmax" not in families():
+if "noisy_user_loss_softmax" not in RUNTIME_FAMILIES:
     register_policy_family(
         "noisy_user_loss_softmax",
         lambda ctx, p: build_baseline("loss-softmax", {"temperature": p["temperature"]}),
@@ -277,7 +283,9 @@ if "noisy_user_loss_softmax" not in families():
 '''
 
 
-def test_an_agent_baseline_with_noise_plugs_in_as_a_family(tiny_setting, cache_dir, tmp_path, monkeypatch):
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_deprecated_plugin_module_still_adds_a_family(tiny_setting, cache_dir, tmp_path, monkeypatch):
+    """``--plugin MODULE`` with ``register_policy_family`` (the previous release's way) still works."""
     pytest.importorskip("mixagent.agent.baselines")
     (tmp_path / "behaviour_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -292,11 +300,12 @@ def test_an_agent_baseline_with_noise_plugs_in_as_a_family(tiny_setting, cache_d
 
 
 def test_unknown_plugin_or_family_is_refused_before_anything_runs(tiny_setting, tmp_path):
-    with pytest.raises(GenerateError, match="--plugin: cannot import 'no_such_module'"):
-        generate(GenerateConfig(out=tmp_path / "a", n=1, plugins=("no_such_module",), progress=False), tiny_setting)
     from mixagent.trajectories import ContractError
 
-    with pytest.raises(ContractError, match="unknown family 'nope'"):
+    with pytest.raises(ContractError, match="--plugin: cannot import 'no_such_module'"):
+        generate(GenerateConfig(out=tmp_path / "a", n=1, plugins=("no_such_module",), progress=False), tiny_setting)
+
+    with pytest.raises(ContractError, match="unknown policy or family 'nope'"):
         generate(GenerateConfig(out=tmp_path / "b", n=1, families=("nope",), progress=False), tiny_setting)
     assert not (tmp_path / "b").exists()  # nothing pinned: a corrected rerun is not refused
 

@@ -1,0 +1,449 @@
+"""The runner: drives the real env with any ``MixingPolicy`` over seeds, resumably, in parallel.
+
+Trajectory generation (behaviour schedules, ``agent/generate.py``) and evaluation (baselines,
+hand schedules and learned policies, ``agent/evaluate.py``) are the same loop: an
+:class:`Episode` names a policy (a ``mixagent.policies`` name and its JSON parameters, or a policy
+artifact folder), a seed and an objective; :func:`run_episodes` runs every episode of a list that
+its dataset folder does not hold yet and writes each as a trajectory record. A schedule is just a
+policy that ignores the feedback.
+
+Seeds are paired: the env's sampling stream comes only from ``Episode.seed``, so two policies run
+with one seed start from the same base and draw from the same generator.
+
+Resume. Finished episodes are files ``records/<id>.jsonl.gz`` written atomically by the driver
+process alone; a rerun skips every id already finished, discards in-progress ``partial/`` records
+and crash temporaries, and runs the rest. A ``kill -9`` at any moment loses at most the episodes in
+flight. A lock file (``DIR/.lock``) keeps two drivers out of one folder, and a folder is one
+environment (``trajectories/environment.py``): a run trained on another corpus or from another
+base is refused.
+
+Workers. One worker = one process holding one env (one model), reused across episodes; ``reset``
+restores the base model from memory. ``threads`` sets torch's intra-op threads per worker (total
+CPU use ≈ workers × threads). ``executor="ray"`` runs the same workers as Ray actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mixagent.agent.registry import build_policy, import_plugins
+from mixagent.trajectories.contract import Objective, Trajectory, TrajectoryHeader
+from mixagent.trajectories.environment import START_TOLERANCE, FolderEnvironment, ForeignEnvironmentError
+from mixagent.trajectories.policy import MixingPolicy, PolicyContext
+from mixagent.trajectories.stats import TrajectorySummary, build_card, summarise
+from mixagent.trajectories.storage import (
+    FileStore,
+    PartialRecord,
+    RecordMeta,
+    StoredTrajectory,
+    default_meta,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from mixagent.env.setting import Setting
+
+__all__ = [
+    "Executor",
+    "Episode",
+    "RunnerConfig",
+    "RunnerError",
+    "RunReport",
+    "EpisodeWorker",
+    "run_episodes",
+    "write_card",
+]
+
+log = logging.getLogger(__name__)
+
+Executor = Literal["local", "ray"]
+
+
+class RunnerError(RuntimeError):
+    """Episodes cannot start or go on (the message says why and names the file)."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One run to make: ``policy`` (a ``mixagent.policies`` name) with ``params``, or the policy
+    artifact in folder ``artifact``, on the runner's setting with ``seed``.
+
+    ``run_id`` names the record; ``label`` (default: the policy name) and ``params`` go into the
+    header as ``schedule`` and ``schedule_params``; ``objective`` (default: the setting's) is both
+    what the policy is built for and the header's objective."""
+
+    run_id: str
+    policy: str
+    params: dict[str, Any]
+    seed: int
+    index: int = 0
+    label: str | None = None
+    objective: Objective | None = None
+    artifact: str | None = None
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How episodes run. Every field is a plain value so a config crosses process boundaries."""
+
+    workers: int = 1
+    """Parallel workers, each holding one env; 1 runs in this process."""
+    threads: int = 0
+    """torch threads per worker; 0: cpu_count // workers (at least 1)."""
+    executor: Executor = "local"
+    """``local``: this process or a process pool; ``ray``: Ray actors."""
+    ray_address: str | None = None
+    """Ray cluster address (None: start a local Ray instance)."""
+    cache_dir: Path | None = None
+    """Cache of corpora and base models (default ``$MIXAGENT_HOME``)."""
+    progress: bool = True
+    """Show a progress bar with an ETA (otherwise one log line per episode)."""
+    start_tolerance: float = START_TOLERANCE
+    """Refuse a run whose first evaluation differs from the folder's by more (nats, any domain)."""
+    adopt_corpus: bool = False
+    """Let a folder whose records all predate provenance take this machine's corpus digest."""
+    plugins: tuple[str, ...] = ()
+    """Deprecated ``--plugin`` modules imported (here and in every worker) before policies are built."""
+
+    def resolved_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // max(self.workers, 1))
+
+    def check(self) -> None:
+        if self.workers < 1:
+            raise RunnerError(f"--workers: must be >= 1, got {self.workers}")
+        if self.executor not in ("local", "ray"):
+            raise RunnerError(f"--executor: must be 'local' or 'ray', got {self.executor!r}")
+        if not self.start_tolerance >= 0:
+            raise RunnerError(f"--start-tolerance: must be >= 0, got {self.start_tolerance}")
+
+
+@dataclass
+class RunReport:
+    out: Path
+    planned: int
+    already_done: int
+    generated: int = 0
+    wall_s: float = 0.0
+    seconds_per_trajectory: list[float] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    """``<id>: <error>`` of the episodes that raised (left out; a rerun retries them)."""
+
+
+# ----- workers ------------------------------------------------------------------------------------
+
+
+class EpisodeWorker:
+    """One env (one model in this process), reused for many episodes."""
+
+    def __init__(self, setting: dict[str, Any], cache_dir: str | None, threads: int, plugins: Sequence[str] = ()):
+        import torch  # noqa: PLC0415
+
+        import_plugins(plugins)
+
+        from mixagent import __version__  # noqa: PLC0415
+        from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415
+        from mixagent.env.setting import load_setting  # noqa: PLC0415
+
+        torch.set_num_threads(max(1, threads))
+        self.setting = load_setting(setting)
+        self.env = DataMixingEnv(self.setting, cache_dir=cache_dir)
+        self.version = __version__
+        self._artifacts: dict[str, Any] = {}
+
+    def context(self, objective: Objective | None = None) -> PolicyContext:
+        s = self.setting
+        return PolicyContext(s.space, s.cpt.horizon, s.action, objective or s.objective)
+
+    def header(self, ep: Episode) -> TrajectoryHeader:
+        s = self.setting
+        return TrajectoryHeader(
+            trajectory_id=ep.run_id,
+            setting_name=s.name,
+            setting_hash=s.hash(),
+            model=self.env.model_description,
+            space=s.space,
+            objective=ep.objective or s.objective,
+            action=self.context().spec(ep.params.get("level", s.action.level)),
+            horizon=s.cpt.horizon,
+            interval=s.cpt.interval,
+            schedule=ep.label or ep.policy,
+            schedule_params=ep.params,
+            seed=ep.seed,
+            package_version=self.version,
+        )
+
+    def policy(self, ep: Episode) -> MixingPolicy:
+        ctx = self.context(ep.objective)
+        if ep.artifact is None:
+            return build_policy(ep.policy, ep.params, ctx)
+        from mixagent.agent.policy import load_artifact  # noqa: PLC0415
+
+        if ep.artifact not in self._artifacts:
+            self._artifacts[ep.artifact] = load_artifact(ep.artifact)[1]
+        return self._artifacts[ep.artifact](ctx.horizon, ctx.objective)
+
+    def run(self, ep: Episode, partial_dir: str | None = None) -> dict[str, Any]:
+        """Run one episode; append its stages to ``partial_dir/<id>.jsonl`` when that folder exists
+        here (on a remote Ray node it may not). Returns JSON-able trajectory and metadata."""
+        t_start = time.perf_counter()
+        header = self.header(ep)
+        policy = self.policy(ep)
+        space = self.setting.space
+        partial = None
+        if partial_dir and Path(partial_dir).is_dir():
+            partial = PartialRecord(Path(partial_dir) / f"{ep.run_id}.jsonl", header)
+        try:
+            # Wall times are measured here around the env calls (train + evaluate of each stage).
+            t0 = time.perf_counter()
+            self.env.reset(seed=ep.seed)
+            start_s = time.perf_counter() - t0
+            if partial:
+                partial.start(self.env.history.feedback[0], start_s)
+            walls: list[float] = []
+            truncated = False
+            while not truncated:
+                w = policy.next_weights(space, self.env.history)
+                t0 = time.perf_counter()
+                _, _, _, truncated, _ = self.env.step_weights(w)
+                walls.append(time.perf_counter() - t0)
+                if partial:
+                    partial.stage(w, self.env.history.feedback[-1], walls[-1])
+        finally:
+            if partial:
+                partial.close()
+        traj = Trajectory(header=header, history=self.env.history, stage_wall_s=walls)
+        meta = default_meta(time.perf_counter() - t_start, start_s, self.env.backend.provenance())
+        return {"trajectory": traj.model_dump(mode="json"), "meta": asdict(meta)}
+
+
+_WORKER: EpisodeWorker | None = None
+
+
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """Pool workers do not notice a ``kill -9`` of the driver: without this they would train their
+    episode to the end for nobody (competing with the resumed run) and then wait forever."""
+    import threading  # noqa: PLC0415
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(setting: dict[str, Any], cache_dir: str | None, threads: int, plugins: Sequence[str]) -> None:
+    global _WORKER
+    _exit_with_parent()
+    _WORKER = EpisodeWorker(setting, cache_dir, threads, plugins)
+
+
+def _run_in_worker(ep: Episode, partial_dir: str | None) -> dict[str, Any]:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.run(ep, partial_dir)
+
+
+Outcome = tuple[Episode, "dict[str, Any] | Exception"]
+"""A finished episode with its result, or the exception that ended it (reported, not fatal)."""
+
+
+def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode], partial: str) -> Iterator[Outcome]:
+    cache = str(cfg.cache_dir) if cfg.cache_dir else None
+    threads = cfg.resolved_threads()
+    if cfg.workers <= 1:
+        worker = EpisodeWorker(setting, cache, threads, cfg.plugins)
+        for ep in todo:
+            try:
+                result: dict[str, Any] | Exception = worker.run(ep, partial)
+            except Exception as e:  # noqa: BLE001 - reported per episode by the driver
+                result = e
+            yield ep, result
+        return
+    import multiprocessing as mp  # noqa: PLC0415
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait  # noqa: PLC0415
+    from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
+
+    pool = ProcessPoolExecutor(
+        max_workers=cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+        initargs=(setting, cache, threads, cfg.plugins),
+    )
+    finished = False
+    try:
+        queue = iter(todo)
+        pending: dict[Any, Episode] = {}
+        for ep in queue:  # keep exactly one task per worker in flight, in plan order
+            pending[pool.submit(_run_in_worker, ep, partial)] = ep
+            if len(pending) >= cfg.workers:
+                break
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: pending[f].index):
+                ep = pending.pop(fut)
+                exc = fut.exception()
+                if isinstance(exc, BrokenProcessPool):  # a worker died (OOM kill, segfault): stop here
+                    raise RunnerError(f"a worker process died ({exc}); rerun the same command to resume") from exc
+                yield ep, exc if exc is not None else fut.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending[pool.submit(_run_in_worker, nxt, partial)] = nxt
+        finished = True
+    finally:
+        if not finished:  # the driver stopped early (an error, or the consumer closed us): stop the
+            # episodes in flight now instead of training them to the end for nobody
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode], partial: str) -> Iterator[Outcome]:
+    try:
+        import ray  # noqa: PLC0415
+    except ImportError as e:
+        raise RunnerError("--executor ray needs Ray: pip install 'mixagent[ray]'") from e
+    threads = cfg.resolved_threads()
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"address": cfg.ray_address, "include_dashboard": False, "log_to_driver": False}
+        if cfg.ray_address is None:  # a local instance sized for the requested workers
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, cfg.workers * threads)
+        ray.init(**kwargs)
+    try:
+        remote_worker = ray.remote(num_cpus=threads)(EpisodeWorker)
+        cache = str(cfg.cache_dir) if cfg.cache_dir else None
+        actors = [remote_worker.remote(setting, cache, threads, cfg.plugins) for _ in range(max(cfg.workers, 1))]
+        queue = iter(todo)
+        pending: dict[Any, tuple[Any, Episode]] = {}
+        for actor in actors:
+            ep = next(queue, None)
+            if ep is not None:
+                pending[actor.run.remote(ep, partial)] = (actor, ep)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            actor, ep = pending.pop(done[0])
+            try:
+                result: dict[str, Any] | Exception = ray.get(done[0])
+            except ray.exceptions.ActorDiedError as e:
+                raise RunnerError(f"a Ray worker died ({e}); rerun the same command to resume") from e
+            except Exception as e:  # noqa: BLE001 - a RayTaskError wraps the episode's own error
+                result = e
+            yield ep, result
+            ep = next(queue, None)
+            if ep is not None:
+                pending[actor.run.remote(ep, partial)] = (actor, ep)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ----- the driver ---------------------------------------------------------------------------------
+
+
+def write_card(store: FileStore, summaries: dict[str, TrajectorySummary]) -> dict[str, Any]:
+    card = build_card(list(summaries.values()))
+    write_json_atomic(store.root / "card.json", card)
+    return card
+
+
+FolderCheck = Callable[[FileStore, list[StoredTrajectory]], None]
+"""Runs under the folder's lock before anything else (pin a plan, refuse foreign records)."""
+
+
+def run_episodes(
+    setting: Setting,
+    episodes: Sequence[Episode],
+    out: str | Path,
+    cfg: RunnerConfig,
+    *,
+    check_folder: FolderCheck | None = None,
+    desc: str | None = None,
+) -> RunReport:
+    """Run every episode of ``episodes`` that ``out`` does not hold yet; see the module docstring.
+
+    An episode that raises is logged and left out (the next run retries it); the others go on, and
+    a :class:`RunnerError` listing the failures ends the run. The folder's ``card.json`` is kept up
+    to date after every record."""
+    cfg.check()
+    ids = [ep.run_id for ep in episodes]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise RunnerError(f"episodes: duplicate run ids {dup[:5]}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RunnerError(f"--out: {out} exists and is not a folder")
+    import_plugins(cfg.plugins)
+    store = FileStore(out)
+    with store.lock("run episodes"):
+        # Nothing else writes here while we hold the lock: temporaries and partials are dead.
+        for tmp in store.stale_temporaries():
+            tmp.unlink()
+        for pid in store.partial_ids():
+            (store.partial / f"{pid}.jsonl").unlink()
+        store.partial.mkdir(parents=True, exist_ok=True)
+        stored = store.load_all()
+        if check_folder is not None:
+            check_folder(store, stored)
+        summaries = {s.trajectory.header.trajectory_id: summarise(s) for s in stored}
+        # The folder itself must be one environment (a corpus adopted before is kept); new runs join it.
+        try:
+            environment = FolderEnvironment.of(store.root, stored, cfg.start_tolerance)
+        except ForeignEnvironmentError as e:
+            raise RunnerError(str(e)) from None
+        environment.adopt_corpus = cfg.adopt_corpus
+        todo = [ep for ep in episodes if ep.run_id not in summaries]
+        report = RunReport(store.root, len(episodes), len(episodes) - len(todo))
+        write_card(store, summaries)
+        if not todo:
+            return report
+        results = (_results_ray if cfg.executor == "ray" else _results_local)(
+            cfg, setting.model_dump(mode="json"), todo, str(store.partial)
+        )
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        t_first: float | None = None
+        with closing(results), tqdm(total=len(episodes), initial=report.already_done, unit="traj",
+                                    desc=desc or setting.name, disable=not cfg.progress, smoothing=0.0,
+                                    dynamic_ncols=True) as bar:
+            for ep, res in results:
+                if isinstance(res, Exception):
+                    report.failed.append(f"{ep.run_id}: {type(res).__name__}: {res}")
+                    log.error("%s failed (left out; the next run retries it): %s", ep.run_id, res)
+                    continue
+                traj = Trajectory.model_validate(res["trajectory"])
+                meta = RecordMeta(**res["meta"])
+                try:
+                    environment.admit(traj, meta.provenance)
+                except ForeignEnvironmentError as e:
+                    raise RunnerError(str(e)) from None
+                store.write(traj, meta)
+                s = summaries[traj.header.trajectory_id] = summarise(traj, meta)
+                write_card(store, summaries)
+                report.generated += 1
+                report.seconds_per_trajectory.append(meta.wall_s)
+                bar.set_postfix(last=f"{s.family} B={s.final_balanced:+.4f}", refresh=False)
+                bar.update(1)
+                if not cfg.progress:
+                    now = time.perf_counter()
+                    t_first = t_first or now  # the rate after the first result leaves out start-up
+                    rate = (now - t_first) / (report.generated - 1) if report.generated > 1 else now - t0
+                    eta = rate * (len(todo) - report.generated - len(report.failed))
+                    log.warning("%d/%d %s %s B=%+.4f (%.0fs; ETA %.0f min)", report.already_done + report.generated,
+                                len(episodes), traj.header.trajectory_id, s.family, s.final_balanced, meta.wall_s,
+                                eta / 60)
+        report.wall_s = time.perf_counter() - t0
+        if not any(store.partial.iterdir()):
+            store.partial.rmdir()
+    if report.failed:
+        raise RunnerError(
+            f"{len(report.failed)} episode(s) failed and were left out ({report.generated} finished now); "
+            "rerun the same command to retry them:\n  " + "\n  ".join(report.failed)
+        )
+    return report
