@@ -78,12 +78,12 @@ class Settings(BaseSettings):
     def _known_database(cls, url: str) -> str:
         scheme, sep, rest = url.partition("://")
         if not sep:
-            raise ValueError(f"database_url: {url!r} is not a URL; use sqlite:///path/to/file.db or "
+            raise ValueError(f"{url!r} is not a URL; use sqlite:///path/to/file.db or "
                              "postgresql+psycopg://user@host/db")
         if scheme in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
             return f"postgresql+psycopg://{rest}"
         if scheme not in ("sqlite", "sqlite+pysqlite"):
-            raise ValueError(f"database_url: unsupported scheme {scheme!r} in {_hide_password(url)!r}; use "
+            raise ValueError(f"unsupported scheme {scheme!r} in {_hide_password(url)!r}; use "
                              "sqlite:///path/to/file.db or postgresql+psycopg://user@host/db")
         return url
 

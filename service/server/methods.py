@@ -4,6 +4,9 @@ all (Starlette answers with the methods of the first route that matched the path
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -12,10 +15,21 @@ from mixagent.service.server.limits import send_json
 __all__ = ["allowed_methods", "OptionsMiddleware"]
 
 
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route, inside included routers too (FastAPI keeps ``include_router``'s routers whole;
+    the app includes them without a prefix, so their routes' own paths are the full paths)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
 def allowed_methods(scope: Scope) -> list[str]:
     """The methods the routes of ``scope["app"]`` allow on ``scope``'s path (empty: no such path)."""
     methods: set[str] = set()
-    for route in scope["app"].router.routes:
+    for route in _routes(scope["app"].router.routes):
         match, _ = route.matches(scope)  # PARTIAL: the path matches, the method does not
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())

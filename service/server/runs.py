@@ -59,11 +59,14 @@ __all__ = ["RunStore", "RunState", "StoredDecision", "RunPage", "estimate_bytes"
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 RUN_BYTES = 8_000
 """Estimated fixed cost of a cached run (state, domain space, policy handle, lock)."""
-DECISION_BYTES = 1_500
+DECISION_BYTES = 2_000
 """Estimated fixed cost of one cached decision (feedback, weights, ids, history entries)."""
-CELL_BYTES = 110
+CELL_BYTES = 80
 """Estimated cost of one number of a cached decision (a domain loss, a field score or a weight with
-its dict slot, float object and name reference)."""
+its dict slot and float object). Set from the server's resident memory: a cached run of 1025
+decisions x 256 domains adds 43 MB of RSS (``bench/service_memory.py``) against 44 MB estimated;
+tracemalloc counts less (45 B a number at 256 domains, 53 B at 64, plus about 1.6 kB a decision),
+so the estimate is conservative (``tests/service/server/test_memory.py``)."""
 _INSERT_DECISION = insert(Decision.__table__)  # type: ignore[arg-type]
 
 

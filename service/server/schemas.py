@@ -50,7 +50,7 @@ MAX_HORIZON = 4096
 """Decisions of a run: a decision every 25 optimizer steps of a 100k-step run, with room to spare."""
 MAX_RUN_VALUES = 2**18
 """``horizon × domains`` of a run (e.g. 1024 decisions × 256 domains, 4096 × 64): bounds the memory
-one cached run takes (about 60 MB at the bound, :func:`mixagent.service.server.runs.estimate_bytes`)."""
+one cached run takes (about 44 MB at the bound, :func:`mixagent.service.server.runs.estimate_bytes`)."""
 MAX_PAGE = 500
 """History entries in one ``GET /v1/runs/{id}`` answer (at 256 domains, about 8 MB)."""
 MAX_STEP = 2**53
@@ -315,7 +315,7 @@ class PolicyLoad(_In):
     """An artifact folder to load, relative to the service's ``policy_dir``."""
 
     path: Annotated[str, Field(
-        min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$",
+        min_length=1, max_length=1024, json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]+$"},
         description="Folder relative to policy_dir: no control characters, each part at most 255 bytes.")]
 
     @field_validator("path")
@@ -323,11 +323,11 @@ class PolicyLoad(_In):
     def _a_plain_relative_path(cls, path: str) -> str:
         bad = sorted({f"U+{ord(c):04X}" for c in path if ord(c) < 0x20 or ord(c) == 0x7F})
         if bad:
-            raise ValueError(f"path: control character(s) {bad} in {path!r}")
+            raise ValueError(f"control character(s) {bad} in {path!r}")
         for part in path.replace("\\", "/").split("/"):
             if len(part.encode()) > MAX_PATH_PART_BYTES:
                 raise ValueError(
-                    f"path: the part {part[:40]!r}... is {len(part.encode())} bytes; a file name has at most "
+                    f"the part {part[:40]!r}... is {len(part.encode())} bytes; a file name has at most "
                     f"{MAX_PATH_PART_BYTES}")
         return path
 

@@ -50,9 +50,12 @@ class BackgroundServer:
     def __init__(self, app: Any, port: int | None = None):
         import uvicorn  # noqa: PLC0415
 
+        from mixagent.service.server.limits import uvicorn_limits  # noqa: PLC0415
+
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    **uvicorn_limits()))
         self.thread = threading.Thread(target=self.server.run, name="mixagent-server", daemon=True)
 
     def __enter__(self) -> BackgroundServer:

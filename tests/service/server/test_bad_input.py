@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.service.conftest import auth, feedback_body, run_body
+from tests.service.conftest import ADMIN, auth, feedback_body, run_body
 
 
 @pytest.fixture()
@@ -126,3 +126,118 @@ def test_unknown_run_and_route(client):
 def test_a_body_that_is_not_utf8_is_422(client, rid):
     r = client.post(f"/v1/runs/{rid}/feedback", content=b"\xff\x12\xfe?O", headers={**auth(), "Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith("body: malformed JSON")
+
+
+# ----- the audit's requests (issue 11, points 1 and 3) --------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("a\u0000b", "body.path: control character(s) ['U+0000'] in 'a\\x00b'"),
+        ("x" * 256, "is 256 bytes; a file name has at most 255"),
+        ("ok/" + "é" * 128, "is 256 bytes; a file name has at most 255"),
+        ("tab\there", "control character(s) ['U+0009']"),
+    ],
+    ids=["nul", "long-name", "long-utf8-part", "tab"],
+)
+def test_bad_artifact_paths_are_422_naming_the_path(client, path, message):
+    r = client.post("/v1/policies/load", json={"path": path}, headers=auth(ADMIN))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("body.path") and message in r.json()["detail"]
+
+
+def test_file_system_errors_while_loading_are_422(client, settings, monkeypatch):
+    """Whatever the file system raises (here: a name too long for it, below the 255-byte rule)."""
+    import errno
+
+    from mixagent.service.server import registry
+
+    def refuse(folder, *a, **k):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENAMETOOLONG, "File name too long", str(folder))
+
+    monkeypatch.setattr(registry, "load_artifact", refuse)
+    r = client.post("/v1/policies/load", json={"path": "deep/name"}, headers=auth(ADMIN))
+    assert r.status_code == 422
+    assert r.json()["detail"] == "path: cannot read artifact 'deep/name': File name too long"
+
+
+def test_refusals_keep_the_connection_alive(server):
+    """A 4xx answer leaves the keep-alive connection open (a 500 made uvicorn drop it)."""
+    import http.client
+
+    from mixagent.service.server.config import principal_of  # noqa: F401 - the app is the fixture's
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        body = json.dumps({"path": "a\u0000b"})
+        conn.request("POST", "/v1/policies/load", body=body, headers={**auth(ADMIN), "Content-Type": "application/json"})
+        sock = conn.sock
+        r = conn.getresponse()
+        assert r.status == 422 and (r.getheader("connection") or "").lower() != "close"
+        r.read()
+        conn.request("GET", "/healthz")
+        r2 = conn.getresponse()
+        assert r2.status == 200 and conn.sock is sock  # the same socket: not reconnected
+        r2.read()
+        conn.request("GET", "/v1/runs?" + "x=1&" * 3000, headers=auth())  # 414 keeps it too
+        r3 = conn.getresponse()
+        assert r3.status == 414 and r3.getheader("content-type") == "application/json"
+        r3.read()
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200 and conn.sock is sock
+    finally:
+        conn.close()
+
+
+def test_the_url_and_header_limits_answer_json(client):
+    r = client.get("/v1/runs?offset=0&" + "a" * 9000, headers=auth())
+    assert r.status_code == 414
+    assert r.json()["detail"].startswith("url: the path and query string are ") and "limit is 8192 bytes" in r.json()["detail"]
+    r = client.get("/v1/runs", headers={**auth(), "X-Big": "b" * 17000})
+    assert r.status_code == 431 and "16384 bytes" in r.json()["detail"]
+    r = client.get("/v1/runs", headers={**auth(), **{f"X-H{i}": "1" for i in range(70)}})
+    assert r.status_code == 431 and "64 lines" in r.json()["detail"]
+    # just under the limits passes
+    assert client.get("/v1/runs?offset=0&" + "a" * 8000, headers=auth()).status_code == 422  # unknown query key
+    assert client.get("/v1/runs", headers={**auth(), "X-Big": "b" * 15000}).status_code == 200
+
+
+def test_options_and_405_list_every_method_of_the_path(client):
+    r = client.options("/v1/runs")
+    assert r.status_code == 204 and r.headers["allow"] == "GET, HEAD, POST, OPTIONS"
+    r = client.options("/v1/runs/" + "a" * 32 + "/feedback")
+    assert r.status_code == 204 and r.headers["allow"] == "POST, OPTIONS"
+    assert client.options("/v1/nothing").status_code == 404
+    r = client.delete("/v1/runs", headers=auth())
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST, OPTIONS"
+    assert r.json()["detail"] == "method: DELETE is not allowed on /v1/runs; allowed: GET, HEAD, POST, OPTIONS"
+
+
+def test_the_openapi_schema_closes_name_keyed_maps_and_documents_the_limits(client):
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for model, prop in (("FeedbackIn", "field_scores"), ("FeedbackIn", "domain_losses")):
+        s = schemas[model]["properties"][prop]
+        assert s["additionalProperties"] is False and list(s["patternProperties"]) == ["^[A-Za-z0-9_.\\-]+$"]
+    fw = schemas["ObjectiveIn"]["properties"]["field_weights"]["anyOf"][0]
+    assert fw["additionalProperties"] is False
+    assert "8 KiB (414)" in doc["info"]["description"] and "(431)" in doc["info"]["description"]
+    feedback = doc["paths"]["/v1/runs/{run_id}/feedback"]["post"]["responses"]
+    assert {"409", "413", "414", "422", "431"} <= set(feedback)
+    # a key the server refuses is now schema-invalid too: the server says which
+    rid = client.post("/v1/runs", json=run_body(), headers=auth()).json()["run_id"]
+    body = feedback_body(0)
+    body["domain_losses"]["bad key"] = 1.0
+    r = client.post(f"/v1/runs/{rid}/feedback", json=body, headers=auth())
+    assert r.status_code == 422 and "body.domain_losses.bad key" in r.json()["detail"]
+
+
+def test_a_lost_database_is_503_not_500(client, app, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def down(*a, **k):  # type: ignore[no-untyped-def]
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(app.state.store, "list", down)
+    r = client.get("/v1/runs", headers=auth())
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json() == {"detail": "database: unavailable, retry later"}

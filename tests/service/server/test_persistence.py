@@ -4,16 +4,12 @@ two app instances (replicas) on one real database."""
 from __future__ import annotations
 
 import threading
-import uuid
 
-import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from mixagent.service.server.main import create_app
 from tests.service.conftest import auth, feedback_body, run_body
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def test_a_restart_keeps_every_decision(settings):
@@ -38,21 +34,6 @@ def test_a_restart_keeps_every_decision(settings):
 def test_sqlite_runs_in_wal_mode(app, settings):
     with app.state.store.sessions() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-
-
-@pytest.fixture()
-def pg_url():  # type: ignore[no-untyped-def]
-    name = f"mixagent_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({type(e).__name__})")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_postgres_replicas_share_runs_and_stay_idempotent(settings, pg_url):

@@ -169,7 +169,10 @@ def test_an_onnx_model_of_the_wrong_width_is_refused(client, settings):
     space = DomainSpace.from_fields({"source": ["a"], "target": ["b"]})
     write_onnx_policy(settings.policy_dir / "narrow", space, ActionSpec(), width=5)
     r = _load(client, "narrow")
-    assert r.status_code == 422 and "expected one input of width 23" in r.json()["detail"]
+    from mixagent.trajectories import observation_size
+
+    width = observation_size(space, ActionSpec())  # the encoder's, whatever its version
+    assert r.status_code == 422 and f"expected one input of width {width}" in r.json()["detail"]
 
 
 def test_loaded_artifacts_come_back_after_a_restart(settings):

@@ -120,3 +120,66 @@ def test_list_runs_is_per_token(client):
     assert r["count"] == 2 and [x["run_id"] for x in r["data"]] == [a, b]
     assert client.get("/v1/runs?limit=1&offset=1", headers=auth()).json()["data"][0]["run_id"] == b
     assert client.get("/v1/runs", headers=auth("tok-bob")).json() == {"data": [], "count": 0}
+
+
+# ----- issue 11, point 4: tokens_seen, limits a real run needs, pagination ---------------------------
+def test_tokens_seen_never_goes_backwards(client):
+    rid = _create(client)["run_id"]
+    client.post(f"/v1/runs/{rid}/feedback", json=feedback_body(0, tokens_seen=0), headers=auth())
+    client.post(f"/v1/runs/{rid}/feedback", json=feedback_body(10, tokens_seen=4096), headers=auth())
+    r = client.post(f"/v1/runs/{rid}/feedback", json=feedback_body(20, tokens_seen=100), headers=auth())
+    assert r.status_code == 409
+    assert r.json()["detail"].startswith(
+        "tokens_seen: 100 at step 20 is less than the 4096 reported at step 10 of run")
+    # equal counts are allowed (a trainer that does not count tokens sends the same number)
+    r = client.post(f"/v1/runs/{rid}/feedback", json=feedback_body(20, tokens_seen=4096), headers=auth())
+    assert r.status_code == 200
+
+
+def test_run_size_limits_name_the_values(client):
+    r = client.post("/v1/runs", json=run_body(horizon=4097), headers=auth())
+    assert r.status_code == 422 and r.json()["detail"].startswith("body.horizon: Input should be less than or equal to 4096")
+    many = [{"name": f"d{i}", "field": "source" if i else "target"} for i in range(256)]
+    r = client.post("/v1/runs", json=run_body(domains=many, horizon=1025), headers=auth())
+    assert r.status_code == 422
+    assert "horizon: 1025 decisions x 256 domains = 262400 values; a run holds at most 262144" in r.json()["detail"]
+    assert client.post("/v1/runs", json=run_body(domains=many, horizon=1024), headers=auth()).status_code == 201
+    assert client.post("/v1/runs", json=run_body(horizon=4096), headers=auth()).status_code == 201
+
+
+def test_run_history_is_paginated(client):
+    rid = _create(client, horizon=12)["run_id"]
+    steps = [10 * i for i in range(13)]
+    ids = [client.post(f"/v1/runs/{rid}/feedback", json=feedback_body(s), headers=auth()).json()["decision_id"]
+           for s in steps]
+    first = client.get(f"/v1/runs/{rid}?limit=5", headers=auth()).json()
+    assert (first["decisions"], first["offset"], first["next_offset"], first["done"]) == (13, 0, 5, True)
+    assert [h["decision_id"] for h in first["history"]] == ids[:5]
+    pages, offset = [], 0
+    while offset is not None:
+        page = client.get(f"/v1/runs/{rid}?offset={offset}&limit=5", headers=auth()).json()
+        pages += page["history"]
+        offset = page["next_offset"]
+    assert [h["step"] for h in pages] == steps
+    assert client.get(f"/v1/runs/{rid}?offset=5&limit=1", headers=auth()).json()["history"][0]["decision_id"] == ids[5]
+    past = client.get(f"/v1/runs/{rid}?offset=20", headers=auth()).json()
+    assert past["history"] == [] and past["next_offset"] is None and past["decisions"] == 13
+    r = client.get(f"/v1/runs/{rid}?limit=501", headers=auth())
+    assert r.status_code == 422 and r.json()["detail"].startswith("query.limit")
+    assert len(client.get(f"/v1/runs/{rid}", headers=auth()).json()["history"]) == 13  # default 100
+
+
+def test_a_page_of_a_large_run_is_small(client):
+    """The audit's run (many decisions x 256 domains) made GET /v1/runs/{id} 12.6 MB; a page is bounded."""
+    domains = [{"name": f"d{i:03d}", "field": "target" if i < 8 else "source"} for i in range(256)]
+    rid = client.post("/v1/runs", json=run_body(domains=domains, horizon=1000, policy="prior"),
+                      headers=auth()).json()["run_id"]
+    for k in range(120):
+        body = {"step": k, "tokens_seen": k * 1000,
+                "field_scores": {"source": -2.0, "target": -3.0},
+                "domain_losses": {d["name"]: 2.0 + 0.001 * k for d in domains}}
+        assert client.post(f"/v1/runs/{rid}/feedback", json=body, headers=auth()).status_code == 200
+    r = client.get(f"/v1/runs/{rid}", headers=auth())
+    assert len(r.json()["history"]) == 100 and r.json()["next_offset"] == 100
+    per_entry = len(r.content) / 100
+    assert per_entry * 500 < 10_000_000  # the largest page (500 entries at 256 domains) stays under 10 MB

@@ -32,3 +32,25 @@ def test_demo_runs_a_served_episode_against_uniform(tiny_setting_file, tiny_back
     traj = Trajectory.model_validate_json(lines[0])
     assert traj.header.schedule == "loss-softmax" and traj.history.stages == 5
     assert (out / "weights.png").stat().st_size > 10_000
+
+
+def test_an_unknown_policy_is_refused_before_anything_is_loaded(tmp_path):
+    """The setting does not even exist: the policy is checked first, in one line."""
+    from mixagent.cli import app
+
+    res = CliRunner().invoke(app, ["demo", "--policy", "nosuch", "--setting", str(tmp_path / "none.yaml"),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("demo: --policy: unknown policy 'nosuch'; known: [")
+    assert "loss-softmax" in lines[0]
+
+
+def test_without_the_train_extra_the_demo_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from mixagent.cli import app
+
+    monkeypatch.setitem(sys.modules, "mixagent.env.mixing_env", None)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and res.output.strip().endswith("pip install 'mixagent[all]'"), res.output
