@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,15 +29,11 @@ from typing import Any
 
 import httpx
 
+from mixagent.service.trainer.demo import free_port
+
 TOKEN = "bench-token"
 H = {"Authorization": f"Bearer {TOKEN}"}
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mb(pid: int) -> float:
@@ -55,7 +50,7 @@ def _domains(k: int) -> list[dict[str, Any]]:
 
 def run_config(cache_mb: int, runs: int, decisions: int, k: int) -> dict[str, Any]:
     db = Path(tempfile.mkdtemp(prefix="mixagent-mem-")) / "m.db"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MIXAGENT_TOKENS": TOKEN, "MIXAGENT_DATABASE_URL": f"sqlite:///{db}",
            "MIXAGENT_RUN_CACHE_MB": str(cache_mb), "MIXAGENT_LOG_LEVEL": "warning"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "mixagent.service.server.main:create_app", "--factory",

@@ -396,7 +396,7 @@ class RunStore:
         """Record ``fb`` and decide the next weights; returns (run, decision, replayed)."""
         payload_hash = stable_hash(fb.model_dump())
         state = self.get(owner=owner, run_id=run_id)
-        for attempt in range(3):
+        for _attempt in range(3):
             with state.lock:
                 result = self._decide(state, fb, payload_hash)
             if result is not None:

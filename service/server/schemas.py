@@ -133,9 +133,9 @@ class RunCreate(_In):
     seed: Int(0, MAX_STEP) = 0
 
     @model_validator(mode="after")
-    def _unique_names(self) -> RunCreate:
+    def _check_run(self) -> RunCreate:
         try:  # the contract's own checks (unique names), so they are stated once
-            self.space()
+            space = self.space()
         except ValidationError as e:
             raise ValueError(format_validation_errors(e.errors(), root="domains")[0]) from None
         if self.horizon * len(self.domains) > MAX_RUN_VALUES:
@@ -148,7 +148,7 @@ class RunCreate(_In):
         if len(fields) > MAX_FIELDS:
             raise ValueError(f"domains: {len(fields)} fields, at most {MAX_FIELDS}")
         if self.objective is not None and self.objective.field_weights is not None:
-            unknown = sorted(set(self.objective.field_weights) - fields)
+            unknown = sorted(set(self.objective.field_weights) - set(space.fields))
             if unknown:
                 raise ValueError(f"objective.field_weights: unknown field(s) {unknown}; fields are {sorted(fields)}")
         return self

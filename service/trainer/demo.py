@@ -30,7 +30,7 @@ from mixagent.service.server.export import export_trajectories, write_jsonl
 from mixagent.service.server.main import create_app
 from mixagent.trajectories.contract import ContractError, Feedback, History, Weights
 
-__all__ = ["BackgroundServer", "DemoError", "run_demo"]
+__all__ = ["BackgroundServer", "DemoError", "free_port", "run_demo"]
 
 
 class DemoError(Exception):
@@ -38,7 +38,8 @@ class DemoError(Exception):
     one line)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -52,7 +53,7 @@ class BackgroundServer:
 
         from mixagent.service.server.limits import uvicorn_limits  # noqa: PLC0415
 
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     **uvicorn_limits()))

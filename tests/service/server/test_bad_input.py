@@ -164,7 +164,6 @@ def test_refusals_keep_the_connection_alive(server):
     """A 4xx answer leaves the keep-alive connection open (a 500 made uvicorn drop it)."""
     import http.client
 
-    from mixagent.service.server.config import principal_of  # noqa: F401 - the app is the fixture's
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
