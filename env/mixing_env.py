@@ -46,7 +46,8 @@ class DataMixingEnv(gym.Env):
     ## Observation Space
     ``Box(-10, 10, (n,), float32)``: :func:`mixagent.trajectories.encoding.encode` of the raw
     history: per-field relative score gains since the start and their last change, the field shares
-    of recent mixtures, progress t/T, and a window of past steps (the table is in that module).
+    of recent mixtures, progress t/T, a window of past steps and the objective (the table is in
+    that module).
 
     ## Rewards
     ``r_t = B_{t+1} - B_t``, the change of the balanced score
@@ -71,7 +72,8 @@ class DataMixingEnv(gym.Env):
     envs may not share one concurrently). ``cache_dir``: overrides ``$MIXAGENT_HOME``.
 
     ## Version History
-    * v0: initial version (encoder ``obs-v1``).
+    * v0: initial version (encoder ``obs-v1``); observations are now ``obs-v2`` (``obs-v1`` plus
+      the objective slice: the setting's λ, field weights and ``∂B/∂g_f``).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -162,7 +164,7 @@ class DataMixingEnv(gym.Env):
 
     def _get_obs(self) -> np.ndarray:
         assert self._history is not None
-        return encode(self._history, self.horizon, self.setting.action)
+        return encode(self._history, self.horizon, self.setting.action, self.setting.objective)
 
     def _get_info(self, *, train_loss: float, balanced: float) -> dict[str, Any]:
         assert self._history is not None

@@ -1,8 +1,8 @@
 """Observation, action and reward encodings over the raw :class:`History` (pure numpy, versioned).
 
 One implementation serves the env, the offline dataset builder and the service, so a policy sees
-the same features in training and in production. Artifacts record :data:`ENCODER_VERSION`; the
-service refuses a mismatch.
+the same features in training and in production. Artifacts record their encoder version
+(:data:`ENCODER_VERSIONS`; new ones get :data:`ENCODER_VERSION`); an unknown version is refused.
 
 Observation (field level, F fields, window W = :data:`WINDOW`), all clipped to ``[-OBS_BOUND, OBS_BOUND]``:
 
@@ -16,6 +16,14 @@ Observation (field level, F fields, window W = :data:`WINDOW`), all clipped to `
 | ``W·F``          | field shares of the W mixtures before the last (field priors before) |
 | ``K`` (domain)   | per-domain relative loss change since the start (domain level only) |
 | ``K`` (domain)   | per-domain share of the last mixture (domain level only)            |
+| ``1`` (v2)       | ``λ``: the objective's spread penalty                               |
+| ``F`` (v2)       | ``c_f``: the objective's normalised field weights                   |
+| ``F`` (v2)       | ``∂B/∂g_f`` at the current gains: what one more unit of gain in field f |
+|                  | is worth now, ``c_f - λ·c_f·(g_f - m)/s`` (``c_f`` while ``s = 0``)  |
+
+``obs-v1`` is the table without the last three rows; ``obs-v2`` (the default) adds the *objective
+slice*, so one policy serves any objective: the run's objective reaches the network as features,
+and training relabels rewards under many objectives (``agent/dataset.py``).
 
 ``g_f(t) = (s_f(t) - s_f(0)) / |s_f(0)|`` with ``s_f`` the mean per-token log-likelihood, so the
 features are scale-free across models and corpora. Gains are multiplied by :data:`GAIN_SCALE` so
@@ -37,6 +45,9 @@ from mixagent.trajectories.contract import (
 
 __all__ = [
     "ENCODER_VERSION",
+    "ENCODER_VERSIONS",
+    "objective_features",
+    "field_weight_vector",
     "OBS_BOUND",
     "WINDOW",
     "GAIN_SCALE",
@@ -52,7 +63,8 @@ __all__ = [
     "encode",
 ]
 
-ENCODER_VERSION = "obs-v1"
+ENCODER_VERSION = "obs-v2"
+ENCODER_VERSIONS = ("obs-v1", "obs-v2")
 OBS_BOUND = 10.0
 WINDOW = 4
 GAIN_SCALE = 10.0
@@ -62,10 +74,17 @@ def action_size(space: DomainSpace, spec: ActionSpec) -> int:
     return len(space.fields) if spec.level == "field" else space.size
 
 
-def observation_size(space: DomainSpace, spec: ActionSpec) -> int:
+def _check_version(version: str) -> None:
+    if version not in ENCODER_VERSIONS:
+        raise ContractError(f"encoder_version: unknown encoder {version!r} (known: {list(ENCODER_VERSIONS)})")
+
+
+def observation_size(space: DomainSpace, spec: ActionSpec, version: str = ENCODER_VERSION) -> int:
+    _check_version(version)
     f = len(space.fields)
     n = 3 * f + 1 + 2 * WINDOW * f
-    return n + (2 * space.size if spec.level == "domain" else 0)
+    n += 2 * space.size if spec.level == "domain" else 0
+    return n + (2 * f + 1 if version == "obs-v2" else 0)
 
 
 def relative_gains(history: History) -> np.ndarray:
@@ -77,7 +96,8 @@ def relative_gains(history: History) -> np.ndarray:
     return (s - base) / np.maximum(np.abs(base), 1e-8)
 
 
-def _field_weight_vector(space: DomainSpace, objective: Objective) -> np.ndarray:
+def field_weight_vector(space: DomainSpace, objective: Objective) -> np.ndarray:
+    """The objective's field weights ``c_f`` in ``space.fields`` order, normalised to sum 1."""
     fields = space.fields
     if objective.field_weights is None:
         c = np.ones(len(fields))
@@ -96,7 +116,7 @@ def balanced_scores(history: History, objective: Objective) -> np.ndarray:
     ``s_t = sqrt(Σ_f c_f (g_f(t) - m_t)²)`` the ``c``-weighted mean and spread (equal weights: the
     plain mean and standard deviation); ``B_0 = 0``. A field of weight 0 counts in neither."""
     g = relative_gains(history)
-    c = _field_weight_vector(history.space, objective)
+    c = field_weight_vector(history.space, objective)
     mean = g @ c
     spread = np.sqrt(((g - mean[:, None]) ** 2) @ c)
     return mean - objective.spread_penalty * spread
@@ -175,8 +195,22 @@ def weights_to_action(weights: Weights, space: DomainSpace, spec: ActionSpec) ->
     return candidates[best].astype(np.float32)
 
 
-def encode(history: History, horizon: int, spec: ActionSpec) -> np.ndarray:
-    """The observation after the latest feedback (see the module docstring for the layout)."""
+def objective_features(gains: np.ndarray, space: DomainSpace, objective: Objective) -> np.ndarray:
+    """The objective slice of ``obs-v2`` at relative gains ``gains`` (``[F]``, unscaled):
+    ``[λ, c_1..c_F, ∂B/∂g_1..∂B/∂g_F]``."""
+    c = field_weight_vector(space, objective)
+    lam = objective.spread_penalty
+    m = float(gains @ c)
+    s = float(np.sqrt(((gains - m) ** 2) @ c))
+    grad = c - lam * c * (gains - m) / s if s > 1e-12 else c.copy()
+    return np.concatenate([[lam], c, grad])
+
+
+def encode(history: History, horizon: int, spec: ActionSpec, objective: Objective | None = None,
+           version: str = ENCODER_VERSION) -> np.ndarray:
+    """The observation after the latest feedback (see the module docstring for the layout);
+    ``objective`` (default ``Objective()``) fills the objective slice of ``obs-v2``."""
+    _check_version(version)
     if not history.feedback:
         raise ContractError("history: cannot encode a history without the initial feedback")
     if horizon < 1:
@@ -208,5 +242,7 @@ def encode(history: History, horizon: int, spec: ActionSpec) -> np.ndarray:
         rel = (losses[t] - losses[0]) / np.maximum(np.abs(losses[0]), 1e-8) * GAIN_SCALE
         last = history.weights[t - 1].as_array() if t > 0 else space.priors()
         parts += [rel, last]
+    if version == "obs-v2":
+        parts.append(objective_features(g[t] / GAIN_SCALE, space, objective or Objective()))
     obs = np.concatenate(parts)
     return np.clip(obs, -OBS_BOUND, OBS_BOUND).astype(np.float32)

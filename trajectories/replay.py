@@ -68,9 +68,9 @@ def replay(history: History, encoder: Encoder, action: ActionEncoder, reward: Re
 
 def replay_trajectory(trajectory: Trajectory, encoder: Encoder | None = None) -> Transitions:
     """:func:`replay` with the header's action map and objective; ``encoder`` defaults to
-    :func:`~mixagent.trajectories.encoding.encode` at the header's horizon and action level."""
+    :func:`~mixagent.trajectories.encoding.encode` at the header's horizon, action level and objective."""
     hd = trajectory.header
-    enc = encoder or (lambda h: encode(h, hd.horizon, hd.action))
+    enc = encoder or (lambda h: encode(h, hd.horizon, hd.action, hd.objective))
     return replay(
         trajectory.history,
         enc,

@@ -145,14 +145,14 @@ def test_observation_windows_hold_the_right_past_steps():
     fm = SPACE.field_matrix()
     shares = [fm @ w.as_array() for w in h.weights]  # weights[i] trained between feedback i and i+1
     np.testing.assert_allclose(obs[2 * f : 3 * f], shares[5], rtol=1e-5)  # the last mixture
-    share_window = obs[3 * f + 1 + 4 * f :].reshape(4, f)
+    share_window = obs[3 * f + 1 + 4 * f : 3 * f + 1 + 8 * f].reshape(4, f)
     np.testing.assert_allclose(share_window, [shares[4], shares[3], shares[2], shares[1]], rtol=1e-5)
     # two steps in: the windows reach back before the start (zeros / priors)
     o2 = encode(make_history(scores[:3]), 8, spec)
     gw = o2[3 * f + 1 : 3 * f + 1 + 4 * f].reshape(4, f)
     np.testing.assert_allclose(gw[1], 0.0)  # g(0) = 0
     np.testing.assert_allclose(gw[2:], 0.0)  # before the start
-    sw = o2[3 * f + 1 + 4 * f :].reshape(4, f)
+    sw = o2[3 * f + 1 + 4 * f : 3 * f + 1 + 8 * f].reshape(4, f)
     np.testing.assert_allclose(sw[1:], np.tile(SPACE.field_priors(), (3, 1)), rtol=1e-6)
 
 
@@ -160,3 +160,36 @@ def test_weighted_objective_ignores_zero_weight_fields_in_the_spread():
     h = make_history([(-4.0, -5.0), (-3.0, -5.0)])
     b = balanced_scores(h, Objective(spread_penalty=1.0, field_weights={"source": 1.0}))
     assert b[1] == pytest.approx(0.25)  # only the source gain, no spread penalty from the target
+
+
+def test_obs_v2_appends_the_objective_slice_and_obs_v1_is_the_rest():
+    from mixagent.trajectories.encoding import ENCODER_VERSIONS, objective_features, observation_size
+
+    h = make_history([(-4.0, -5.0), (-4.2, -4.0), (-4.4, -3.5)])  # source falls, target rises
+    spec = ActionSpec()
+    v1 = encode(h, 8, spec, version="obs-v1")
+    f = 2
+    assert ENCODER_VERSIONS == ("obs-v1", "obs-v2")
+    for objective in (Objective(), Objective(spread_penalty=0.0), Objective(spread_penalty=0.9,
+                                                                               field_weights={"source": 3, "target": 1})):
+        v2 = encode(h, 8, spec, objective)
+        assert v2.shape == (observation_size(SPACE, spec),) == (len(v1) + 2 * f + 1,)
+        np.testing.assert_array_equal(v2[: len(v1)], v1)
+        lam, c, grad = v2[len(v1)], v2[len(v1) + 1 : len(v1) + 1 + f], v2[len(v1) + 1 + f :]
+        assert lam == pytest.approx(objective.spread_penalty)
+        assert c.sum() == pytest.approx(1.0)
+        # the gradient is dB/dg: a finite difference of the balanced score agrees
+        g = relative_gains(h)[-1]
+        for k in range(f):
+            def b(x):
+                m = x @ c
+                return m - objective.spread_penalty * np.sqrt(((x - m) ** 2) @ c)
+            e = np.eye(f)[k] * 1e-6
+            assert grad[k] == pytest.approx((b(g + e) - b(g - e)) / 2e-6, abs=1e-4)
+    # target ahead of source: the spread penalty moves worth from the target field to the source
+    slice_ = objective_features(np.array([-0.1, 0.3]), SPACE, Objective(spread_penalty=0.5))
+    np.testing.assert_allclose(slice_, [0.5, 0.5, 0.5, 0.75, 0.25])
+    # before any gain the slice is the weights themselves
+    np.testing.assert_allclose(objective_features(np.zeros(2), SPACE, Objective()), [0.5, 0.5, 0.5, 0.5, 0.5])
+    with pytest.raises(ContractError, match="unknown encoder 'obs-v9'"):
+        encode(h, 8, spec, version="obs-v9")

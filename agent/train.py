@@ -1,0 +1,348 @@
+"""Train a mixing policy offline with d3rlpy: BC ("SFT"), CQL, BC then CQL, IQL or TD3+BC.
+
+    mixagent agent train --data data/trajectories/math-tiny data/trajectories/code-tiny \\
+        --algo bc+cql --out runs/policies/agent [--config train.yaml]
+
+One path from config to artifact (:func:`train`): load the dataset folders, split them by
+trajectory into train and validation, relabel the training trajectories under objectives drawn
+from :attr:`TrainConfig.objective_range` (``agent/dataset.py``), build the d3rlpy algorithm from
+the config (:func:`make_algo`, the only place that does), fit it with a progress bar, score it on
+the validation trajectories only (action error against the best validation runs, held-out TD
+error, and Fitted Q Evaluation of the policy's return), and export it (``agent/export.py``).
+
+``bc+cql`` is the Data Mixing Agent's recipe: behaviour cloning on the best trajectories under
+each objective, then conservative Q-learning whose actor starts from the BC policy
+(``copy_policy_from``) and whose conservative weight keeps it near the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mixagent.agent.dataset import (
+    DatasetError,
+    Episodes,
+    all_copies,
+    best_copies,
+    load_runs,
+    policy_action_spec,
+    split_runs,
+    to_mdp_dataset,
+)
+from mixagent.agent.policy import ObjectiveRange, PolicyCard
+from mixagent.trajectories.contract import stable_hash
+from mixagent.trajectories.encoding import ENCODER_VERSION
+
+__all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "train"]
+
+log = logging.getLogger(__name__)
+
+Algo = Literal["bc", "cql", "bc+cql", "iql", "td3+bc"]
+ALGOS: tuple[str, ...] = ("bc", "cql", "bc+cql", "iql", "td3+bc")
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run depends on (``--config`` YAML/JSON overrides these defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    name: str = Field(default="agent", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    """Policy name in the card (what runs ask for)."""
+    version: str = Field(default="v1", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    """Policy version in the card."""
+    seed: int = Field(default=0, ge=0)
+    """Seeds the split, the objective draws, d3rlpy and torch."""
+    threads: int = Field(default=1, ge=1)
+    """torch intra-op threads."""
+    validation_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    """Share of each setting's trajectories held out (split by trajectory, before relabelling)."""
+    objective_range: ObjectiveRange = Field(default_factory=lambda: ObjectiveRange(max_weight_ratio=2.0))
+    """Objectives the policy is trained for (and the service accepts): spread penalty range and the
+    largest ratio between two field weights."""
+    relabel_copies: int = Field(default=16, ge=1, le=256)
+    """Offline RL data: objectives each training trajectory is relabelled under (its own first)."""
+    bc_objective_draws: int = Field(default=64, ge=1)
+    """Behaviour cloning data: objectives drawn per setting; under each, the best trajectories."""
+    bc_top_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
+    """Behaviour cloning data: the top share of a setting's trajectories by return under each draw."""
+    encoder: Literal["mlp", "transformer"] = "mlp"
+    """Network: d3rlpy's MLP, or a 2-layer Transformer over the windowed history (agent/networks.py)."""
+    hidden_units: tuple[int, ...] = (128, 128)
+    """MLP hidden layers."""
+    transformer_d_model: int = Field(default=64, ge=8)
+    """Transformer token width."""
+    transformer_layers: int = Field(default=2, ge=1)
+    """Transformer blocks."""
+    batch_size: int = Field(default=256, ge=8)
+    """Mini-batch size of every algorithm."""
+    bc_steps: int = Field(default=4000, ge=1)
+    """Gradient steps of behaviour cloning (``bc``, and the BC stage of ``bc+cql``)."""
+    bc_learning_rate: float = Field(default=1e-3, gt=0)
+    """Learning rate of behaviour cloning."""
+    rl_steps: int = Field(default=6000, ge=1)
+    """Gradient steps of the offline RL algorithm (``cql``, ``bc+cql``'s CQL stage, ``iql``, ``td3+bc``)."""
+    gamma: float = Field(default=0.99, gt=0.0, le=1.0)
+    """Discount factor (a run has 16 decisions; returns telescope to the final balanced score)."""
+    reward_scale: float = Field(default=100.0, gt=0)
+    """Rewards (stage changes of B, ~1e-3) are multiplied by this for the critics."""
+    actor_learning_rate: float = Field(default=1e-4, gt=0)
+    """Actor learning rate (CQL, IQL, TD3+BC)."""
+    critic_learning_rate: float = Field(default=3e-4, gt=0)
+    """Critic learning rate (CQL, IQL, TD3+BC)."""
+    conservative_weight: float = Field(default=5.0, ge=0)
+    """CQL's weight of the conservative penalty (d3rlpy's default is 5.0)."""
+    cql_alpha_learning_rate: float = Field(default=0.0, ge=0)
+    """CQL's Lagrangian learning rate (0: a fixed conservative weight)."""
+    iql_expectile: float = Field(default=0.7, gt=0.5, lt=1.0)
+    """IQL's expectile."""
+    iql_weight_temp: float = Field(default=3.0, gt=0)
+    """IQL's inverse temperature of the advantage weights."""
+    td3bc_alpha: float = Field(default=2.5, gt=0)
+    """TD3+BC's trade-off between Q maximisation and behaviour cloning."""
+    fqe_steps: int = Field(default=3000, ge=0)
+    """Fitted Q Evaluation steps on the validation trajectories (0: skip)."""
+    steps_per_epoch: int = Field(default=1000, ge=1)
+    """Gradient steps between evaluations (d3rlpy trains nothing when n_steps < n_steps_per_epoch)."""
+
+
+def load_config(path: str | Path | None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the YAML/JSON file, then ``overrides``; errors name the field and value."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise DatasetError(f"--config: {path}: cannot read ({e})") from None
+        if not isinstance(loaded, dict):
+            raise DatasetError(f"--config: {path}: expected a mapping of TrainConfig fields")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors())
+        raise DatasetError(f"--config: {errs}") from None
+
+
+class TrainReport(BaseModel):
+    """What a training run measured (also in the card's ``metrics`` and ``training.json``)."""
+
+    algo: str
+    config: TrainConfig
+    train_trajectories: int
+    validation_trajectories: int
+    train_transitions: int
+    seconds: dict[str, float]
+    metrics: dict[str, float]
+    card: PolicyCard
+
+
+# ----- ALGO LOGIC: the one place d3rlpy algorithms are configured -----------------------------------
+
+
+def _encoder(cfg: TrainConfig, n_fields: int) -> Any:
+    if cfg.encoder == "transformer":
+        from mixagent.agent.networks import WindowTransformerEncoderFactory  # noqa: PLC0415
+
+        return WindowTransformerEncoderFactory(n_fields=n_fields, d_model=cfg.transformer_d_model,
+                                               n_layers=cfg.transformer_layers)
+    from d3rlpy.models.encoders import VectorEncoderFactory  # noqa: PLC0415
+
+    return VectorEncoderFactory(hidden_units=list(cfg.hidden_units))
+
+
+def make_algo(kind: Literal["bc", "cql", "iql", "td3+bc"], cfg: TrainConfig, n_fields: int, n_actions: int) -> Any:
+    """The d3rlpy algorithm ``kind`` for ``cfg`` (observations standardised, actions in [-1, 1])."""
+    import d3rlpy  # noqa: PLC0415
+    from d3rlpy.preprocessing import (  # noqa: PLC0415
+        MinMaxActionScaler,
+        MultiplyRewardScaler,
+        StandardObservationScaler,
+    )
+
+    common: dict[str, Any] = {
+        "batch_size": cfg.batch_size,
+        "observation_scaler": StandardObservationScaler(),
+        "action_scaler": MinMaxActionScaler(minimum=-np.ones(n_actions), maximum=np.ones(n_actions)),
+    }
+    encoder = _encoder(cfg, n_fields)
+    if kind == "bc":
+        # a Gaussian (tanh-squashed) policy, the actor type of CQL, so BC can warm-start it
+        return d3rlpy.algos.BCConfig(learning_rate=cfg.bc_learning_rate, encoder_factory=encoder,
+                                     policy_type="stochastic", **common).create()
+    rl: dict[str, Any] = {
+        **common,
+        "gamma": cfg.gamma,
+        "reward_scaler": MultiplyRewardScaler(cfg.reward_scale),
+        "actor_encoder_factory": encoder,
+        "critic_encoder_factory": _encoder(cfg, n_fields),
+        "actor_learning_rate": cfg.actor_learning_rate,
+        "critic_learning_rate": cfg.critic_learning_rate,
+    }
+    if kind == "cql":
+        return d3rlpy.algos.CQLConfig(conservative_weight=cfg.conservative_weight,
+                                      alpha_learning_rate=cfg.cql_alpha_learning_rate, **rl).create()
+    if kind == "iql":
+        return d3rlpy.algos.IQLConfig(expectile=cfg.iql_expectile, weight_temp=cfg.iql_weight_temp, **rl).create()
+    return d3rlpy.algos.TD3PlusBCConfig(alpha=cfg.td3bc_alpha, **rl).create()
+
+
+# ----- TRY NOT TO MODIFY: plumbing ----------------------------------------------------------------
+
+
+def quiet_d3rlpy() -> None:
+    """``import d3rlpy`` configures structlog to print every event: keep its warnings only."""
+    import structlog  # noqa: PLC0415
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def _fit(algo: Any, dataset: Any, steps: int, cfg: TrainConfig, evaluators: dict[str, Any], desc: str,
+         progress: bool) -> dict[str, float]:
+    from d3rlpy.logging import NoopAdapterFactory  # noqa: PLC0415
+
+    history: dict[str, float] = {}
+    per_epoch = min(cfg.steps_per_epoch, steps)
+    for epoch, metrics in algo.fitter(dataset, n_steps=steps, n_steps_per_epoch=per_epoch, evaluators=evaluators,
+                                      logger_adapter=NoopAdapterFactory(), show_progress=progress,
+                                      experiment_name=desc):
+        history = {k: float(v) for k, v in metrics.items()}
+        log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 5) for k, v in history.items()})
+    return history
+
+
+def _mean_action_error(algo: Any, episodes: Episodes) -> float:
+    rows = episodes.decision_rows
+    pred = algo.predict(episodes.observations[rows])
+    return float(np.abs(pred - episodes.actions[rows]).mean())
+
+
+def _fqe_value(algo: Any, val: Episodes, cfg: TrainConfig, progress: bool) -> float:
+    """Fitted Q Evaluation on the validation episodes: the policy's estimated return (final balanced
+    score, in B units) from the validation start states."""
+    import d3rlpy  # noqa: PLC0415
+    from d3rlpy.logging import NoopAdapterFactory  # noqa: PLC0415
+    from d3rlpy.metrics import InitialStateValueEstimationEvaluator  # noqa: PLC0415
+    from d3rlpy.preprocessing import MultiplyRewardScaler, StandardObservationScaler  # noqa: PLC0415
+
+    n_actions = val.actions.shape[1]
+    from d3rlpy.preprocessing import MinMaxActionScaler  # noqa: PLC0415
+
+    fqe = d3rlpy.ope.FQE(algo=algo, config=d3rlpy.ope.FQEConfig(
+        learning_rate=1e-4, gamma=cfg.gamma, batch_size=cfg.batch_size,
+        observation_scaler=StandardObservationScaler(), reward_scaler=MultiplyRewardScaler(cfg.reward_scale),
+        action_scaler=MinMaxActionScaler(minimum=-np.ones(n_actions), maximum=np.ones(n_actions))))
+    dataset = to_mdp_dataset(val)
+    fqe.fit(dataset, n_steps=cfg.fqe_steps, n_steps_per_epoch=cfg.fqe_steps, logger_adapter=NoopAdapterFactory(),
+            show_progress=progress)
+    value = InitialStateValueEstimationEvaluator()(fqe, dataset)
+    return float(value) / cfg.reward_scale
+
+
+def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: TrainConfig | None = None,
+          progress: bool = True) -> TrainReport:
+    """Train ``algo_name`` on the dataset folders ``data`` and write the policy artifact to ``out``
+    (``card.json``, ``policy.onnx``, ``training.json`` and the d3rlpy learner ``learner.d3``)."""
+    import d3rlpy  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from mixagent.agent.export import write_artifact  # noqa: PLC0415
+
+    quiet_d3rlpy()
+    cfg = cfg or TrainConfig()
+    if algo_name not in ALGOS:
+        raise DatasetError(f"--algo: must be one of {list(ALGOS)}, got {algo_name!r}")
+    out = Path(out)
+    t_all = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    d3rlpy.seed(cfg.seed)
+    runs, training_data = load_runs(data)
+    train_runs, val_runs = split_runs(runs, cfg.validation_fraction, cfg.seed)
+    if not train_runs:
+        raise DatasetError("--data: no training trajectories after the validation split")
+    spec = policy_action_spec(runs)
+    fields = list(runs[0].trajectory.header.space.fields)
+    n_f = len(fields)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
+    seconds: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    bc_train = best_copies(train_runs, cfg.bc_objective_draws, cfg.bc_top_fraction, cfg.objective_range, rng, spec)
+    bc_val = (best_copies(val_runs, max(cfg.bc_objective_draws // 4, 1), cfg.bc_top_fraction, cfg.objective_range,
+                          rng, spec) if val_runs else None)
+    needs_rl = algo_name != "bc"
+    rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec) if needs_rl else None
+    rl_val = (all_copies(val_runs, max(cfg.relabel_copies // 4, 1), cfg.objective_range, rng, spec)
+              if val_runs else None)
+    seconds["dataset"] = time.perf_counter() - t0
+
+    from d3rlpy.metrics import TDErrorEvaluator  # noqa: PLC0415
+
+    learner: Any
+    bc: Any = None
+    if algo_name in ("bc", "bc+cql"):
+        t0 = time.perf_counter()
+        bc = make_algo("bc", cfg, n_f, n_f)
+        _fit(bc, to_mdp_dataset(bc_train), cfg.bc_steps, cfg, {}, "bc", progress)
+        seconds["bc"] = time.perf_counter() - t0
+        learner = bc
+    if needs_rl:
+        assert rl_train is not None
+        kind = "cql" if algo_name in ("cql", "bc+cql") else algo_name
+        learner = make_algo(kind, cfg, n_f, n_f)  # type: ignore[arg-type]
+        dataset = to_mdp_dataset(rl_train)
+        learner.build_with_dataset(dataset)
+        if bc is not None:  # the paper's SFT -> RL: the actor starts from the BC policy
+            learner.copy_policy_from(bc)
+        evaluators = {"val_td_error": TDErrorEvaluator(episodes=to_mdp_dataset(rl_val).episodes)} if rl_val else {}
+        t0 = time.perf_counter()
+        last = _fit(learner, dataset, cfg.rl_steps, cfg, evaluators, kind, progress)
+        seconds[kind] = time.perf_counter() - t0
+        if "val_td_error" in last:
+            metrics["val/td_error"] = last["val_td_error"] / cfg.reward_scale**2
+    metrics["train/action_error_best"] = _mean_action_error(learner, bc_train)
+    if bc_val is not None:
+        metrics["val/action_error_best"] = _mean_action_error(learner, bc_val)
+    if rl_val is not None and cfg.fqe_steps > 0:
+        t0 = time.perf_counter()
+        metrics["val/fqe_return"] = _fqe_value(learner, rl_val, cfg, progress)
+        metrics["val/behaviour_return"] = float(rl_val.returns().mean())
+        seconds["fqe"] = time.perf_counter() - t0
+
+    all_obs = rl_train.observations if rl_train is not None else bc_train.observations
+    card = PolicyCard(
+        name=cfg.name, version=cfg.version, kind="onnx",
+        description=f"{algo_name} ({cfg.encoder}) on {', '.join(d.setting_name for d in training_data)}",
+        encoder_version=ENCODER_VERSION, action=spec, fields=fields, model_file="policy.onnx",
+        algorithm=f"{algo_name}/{cfg.encoder}", objective_range=cfg.objective_range,
+        observation_low=[float(x) for x in all_obs.min(axis=0)],
+        observation_high=[float(x) for x in all_obs.max(axis=0)],
+        training_data=training_data,
+        training_data_hash=stable_hash([d.content_hash for d in training_data]),
+        metrics={**metrics, **{f"seconds/{k}": v for k, v in seconds.items()}},
+    )
+    check_obs = (rl_val or bc_val or bc_train).observations[:512]
+    out.mkdir(parents=True, exist_ok=True)
+    card = write_artifact(learner, out, card, check_obs)
+    learner.save(str(out / "learner.d3"))
+    seconds["total"] = time.perf_counter() - t_all
+    report = TrainReport(algo=algo_name, config=cfg, train_trajectories=len(train_runs),
+                         validation_trajectories=len(val_runs),
+                         train_transitions=int((rl_train or bc_train).decision_rows.sum()),
+                         seconds=seconds, metrics=metrics, card=card)
+    (out / "training.json").write_text(json.dumps({
+        **report.model_dump(mode="json", exclude={"card"}),
+        "split": {"train": sorted(r.run_id for r in train_runs), "validation": sorted(r.run_id for r in val_runs)},
+    }, indent=1, sort_keys=True) + "\n")
+    return report
