@@ -75,3 +75,111 @@ def generate_cmd(
         f"{report.out}: {report.already_done + report.generated}/{report.planned} planned trajectories finished "
         f"({report.generated} now, {report.already_done} before) in {report.wall_s:.0f} s{mean}"
     )
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[red]{message}[/red]", highlight=False)
+    raise typer.Exit(code)
+
+
+@agent_app.command("train")
+def train_cmd(
+    data: Annotated[list[Path], typer.Option("--data", help="Dataset folder (repeat for several settings).")],
+    algo: Annotated[str, typer.Option(help="bc | cql | bc+cql | iql | td3+bc")],
+    out: Annotated[Path, typer.Option("--out", help="Policy folder to write (card.json, policy.onnx, ...).")],
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON file of TrainConfig fields.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="mlp | transformer (overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Train a mixing policy offline (d3rlpy) on real trajectories and export it as an artifact."""
+    from mixagent.agent.dataset import DatasetError  # noqa: PLC0415
+    from mixagent.agent.train import load_config, train  # noqa: PLC0415
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config, encoder=encoder, seed=seed)
+        report = train(data, algo, out, cfg, progress=progress)
+    except (DatasetError, ContractError) as e:
+        _fail(str(e), 2)
+        return
+    m = report.metrics
+    console.print(f"{out}: {report.card.ref} ({report.algo}, {cfg.encoder}) trained on {report.train_trajectories} "
+                  f"trajectories ({report.train_transitions} transitions), validated on {report.validation_trajectories}",
+                  highlight=False)
+    console.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report.seconds.items()), highlight=False)
+    console.print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items())), highlight=False)
+
+
+@agent_app.command("export")
+def export_cmd(
+    policy: Annotated[Path, typer.Argument(help="A trained policy folder (holds learner.d3 and card.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact folder to write.")],
+    name: Annotated[str | None, typer.Option(help="Policy name in the new card.")] = None,
+    version: Annotated[str | None, typer.Option(help="Policy version in the new card.")] = None,
+) -> None:
+    """Re-export a trained policy (e.g. under another name/version, to bundle it): card + ONNX."""
+    import json  # noqa: PLC0415
+
+    import d3rlpy  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from mixagent.agent.export import write_artifact  # noqa: PLC0415
+    from mixagent.agent.policy import ArtifactError, PolicyCard  # noqa: PLC0415
+    from mixagent.agent.train import quiet_d3rlpy  # noqa: PLC0415
+
+    quiet_d3rlpy()
+    learner_path, card_path = policy / "learner.d3", policy / "card.json"
+    if not learner_path.is_file() or not card_path.is_file():
+        _fail(f"{policy}: not a trained policy folder (needs learner.d3 and card.json)", 2)
+    card = PolicyCard.model_validate_json(card_path.read_text())
+    update = {k: v for k, v in {"name": name, "version": version}.items() if v is not None}
+    card = card.model_copy(update={**update, "created_at": ""})
+    learner = d3rlpy.load_learnable(str(learner_path))
+    lo, hi = np.asarray(card.observation_low), np.asarray(card.observation_high)
+    probe = np.random.default_rng(0).uniform(lo, hi, size=(256, len(lo))).astype(np.float32)
+    try:
+        card = write_artifact(learner, out, card, probe)
+    except ArtifactError as e:
+        _fail(str(e))
+    for extra in ("training.json",):
+        if (policy / extra).is_file():
+            (out / extra).write_text((policy / extra).read_text())
+    console.print(f"{out}: {card.ref} exported ({json.dumps(card.metrics.get('export/max_abs_diff_onnx_vs_torch'))} "
+                  "max |onnx - torch|)", highlight=False)
+
+
+@agent_app.command("evaluate")
+def evaluate_cmd(
+    policies: Annotated[list[str], typer.Option("--policies", help="default | baselines | hand | grid | NAME[:k=v,..] | [LABEL=]ARTIFACT_DIR (repeat).")],
+    settings: Annotated[list[str], typer.Option("--settings", help="Setting names or files (repeat).")],
+    out: Annotated[Path, typer.Option("--out", help="Evaluation folder (resumed when it exists).")],
+    objectives: Annotated[list[str] | None, typer.Option("--objectives", help="default | spread_penalty=X[,FIELD=W,..] (repeat).")] = None,
+    seeds: Annotated[int, typer.Option(help="Paired comparison seeds.")] = 5,
+    selection_seeds: Annotated[int, typer.Option(help="Seeds that choose the best grid point.")] = 3,
+    reference: Annotated[str, typer.Option(help="Label of the policy differences are taken against.")] = "uniform",
+    workers: Annotated[int, typer.Option(help="Parallel workers, one env each.")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads per worker (0: cores / workers).")] = 0,
+    executor: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
+    cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per run).")] = True,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Report on the runs already made; run nothing.")] = False,
+) -> None:
+    """Run policies in the real env on paired seeds; write report.md, results.json and plots."""
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies  # noqa: PLC0415
+    from mixagent.agent.runner import RunnerConfig, RunnerError  # noqa: PLC0415
+    from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+
+    try:
+        cfg = EvaluationConfig(
+            out=out, policies=tuple(parse_policies(policies)), settings=tuple(load_setting(s) for s in settings),
+            objectives=tuple(parse_objective(o) for o in (objectives or ["default"])), seeds=seeds,
+            selection_seeds=selection_seeds, reference=reference,
+            runner=RunnerConfig(workers=workers, threads=threads, executor=executor, cache_dir=cache_dir,  # type: ignore[arg-type]
+                                progress=progress),
+        )
+        evaluate(cfg, run=not report_only)
+    except (ContractError, SettingError, RunnerError) as e:
+        _fail(str(e), 2)
+    console.print(f"report: {out / 'report.md'}; results: {out / 'results.json'}; plots: {out / 'plots'}")

@@ -249,6 +249,18 @@ def _fqe_value(algo: Any, val: Episodes, cfg: TrainConfig, progress: bool) -> fl
     return float(value) / cfg.reward_scale
 
 
+def _observation_ranges(episodes: Episodes, objectives: ObjectiveRange, n_fields: int) -> tuple[list[float], list[float]]:
+    """Per-feature ranges of the training observations (all training trajectories, relabelled),
+    with the objective slice's λ and field weights widened to the whole trained objective range."""
+    low, high = episodes.observations.min(axis=0).astype(float), episodes.observations.max(axis=0).astype(float)
+    start = len(low) - (2 * n_fields + 1)  # obs-v2: [λ, c_1..c_F, dB/dg_1..dB/dg_F] at the end
+    r = objectives.max_weight_ratio
+    low[start], high[start] = objectives.spread_penalty_min, objectives.spread_penalty_max
+    low[start + 1:start + 1 + n_fields] = 1 / (1 + (n_fields - 1) * r)
+    high[start + 1:start + 1 + n_fields] = r / (r + n_fields - 1)
+    return [float(x) for x in low], [float(x) for x in high]
+
+
 def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: TrainConfig | None = None,
           progress: bool = True) -> TrainReport:
     """Train ``algo_name`` on the dataset folders ``data`` and write the policy artifact to ``out``
@@ -320,14 +332,14 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
         metrics["val/behaviour_return"] = float(rl_val.returns().mean())
         seconds["fqe"] = time.perf_counter() - t0
 
-    all_obs = rl_train.observations if rl_train is not None else bc_train.observations
+    low, high = _observation_ranges(rl_train or all_copies(train_runs, 4, cfg.objective_range, rng, spec),
+                                    cfg.objective_range, n_f)
     card = PolicyCard(
         name=cfg.name, version=cfg.version, kind="onnx",
         description=f"{algo_name} ({cfg.encoder}) on {', '.join(d.setting_name for d in training_data)}",
         encoder_version=ENCODER_VERSION, action=spec, fields=fields, model_file="policy.onnx",
         algorithm=f"{algo_name}/{cfg.encoder}", objective_range=cfg.objective_range,
-        observation_low=[float(x) for x in all_obs.min(axis=0)],
-        observation_high=[float(x) for x in all_obs.max(axis=0)],
+        observation_low=low, observation_high=high,
         training_data=training_data,
         training_data_hash=stable_hash([d.content_hash for d in training_data]),
         metrics={**metrics, **{f"seconds/{k}": v for k, v in seconds.items()}},

@@ -1,0 +1,544 @@
+"""The evaluation harness: policies x settings x objectives on paired seeds, with intervals.
+
+    mixagent agent evaluate --policies default agent/artifacts/agent --settings math-tiny docs-tiny \\
+        --objectives spread_penalty=0.5 spread_penalty=0.2 --seeds 5 --selection-seeds 3 \\
+        --workers 2 --out runs/eval
+
+Every policy runs in the real env (:mod:`mixagent.agent.runner`, the same loop that generates the
+training data) on the same seeds: comparison seed i is ``COMPARE_SEED + i`` for every policy, so
+differences are paired. Baselines, hand schedules and the fixed-share grid ignore the objective:
+each runs once per seed and is scored under every objective (the raw feedback is stored). A
+learned policy reads the objective, so it runs once per (objective, seed). Open-loop policies whose
+mixtures coincide (e.g. ``uniform`` and ``prior`` when all priors are equal) share one run.
+
+The best grid point is chosen on *selection* seeds (``SELECT_SEED + j``) that no comparison uses:
+the hindsight maximum over 11 noisy means is biased upward. The best hand schedule is the
+hindsight best on the comparison seeds (which favours the hand schedules, not the agent).
+
+Outputs in ``--out``: ``runs/<setting>/`` (every run as a trajectory record; resumable),
+``report.md`` (per setting and objective: final per-field gains, B mean ± 95% interval, paired
+differences with 95% intervals against the reference, the best hand schedule and the selected grid
+point, and whether each learned policy meets the goals), ``results.json``, and plots
+(``plots/<setting>-shares.png``: target share over time per policy; ``plots/<setting>-<objective>-scores.png``:
+B over time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mixagent.agent.registry import build_policy, get_family
+from mixagent.agent.runner import Episode, RunnerConfig, RunnerError, run_episodes
+from mixagent.env.setting import Setting
+from mixagent.trajectories.contract import SOURCE_FIELD, ContractError, Objective, Trajectory, stable_hash
+from mixagent.trajectories.encoding import balanced_scores, relative_gains
+from mixagent.trajectories.policy import PolicyContext
+from mixagent.trajectories.schedules import CONSTANT_GRID, StaticSchedule
+from mixagent.trajectories.storage import FileStore, StoredTrajectory, read_json_object, write_json_atomic
+
+__all__ = [
+    "COMPARE_SEED",
+    "SELECT_SEED",
+    "PolicySpec",
+    "EvaluationConfig",
+    "parse_policies",
+    "parse_objective",
+    "objective_key",
+    "plan_setting",
+    "evaluate",
+    "summarise_setting",
+    "paired_interval",
+    "mean_interval",
+]
+
+COMPARE_SEED = 1000
+"""Comparison seed i is ``COMPARE_SEED + i`` (fresh: generation plans draw 32-bit seeds from
+``SeedSequence``, evaluation never reuses them)."""
+SELECT_SEED = 2000
+"""Selection seed j (for choosing the best grid point) is ``SELECT_SEED + j``."""
+GRID_TOLERANCE = 0.002
+"""Goal: a learned policy's paired difference to the selected grid point has a lower bound above -this."""
+
+Group = Literal["learned", "baseline", "hand", "grid"]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One policy of an evaluation: a ``mixagent.policies`` name with parameters, or an artifact."""
+
+    label: str
+    policy: str
+    params: dict[str, Any]
+    group: Group
+    artifact: str | None = None
+
+    @property
+    def learned(self) -> bool:
+        return self.artifact is not None
+
+    def digest(self) -> str:
+        if self.artifact is None:
+            return stable_hash({"policy": self.policy, "params": self.params})
+        folder = Path(self.artifact)
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".onnx") and p.name != "training.json")
+        return stable_hash({p.name: _file_hash(p) for p in files})
+
+
+def _file_hash(path: Path) -> str:
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+BASELINES: tuple[PolicySpec, ...] = (
+    PolicySpec("uniform", "uniform", {}, "baseline"),
+    PolicySpec("prior", "prior", {}, "baseline"),
+    PolicySpec("fixed-0.5", "fixed-target-share", {"target_share": 0.5}, "baseline"),
+    PolicySpec("loss-softmax", "loss-softmax", {"temperature": 0.1, "relative": True}, "baseline"),
+    PolicySpec("loss-softmax-plain", "loss-softmax", {"temperature": 1.0, "relative": False}, "baseline"),
+)
+"""The baselines every evaluation compares against (agent/baselines.py; loss-softmax in both forms:
+relative to the start losses with τ = 0.1, the service's default, and METHODS.md's plain
+``softmax(ℓ/τ)`` with τ = 1)."""
+HAND: tuple[PolicySpec, ...] = (
+    PolicySpec("ramp-0.8-0.2", "ramp_down", {"level": "field", "start": 0.8, "end": 0.2, "power": 1.0}, "hand"),
+    PolicySpec("ramp-0.5-0.1", "ramp_down", {"level": "field", "start": 0.5, "end": 0.1, "power": 1.0}, "hand"),
+    PolicySpec("switch-0.8-0.2", "switch_target_first",
+               {"level": "field", "first": 0.8, "then": 0.2, "at_fraction": 0.5}, "hand"),
+)
+"""Hand schedules of the target share: linear ramps 0.8→0.2 and 0.5→0.1, a switch 0.8→0.2 at the midpoint."""
+GRID: tuple[PolicySpec, ...] = tuple(
+    PolicySpec(f"grid-{s:.1f}", "constant", {"level": "field", "share": s}, "grid") for s in CONSTANT_GRID
+)
+"""The fixed-share grid 0.0, 0.1, …, 1.0 (the honest "tuned by hand" baseline: one run per point)."""
+GROUPS = {"baselines": BASELINES, "hand": HAND, "grid": GRID, "default": BASELINES + HAND + GRID}
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_policies(tokens: Sequence[str]) -> list[PolicySpec]:
+    """``default`` | ``baselines`` | ``hand`` | ``grid`` | ``NAME[:key=value,...]`` (a
+    ``mixagent.policies`` name) | ``[LABEL=]FOLDER`` (a policy artifact folder holding card.json)."""
+    out: list[PolicySpec] = []
+    for token in tokens:
+        if token in GROUPS:
+            out += GROUPS[token]
+            continue
+        label, _, path = token.rpartition("=") if "=" in token and ":" not in token.split("=")[0] else ("", "", token)
+        if Path(path).is_dir():
+            folder = Path(path)
+            if not (folder / "card.json").is_file():
+                raise ContractError(f"--policies: {folder} holds no card.json (not a policy artifact)")
+            card = read_json_object(folder / "card.json")
+            name = label or f"{card.get('name', folder.name)}-{card.get('version', 'v')}"
+            out.append(PolicySpec(_label(name), "artifact", {}, "learned", artifact=str(folder.resolve())))
+            continue
+        name, _, rest = token.partition(":")
+        params = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ContractError(f"--policies: {token!r}: parameters are key=value pairs, got {item!r}")
+            params[key] = _value(value)
+        get_family(name)
+        suffix = "-".join(f"{k}{v}" for k, v in sorted(params.items()))
+        out.append(PolicySpec(_label(f"{name}-{suffix}" if suffix else name), name, params, "baseline"))
+    labels = [p.label for p in out]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ContractError(f"--policies: labels {dup} appear twice; give one of them a LABEL=")
+    return out
+
+
+def _label(text: str) -> str:
+    clean = "".join(c if c.isalnum() or c in "_.-" else "-" for c in text)
+    return clean[:40]
+
+
+def parse_objective(text: str) -> Objective:
+    """``default`` or ``spread_penalty=0.5[,FIELD=WEIGHT,...]`` (the other keys are field weights)."""
+    if text in ("", "default"):
+        return Objective()
+    lam = 0.5
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ContractError(f"--objectives: {text!r}: expected key=value pairs, got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ContractError(f"--objectives: {text!r}: {key} must be a number, got {value!r}") from None
+        if key in ("spread_penalty", "lambda", "lam"):
+            lam = number
+        else:
+            weights[key] = number
+    try:
+        return Objective(spread_penalty=lam, field_weights=weights or None)
+    except ValueError as e:
+        raise ContractError(f"--objectives: {text!r}: {e}") from None
+
+
+def objective_key(o: Objective) -> str:
+    """A short, file-name-safe name: ``lam0.5`` or ``lam0.5-source0.4-target0.6``."""
+    parts = [f"lam{o.spread_penalty:g}"]
+    parts += [f"{f}{w:g}" for f, w in sorted((o.field_weights or {}).items())]
+    return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """One evaluation: what runs where, and how."""
+
+    out: Path
+    policies: tuple[PolicySpec, ...]
+    settings: tuple[Setting, ...]
+    objectives: tuple[Objective, ...] = (Objective(),)
+    seeds: int = 5
+    """Comparison seeds (paired across every policy)."""
+    selection_seeds: int = 3
+    """Seeds on which the best grid point is chosen (grid policies only)."""
+    reference: str = "uniform"
+    """Label of the policy every paired difference is taken against."""
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def check(self) -> None:
+        if self.seeds < 2:
+            raise ContractError(f"--seeds: need at least 2 paired seeds for an interval, got {self.seeds}")
+        if self.selection_seeds < 0:
+            raise ContractError(f"--selection-seeds: must be >= 0, got {self.selection_seeds}")
+        if self.reference not in {p.label for p in self.policies}:
+            raise ContractError(f"--reference: {self.reference!r} is not one of the policies "
+                                f"{[p.label for p in self.policies]}")
+        if not self.objectives:
+            raise ContractError("--objectives: at least one objective is needed")
+
+
+# ----- planning -------------------------------------------------------------------------------------
+
+
+def _open_loop_signature(spec: PolicySpec, ctx: PolicyContext) -> str | None:
+    """A hash of the whole schedule of an open-loop policy (None for feedback-driven ones)."""
+    from mixagent.agent.baselines import FixedTargetSharePolicy, PriorPolicy, UniformPolicy  # noqa: PLC0415
+
+    policy = build_policy(spec.policy, spec.params, ctx)
+    if isinstance(policy, StaticSchedule):
+        matrix = policy.matrix
+    elif isinstance(policy, UniformPolicy | PriorPolicy | FixedTargetSharePolicy):
+        matrix = np.tile(policy.initial_weights(ctx.space).as_array(), (ctx.horizon, 1))
+    else:
+        return None
+    return stable_hash(np.round(matrix, 9).tolist())
+
+
+@dataclass
+class SettingPlan:
+    """The episodes of one setting and which run serves each (label, objective, seed)."""
+
+    episodes: list[Episode]
+    runs: dict[tuple[str, str | None, int], str]
+    """``(label, objective key or None for objective-free policies, seed) -> run id``."""
+
+
+def plan_setting(setting: Setting, cfg: EvaluationConfig) -> SettingPlan:
+    ctx = PolicyContext(setting.space, setting.cpt.horizon, setting.action, setting.objective)
+    compare = [COMPARE_SEED + i for i in range(cfg.seeds)]
+    select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
+    episodes: dict[str, Episode] = {}
+    runs: dict[tuple[str, str | None, int], str] = {}
+    for spec in cfg.policies:
+        seeds = compare + (select if spec.group == "grid" else [])
+        if spec.learned:
+            digest = spec.digest()
+            for o in cfg.objectives:
+                ok = objective_key(o)
+                for seed in seeds:
+                    rid = f"{spec.label}-{digest[:8]}-{stable_hash(ok)[:6]}-s{seed}"
+                    episodes.setdefault(rid, Episode(rid, "artifact", {"artifact_digest": digest, "objective": ok},
+                                                     seed, index=len(episodes), label=spec.label, objective=o,
+                                                     artifact=spec.artifact))
+                    runs[(spec.label, ok, seed)] = rid
+            continue
+        signature = _open_loop_signature(spec, ctx)
+        key = f"static-{signature[:12]}" if signature else f"{spec.label}-{spec.digest()[:8]}"
+        for seed in seeds:
+            rid = f"{key}-s{seed}"
+            episodes.setdefault(rid, Episode(rid, spec.policy, {"level": "field", **spec.params}, seed,
+                                             index=len(episodes), label=spec.label))
+            runs[(spec.label, None, seed)] = rid
+    return SettingPlan(list(episodes.values()), runs)
+
+
+def _check_folder(setting: Setting) -> Any:
+    def check(store: FileStore, stored: list[StoredTrajectory]) -> None:
+        path = store.root / "evaluation.json"
+        pinned = {"setting_name": setting.name, "setting_hash": setting.hash()}
+        if path.exists():
+            old = read_json_object(path)
+            if old.get("setting_hash") != pinned["setting_hash"]:
+                raise RunnerError(f"{path}: this folder holds runs of setting {old.get('setting_name')} "
+                                  f"({old.get('setting_hash')}), not {setting.name} ({setting.hash()})")
+        write_json_atomic(path, pinned)
+        if not (store.root / "setting.json").exists():
+            write_json_atomic(store.root / "setting.json", setting.model_dump(mode="json"))
+
+    return check
+
+
+# ----- statistics -----------------------------------------------------------------------------------
+
+
+def _t(df: int) -> float:
+    from scipy import stats  # noqa: PLC0415
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def mean_interval(x: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and the 95% t-interval of the mean."""
+    a = np.asarray(x, dtype=float)
+    m = float(a.mean())
+    if len(a) < 2:
+        return m, math.nan, math.nan
+    half = _t(len(a) - 1) * float(a.std(ddof=1)) / math.sqrt(len(a))
+    return m, m - half, m + half
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired seeds and its 95% t-interval."""
+    return mean_interval(np.asarray(a, dtype=float) - np.asarray(b, dtype=float))
+
+
+def unpaired_halfwidth(a: Sequence[float], b: Sequence[float]) -> float:
+    """Half-width of the Welch 95% interval of ``mean(a) - mean(b)`` (what pairing saves us)."""
+    from scipy import stats  # noqa: PLC0415
+
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(stats.t.ppf(0.975, df)) * se
+
+
+# ----- scoring ---------------------------------------------------------------------------------------
+
+
+def target_shares(t: Trajectory) -> np.ndarray:
+    h = t.history
+    rows = [i for i, f in enumerate(h.space.fields) if f != SOURCE_FIELD]
+    return (h.space.field_matrix() @ h.weight_matrix().T)[rows].sum(axis=0)
+
+
+@dataclass
+class Scored:
+    final: float
+    curve: list[float]
+    gains: dict[str, float]
+
+
+def score(t: Trajectory, objective: Objective) -> Scored:
+    b = balanced_scores(t.history, objective)
+    g = relative_gains(t.history)[-1]
+    return Scored(float(b[-1]), [float(x) for x in b], dict(zip(t.history.space.fields, map(float, g), strict=True)))
+
+
+def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan,
+                      trajectories: dict[str, Trajectory]) -> dict[str, Any]:
+    """Scores, intervals and goal checks of one setting, per objective (JSON-able)."""
+    compare = [COMPARE_SEED + i for i in range(cfg.seeds)]
+    select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
+    out: dict[str, Any] = {"setting": setting.name, "setting_hash": setting.hash(), "objectives": {}}
+    shares: dict[str, list[float]] = {}
+    for spec in cfg.policies:
+        key = (spec.label, objective_key(cfg.objectives[0]) if spec.learned else None)
+        series = [target_shares(trajectories[plan.runs[(*key, s)]]) for s in compare if (*key, s) in plan.runs]
+        if series:
+            shares[spec.label] = np.mean(series, axis=0).tolist()
+    out["target_share"] = shares
+    for o in cfg.objectives:
+        ok = objective_key(o)
+
+        def scores(spec: PolicySpec, seeds: list[int], ok: str = ok, o: Objective = o) -> list[Scored]:
+            k = ok if spec.learned else None
+            return [score(trajectories[plan.runs[(spec.label, k, s)]], o) for s in seeds]
+
+        per: dict[str, dict[str, Any]] = {}
+        finals: dict[str, list[float]] = {}
+        for spec in cfg.policies:
+            sc = scores(spec, compare)
+            finals[spec.label] = [x.final for x in sc]
+            m, lo, hi = mean_interval(finals[spec.label])
+            per[spec.label] = {
+                "group": spec.group, "B": finals[spec.label], "mean": m, "lo": lo, "hi": hi,
+                "gains": {f: float(np.mean([x.gains[f] for x in sc])) for f in setting.space.fields},
+                "curve": np.mean([x.curve for x in sc], axis=0).tolist(),
+            }
+        grid = [p for p in cfg.policies if p.group == "grid"]
+        selected = None
+        if grid and select:
+            sel_means = {p.label: float(np.mean([x.final for x in scores(p, select)])) for p in grid}
+            selected = max(sel_means, key=lambda k: sel_means[k])
+        hindsight_grid = max((p.label for p in grid), key=lambda k: per[k]["mean"]) if grid else None
+        hand = [p.label for p in cfg.policies if p.group == "hand"]
+        best_hand = max(hand, key=lambda k: per[k]["mean"]) if hand else None
+        comparisons: dict[str, Any] = {}
+        width_ratio = []
+        for spec in cfg.policies:
+            rows: dict[str, Any] = {}
+            targets = {"reference": cfg.reference, "best_hand": best_hand, "selected_grid": selected}
+            if spec.learned:
+                targets.update({p.label: p.label for p in cfg.policies
+                                if p.group == "baseline" and p.label != cfg.reference})
+            for name, other in targets.items():
+                if other is None or other == spec.label:
+                    continue
+                d, lo, hi = paired_interval(finals[spec.label], finals[other])
+                rows[name] = {"against": other, "diff": d, "lo": lo, "hi": hi}
+                if name == "reference" and not math.isnan(lo):
+                    unpaired = unpaired_halfwidth(finals[spec.label], finals[other])
+                    if unpaired > 0:
+                        width_ratio.append((hi - lo) / 2 / unpaired)
+            if spec.learned:
+                rows["goals"] = _goals(rows, cfg)
+            comparisons[spec.label] = rows
+        out["objectives"][ok] = {
+            "objective": o.model_dump(), "policies": per, "comparisons": comparisons, "selected_grid": selected,
+            "hindsight_grid": hindsight_grid, "best_hand": best_hand,
+            "paired_over_unpaired_halfwidth_median": float(np.median(width_ratio)) if width_ratio else None,
+        }
+    return out
+
+
+def _goals(rows: dict[str, Any], cfg: EvaluationConfig) -> dict[str, bool]:
+    goals = {}
+    for name, r in rows.items():
+        if name in ("goals", "selected_grid"):
+            continue
+        goals[f"beats {r['against']}"] = bool(r["lo"] > 0)
+    if "selected_grid" in rows:
+        r = rows["selected_grid"]
+        goals[f"within {GRID_TOLERANCE} of {r['against']}"] = bool(r["lo"] > -GRID_TOLERANCE)
+    return goals
+
+
+# ----- the report -------------------------------------------------------------------------------------
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.4f}"
+
+
+def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Path) -> str:
+    lines = ["# Mixing quality", "",
+             f"Paired comparison seeds: {cfg.seeds} (seeds {COMPARE_SEED}..{COMPARE_SEED + cfg.seeds - 1}); grid "
+             f"point selected on {cfg.selection_seeds} other seeds ({SELECT_SEED}..). Intervals are 95% t-intervals "
+             f"over seeds; differences are paired by seed. B = final balanced score.", ""]
+    for res in results:
+        for ok, r in res["objectives"].items():
+            fields = list(next(iter(r["policies"].values()))["gains"])
+            lines += [f"## {res['setting']} · {ok}", "",
+                      f"Selected grid point (selection seeds): {r['selected_grid']}; hindsight best grid point: "
+                      f"{r['hindsight_grid']}; best hand schedule (hindsight): {r['best_hand']}. Paired/unpaired "
+                      f"interval half-width (median over policies vs {cfg.reference}): "
+                      f"{r['paired_over_unpaired_halfwidth_median'] and round(r['paired_over_unpaired_halfwidth_median'], 2)}.",
+                      "",
+                      "| policy | " + " | ".join(f"gain {f}" for f in fields) + f" | B mean [95% CI] | Δ vs {cfg.reference} [95% CI] |",
+                      "|---|" + "---|" * len(fields) + "---|---|"]
+            for label, p in r["policies"].items():
+                c = r["comparisons"].get(label, {}).get("reference")
+                delta = f"{_fmt(c['diff'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}]" if c else "—"
+                lines.append(f"| {label} | " + " | ".join(f"{p['gains'][f]:+.4f}" for f in fields)
+                             + f" | {p['mean']:+.4f} [{_fmt(p['lo'])}, {_fmt(p['hi'])}] | {delta} |")
+            for label, rows in r["comparisons"].items():
+                if "goals" not in rows:
+                    continue
+                lines += ["", f"**{label}**: paired differences", "", "| against | Δ mean | 95% CI | goal met |",
+                          "|---|---|---|---|"]
+                for name, row in rows.items():
+                    if name == "goals":
+                        continue
+                    goal = "lo > -0.002" if name == "selected_grid" else "lo > 0"
+                    met = row["lo"] > (-GRID_TOLERANCE if name == "selected_grid" else 0)
+                    lines.append(f"| {row['against']} ({name}) | {_fmt(row['diff'])} | [{_fmt(row['lo'])}, "
+                                 f"{_fmt(row['hi'])}] | {'yes' if met else 'no'} ({goal}) |")
+            lines.append("")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for res in results:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for label, series in res["target_share"].items():
+            grid = label.startswith("grid-")
+            ax.plot(series, lw=0.8 if grid else 1.8, alpha=0.35 if grid else 1.0, label=None if grid else label)
+        ax.set(xlabel="decision", ylabel="target share", title=f"{res['setting']}: target share per policy "
+               "(mean over comparison seeds; grid faint)")
+        ax.legend(fontsize=7, ncol=2)
+        p = out / f"{res['setting']}-shares.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+        for ok, r in res["objectives"].items():
+            fig, ax = plt.subplots(figsize=(8, 4.5))
+            for label, pol in r["policies"].items():
+                if pol["group"] == "grid" and label not in (r["selected_grid"], r["hindsight_grid"]):
+                    continue
+                ax.plot(pol["curve"], lw=2.2 if pol["group"] == "learned" else 1.2, label=label)
+            ax.set(xlabel="feedback", ylabel="balanced score B", title=f"{res['setting']} · {ok}")
+            ax.legend(fontsize=7, ncol=2)
+            p = out / f"{res['setting']}-{ok}-scores.png"
+            fig.tight_layout()
+            fig.savefig(p, dpi=110)
+            plt.close(fig)
+            paths.append(p)
+    return paths
+
+
+def evaluate(cfg: EvaluationConfig, *, run: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) every setting's episodes, then write ``results.json``, ``report.md`` and the
+    plots. ``run=False`` only reports on what the folders hold (missing runs are an error)."""
+    cfg.check()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for setting in cfg.settings:
+        plan = plan_setting(setting, cfg)
+        folder = cfg.out / "runs" / setting.name
+        if run:
+            run_episodes(setting, plan.episodes, folder, cfg.runner, check_folder=_check_folder(setting),
+                         desc=f"evaluate {setting.name}")
+        store = FileStore(folder)
+        held = set(store.list()) if store.records.is_dir() else set()
+        missing = [e.run_id for e in plan.episodes if e.run_id not in held]
+        if missing:
+            raise RunnerError(f"{folder}: {len(missing)} run(s) of this evaluation are missing (e.g. {missing[0]}); "
+                              "run the evaluation to make them")
+        trajectories = {e.run_id: store.read(e.run_id).trajectory for e in plan.episodes}
+        results.append(summarise_setting(setting, cfg, plan, trajectories))
+    write_json_atomic(cfg.out / "results.json", {"seeds": cfg.seeds, "selection_seeds": cfg.selection_seeds,
+                                                 "reference": cfg.reference, "settings": results})
+    write_report(results, cfg, cfg.out / "report.md")
+    plot_results(results, cfg.out / "plots")
+    return results

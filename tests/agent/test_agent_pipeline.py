@@ -1,0 +1,201 @@
+"""The learned agent end to end on the tiny synthetic setting: dataset -> d3rlpy -> ONNX -> served
+decisions -> the evaluation harness on the real env (tiny model, seconds per run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mixagent.agent.dataset import (
+    DatasetError,
+    all_copies,
+    best_copies,
+    load_runs,
+    policy_action_spec,
+    split_runs,
+    to_mdp_dataset,
+)
+from mixagent.agent.policy import ObjectiveRange, load_artifact
+from mixagent.trajectories import ContractError, DomainSpace, Feedback, History, Objective
+from mixagent.trajectories.encoding import encode, stage_rewards
+
+FAST = {"bc_steps": 60, "rl_steps": 40, "fqe_steps": 20, "relabel_copies": 3, "bc_objective_draws": 4,
+        "steps_per_epoch": 20, "batch_size": 32, "hidden_units": [16, 16]}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_dataset):
+    return load_runs([tiny_dataset])
+
+
+def test_split_is_by_trajectory_seeded_and_disjoint(tiny_runs):
+    runs, data = tiny_runs
+    assert data[0].trajectories == len(runs) == 9
+    train, val = split_runs(runs, 0.3, seed=0)
+    assert len(val) == 3 and len(train) == 6
+    assert not {r.run_id for r in train} & {r.run_id for r in val}
+    assert [r.run_id for r in split_runs(runs, 0.3, seed=0)[1]] == [r.run_id for r in val]
+    assert [r.run_id for r in split_runs(runs, 0.3, seed=1)[1]] != [r.run_id for r in val]
+    with pytest.raises(DatasetError, match="validation_fraction: must be in"):
+        split_runs(runs, 1.0, 0)
+
+
+def test_relabelled_copies_carry_their_objective_and_rewards(tiny_runs):
+    runs, _ = tiny_runs
+    spec = policy_action_spec(runs)
+    rng = np.random.default_rng(0)
+    ep = all_copies(runs[:2], 3, ObjectiveRange(), rng, spec)
+    assert ep.n_episodes == 6
+    horizon = runs[0].trajectory.header.horizon
+    assert len(ep.observations) == 6 * (horizon + 1) and ep.timeouts.sum() == 6
+    for e, (rid, objective) in enumerate(ep.sources):
+        run = next(r for r in runs if r.run_id == rid)
+        rows = np.flatnonzero(ep.episode == e)
+        h = run.trajectory.history
+        np.testing.assert_allclose(ep.rewards[rows][:-1], stage_rewards(h, objective), rtol=1e-6)
+        assert ep.rewards[rows][-1] == 0 and ep.timeouts[rows][-1] and not ep.timeouts[rows][:-1].any()
+        np.testing.assert_array_equal(ep.observations[rows][-1], encode(h, horizon, spec, objective))
+        assert ep.observations[rows][0][-5] == pytest.approx(objective.spread_penalty)  # the objective slice
+    assert ep.sources[0][1] == runs[0].trajectory.header.objective  # its own objective first
+    assert len({o.spread_penalty for _, o in ep.sources}) > 2  # the others are drawn
+    mdp = to_mdp_dataset(ep)
+    assert mdp.transition_count == 6 * horizon  # every decision has a next observation
+
+
+def test_bc_data_keeps_the_best_runs_under_each_objective(tiny_runs):
+    runs, _ = tiny_runs
+    spec = policy_action_spec(runs)
+    bc = best_copies(runs, draws=5, top_fraction=0.2, objective_range=ObjectiveRange(), rng=np.random.default_rng(1),
+                     spec=spec)
+    from mixagent.agent.dataset import final_score
+
+    for rid, objective in bc.sources:
+        scores = sorted((final_score(r, objective) for r in runs), reverse=True)
+        mine = final_score(next(r for r in runs if r.run_id == rid), objective)
+        assert mine >= scores[1] - 1e-12  # top 2 of 9 (round(9 * 0.2) = 2)
+
+
+def test_objective_range_refuses_and_names_the_range():
+    rng = ObjectiveRange(spread_penalty_max=0.9, max_weight_ratio=2.0)
+    space = DomainSpace.from_fields({"source": ["a"], "target": ["b"]})
+    rng.check(Objective(spread_penalty=0.9, field_weights={"source": 1, "target": 2}), space)
+    with pytest.raises(ContractError, match=r"spread_penalty: 1.5 is outside the range .* \[0, 0.9\]"):
+        rng.check(Objective(spread_penalty=1.5), space)
+    with pytest.raises(ContractError, match=r"field_weights: .* 3x more weight .* within a factor 2"):
+        rng.check(Objective(field_weights={"source": 1, "target": 3}), space)
+    draws = [rng.sample(np.random.default_rng(i), space.fields) for i in range(50)]
+    for o in draws:
+        rng.check(o, space)
+
+
+@pytest.mark.parametrize("algo", ["bc", "bc+cql", "iql", "td3+bc", "cql"])
+def test_every_algorithm_trains_exports_and_serves_the_same_actions(algo, tiny_dataset, tmp_path):
+    from mixagent.agent.train import TrainConfig, train
+
+    out = tmp_path / algo.replace("+", "_")
+    report = train([tiny_dataset], algo, out, TrainConfig(**FAST, validation_fraction=0.3), progress=False)
+    card = json.loads((out / "card.json").read_text())
+    assert card["algorithm"] == f"{algo}/mlp" and card["encoder_version"] == "obs-v2"
+    assert card["training_data"][0]["trajectories"] == 9 and card["training_data_hash"]
+    assert card["metrics"]["export/max_abs_diff_onnx_vs_torch"] <= 1e-5
+    assert len(card["observation_low"]) == len(card["observation_high"]) == 28
+    assert "val/fqe_return" in report.metrics and "train/action_error_best" in report.metrics
+    assert (out / "learner.d3").is_file() and json.loads((out / "training.json").read_text())["split"]["validation"]
+    # the served policy (onnxruntime, no torch) makes the torch policy's decisions
+    import d3rlpy
+
+    learner = d3rlpy.load_learnable(str(out / "learner.d3"))
+    _, factory = load_artifact(out)
+    space = DomainSpace.from_fields({"source": ["src_a", "src_b"], "target": ["tgt_a", "tgt_b"]})
+    policy = factory(5, Objective(spread_penalty=0.3))
+    h = History(space=space)
+    for t in range(3):
+        h.record_feedback(Feedback(step=t, tokens_seen=t, field_scores={"source": -3 - 0.01 * t, "target": -5 + 0.1 * t},
+                                   domain_losses=dict.fromkeys(space.names, 3.0)))
+        obs = encode(h, 5, policy.card.action, Objective(spread_penalty=0.3))
+        want = learner.predict(obs[None])[0]
+        np.testing.assert_allclose(policy.act(obs), want, atol=1e-5)
+        h.record_weights(policy.next_weights(space, h))
+    with pytest.raises(ContractError, match="outside the range"):
+        factory(5, Objective(spread_penalty=2.0))
+
+
+def test_transformer_encoder_trains_and_exports(tiny_dataset, tmp_path):
+    from mixagent.agent.train import TrainConfig, train
+
+    report = train([tiny_dataset], "bc", tmp_path / "tf", TrainConfig(**FAST, encoder="transformer",
+                                                                        transformer_d_model=16), progress=False)
+    assert report.card.algorithm == "bc/transformer"
+    assert report.card.metrics["export/max_abs_diff_onnx_vs_torch"] <= 1e-5
+
+
+def test_bad_training_input_is_refused_with_the_field(tiny_dataset, tmp_path):
+    from mixagent.agent.train import load_config, train
+
+    with pytest.raises(DatasetError, match="--algo: must be one of"):
+        train([tiny_dataset], "ppo", tmp_path / "x")
+    with pytest.raises(DatasetError, match="no such folder"):
+        train([tmp_path / "nope"], "bc", tmp_path / "x")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bc_steps: -3\nunknown_field: 1\n")
+    with pytest.raises(DatasetError, match=r"bc_steps: .*got -3.*unknown_field"):
+        load_config(cfg)
+
+
+def test_out_of_range_observations_go_to_the_fallback(tiny_dataset, tmp_path):
+    from mixagent.agent.policy import decide
+    from mixagent.agent.train import TrainConfig, train
+
+    train([tiny_dataset], "bc", tmp_path / "p", TrainConfig(**FAST), progress=False)
+    _, factory = load_artifact(tmp_path / "p")
+    policy = factory(5, Objective())
+    space = DomainSpace.from_fields({"source": ["a", "b"], "target": ["c"]})
+    h = History(space=space)
+    h.record_feedback(Feedback(step=0, tokens_seen=0, field_scores={"source": -3.0, "target": -5.0},
+                               domain_losses=dict.fromkeys(space.names, 3.0)))
+    assert decide(policy, space, h).fallback is None
+    h.record_weights(policy.next_weights(space, h))
+    h.record_feedback(Feedback(step=1, tokens_seen=1, field_scores={"source": -30.0, "target": -0.5},
+                               domain_losses=dict.fromkeys(space.names, 3.0)))  # far outside training
+    d = decide(policy, space, h)
+    assert d.fallback == "uniform" and "outside the range seen in training" in d.reason
+    np.testing.assert_allclose(d.weights.as_array(), 1 / 3)
+    three = DomainSpace.from_fields({"source": ["a"], "math": ["m"], "code": ["c"]})
+    h3 = History(space=three)
+    d3 = decide(policy, three, h3)
+    assert d3.fallback == "uniform" and "reads 2 fields" in d3.reason
+
+
+def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset, tiny_setting, cache_dir, tmp_path):
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
+    from mixagent.agent.runner import RunnerConfig
+    from mixagent.agent.train import TrainConfig, train
+
+    train([tiny_dataset], "bc", tmp_path / "agent", TrainConfig(**FAST), progress=False)
+    policies = parse_policies(["baselines", "hand", f"agent={tmp_path / 'agent'}"])
+    policies += [p for p in parse_policies(["grid"]) if p.label in ("grid-0.2", "grid-0.5")]
+    cfg = EvaluationConfig(out=tmp_path / "eval", policies=tuple(policies), settings=(tiny_setting,),
+                           objectives=(parse_objective("default"), parse_objective("spread_penalty=0.2")),
+                           seeds=2, selection_seeds=1,
+                           runner=RunnerConfig(threads=1, cache_dir=cache_dir, progress=False))
+    [res] = evaluate(cfg)
+    runs = list((tmp_path / "eval" / "runs" / tiny_setting.name / "records").iterdir())
+    # 2 + 2 domains with equal priors: uniform == prior == fixed-0.5 == grid-0.5, one run per seed
+    # for all four; 2 loss-softmax, 3 hand, grid-0.2 (+1 selection seed each for the grid), and the
+    # agent once per objective
+    assert len(runs) == 2 * (1 + 2 + 3 + 1) + 2 * 1 + 2 * 2
+    r = res["objectives"]["lam0.5"]
+    assert r["policies"]["uniform"]["B"] == r["policies"]["prior"]["B"] == r["policies"]["grid-0.5"]["B"]
+    assert r["selected_grid"] in ("grid-0.2", "grid-0.5")
+    goals = r["comparisons"]["agent"]["goals"]
+    assert {"beats uniform", f"beats {r['best_hand']}"} <= set(goals)
+    for label, p in r["policies"].items():
+        assert p["lo"] <= p["mean"] <= p["hi"] and len(p["B"]) == 2
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## synthetic-tiny · lam0.2" in report and "| agent |" in report
+    assert (tmp_path / "eval" / "plots" / "synthetic-tiny-shares.png").is_file()
+    # resumable: a second call runs nothing new and reports the same numbers
+    again = evaluate(cfg)
+    assert again[0]["objectives"]["lam0.5"]["policies"]["agent"]["B"] == r["policies"]["agent"]["B"]
