@@ -17,7 +17,7 @@ from mixagent.service.server.errors import Unprocessable
 from mixagent.service.server.limits import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
 from mixagent.service.server.export import export_trajectories
 from mixagent.service.server.registry import PolicyEntry, PolicyRegistry
-from mixagent.service.server.runs import RunState, StoredDecision
+from mixagent.service.server.runs import RunState, ServedBy, StoredDecision
 from mixagent.service.server.schemas import (
     DecisionPublic,
     DecisionRecord,
@@ -36,6 +36,7 @@ from mixagent.service.server.schemas import (
     RunsPublic,
     RunsQuery,
     RunSummary,
+    ServedByPublic,
     TrajectoriesQuery,
 )
 
@@ -46,11 +47,12 @@ _ERRORS = {
     403: "The route needs an admin token.",
     404: "No such run for this token.",
     409: "The step or tokens_seen conflicts with the run's recorded history, or the run is done.",
+    503: "The database is unavailable, or this replica cannot read the policy artifact the database names "
+         "(the detail names its path); retry (see Retry-After).",
     413: "The request body is over MIXAGENT_MAX_BODY_BYTES (256 KiB by default).",
     414: f"The path and query string are over {MAX_URL_BYTES} bytes.",
     422: "The input breaks the schema or the run's domain space.",
     431: f"Over {MAX_HEADERS} header lines or {MAX_HEADER_BYTES} bytes of headers.",
-    503: "The database is unavailable; retry (see Retry-After).",
 }
 _EVERY_ROUTE = (414, 431)
 
@@ -67,22 +69,33 @@ runs_router = APIRouter(prefix="/v1/runs", tags=["runs"])
 RunId = Annotated[str, Path(min_length=1, max_length=64, description="The id returned by create run.")]
 
 
+def _served_by(state: RunState, served: ServedBy) -> ServedByPublic:
+    return ServedByPublic(policy=state.policy_ref, fallback=served.fallback, reason=served.reason)
+
+
 def _decision_public(state: RunState, d: StoredDecision, replayed: bool) -> DecisionPublic:
     return DecisionPublic(
         run_id=state.id, decision_id=d.decision_id, step=d.step, t=d.seq,
         weights=d.weights.as_dict(state.space), policy=state.policy_name,
-        policy_version=state.policy_version, done=d.seq >= state.horizon, replayed=replayed,
+        policy_version=state.policy_version, served_by=_served_by(state, d.served_by),
+        done=d.seq >= state.horizon, replayed=replayed,
     )
 
 
 @runs_router.post("", status_code=201, response_model=RunCreated, responses=errors(401, 413, 422, 503))
 def create_run(body: RunCreate, caller: CallerDep, store: StoreDep, response: Response) -> RunCreated:
-    """Create a run; returns its id and the mixture to train on until the first decision."""
+    """Create a run; returns its id and the mixture to train on until the first decision.
+
+    The run gets the current version of its policy (the same on every replica). An objective
+    outside a learned policy's trained range is a 422 naming the range; domains that do not fit a
+    learned policy are not refused: the fallback baseline serves the run (``served_by`` says so).
+    """
     state = store.create_run(owner=caller.principal, req=body)
     response.headers["Location"] = f"/v1/runs/{state.id}"
     return RunCreated(
         run_id=state.id, mixture_id=state.initial_mixture_id, weights=state.initial_weights.as_dict(state.space),
-        policy=state.policy_name, policy_version=state.policy_version, horizon=state.horizon,
+        policy=state.policy_name, policy_version=state.policy_version,
+        served_by=_served_by(state, state.initial_served_by), horizon=state.horizon,
         interval=state.interval, created_at=state.created_at,
     )
 
@@ -117,11 +130,13 @@ def get_run(run_id: RunId, caller: CallerDep, store: StoreDep, q: Annotated[RunQ
         setting_name=str(state.meta.get("setting_name", "")), model=str(state.meta.get("model", "")),
         seed=int(state.meta.get("seed", 0)),
         initial_mixture_id=state.initial_mixture_id, initial_weights=state.initial_weights.as_dict(state.space),
+        initial_served_by=_served_by(state, state.initial_served_by),
         history=[
             DecisionRecord(
                 step=d.step, tokens_seen=d.feedback.tokens_seen, field_scores=dict(d.feedback.field_scores),
                 domain_losses={n: d.feedback.domain_losses[n] for n in names}, trained_on=d.mixture_id,
-                decision_id=d.decision_id, weights=d.weights.as_dict(state.space), received_at=d.created_at,
+                decision_id=d.decision_id, weights=d.weights.as_dict(state.space),
+                served_by=_served_by(state, d.served_by), received_at=d.created_at,
             )
             for d in state.decisions
         ],
@@ -149,21 +164,28 @@ async def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, stor
 policies_router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 
-def _policy_public(registry: PolicyRegistry, e: PolicyEntry) -> PolicyPublic:
-    doc = e.card.description if e.card else (type(e.policy(1)).__doc__ or "").strip().split("\n")[0]
+def _policy_public(registry: PolicyRegistry, e: PolicyEntry, current: dict[str, str]) -> PolicyPublic:
+    doc = e.card.description if e.card else (type(e.factory(1)).__doc__ or "").strip().split("\n")[0]
+    is_current = current.get(e.name) == e.version
+    card = e.card
     return PolicyPublic(
         name=e.name, version=e.version, kind=e.kind, rule=e.rule, params=e.params,  # type: ignore[arg-type]
-        description=doc, current=registry.is_current(e),
-        default=e.name == registry.default_name and registry.is_current(e),
-        encoder_version=e.card.encoder_version if e.card else None, loaded_at=e.loaded_at,
+        description=doc, current=is_current, default=e.name == registry.default_name and is_current,
+        bundled=e.bundled, encoder_version=card.encoder_version if card else None,
+        objective_range=card.objective_range.describe() if card and card.objective_range else None,
+        fallback=e.fallback if e.kind == "onnx" else None, loaded_at=e.loaded_at,
     )
 
 
-@policies_router.get("", response_model=PoliciesPublic, responses=errors(401))
-def list_policies(_: CallerDep, registry: RegistryDep) -> PoliciesPublic:
-    """Every loaded policy version; ``current`` marks what new runs get."""
-    data = [_policy_public(registry, e) for e in registry.entries()]
-    return PoliciesPublic(data=data, count=len(data))
+@policies_router.get("", response_model=PoliciesPublic, responses=errors(401, 503))
+def list_policies(_: CallerDep, registry: RegistryDep, store: StoreDep) -> PoliciesPublic:
+    """Every loaded policy version; ``current`` marks what new runs get (the same on every replica).
+    Artifacts loaded through another replica are loaded here first; ``errors`` names those this
+    replica cannot read."""
+    problems = store.sync_policies()
+    current = store.current_versions()
+    data = [_policy_public(registry, e, current) for e in registry.entries()]
+    return PoliciesPublic(data=data, count=len(data), errors=problems)
 
 
 @policies_router.post("/load", status_code=201, response_model=PolicyPublic,
@@ -172,8 +194,10 @@ def load_policy(
     body: PolicyLoad, _: AdminDep, registry: RegistryDep, settings: SettingsDep, store: StoreDep,
     metrics: MetricsDep,
 ) -> PolicyPublic:
-    """Load a policy artifact folder (under ``policy_dir``) without a restart; running runs keep
-    their version. An invalid artifact is refused (422) and the service keeps serving."""
+    """Load a policy artifact folder (under ``policy_dir``) without a restart and make it the
+    current version of its name on every replica (through the shared database: the next run any
+    replica creates gets it); running runs keep their version. An invalid artifact is refused (422)
+    and the service keeps serving. Every replica must be able to read the folder at the same path."""
     if settings.policy_dir is None:
         raise Unprocessable("path: this service has no policy_dir (MIXAGENT_POLICY_DIR) to load from")
     try:  # the schema already refused control characters and over-long names; the file system may still object
@@ -191,7 +215,7 @@ def load_policy(
         raise Unprocessable(f"path: cannot read artifact {body.path!r}: {reason}") from None
     metrics.policies_loaded.inc()
     store.record_artifact(entry)
-    return _policy_public(registry, entry)
+    return _policy_public(registry, entry, store.current_versions())
 
 
 # ===== /v1/trajectories ==========================================================================
@@ -236,21 +260,25 @@ def healthz() -> HealthPublic:
 @ops_router.get("/readyz", response_model=ReadyPublic,
                 responses={503: {"model": ReadyPublic, "description": "Not ready."}})
 def readyz(registry: RegistryDep, store: StoreDep, settings: SettingsDep) -> JSONResponse:
-    """Ready when the default policy is loaded, the policy folder (if set) exists and the database
-    answers."""
+    """Ready when the default policy is loaded, the policy folder (if set) exists, the database
+    answers, every current version the database names can be read here and no bundled artifact was
+    refused."""
     name = registry.default_name
     why = ""
     try:
-        registry.get(name)
+        store.policy_entry(name)
         loaded = True
     except Exception as e:  # noqa: BLE001 - readiness reports, never raises
-        loaded, why = False, str(e)
+        loaded, why = False, str(getattr(e, "detail", e))
     if settings.policy_dir is not None and not settings.policy_dir.is_dir():
         loaded, why = False, why or f"policy_dir: {str(settings.policy_dir)!r} is not a folder"
+    db = True
     try:
         with store.sessions() as s:
             s.execute(text("SELECT 1"))
-        db = True
+        problems = store.policy_problems()
+        if problems:
+            loaded, why = False, why or "; ".join(problems)
     except Exception as e:  # noqa: BLE001
         db, why = False, why or f"database: {type(e).__name__}"
     ok = loaded and db

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     """Folder of policy artifacts (``<dir>/<any>/card.json``), loaded at start and by the admin route."""
     default_policy: str | None = None
     """Policy of runs that name none: the bundled artifact when one exists, else ``loss-softmax``."""
+    fallback_policy: str = "uniform"
+    """Built-in baseline that serves a decision a learned policy cannot make (a run whose domains do
+    not fit it, an observation outside its training ranges); the answer's ``served_by`` names it."""
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 256 * 1024
     """Larger request bodies get 413 (see :mod:`mixagent.service.server.limits` for every limit)."""
     run_cache_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 256
@@ -86,6 +89,15 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported scheme {scheme!r} in {_hide_password(url)!r}; use "
                              "sqlite:///path/to/file.db or postgresql+psycopg://user@host/db")
         return url
+
+    @field_validator("fallback_policy")
+    @classmethod
+    def _known_baseline(cls, name: str) -> str:
+        from mixagent.agent.baselines import BASELINES  # noqa: PLC0415
+
+        if name not in BASELINES:
+            raise ValueError(f"{name!r} is not a built-in baseline; use one of {sorted(BASELINES)}")
+        return name
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -13,12 +13,12 @@ from typing import Any
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, make_url, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from mixagent.service.server.config import Settings
-from mixagent.service.server.models import Base
+from mixagent.service.server.models import Base, PolicyArtifact, PolicyCurrent
 
 __all__ = ["make_engine", "init_db", "make_sessionmaker", "Checkpointer", "check_database", "DatabaseUnavailable"]
 
@@ -106,9 +106,48 @@ def check_database(settings: Settings) -> None:
             f"database: cannot open {settings.database_display}: {reason}") from None
 
 
+SCHEMA_LOCK = 0x6D697861  # "mixa": the PostgreSQL advisory lock that serialises start-ups
+
+
 def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet (the schema is additive so far)."""
-    Base.metadata.create_all(engine)
+    """Create the tables that do not exist yet and add the nullable columns a database made by an
+    older release lacks (the schema is additive so far); seed ``policy_current`` from the artifacts
+    recorded before it existed (the newest load of each name, as a restart used to pick).
+
+    Replicas starting together on one PostgreSQL database take turns (an advisory lock held for the
+    transaction), so two ``CREATE TABLE`` or ``ALTER TABLE`` never race."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+        Base.metadata.create_all(conn)
+        _add_missing_columns(conn)
+        _seed_current(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    have = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        existing = {c["name"] for c in have.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in existing:
+                continue
+            if not column.nullable:  # pragma: no cover - a new required column needs a real migration
+                raise RuntimeError(f"database: table {table.name} lacks the required column {column.name}")
+            kind = column.type.compile(dialect=conn.dialect)
+            log.warning("database: adding column %s.%s (%s)", table.name, column.name, kind)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+
+
+def _seed_current(conn: Connection) -> None:
+    if conn.execute(select(PolicyCurrent.name).limit(1)).first() is not None:
+        return
+    newest: dict[str, tuple[float, str]] = {}
+    for name, version, loaded_at in conn.execute(
+            select(PolicyArtifact.name, PolicyArtifact.version, PolicyArtifact.loaded_at)):
+        if name not in newest or loaded_at >= newest[name][0]:
+            newest[name] = (loaded_at, version)
+    for name, (loaded_at, version) in newest.items():
+        conn.execute(insert(PolicyCurrent).values(name=name, version=version, updated_at=loaded_at))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

@@ -7,7 +7,9 @@ ServiceError                  -> its ``status``
  ├── Conflict                 409  step out of order, retried step with another payload, run done
  ├── Unprocessable            422  input that is well-formed JSON but breaks the contract
  ├── Forbidden                403  a non-admin token on an admin route
- └── Unauthorized             401  no bearer token, or one that is not valid
+ ├── Unauthorized             401  no bearer token, or one that is not valid
+ └── Unavailable              503  this replica cannot read a policy artifact the database names
+                                   (a deployment problem, not the client's: another replica may serve)
 RequestValidationError        422  schema violations and malformed JSON (FastAPI)
 HTTPException 405             405  a method the path does not allow (``Allow`` lists every one it does)
 OperationalError (database)   503  the database is unreachable (``Retry-After``); not the client's fault
@@ -28,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mixagent.service.server.methods import allowed_methods
+from mixagent.trajectories.contract import format_validation_errors
 
 __all__ = [
     "ServiceError",
@@ -36,6 +39,7 @@ __all__ = [
     "Unprocessable",
     "Forbidden",
     "Unauthorized",
+    "Unavailable",
     "install_error_handlers",
     "format_validation_errors",
 ]
@@ -72,37 +76,11 @@ class Unauthorized(ServiceError):
     status = 401
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+class Unavailable(ServiceError):
+    status = 503
 
-
-def format_validation_errors(errors: Iterable[Any], *, root: str = "request") -> tuple[str, list[dict[str, Any]]]:
-    """One readable line and a JSON-safe list from pydantic's ``ValidationError.errors()``.
-
-    The line names each field by its dotted location (``root`` when it has none), gives pydantic's
-    message without its ``Value error, `` prefix, and the value received, shortened:
-    ``body.steps: Input should be a valid integer (got 'x')``. At most five errors are spelled out.
-    The one formatter of validation errors in the service (HTTP 422 bodies, settings at start-up,
-    wire types that re-check the contract).
-    """
-    items = []
-    lines = []
-    for e in errors:
-        loc = [str(x) if not isinstance(x, int) else x for x in e.get("loc", ())]
-        where = ".".join(str(x) for x in loc) or root
-        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        if e.get("type") == "json_invalid":
-            ctx = e.get("ctx", {}) or {}
-            msg = f"malformed JSON: {ctx.get('error', msg)}"
-            line = f"{where}: {msg}"
-        elif "input" in e and e.get("type") not in ("missing", "value_error"):
-            line = f"{where}: {msg} (got {_short(e['input'])})"
-        else:
-            line = f"{where}: {msg}"
-        lines.append(line)
-        items.append({"loc": [str(x) for x in loc], "msg": msg, "type": str(e.get("type", ""))})
-    return "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else ""), items
+    def __init__(self, detail: str):
+        super().__init__(detail, {"Retry-After": "1"})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -17,7 +17,7 @@ from mixagent.service.server.errors import install_error_handlers
 from mixagent.service.server.limits import LIMITS_DOC, BodyLimitMiddleware, RequestLimitMiddleware
 from mixagent.service.server.methods import OptionsMiddleware
 from mixagent.service.server.metrics import Metrics, MetricsMiddleware
-from mixagent.service.server.registry import BUNDLED_DIR, PolicyRegistry
+from mixagent.service.server.registry import PolicyRegistry, bundled_dir
 from mixagent.service.server.runs import RunStore
 
 __all__ = ["create_app", "open_store"]
@@ -39,8 +39,8 @@ def open_store(settings: Settings, metrics: Metrics | None = None) -> tuple[RunS
     the messages of the artifacts refused."""
     engine = make_engine(settings)
     init_db(engine)
-    registry = PolicyRegistry(settings.default_policy)
-    refused = registry.load_dir(BUNDLED_DIR)
+    registry = PolicyRegistry(settings.default_policy, fallback=settings.fallback_policy)
+    refused = registry.load_dir(bundled_dir(), bundled=True)
     if settings.policy_dir is not None:
         if settings.policy_dir.is_dir():
             refused += registry.load_dir(settings.policy_dir)

@@ -30,6 +30,12 @@ class Metrics:
         self.policy_load_failures = Counter("mixagent_policy_load_failures_total",
                                             "Policy artifacts refused", registry=r)
         self.policies_loaded = Counter("mixagent_policy_loads_total", "Policy artifacts loaded", registry=r)
+        self.fallbacks = Counter(
+            "mixagent_fallback_decisions_total",
+            "Decisions (initial mixtures included, replays excluded) that a learned policy handed to the "
+            "fallback baseline, by policy (name@version) and reason: space (the run's domains do not fit "
+            "the policy) or observation (outside the ranges seen in training)",
+            ["policy", "reason"], registry=r)
 
     def track_active_runs(self, fn: Callable[[], float]) -> None:
         def safe() -> float:

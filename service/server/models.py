@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Run", "Decision", "PolicyArtifact"]
+__all__ = ["Base", "Run", "Decision", "PolicyArtifact", "PolicyCurrent"]
 
 
 class Base(DeclarativeBase):
@@ -30,6 +30,9 @@ class Run(Base):
     policy_version: Mapped[str] = mapped_column(String(64))
     initial_mixture_id: Mapped[str] = mapped_column(String(32))
     initial_weights_json: Mapped[str] = mapped_column(Text)
+    initial_served_by_json: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    """``{"fallback": ..., "reason": ...}`` when a fallback baseline chose the initial mixture; NULL
+    when the run's policy did (and in rows written before fallbacks existed)."""
 
 
 class Decision(Base):
@@ -48,6 +51,8 @@ class Decision(Base):
     mixture_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     weights_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+    served_by_json: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    """Like ``Run.initial_served_by_json``, for this decision (a retry answers with the same)."""
 
 
 class PolicyArtifact(Base):
@@ -60,3 +65,19 @@ class PolicyArtifact(Base):
     path: Mapped[str] = mapped_column(Text)
     card_json: Mapped[str] = mapped_column(Text)
     loaded_at: Mapped[float] = mapped_column(Float)
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    """sha256 of the artifact's files when it was loaded: a replica whose copy at ``path`` differs
+    refuses it rather than serve other decisions under the same version."""
+
+
+class PolicyCurrent(Base):
+    """Which version of a policy new runs get: one row per name, shared by every replica (the truth
+    that a load through any replica changes). Names without a row use the replica's own start-up
+    choice (built-ins, bundled artifacts, the policy folder scan), which is the same on replicas
+    started alike."""
+
+    __tablename__ = "policy_current"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -11,6 +11,15 @@ The rules (ARCHITECTURE.md, "The loop it serves"):
   (the trainer missed a decision, e.g. while the service was unreachable), the history records the
   mixture really trained on, so exported trajectories stay truthful.
 * A run takes ``horizon + 1`` feedbacks; the last one is answered with ``done = true``.
+* Every decision says who served it (:class:`ServedBy`): the run's policy, or the fallback baseline
+  and why (the run's domains do not fit a learned policy, or its observation is outside the ranges
+  seen in training). It is stored with the decision, so a retry answers with the same.
+
+Which version of a policy is current is one truth in the shared database (``policy_current``),
+read on every run creation: a load through any replica is what the next run on every replica gets.
+An artifact recorded there (by the admin route of any replica) is loaded here from its recorded
+path when first needed; a replica that cannot read it, or reads other files there, answers 503
+naming the path (and ``/readyz`` says so) rather than serve another version.
 
 A decision is acknowledged only after its row is committed. Each process caches the state of the
 runs it serves; a decision written meanwhile by another replica surfaces as a unique-key conflict
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -35,14 +45,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mixagent.service.server.errors import Conflict, NotFound, Unprocessable
+from mixagent.agent.policy import ArtifactError, MixingPolicy, decide
+from mixagent.service.server.errors import Conflict, NotFound, Unavailable, Unprocessable
 from mixagent.service.server.metrics import Metrics
-from mixagent.service.server.models import Decision, PolicyArtifact, Run
-from mixagent.service.server.registry import PolicyEntry, PolicyRegistry
+from mixagent.service.server.models import Decision, PolicyArtifact, PolicyCurrent, Run
+from mixagent.service.server.registry import PolicyEntry, PolicyRegistry, SpaceFallback
 from mixagent.service.server.schemas import FeedbackIn, RunCreate
 from mixagent.trajectories.contract import (
     ContractError,
@@ -54,7 +65,9 @@ from mixagent.trajectories.contract import (
     stable_hash,
 )
 
-__all__ = ["RunStore", "RunState", "StoredDecision", "RunPage", "estimate_bytes"]
+__all__ = ["RunStore", "RunState", "StoredDecision", "RunPage", "ServedBy", "estimate_bytes"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 RUN_BYTES = 8_000
@@ -68,6 +81,34 @@ decisions x 256 domains adds 43 MB of RSS (``bench/service_memory.py``) against 
 tracemalloc counts less (45 B a number at 256 domains, 53 B at 64, plus about 1.6 kB a decision),
 so the estimate is conservative (``tests/service/server/test_memory.py``)."""
 _INSERT_DECISION = insert(Decision.__table__)  # type: ignore[arg-type]
+MAX_REASON = 500
+"""Characters of a fallback reason kept (a domain-level card's reason lists every domain)."""
+
+
+@dataclass(frozen=True)
+class ServedBy:
+    """Who made a decision: the run's policy (``fallback`` None) or the named fallback baseline,
+    with the reason."""
+
+    fallback: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, decision: Any) -> ServedBy:
+        if decision.fallback is None:
+            return cls()
+        reason = decision.reason or ""
+        return cls(decision.fallback, reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "...")
+
+    def to_json(self) -> str | None:
+        return None if self.fallback is None else json.dumps({"fallback": self.fallback, "reason": self.reason})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ServedBy:
+        if not text:
+            return cls()
+        d = json.loads(text)
+        return cls(d.get("fallback"), d.get("reason"))
 
 
 @dataclass(frozen=True)
@@ -80,6 +121,7 @@ class StoredDecision:
     mixture_id: str | None
     weights: Weights
     created_at: float
+    served_by: ServedBy = ServedBy()
 
 
 def estimate_bytes(domains: int, fields: int, decisions: int) -> int:
@@ -113,8 +155,11 @@ class RunState:
     policy_version: str
     initial_mixture_id: str
     initial_weights: Weights
+    initial_served_by: ServedBy = ServedBy()
     decisions: list[StoredDecision] = field(default_factory=list)
     history: History | None = None
+    decider: MixingPolicy | None = field(default=None, repr=False)
+    """The run's policy, built for its horizon, objective and space (on first use after a load)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     _by_step: dict[int, StoredDecision] = field(default_factory=dict, repr=False)
@@ -128,6 +173,10 @@ class RunState:
     @property
     def done(self) -> bool:
         return len(self.decisions) >= self.horizon + 1
+
+    @property
+    def policy_ref(self) -> str:
+        return f"{self.policy_name}@{self.policy_version}"
 
     @property
     def nbytes(self) -> int:
@@ -203,21 +252,26 @@ class RunStore:
 
     # ----- create ------------------------------------------------------------------------------
     def create_run(self, *, owner: str, req: RunCreate) -> RunState:
+        """A new run on the current version of its policy (the database's truth, else this
+        process's start-up choice). 422 for an unknown policy or an objective outside a learned
+        policy's trained range (the message names the range); a run whose domains do not fit a
+        learned policy is served by the fallback, never refused."""
+        objective = Objective(**(req.objective.model_dump() if req.objective else {}))
         try:
             space = req.space()
-            entry = self.registry.get(req.policy, req.policy_version)
-            entry.check_space(space)
-            policy = entry.policy(req.horizon)
-            initial = policy.initial_weights(space)
+            entry = self.policy_entry(req.policy, req.policy_version)
+            decider = entry.policy(req.horizon, objective, space)
+            first = decide(decider, space, History(space=space))
         except ContractError as e:
             raise Unprocessable(str(e)) from None
-        objective = Objective(**(req.objective.model_dump() if req.objective else {}))
+        served = ServedBy.of(first)
         meta = {"setting_name": req.setting_name, "model": req.model, "seed": req.seed}
         state = RunState(
             id=uuid.uuid4().hex, owner=owner, created_at=time.time(), space=space, objective=objective,
             meta=meta, horizon=req.horizon, interval=req.interval, policy=entry,
             policy_name=entry.name, policy_version=entry.version,
-            initial_mixture_id=uuid.uuid4().hex, initial_weights=initial,
+            initial_mixture_id=uuid.uuid4().hex, initial_weights=first.weights, initial_served_by=served,
+            decider=decider,
         )
         state.history = History(space=space)
         with self._write_lock, self.sessions() as s:
@@ -226,12 +280,18 @@ class RunStore:
                 objective_json=objective.model_dump_json(), meta_json=json.dumps(meta),
                 horizon=req.horizon, interval=req.interval, policy_name=entry.name,
                 policy_version=entry.version, initial_mixture_id=state.initial_mixture_id,
-                initial_weights_json=_weights_json(initial),
+                initial_weights_json=_weights_json(first.weights), initial_served_by_json=served.to_json(),
             ))
             s.commit()
         self._remember(state)
         self.metrics.runs_created.labels(entry.name).inc()
+        self._count_fallback(state, served)
         return state
+
+    def _count_fallback(self, state: RunState, served: ServedBy) -> None:
+        if served.fallback is not None:
+            kind = "space" if isinstance(state.decider, SpaceFallback) else "observation"
+            self.metrics.fallbacks.labels(state.policy_ref, kind).inc()
 
     # ----- read --------------------------------------------------------------------------------
     def _remember(self, state: RunState) -> None:
@@ -275,11 +335,13 @@ class RunStore:
             policy=self.resolve_policy(row.policy_name, row.policy_version),
             policy_name=row.policy_name, policy_version=row.policy_version,
             initial_mixture_id=row.initial_mixture_id, initial_weights=_weights_of(row.initial_weights_json),
+            initial_served_by=ServedBy.from_json(row.initial_served_by_json),
             decisions=[
                 StoredDecision(
                     seq=d.seq, step=d.step, decision_id=d.decision_id, payload_hash=d.payload_hash,
                     feedback=Feedback.model_validate_json(d.feedback_json), mixture_id=d.mixture_id,
                     weights=_weights_of(d.weights_json), created_at=d.created_at,
+                    served_by=ServedBy.from_json(d.served_by_json),
                 )
                 for d in rows
             ],
@@ -356,29 +418,53 @@ class RunStore:
             return int(s.scalar(select(func.count()).select_from(Run).where(n <= Run.horizon)) or 0)
 
     # ----- policy artifacts ---------------------------------------------------------------------
-    def record_artifact(self, entry: PolicyEntry) -> None:
-        """Remember a loaded artifact so restarts and other replicas can load it again."""
+    def record_artifact(self, entry: PolicyEntry, make_current: bool = True) -> None:
+        """Remember a loaded artifact (so restarts and other replicas load it again) and, by
+        default, make it the current version of its name for every replica, in one transaction."""
         assert entry.card is not None and entry.path is not None
-        with self._write_lock, self.sessions() as s:
-            s.merge(PolicyArtifact(name=entry.name, version=entry.version, path=entry.path,
-                                   card_json=entry.card.model_dump_json(), loaded_at=entry.loaded_at))
-            s.commit()
+        now = time.time()
+        with self._write_lock, self.engine.begin() as conn:
+            _upsert(conn, PolicyArtifact, {"name": entry.name, "version": entry.version}, {
+                "path": entry.path, "card_json": entry.card.model_dump_json(), "loaded_at": now,
+                "digest": entry.digest})
+            if make_current:
+                _upsert(conn, PolicyCurrent, {"name": entry.name}, {"version": entry.version, "updated_at": now})
 
     def reload_artifacts(self) -> list[str]:
-        """Load every recorded artifact, oldest first (so the newest is current); returns refusals."""
+        """Load every recorded artifact (at start-up; none becomes current here: the database says
+        which is); returns the messages of the ones this replica cannot load."""
         with self.sessions() as s:
             rows = s.scalars(select(PolicyArtifact).order_by(PolicyArtifact.loaded_at)).all()
         errors = []
         for row in rows:
             try:
-                self.registry.load(row.path)
-            except ContractError as e:
+                self._load_row(row)
+            except ArtifactError as e:
                 errors.append(str(e))
+                log.error("recorded policy artifact not loaded: %s", e)
         return errors
 
-    def resolve_policy(self, name: str, version: str) -> PolicyEntry | None:
-        """The loaded entry, or the artifact another replica recorded (loaded without making it
-        current here)."""
+    def _load_row(self, row: PolicyArtifact) -> PolicyEntry:
+        """Load a recorded artifact from its path; ArtifactError (naming the path) when this replica
+        cannot read it or its files differ from the ones recorded."""
+        entry = self.registry.find(row.name, row.version)
+        if entry is not None:
+            return entry
+        try:
+            entry = self.registry.load(row.path, make_current=False, expect_digest=row.digest)
+        except ArtifactError as e:
+            raise ArtifactError(f"{row.name}@{row.version} (recorded at {row.path}): {e}") from None
+        except OSError as e:
+            raise ArtifactError(f"{row.name}@{row.version} (recorded at {row.path}): cannot read it here: "
+                                f"{e.strerror or e}") from None
+        if (entry.name, entry.version) != (row.name, row.version):
+            raise ArtifactError(f"{row.name}@{row.version} (recorded at {row.path}): the folder now holds "
+                                f"{entry.ref}")
+        return entry
+
+    def _recorded(self, name: str, version: str) -> PolicyEntry | None:
+        """The loaded entry, else the recorded artifact loaded now (503 when this replica cannot
+        read it), else None (nothing recorded under that name and version)."""
         entry = self.registry.find(name, version)
         if entry is not None:
             return entry
@@ -387,9 +473,72 @@ class RunStore:
         if row is None:
             return None
         try:
-            return self.registry.load(row.path, make_current=False)
-        except ContractError:
+            return self._load_row(row)
+        except ArtifactError as e:
+            self.metrics.policy_load_failures.inc()
+            raise Unavailable(
+                f"policy: {e}; this replica cannot serve it. Every replica must read the same artifact at "
+                "the same path (mount the policy folder identically) and may then serve it without a restart"
+            ) from None
+
+    def resolve_policy(self, name: str, version: str) -> PolicyEntry | None:
+        """The loaded entry, or the artifact another replica recorded (loaded without making it
+        current here); None when neither can be had (the reason surfaces on the run's next feedback)."""
+        try:
+            return self._recorded(name, version)
+        except Unavailable:
             return None
+
+    def current_version(self, name: str) -> str | None:
+        """The version of ``name`` new runs get, as the database says (None: it does not say)."""
+        with self.sessions() as s:
+            row = s.get(PolicyCurrent, name)
+            return row.version if row is not None else None
+
+    def current_versions(self) -> dict[str, str]:
+        """Every name's current version: this process's start-up choice overlaid with the database's."""
+        with self.sessions() as s:
+            rows = s.execute(select(PolicyCurrent.name, PolicyCurrent.version)).all()
+        return {**self.registry.current(), **{n: v for n, v in rows}}
+
+    def policy_entry(self, name: str | None, version: str | None = None) -> PolicyEntry:
+        """The entry a new run gets for ``name`` (the default when None) at ``version`` (the current
+        when None). ContractError (422) names an unknown name or version; :class:`Unavailable`
+        (503) when the database names an artifact this replica cannot read."""
+        name = name or self.registry.default_name
+        if version is None:
+            version = self.current_version(name)
+            if version is None:
+                return self.registry.get(name)
+        entry = self._recorded(name, version)
+        return entry if entry is not None else self.registry.get(name, version)
+
+    def sync_policies(self) -> list[str]:
+        """Load the artifacts recorded by other replicas that this one has not loaded yet; returns
+        the messages of those it cannot load (so listings and ``/readyz`` agree across replicas)."""
+        with self.sessions() as s:
+            rows = s.scalars(select(PolicyArtifact).order_by(PolicyArtifact.loaded_at)).all()
+        errors = []
+        for row in rows:
+            if self.registry.find(row.name, row.version) is None:
+                try:
+                    self._load_row(row)
+                except ArtifactError as e:
+                    errors.append(str(e))
+        return errors
+
+    def policy_problems(self) -> list[str]:
+        """Why this replica cannot serve what new runs get: a current version (per the database) it
+        cannot load, a bundled artifact refused at start-up."""
+        problems = [f"bundled policy refused: {m}" for m in self.registry.bundled_refused]
+        with self.sessions() as s:
+            rows = s.execute(select(PolicyCurrent.name, PolicyCurrent.version)).all()
+        for name, version in rows:
+            try:
+                self._recorded(name, version)
+            except Unavailable as e:
+                problems.append(e.detail)
+        return problems
 
     # ----- feedback ----------------------------------------------------------------------------
     def post_feedback(self, *, owner: str, run_id: str, fb: FeedbackIn) -> tuple[RunState, StoredDecision, bool]:
@@ -442,19 +591,14 @@ class RunStore:
             trained = state.mixture(fb.mixture_id)
             if trained is None:
                 raise Conflict(f"mixture_id: {fb.mixture_id!r} is not a mixture of run {state.id}")
-        if state.policy is None:
-            state.policy = self.resolve_policy(state.policy_name, state.policy_version)
-            if state.policy is None:
-                raise Conflict(
-                    f"policy: run {state.id} is pinned to {state.policy_name}@{state.policy_version}, "
-                    "which this service has not loaded; load that artifact again"
-                )
+        decider = self._decider(state)
         history = state.history if state.history is not None else state.rebuild_history()
         try:
             if history.weights and trained is not None:
                 history.weights[-1] = trained
             history.record_feedback(feedback)
-            weights = state.policy.policy(state.horizon).next_weights(state.space, history)
+            decision = decide(decider, state.space, history)
+            weights = decision.weights
             history.record_weights(weights)
         except ContractError as e:
             self._forget(state.id)
@@ -465,6 +609,7 @@ class RunStore:
         stored = StoredDecision(
             seq=len(state.decisions), step=fb.step, decision_id=uuid.uuid4().hex, payload_hash=payload_hash,
             feedback=feedback, mixture_id=fb.mixture_id, weights=weights, created_at=time.time(),
+            served_by=ServedBy.of(decision),
         )
         try:
             # A Core insert of a cached statement on a plain connection: the ORM's unit of work and
@@ -474,7 +619,7 @@ class RunStore:
                     "run_id": state.id, "seq": stored.seq, "step": stored.step, "decision_id": stored.decision_id,
                     "payload_hash": payload_hash, "feedback_json": feedback.model_dump_json(),
                     "mixture_id": fb.mixture_id, "weights_json": _weights_json(weights),
-                    "created_at": stored.created_at,
+                    "created_at": stored.created_at, "served_by_json": stored.served_by.to_json(),
                 })
         except IntegrityError:
             self._forget(state.id)
@@ -485,7 +630,26 @@ class RunStore:
         state.decisions.append(stored)
         self._remember(state)  # its size grew
         self.metrics.decisions.labels(state.policy_name, state.policy_version).inc()
+        self._count_fallback(state, stored.served_by)
         return stored, False
+
+    def _decider(self, state: RunState) -> MixingPolicy:
+        """The run's policy (built on first use after a restart or a reload, with the stored
+        objective); 503 when its artifact cannot be read here."""
+        if state.decider is not None:
+            return state.decider
+        if state.policy is None:
+            state.policy = self._recorded(state.policy_name, state.policy_version)
+            if state.policy is None:
+                raise Conflict(
+                    f"policy: run {state.id} is pinned to {state.policy_ref}, which this service has not "
+                    "loaded and the database does not record; load that artifact again"
+                )
+        try:
+            state.decider = state.policy.policy(state.horizon, state.objective, state.space)
+        except ContractError as e:  # the card of a pinned version cannot change; guard anyway
+            raise Conflict(f"policy: run {state.id} cannot be served by {state.policy_ref}: {e}") from None
+        return state.decider
 
     @staticmethod
     def _space_message(space: DomainSpace, fb: FeedbackIn) -> str:
@@ -500,3 +664,14 @@ class RunStore:
             if unknown:
                 parts.append(f"{what}: unknown {unknown}")
         return "; ".join(parts) + f" (the run's fields are {list(space.fields)}, domains {list(space.names)})"
+
+
+def _upsert(conn: Connection, model: Any, keys: dict[str, Any], values: dict[str, Any]) -> None:
+    """Insert or update one row by primary key, atomically (two replicas loading at once both win,
+    the later one last)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert  # noqa: PLC0415
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]  # noqa: PLC0415
+    stmt = dialect_insert(model).values(**keys, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=values))

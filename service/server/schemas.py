@@ -22,6 +22,7 @@ __all__ = [
     "FeedbackIn",
     "DecisionPublic",
     "DecisionRecord",
+    "ServedByPublic",
     "RunPublic",
     "RunSummary",
     "RunsPublic",
@@ -108,7 +109,10 @@ class DomainIn(_In):
 
 
 class ObjectiveIn(_In):
-    """How the run's result is scored in the exported trajectory (see ``Objective``)."""
+    """What the run optimises: the balanced score ``B = Σ_f c_f g_f − λ·spread_f g_f`` (see
+    ``Objective``). A learned policy reads it (it chooses other mixtures for other objectives) and
+    refuses one outside the range it was trained on (422 naming the range, e.g. λ in [0, 0.9]); the
+    built-in rules ignore it. It is stored with the run and scores its exported trajectory."""
 
     spread_penalty: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.5
     field_weights: NameMap(Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)], MAX_FIELDS) | None = Field(
@@ -157,6 +161,18 @@ class RunCreate(_In):
         return DomainSpace(domains=tuple(Domain(name=d.name, field=d.field, prior=d.prior) for d in self.domains))
 
 
+class ServedByPublic(_Out):
+    """Who made a decision. ``fallback`` is null when the run's policy did; otherwise it names the
+    baseline (``MIXAGENT_FALLBACK_POLICY``, ``uniform`` by default) that served it because the
+    learned policy could not, and ``reason`` says why: the run's domains do not fit the policy
+    (e.g. three fields for a policy trained on two: every decision of the run), or this
+    observation lies outside the ranges seen in training (this decision only)."""
+
+    policy: str = Field(description="The run's policy and version, name@version.")
+    fallback: str | None = Field(description="The baseline that served this decision instead; null: the policy itself.")
+    reason: str | None = Field(description="Why the fallback served it; null when the policy did.")
+
+
 class RunCreated(_Out):
     """The run's id and the mixture to train on until the first decision.
 
@@ -174,6 +190,7 @@ class RunCreated(_Out):
         "before the step-0 evaluation; most trainers evaluate at step 0 first and train on its answer.")
     policy: str
     policy_version: str
+    served_by: ServedByPublic = Field(description="Who chose the initial mixture.")
     horizon: int
     interval: int
     created_at: float
@@ -211,6 +228,7 @@ class DecisionPublic(_Out):
     weights: dict[str, float]
     policy: str
     policy_version: str
+    served_by: ServedByPublic = Field(description="Who chose these weights (the same on a retry).")
     done: bool = Field(description="True once the run has received its horizon+1 feedbacks.")
     replayed: bool = Field(description="True when this answers a retry of an already recorded step.")
 
@@ -223,6 +241,7 @@ class DecisionRecord(_Out):
     trained_on: str | None = Field(description="Mixture id the trainer reported training on, if any.")
     decision_id: str
     weights: dict[str, float]
+    served_by: ServedByPublic
     received_at: float
 
 
@@ -253,6 +272,7 @@ class RunPublic(RunSummary):
     seed: int
     initial_mixture_id: str
     initial_weights: dict[str, float]
+    initial_served_by: ServedByPublic
     offset: int = Field(description="Index (t) of the first history entry of this page.")
     next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
     history: list[DecisionRecord]
@@ -296,15 +316,21 @@ class PolicyPublic(_Out):
     rule: str | None
     params: dict[str, float | int | str | bool]
     description: str
-    current: bool = Field(description="New runs naming this policy without a version get this one.")
+    current: bool = Field(description="New runs naming this policy without a version get this one (on every "
+                          "replica: the shared database says which version is current).")
     default: bool = Field(description="Runs that name no policy get this one.")
+    bundled: bool = Field(description="Shipped inside the package (agent/artifacts).")
     encoder_version: str | None
+    objective_range: str | None = Field(description="The objectives a learned policy was trained on; others are a 422.")
+    fallback: str | None = Field(description="The baseline serving what this learned policy cannot (onnx only).")
     loaded_at: float
 
 
 class PoliciesPublic(_Out):
     data: list[PolicyPublic]
     count: int
+    errors: list[str] = Field(default_factory=list, description="Artifacts recorded in the database (loaded "
+                              "through another replica or before a restart) that this replica cannot read.")
 
 
 MAX_PATH_PART_BYTES = 255

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from mixagent.service.server.config import DEV_TOKEN, Settings
 from tests.service.conftest import auth, feedback_body, make_settings, run_body
 
-KEYS = ("HOST", "PORT", "DATABASE_URL", "POLICY_DIR", "DEFAULT_POLICY", "TOKENS", "ADMIN_TOKENS", "ENVIRONMENT")
+KEYS = ("HOST", "PORT", "DATABASE_URL", "POLICY_DIR", "DEFAULT_POLICY", "FALLBACK_POLICY", "TOKENS", "ADMIN_TOKENS",
+        "ENVIRONMENT")
 
 
 @pytest.fixture()
@@ -107,6 +108,13 @@ def test_without_the_service_extra_serve_says_what_to_install(env, monkeypatch):
 def test_invalid_settings_are_one_line(env, monkeypatch):
     monkeypatch.setenv("MIXAGENT_ENVIRONMENT", "production")
     _one_line_error(_run("serve"), "invalid settings: settings: tokens: the development token may only be used")
+
+
+def test_an_unknown_fallback_policy_is_one_line(env, monkeypatch):
+    monkeypatch.setenv("MIXAGENT_FALLBACK_POLICY", "nosuch")
+    _one_line_error(_run("serve"), "invalid settings: fallback_policy: 'nosuch' is not a built-in baseline; use one "
+                    "of ['fixed-target-share', 'loss-softmax', 'prior', 'uniform']")
+    assert env == []
 
 
 def test_piped_output_is_not_cut(env, tmp_path, settings):
