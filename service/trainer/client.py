@@ -99,6 +99,9 @@ class Decision:
     policy_version: str
     done: bool
     replayed: bool
+    served_by: dict[str, Any] | None = None
+    """``{"policy": name@version, "fallback": None or a baseline, "reason": ...}`` (None from a
+    service older than this field)."""
 
 
 class MixingClient:
@@ -191,7 +194,7 @@ class MixingClient:
         if mixture_id is not None:
             body["mixture_id"] = mixture_id
         data = self._request("POST", f"/v1/runs/{run_id}/feedback", json=body).json()
-        return Decision(**{k: data[k] for k in Decision.__dataclass_fields__})
+        return Decision(**{k: data.get(k) if k == "served_by" else data[k] for k in Decision.__dataclass_fields__})
 
     def get_run(self, run_id: str, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """The run with history entries ``offset`` to ``offset + limit - 1`` (at most 500 a page;
@@ -230,6 +233,8 @@ class MixingRun:
         self.policy_version: str = created["policy_version"]
         self.mixture_id: str = created["mixture_id"]
         self._weights: dict[str, float] = dict(created["weights"])
+        self.served_by: dict[str, Any] | None = created.get("served_by")
+        """Who chose the current weights (the run's policy, or its fallback baseline and why)."""
         self.done = False
         self.missed: list[int] = []
 
@@ -252,6 +257,7 @@ class MixingRun:
             )
             return self.weights
         self._weights = dict(decision.weights)
+        self.served_by = decision.served_by
         self.mixture_id = decision.decision_id
         self.done = decision.done
         return self.weights

@@ -6,9 +6,15 @@ talks to it through :class:`~mixagent.service.trainer.client.MixingClient` over 
 trainer would. The same episode (same seed, same batches order) is then trained on a uniform
 mixture, and the per-field scores of both are printed side by side.
 
+The policy is the service's default unless ``policy`` names another (the bundled agent once one
+ships, else ``loss-softmax``: :attr:`~mixagent.service.server.registry.PolicyRegistry.default_name`).
+Each stage prints one line (decision, target share, who served it, seconds), so minutes of training
+are never silent.
+
 Outputs in ``out``: ``weights.png`` (the served run: weights per stage, field scores, domain
-losses), ``uniform.png``, ``served.jsonl`` (the served run exported as a trajectory) and
-``demo.json`` (the numbers printed).
+losses), ``uniform.png``, ``served.jsonl`` (the served run exported as a trajectory),
+``demo.json`` (the numbers printed) and ``demo.db`` (the service's SQLite database, with its
+``-wal``/``-shm`` files while it is open).
 """
 
 from __future__ import annotations
@@ -73,25 +79,43 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
-def _episode(env: Any, seed: int, choose: Callable[[Feedback], Weights | list[float]]) -> History:
+def _episode(env: Any, seed: int, choose: Callable[[Feedback], Weights | list[float]],
+             progress: Callable[[int, list[float]], None] = lambda t, w: None) -> History:
     """One episode; ``choose`` gets each feedback (the step-0 evaluation first) and returns the
-    mixture for the next stage."""
+    mixture for the next stage; ``progress(t, weights)`` is called after each decision."""
     _, info = env.reset(seed=seed)
     weights = choose(Feedback.model_validate(info["feedback"]))
-    for _ in range(env.horizon):
+    progress(0, list(getattr(weights, "values", weights)))
+    for t in range(1, env.horizon + 1):
         _, _, _, truncated, info = env.step_weights(np.asarray(getattr(weights, "values", weights)))
         weights = choose(Feedback.model_validate(info["feedback"]))
+        progress(t, list(getattr(weights, "values", weights)))
         if truncated:
             break
     return env.history  # type: ignore[no-any-return]
 
 
+def _progress(label: str, env: Any, echo: Callable[[str], None],
+              served_by: Callable[[], str] = lambda: "") -> Callable[[int, list[float]], None]:
+    """One line per evaluation: which, the target share decided, who served it, seconds so far."""
+    target = np.asarray([d.field != "source" for d in env.space.domains])
+    t0 = time.time()
+
+    def show(t: int, weights: list[float]) -> None:
+        share = float(np.asarray(weights)[target].sum())
+        what = "start evaluated" if t == 0 else f"stage {t}/{env.horizon} trained and evaluated"
+        echo(f"  {label}: {what}; next target share {share:.2f}{served_by()} ({time.time() - t0:.0f} s)")
+
+    return show
+
+
 def run_demo(
-    *, setting: str, policy: str, out: Path, seed: int = 0, cache_dir: Path | None = None,
+    *, setting: str, policy: str | None = None, out: Path, seed: int = 0, cache_dir: Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     try:
         from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415 - torch only here
+        from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
         from mixagent.trajectories.encoding import balanced_scores  # noqa: PLC0415
         from mixagent.trajectories.plots import plot_history  # noqa: PLC0415
     except ModuleNotFoundError as e:
@@ -103,12 +127,19 @@ def run_demo(
     db.unlink(missing_ok=True)
     settings = Settings(database_url=f"sqlite:///{db}", tokens=token)
     app = create_app(settings)
+    by_default = policy is None
+    policy = policy or app.state.registry.default_name
     try:  # before minutes of loading: an unknown policy is one line now, not a traceback later
         app.state.registry.get(policy)
     except ContractError as e:
         raise DemoError(f"--policy: {str(e).removeprefix('policy: ')}") from None
-    echo(f"loading setting {setting} (corpus, tokenizer and base model are built and cached on first use)")
-    env = DataMixingEnv(setting, cache_dir=cache_dir, progress=True)
+    echo(f"policy: {policy}" + (" (the service's default)" if by_default else ""))
+    try:
+        the_setting = load_setting(setting)
+    except SettingError as e:
+        raise DemoError(f"--setting: {e}") from None
+    echo(f"loading setting {the_setting.name} (corpus, tokenizer and base model are built and cached on first use)")
+    env = DataMixingEnv(the_setting, cache_dir=cache_dir, progress=True)
     s = env.setting
     with BackgroundServer(app) as server, MixingClient(server.url, token) as client:
         echo(f"mixing service on {server.url}; policy {policy}; {env.horizon} decisions x {s.cpt.interval} steps")
@@ -116,17 +147,28 @@ def run_demo(
                                setting_name=s.name, model=env.model_description, seed=seed,
                                objective=s.objective.model_dump())
 
+        fallbacks: list[str] = []
+
         def ask_service(fb: Feedback) -> list[float]:
             run.report(fb)
+            sb = run.served_by or {}
+            if sb.get("fallback"):
+                fallbacks.append(f"{sb['fallback']} ({sb.get('reason')})")
             return run.weights_array()
 
+        def who() -> str:
+            sb = run.served_by or {}
+            return f", by {sb['fallback']} (fallback)" if sb.get("fallback") else f", by {sb.get('policy', policy)}"
+
+        echo(f"1/2 served run ({policy}@{run.policy_version}), {env.horizon} stages:")
         t0 = time.time()
-        served = _episode(env, seed, ask_service)
+        served = _episode(env, seed, ask_service, _progress("served", env, echo, who))
         served_s = time.time() - t0
         n = write_jsonl(export_trajectories(app.state.store), out / "served.jsonl")
     uniform_w = [1.0 / env.space.size] * env.space.size
+    echo(f"2/2 the same episode on a uniform mixture, {env.horizon} stages:")
     t0 = time.time()
-    uniform = _episode(env, seed, lambda fb: uniform_w)
+    uniform = _episode(env, seed, lambda fb: uniform_w, _progress("uniform", env, echo))
     uniform_s = time.time() - t0
 
     fields = env.space.fields
@@ -146,8 +188,11 @@ def run_demo(
         f"t{t}: " + ", ".join(f"{f}={x:.2f}" for f, x in zip(fields, row, strict=True)) for t, row in enumerate(shares)))
     plot_history(served, out / "weights.png", title=f"{s.name}: served by {policy}")
     plot_history(uniform, out / "uniform.png", title=f"{s.name}: uniform mixture")
+    if fallbacks:
+        echo(f"{len(fallbacks)} of {len(served.feedback)} decisions were served by the fallback: {fallbacks[0]}")
     result = {
-        "setting": s.name, "policy": policy, "seed": seed, "steps": served.feedback[-1].step,
+        "setting": s.name, "policy": policy, "policy_version": run.policy_version, "seed": seed,
+        "steps": served.feedback[-1].step, "fallback_decisions": len(fallbacks),
         "fields": list(fields),
         "start": s_served[0].tolist(), "uniform_final": s_uniform[-1].tolist(), "served_final": s_served[-1].tolist(),
         "balanced_uniform": float(b_uniform[-1]), "balanced_served": float(b_served[-1]),
@@ -155,5 +200,6 @@ def run_demo(
         "exported_trajectories": n,
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
-    echo(f"wrote {out / 'weights.png'}, {out / 'uniform.png'}, {out / 'served.jsonl'}, {out / 'demo.json'}")
+    echo(f"wrote {out / 'weights.png'}, {out / 'uniform.png'}, {out / 'served.jsonl'}, {out / 'demo.json'} "
+         f"and the service's database {db}")
     return result

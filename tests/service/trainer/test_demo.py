@@ -19,6 +19,10 @@ def test_demo_runs_a_served_episode_against_uniform(tiny_setting_file, tiny_back
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "per-field score" in res.output and "balanced B" in res.output
+    # progress: one line per evaluation of each episode, saying who served the served one
+    assert "  served: start evaluated; next target share 0.50, by loss-softmax@builtin (" in res.output
+    assert "  served: stage 5/5 trained and evaluated; next target share" in res.output
+    assert "  uniform: stage 5/5 trained and evaluated; next target share 0.50 (" in res.output
     result = json.loads((out / "demo.json").read_text())
     assert result["fields"] == ["source", "target"] and result["steps"] == 20  # 5 decisions x 4 steps
     # the served run trained on what the service decided: the prior after the first evaluation,
@@ -44,6 +48,23 @@ def test_an_unknown_policy_is_refused_before_anything_is_loaded(tmp_path):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("demo: --policy: unknown policy 'nosuch'; known: [")
     assert "loss-softmax" in lines[0]
+
+
+def test_the_default_policy_is_the_services_and_a_missing_setting_is_one_line(tmp_path, monkeypatch):
+    from mixagent.cli import app
+    from mixagent.service.server.main import open_store
+    from tests.service.conftest import make_settings
+
+    monkeypatch.delenv("MIXAGENT_DEFAULT_POLICY", raising=False)
+    default = open_store(make_settings(tmp_path))[0].registry.default_name
+    res = CliRunner().invoke(app, ["demo", "--setting", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[0] == f"policy: {default} (the service's default)"
+    assert lines[1] == f"demo: --setting: {tmp_path / 'none.yaml'}: cannot read setting (No such file or directory)"
+    assert len(lines) == 2
+    help_text = CliRunner().invoke(app, ["demo", "--help"]).output
+    assert "fixed-target-share" not in help_text and "bundled agent" in help_text
 
 
 def test_without_the_train_extra_the_demo_says_what_to_install(tmp_path, monkeypatch):
