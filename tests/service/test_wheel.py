@@ -1,0 +1,133 @@
+"""A built wheel, installed non-editable in a fresh venv, serves the bundled policy (issue 10 item 5,
+the service side): the artifacts under ``agent/artifacts/`` are package data found through
+``importlib.resources``, not a path into a source tree.
+
+No network and no pre-training: the wheel is built from a temporary copy of the package sources
+(the working tree is untouched) with ``pip wheel --no-deps --no-build-isolation`` (the project
+venv's setuptools). When the copy ships no artifact yet, a small ONNX network stands in for the
+trained agent. The fresh venv has no pip and no system site-packages; the wheel is installed into
+it with ``--no-deps`` by the project's pip (``pip --python``) *before* the venv can see anything
+else, then a ``.pth`` file lends it the project venv's site-packages for the dependencies (numpy,
+FastAPI, onnxruntime ...), which cannot be downloaded here. A plain path in a ``.pth`` does not run
+the ``.pth`` files of the folder it names, so the project's editable finder stays inactive and
+``import mixagent`` resolves to the installed wheel (asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mixagent.trajectories import DomainSpace
+from tests.service.artifacts import write_onnx_policy
+from tests.service.conftest import TOKEN, auth, free_port, run_body
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCES = ("pyproject.toml", "README.md", "mixagent", "env", "trajectories", "agent", "service", "configs")
+SPACE = DomainSpace.from_fields({"source": ["web", "code"], "target": ["proofs"]}, {"web": 3.0})
+
+
+def _sources(dest: Path) -> None:
+    """Copy what git tracks or would track (not ignored) of the package sources into ``dest``."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *SOURCES],
+                            cwd=REPO, check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+class Installed:
+    def __init__(self, venv: Path, bundled: str):
+        self.venv, self.bundled = venv, bundled
+        self.python = venv / "bin" / "python"
+
+    def run(self, code: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        return subprocess.run([str(self.python), "-c", code], env=env, cwd=self.venv, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Iterator[Installed]:
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    _sources(src)
+    artifacts = src / "agent" / "artifacts"
+    shipped = sorted(p.parent.name for p in artifacts.glob("*/card.json"))
+    if shipped:  # the trained agent ships: the test serves it
+        bundled = json.loads((artifacts / shipped[0] / "card.json").read_text())["name"]
+    else:  # a stand-in until it does
+        write_onnx_policy(artifacts / "standin", SPACE, name="standin", version="v0")
+        bundled = "standin"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"),
+                    str(src)], check=True, capture_output=True)
+    (wheel,) = (tmp / "dist").glob("mixagent-*.whl")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
+                    str(wheel)], check=True, capture_output=True)
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                  check=True, capture_output=True, text=True).stdout.strip())
+    (purelib / "_mixagent_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    yield Installed(venv, bundled)
+
+
+def test_the_wheel_is_installed_not_the_source_tree(installed):
+    where = installed.run("import mixagent.agent, mixagent.service.server.registry as r; "
+                          "print(mixagent.agent.__file__); print(r.bundled_dir())").splitlines()
+    assert all(Path(p).is_relative_to(installed.venv) for p in where), where
+    assert not any(str(REPO) in p for p in where)
+
+
+def test_the_installed_service_serves_the_bundled_policy(installed, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIXAGENT_") and k != "PYTHONPATH"}
+    env.update(MIXAGENT_TOKENS=TOKEN, MIXAGENT_PORT=str(port), MIXAGENT_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
+               MIXAGENT_LOG_LEVEL="warning")
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([str(installed.venv / "bin" / "mixagent"), "serve"], cwd=tmp_path, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            deadline = time.time() + 90
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    ready = http.get("/readyz")
+                    break
+                except httpx.TransportError:
+                    assert time.time() < deadline, log.read_text()
+                    time.sleep(0.2)
+            assert ready.status_code == 200 and ready.json()["default_policy"] == installed.bundled, ready.text
+            policies = {p["name"]: p for p in http.get("/v1/policies", headers=auth()).json()["data"]}
+            bundled = policies[installed.bundled]
+            assert bundled["bundled"] and bundled["default"] and bundled["kind"] == "onnx"
+            run = http.post("/v1/runs", json=run_body(), headers=auth()).json()
+            assert run["policy"] == installed.bundled
+            assert run["served_by"]["policy"] == f"{installed.bundled}@{bundled['version']}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_the_installed_package_carries_the_settings(installed):
+    """The YAML settings as package data of ``mixagent.env``: active once they live there."""
+    if (REPO / "configs").is_dir() and not list((REPO / "env").rglob("*.yaml")):
+        pytest.skip("TODO(lead, issue 10 item 5): the settings are still in the top-level configs/, not package "
+                    "data of mixagent.env; this check starts running once they move")
+    names = set(installed.run(
+        "import importlib.resources as r, mixagent.env as e; from pathlib import Path; "
+        "print('\\n'.join(p.name for p in Path(e.__file__).parent.rglob('*.yaml')))").splitlines())
+    assert {p.name for p in (REPO / "env").rglob("*.yaml")} <= names
