@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from mixagent.console import console as _console
+from mixagent.trajectories.environment import START_TOLERANCE
 
 __all__ = ["agent_app", "generate_cmd"]
 
@@ -37,7 +38,7 @@ def generate_cmd(
     progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per trajectory).")] = True,
     plugin: Annotated[list[str] | None, typer.Option(help="Deprecated: a module that registers families by calling register_family (entry points replace it).")] = None,
     start_tolerance: Annotated[float, typer.Option(
-        help="Refuse runs whose first evaluation differs from the folder's by more (nats, any domain).")] = 0.01,
+        help="Refuse runs whose first evaluation differs from the folder's by more (nats, any domain).")] = START_TOLERANCE,
     adopt_corpus: Annotated[bool, typer.Option(
         "--adopt-corpus", help="Let a folder whose records predate provenance take this machine's corpus.")] = False,
 ) -> None:

@@ -41,6 +41,7 @@ from mixagent.trajectories.contract import (
     Name,
     Objective,
     Weights,
+    format_validation_errors,
 )
 from mixagent.trajectories.encoding import (
     ENCODER_VERSION,
@@ -415,8 +416,7 @@ def load_artifact(folder: str | Path, fallback: str = DEFAULT_FALLBACK) -> tuple
     try:
         card = PolicyCard.model_validate_json(text)
     except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'card'}: {x['msg']}" for x in e.errors())
-        raise ArtifactError(f"{card_path}: invalid card: {errs}") from None
+        raise ArtifactError(f"{card_path}: invalid card: {format_validation_errors(e.errors(), root='card')[0]}") from None
     if card.kind == "baseline":
         assert card.rule is not None
         try:

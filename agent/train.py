@@ -39,7 +39,7 @@ from mixagent.agent.dataset import (
     to_mdp_dataset,
 )
 from mixagent.agent.policy import ObjectiveRange, PolicyCard
-from mixagent.trajectories.contract import stable_hash
+from mixagent.trajectories.contract import format_validation_errors, stable_hash
 from mixagent.trajectories.encoding import ENCODER_VERSION
 
 __all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "train"]
@@ -130,8 +130,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors())
-        raise DatasetError(f"--config: {errs}") from None
+        raise DatasetError(f"--config: {format_validation_errors(e.errors(), root='config')[0]}") from None
 
 
 class TrainReport(BaseModel):

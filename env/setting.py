@@ -20,6 +20,7 @@ from mixagent.trajectories.contract import (
     DomainSpace,
     Name,
     Objective,
+    format_validation_errors,
     stable_hash,
 )
 
@@ -247,10 +248,7 @@ class Setting(_Spec):
         for d in self.priors:
             if d not in seen:
                 raise ValueError(f"priors: unknown domain '{d}'")
-        if self.objective.field_weights is not None:
-            for f in self.objective.field_weights:
-                if f not in self.fields:
-                    raise ValueError(f"objective.field_weights: unknown field '{f}'")
+        self.objective.check_fields(list(self.fields))
         if self.tokenizer.kind == "pretrained" and self.model.kind != "pretrained":
             raise ValueError("tokenizer.kind: 'pretrained' needs model.kind 'pretrained'")
         if self.model.kind == "pretrained" and self.tokenizer.kind != "pretrained":
@@ -381,14 +379,7 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid setting"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        value = e.get("input")
-        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
-        lines.append(f"  {loc}: {msg}{shown}" if loc else f"  {msg}")
-    return "\n".join(lines)
+    return f"{source}: invalid setting: {format_validation_errors(err.errors(), root='setting')[0]}"
 
 
 def load_setting(source: str | Path | dict[str, Any] | Setting | None = None) -> Setting:

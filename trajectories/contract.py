@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -32,6 +32,7 @@ __all__ = [
     "TrajectoryHeader",
     "Trajectory",
     "stable_hash",
+    "format_validation_errors",
 ]
 
 SCHEMA_VERSION = 1
@@ -49,6 +50,39 @@ Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.
 
 class ContractError(ValueError):
     """Raised when data does not satisfy the contract; the message names the field and value."""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_validation_errors(errors: Iterable[Any], *, root: str = "request") -> tuple[str, list[dict[str, Any]]]:
+    """One readable line and a JSON-safe list from pydantic's ``ValidationError.errors()``.
+
+    The line names each field by its dotted location (``root`` when it has none), gives pydantic's
+    message without its ``Value error, `` prefix, and the value received, shortened:
+    ``body.steps: Input should be a valid integer (got 'x')``. At most five errors are spelled out.
+    The one formatter of validation errors in mixagent (records, settings, cards, training configs,
+    HTTP 422 bodies).
+    """
+    items = []
+    lines = []
+    for e in errors:
+        loc = [str(x) if not isinstance(x, int) else x for x in e.get("loc", ())]
+        where = ".".join(str(x) for x in loc) or root
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "json_invalid":
+            ctx = e.get("ctx", {}) or {}
+            msg = f"malformed JSON: {ctx.get('error', msg)}"
+            line = f"{where}: {msg}"
+        elif "input" in e and e.get("type") not in ("missing", "value_error"):
+            line = f"{where}: {msg} (got {_short(e['input'])})"
+        else:
+            line = f"{where}: {msg}"
+        lines.append(line)
+        items.append({"loc": [str(x) for x in loc], "msg": msg, "type": str(e.get("type", ""))})
+    return "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else ""), items
 
 
 def stable_hash(obj: Any) -> str:
@@ -312,6 +346,12 @@ class Objective(_Frozen):
     spread_penalty: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.5
     field_weights: dict[Name, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
 
+    def check_fields(self, fields: Sequence[str]) -> None:
+        """Raise :class:`ContractError` when ``field_weights`` names a field not in ``fields``."""
+        unknown = sorted(set(self.field_weights or {}) - set(fields))
+        if unknown:
+            raise ContractError(f"objective.field_weights: unknown field(s) {unknown} (the fields are {list(fields)})")
+
 
 class ActionSpec(_Frozen):
     """How an action in ``[-1, 1]^A`` maps to weights: ``(1-epsilon)·softmax(beta·a) + epsilon·prior``.
@@ -345,12 +385,7 @@ class TrajectoryHeader(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> TrajectoryHeader:
-        if self.objective.field_weights is not None:
-            unknown = sorted(set(self.objective.field_weights) - set(self.space.fields))
-            if unknown:
-                raise ValueError(
-                    f"objective.field_weights: unknown field(s) {unknown} (the space has {list(self.space.fields)})"
-                )
+        self.objective.check_fields(self.space.fields)
         return self
 
 

@@ -102,9 +102,7 @@ def field_weight_vector(space: DomainSpace, objective: Objective) -> np.ndarray:
     if objective.field_weights is None:
         c = np.ones(len(fields))
     else:
-        unknown = sorted(set(objective.field_weights) - set(fields))
-        if unknown:
-            raise ContractError(f"objective.field_weights: unknown field(s) {unknown}")
+        objective.check_fields(fields)
         c = np.array([objective.field_weights.get(f, 0.0) for f in fields], dtype=float)
         if c.sum() <= 0:
             raise ContractError("objective.field_weights: no weight on any field of the space")

@@ -58,6 +58,7 @@ from mixagent.trajectories.contract import (
     Trajectory,
     TrajectoryHeader,
     Weights,
+    format_validation_errors,
 )
 from mixagent.trajectories.environment import FolderEnvironment
 
@@ -226,11 +227,7 @@ def write_record(path: str | Path, trajectory: Trajectory, meta: RecordMeta) -> 
 
 
 def _format_validation(prefix: str, err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{prefix}{'.' + loc if loc else ''}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
+    return format_validation_errors([{**e, "loc": (prefix, *e["loc"])} for e in err.errors()])[0]
 
 
 def _parse_lines(path: Path, text: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pydantic import GetJsonSchemaHandler, BaseModel, BeforeValidator, ConfigDic
 from pydantic.json_schema import JsonSchemaValue
 
 from mixagent.service.server.errors import format_validation_errors
-from mixagent.trajectories.contract import Domain, DomainSpace
+from mixagent.trajectories.contract import Domain, DomainSpace, Objective
 
 __all__ = [
     "Name",
@@ -151,10 +151,8 @@ class RunCreate(_In):
         fields = {d.field for d in self.domains}
         if len(fields) > MAX_FIELDS:
             raise ValueError(f"domains: {len(fields)} fields, at most {MAX_FIELDS}")
-        if self.objective is not None and self.objective.field_weights is not None:
-            unknown = sorted(set(self.objective.field_weights) - set(space.fields))
-            if unknown:
-                raise ValueError(f"objective.field_weights: unknown field(s) {unknown}; fields are {sorted(fields)}")
+        if self.objective is not None:
+            Objective.model_validate(self.objective.model_dump()).check_fields(space.fields)
         return self
 
     def space(self) -> DomainSpace:
