@@ -355,6 +355,23 @@ def score(t: Trajectory, objective: Objective) -> Scored:
     return Scored(float(b[-1]), [float(x) for x in b], dict(zip(t.history.space.fields, map(float, g), strict=True)))
 
 
+def fallback_share(spec: PolicySpec, objective: Objective, runs: Sequence[Trajectory]) -> float:
+    """Share of a learned policy's decisions in ``runs`` that its fallback baseline made (the
+    observation left the ranges seen in training), recomputed from the recorded histories."""
+    from mixagent.agent.policy import decide, load_artifact  # noqa: PLC0415
+    from mixagent.trajectories.replay import history_prefix  # noqa: PLC0415
+
+    assert spec.artifact is not None
+    _, factory = load_artifact(spec.artifact)
+    n = fell = 0
+    for t in runs:
+        policy = factory(t.header.horizon, objective)
+        for i in range(t.history.stages):
+            n += 1
+            fell += decide(policy, t.header.space, history_prefix(t.history, i)).fallback is not None
+    return fell / max(n, 1)
+
+
 def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan,
                       trajectories: dict[str, Trajectory]) -> dict[str, Any]:
     """Scores, intervals and goal checks of one setting, per objective (JSON-able)."""
@@ -381,7 +398,10 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
             sc = scores(spec, compare)
             finals[spec.label] = [x.final for x in sc]
             m, lo, hi = mean_interval(finals[spec.label])
+            fallback = (fallback_share(spec, o, [trajectories[plan.runs[(spec.label, ok, s)]] for s in compare])
+                        if spec.learned else None)
             per[spec.label] = {
+                "fallback_share": fallback,
                 "group": spec.group, "B": finals[spec.label], "mean": m, "lo": lo, "hi": hi,
                 "gains": {f: float(np.mean([x.gains[f] for x in sc])) for f in setting.space.fields},
                 "curve": np.mean([x.curve for x in sc], axis=0).tolist(),
@@ -449,11 +469,13 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
     for res in results:
         for ok, r in res["objectives"].items():
             fields = list(next(iter(r["policies"].values()))["gains"])
+            learned = {k: v["fallback_share"] for k, v in r["policies"].items() if v.get("fallback_share") is not None}
             lines += [f"## {res['setting']} · {ok}", "",
                       f"Selected grid point (selection seeds): {r['selected_grid']}; hindsight best grid point: "
                       f"{r['hindsight_grid']}; best hand schedule (hindsight): {r['best_hand']}. Paired/unpaired "
                       f"interval half-width (median over policies vs {cfg.reference}): "
-                      f"{r['paired_over_unpaired_halfwidth_median'] and round(r['paired_over_unpaired_halfwidth_median'], 2)}.",
+                      f"{r['paired_over_unpaired_halfwidth_median'] and round(r['paired_over_unpaired_halfwidth_median'], 2)}."
+                      + "".join(f" {k}: {v:.0%} of decisions by its fallback." for k, v in learned.items()),
                       "",
                       "| policy | " + " | ".join(f"gain {f}" for f in fields) + f" | B mean [95% CI] | Δ vs {cfg.reference} [95% CI] |",
                       "|---|" + "---|" * len(fields) + "---|---|"]

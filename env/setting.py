@@ -7,6 +7,7 @@ A setting's *hashes* key every cache: the corpus hash (domain sources and caps),
 
 from __future__ import annotations
 
+import importlib.resources
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,7 +48,8 @@ __all__ = [
     "BASE_CODE_VERSION",
 ]
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = Path(str(importlib.resources.files("mixagent.configs")))
+"""The shipped settings (package data of ``mixagent.configs``: the repository's ``configs/``)."""
 DEFAULT_SETTING = CONFIGS_DIR / "math-tiny.yaml"
 CORPUS_CODE_VERSION = 2
 """Bump when extraction/splitting code changes what a corpus contains (invalidates caches)."""

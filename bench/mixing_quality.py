@@ -1,0 +1,153 @@
+"""Mixing quality: the learned agent against every baseline, hand schedule and the fixed-share grid.
+
+    python bench/mixing_quality.py                      # all settings, resumes what is there
+    python bench/mixing_quality.py --settings math-tiny # one setting
+    python bench/mixing_quality.py --report-only        # tables from the runs already made
+
+Runs the evaluation harness (``mixagent agent evaluate``, ``agent/evaluate.py``) on
+
+* ``math-tiny``: the setting most training trajectories come from (in distribution);
+* ``docs-tiny``: a third target field (systems documentation) no training trajectory comes from;
+* ``math-wide``: another model size and shape (2 layers, d=192) no training trajectory comes from;
+
+each under three objectives (λ = 0.5 with equal field weights, the default; λ = 0.2; λ = 0.5 with
+target weight 0.6), on ``--seeds`` paired comparison seeds, with the best grid point chosen on
+``--selection-seeds`` other seeds. Policies: the bundled agent (``agent/artifacts/agent``), the same
+agent trained for λ = 0.5 alone (``bench/policies/agent-lam0.5``, to show what objective
+conditioning buys), the baselines, the hand schedules and the grid. No benchmark setting or
+objective is used for training or model selection.
+
+Every run is a trajectory record under ``bench/results/mixing_quality/runs/<setting>/`` (commit
+them: a rerun resumes); the tables go to ``bench/results/mixing_quality.md`` and ``.json``, the plots
+to ``bench/results/mixing_quality/plots/``. Cost: one math-tiny-sized run is ~2.3 CPU-minutes; a
+setting is ~130 runs (uniform and prior coincide when all priors are equal, and so do fixed-0.5 and
+grid-0.5), so the whole benchmark is ~15 CPU-hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "mixing_quality"
+SETTINGS = ("math-tiny", "docs-tiny", "math-wide")
+OBJECTIVES = ("spread_penalty=0.5", "spread_penalty=0.2", "spread_penalty=0.5,source=0.4,target=0.6")
+AGENT = ROOT / "agent" / "artifacts" / "agent"
+SINGLE = ROOT / "bench" / "policies" / "agent-lam0.5"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    ap.add_argument("--agent", type=Path, default=AGENT)
+    ap.add_argument("--single", type=Path, default=SINGLE, help="the agent trained for λ = 0.5 alone")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--selection-seeds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report-only", action="store_true", help="report on the runs already made")
+    args = ap.parse_args()
+
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
+    from mixagent.agent.runner import RunnerConfig, RunnerError
+    from mixagent.console import configure_logging
+    from mixagent.env.setting import load_setting
+    from mixagent.trajectories.storage import FileStore
+
+    configure_logging(False)
+    tokens = ["default", f"agent={args.agent}"] + ([f"agent-lam0.5={args.single}"] if args.single.is_dir() else [])
+    policies = tuple(parse_policies(tokens))
+    objectives = tuple(parse_objective(o) for o in args.objectives)
+    done = []
+    for name in args.settings:  # one setting at a time: each finished one is reported at once
+        setting = load_setting(name)
+        cfg = EvaluationConfig(out=args.out, policies=policies, settings=(setting,), objectives=objectives,
+                               seeds=args.seeds, selection_seeds=args.selection_seeds,
+                               runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
+        try:
+            evaluate(cfg, run=not args.report_only)
+        except RunnerError as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            continue
+        done.append(setting)
+    if not done:
+        return 1
+    cfg = EvaluationConfig(out=args.out, policies=policies, settings=tuple(done), objectives=objectives,
+                           seeds=args.seeds, selection_seeds=args.selection_seeds)
+    results = evaluate(cfg, run=False)
+    card = json.loads((args.agent / "card.json").read_text())
+    cost = {s.name: sum(st.meta.wall_s for st in FileStore(args.out / "runs" / s.name).load_all()) for s in done}
+    rows = summary_rows(results)
+    write_outputs(args.out, results, rows, card, cost, cfg)
+    print_table(rows, card, cost)
+    return 0
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """One row per (setting, objective, learned policy): B, and each paired difference's interval."""
+    rows = []
+    for res in results:
+        for ok, r in res["objectives"].items():
+            for label, comp in r["comparisons"].items():
+                if "goals" not in comp:
+                    continue
+                p = r["policies"][label]
+                row = {"setting": res["setting"], "objective": ok, "policy": label, "B": p["mean"], "B_lo": p["lo"],
+                       "B_hi": p["hi"], "uniform": r["policies"]["uniform"]["mean"],
+                       "selected_grid": r["selected_grid"], "best_hand": r["best_hand"],
+                       "goals_met": sum(comp["goals"].values()), "goals": len(comp["goals"]),
+                       "fallback_share": p.get("fallback_share")}
+                for name in ("reference", "best_hand", "selected_grid"):
+                    if name in comp:
+                        row[f"vs_{name}"] = [comp[name]["diff"], comp[name]["lo"], comp[name]["hi"]]
+                worst = min((c for k, c in comp.items() if k not in ("goals", "selected_grid")), key=lambda c: c["lo"])
+                row["worst_baseline"] = [worst["against"], worst["diff"], worst["lo"], worst["hi"]]
+                rows.append(row)
+    return rows
+
+
+def _ci(x: list[float]) -> str:
+    return f"{x[0]:+.4f} [{x[1]:+.4f}, {x[2]:+.4f}]"
+
+
+def write_outputs(out: Path, results: list[dict], rows: list[dict], card: dict, cost: dict, cfg) -> None:
+    from mixagent.agent.evaluate import write_report
+
+    payload = {"agent": {k: card.get(k) for k in ("name", "version", "algorithm", "training_data", "metrics")},
+               "rollout_cpu_seconds": cost, "summary": rows, "settings": results}
+    (out.parent / "mixing_quality.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    lines = ["# Mixing quality (bench/mixing_quality.py)", "",
+             f"Agent: {card['name']}@{card['version']} ({card.get('algorithm')}), trained on "
+             f"{', '.join(d['setting_name'] for d in card.get('training_data', []))}. Rollout cost of these runs: "
+             + ", ".join(f"{k} {v / 3600:.1f} CPU-h" for k, v in cost.items()) + ".", "",
+             "| setting | objective | policy | B [95% CI] | Δ vs uniform | Δ vs best hand | Δ vs selected grid | "
+             "worst paired Δ vs a baseline | goals met | decisions by the fallback |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['objective']} | {r['policy']} | {_ci([r['B'], r['B_lo'], r['B_hi']])} | "
+                     f"{_ci(r['vs_reference'])} | {_ci(r['vs_best_hand'])} ({r['best_hand']}) | "
+                     f"{_ci(r['vs_selected_grid'])} ({r['selected_grid']}) | {r['worst_baseline'][0]}: "
+                     f"{_ci(r['worst_baseline'][1:])} | {r['goals_met']}/{r['goals']} | {r['fallback_share']:.0%} |")
+    detail = write_report(results, cfg, out / "report.md")
+    (out.parent / "mixing_quality.md").write_text("\n".join(lines) + "\n\n" + detail.split("\n", 1)[1])
+
+
+def print_table(rows: list[dict], card: dict, cost: dict) -> None:
+    secs = {k.removeprefix("seconds/"): v for k, v in card.get("metrics", {}).items() if k.startswith("seconds/")}
+    print(f"agent {card['name']}@{card['version']} ({card.get('algorithm')}); training seconds: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
+    print("rollout CPU-hours: " + ", ".join(f"{k} {v / 3600:.2f}" for k, v in cost.items()))
+    head = f"{'setting':<10} {'objective':<32} {'policy':<13} {'B':>8} {'vs uniform (lo)':>18} {'vs hand (lo)':>16} {'vs grid (lo)':>16} goals"
+    print(head)
+    for r in rows:
+        print(f"{r['setting']:<10} {r['objective']:<32} {r['policy']:<13} {r['B']:+.4f} "
+              f"{r['vs_reference'][0]:+.4f} ({r['vs_reference'][1]:+.4f}) {r['vs_best_hand'][0]:+.4f} ({r['vs_best_hand'][1]:+.4f}) "
+              f"{r['vs_selected_grid'][0]:+.4f} ({r['vs_selected_grid'][1]:+.4f}) {r['goals_met']}/{r['goals']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
