@@ -50,6 +50,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mixagent.agent.policy import ArtifactError, MixingPolicy, decide
+from mixagent.agent.policy import Decision as PolicyDecision
 from mixagent.service.server.errors import Conflict, NotFound, Unavailable, Unprocessable
 from mixagent.service.server.metrics import Metrics
 from mixagent.service.server.models import Decision, PolicyArtifact, PolicyCurrent, Run
@@ -94,7 +95,7 @@ class ServedBy:
     reason: str | None = None
 
     @classmethod
-    def of(cls, decision: Any) -> ServedBy:
+    def of(cls, decision: PolicyDecision) -> ServedBy:
         if decision.fallback is None:
             return cls()
         reason = decision.reason or ""
