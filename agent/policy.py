@@ -272,7 +272,8 @@ class OnnxPolicy:
         if card.observation_low is not None and card.observation_high is not None:
             lo, hi = np.asarray(card.observation_low), np.asarray(card.observation_high)
             pad = np.where(hi > lo, OBS_MARGIN * (hi - lo), 0.05)
-            self._lo, self._hi = lo - pad, hi + pad
+            self._lo: np.ndarray | None = lo - pad
+            self._hi: np.ndarray | None = hi + pad
         else:
             self._lo = self._hi = None
 

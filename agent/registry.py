@@ -68,7 +68,7 @@ def _entry_point_families() -> dict[str, PolicyFamily]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
-        except Exception as e:  # noqa: BLE001 - a broken plugin must not hide the others
+        except Exception as e:
             warnings.warn(f"entry point {ep.name!r} = {ep.value!r} ({ENTRY_POINT_GROUP}) does not load: {e}",
                           RuntimeWarning, stacklevel=2)
             continue

@@ -71,13 +71,14 @@ def validate_cmd(directory: DirArg) -> None:
     """Check every record (exit 1 and one message per bad file); in-progress records are listed."""
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
-    from mixagent.trajectories.storage import FileStore, RecordError, read_json_object  # noqa: PLC0415
+    from mixagent.trajectories.storage import FileStore, RecordError, StoredTrajectory, read_json_object  # noqa: PLC0415
 
     if not directory.is_dir():
         err_console.print(f"[red]{directory}: not a folder[/red]")
         raise typer.Exit(2)
     store = FileStore(directory)
-    bad, good = [], []
+    bad: list[str] = []
+    good: list[StoredTrajectory] = []
     for r in store.iter_checked():
         if isinstance(r, RecordError):
             _bad(bad, str(r))
@@ -153,9 +154,9 @@ def stats_cmd(
     console.print(table)
     console.print(f"{card['counts']['trajectories']} trajectories, {card['counts']['stages']} stages, "
                   f"{card['wall_time_s']['total'] / 3600:.2f} CPU-hours of generation", highlight=False)
-    for i, e in enumerate(card["environments"]):
-        console.print(f"environment {i}: {e['trajectories']} trajectories, start drift {e['start_drift']:.2g} nats; "
-                      f"numerics: {e['numerics']}; corpus {e['corpus']}, base {e['base']}", highlight=False)
+    for i, env in enumerate(card["environments"]):
+        console.print(f"environment {i}: {env['trajectories']} trajectories, start drift {env['start_drift']:.2g} "
+                      f"nats; numerics: {env['numerics']}; corpus {env['corpus']}, base {env['base']}", highlight=False)
     if write_card:
         try:
             with store.lock("rewrite the card"):

@@ -35,7 +35,7 @@ __all__ = [
     "format_validation_errors",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 """Version of the on-disk/wire form of these types; bump on any incompatible change."""
 
 WEIGHT_FLOOR = 1e-4

@@ -6,6 +6,7 @@ matplotlib is imported lazily (Agg backend) so the contract stays importable wit
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from mixagent.trajectories.encoding import balanced_scores, relative_gains
 __all__ = ["plot_history", "plot_dataset"]
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")

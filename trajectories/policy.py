@@ -45,7 +45,9 @@ class MixingPolicy(Protocol):
     parameters and never mutate ``history``.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """A short name for logs, records and the service's answers."""
 
     def initial_weights(self, space: DomainSpace) -> Weights: ...
 

@@ -396,7 +396,7 @@ _DEPRECATED = (
 )
 
 
-def ScheduleFamily(name: str, draw: DrawFn, build: Callable[[PolicyContext, dict[str, Any]], Any],  # noqa: N802
+def ScheduleFamily(name: str, draw: DrawFn, build: Callable[[PolicyContext, dict[str, Any]], Any],
                    description: str = "") -> PolicyFamily:
     """Deprecated constructor of the previous release: ``ScheduleFamily(name, draw, build, description)``."""
     return PolicyFamily(name=name, build=build, draw=draw, description=description)

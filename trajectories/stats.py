@@ -148,7 +148,7 @@ def family_rows(summaries: list[TrajectorySummary]) -> list[tuple[str, ...]]:
     groups: dict[str, list[TrajectorySummary]] = {}
     for s in summaries:
         groups.setdefault(s.family, []).append(s)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, group in [*sorted(groups.items()), ("all", summaries)]:
         if not group:
             continue

@@ -34,6 +34,7 @@ corrupted, foreign-version or mis-named record with a :class:`RecordError` that 
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import fcntl
 import gzip
@@ -273,11 +274,11 @@ def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tupl
             raise RecordError(path, f"line {i + 3}: expected stage t={i}, got {r.get('record')!r} t={r.get('t')!r}")
     try:
         try:
-            history = History(
-                space=header.space,
-                feedback=[rows[1]["feedback"], *[r["feedback"] for r in stages]],
-                weights=[{"values": r["weights"]} for r in stages],
-            )
+            history = History.model_validate({
+                "space": header.space,
+                "feedback": [rows[1]["feedback"], *[r["feedback"] for r in stages]],
+                "weights": [{"values": r["weights"]} for r in stages],
+            })
         except ValidationError as e:  # weights.i / feedback.i: stage i is on line i + 3
             raise RecordError(path, _format_validation("history", e)) from None
         try:
@@ -455,7 +456,7 @@ class FileStore:
             except RecordError as e:
                 yield e
 
-    def load_all(self) -> list[StoredTrajectory]:
+    def load_all(self) -> builtins.list[StoredTrajectory]:
         """Every record; raises the first :class:`RecordError`."""
         out = []
         for r in self.iter_checked():
@@ -464,12 +465,12 @@ class FileStore:
             out.append(r)
         return out
 
-    def partial_ids(self) -> list[str]:
+    def partial_ids(self) -> builtins.list[str]:
         if not self.partial.is_dir():
             return []
         return sorted(p.name.removesuffix(".jsonl") for p in self.partial.glob("*.jsonl"))
 
-    def stale_temporaries(self) -> list[Path]:
+    def stale_temporaries(self) -> builtins.list[Path]:
         """Temporary files a crash left behind mid-finalise (never valid records)."""
         if not self.records.is_dir():
             return []

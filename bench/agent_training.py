@@ -1,0 +1,197 @@
+"""Train every algorithm on the committed trajectories, sweep CQL's conservative weight, and select
+the policy to ship by offline criteria alone (validation trajectories of the training settings).
+
+    python bench/agent_training.py                     # train all (about 1 CPU-hour), select, report
+    python bench/agent_training.py --report-only       # tables from the policies already trained
+    python bench/agent_training.py --rollouts 3        # + real rollouts of each candidate (math-tiny, λ=0.5)
+
+Candidates: BC with the MLP and with the window Transformer, CQL, BC->CQL at several conservative
+weights, IQL and TD3+BC, each with the same seed, split and relabelled data. For every candidate it
+reports the training time, the offline selection metrics of ``agent/train.py`` (Fitted Q
+Evaluation of the policy's return on the validation trajectories, the behaviour's return there,
+held-out TD error, action error against the best validation trajectories), and the target share the
+policy chooses at the start of a run for several objectives (the objective conditioning, read
+without any rollout). The selection rule is written down before any rollout: the highest FQE
+return on validation, among candidates whose start shares move monotonically the right way with λ.
+
+With ``--rollouts N`` each candidate also runs N paired seeds on math-tiny at λ = 0.5 in the real
+env, so the offline ranking can be set beside the real one. Writes ``bench/results/agent_training.json``
+and ``.md`` and a plot of the sweep; the selected policy is copied to ``agent/artifacts/agent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = [ROOT / "data" / "trajectories" / "math-tiny", ROOT / "data" / "trajectories" / "code-tiny"]
+OUT = ROOT / "runs" / "agent-training"
+RESULTS = ROOT / "bench" / "results"
+LAMBDAS = (0.0, 0.25, 0.5, 0.75, 0.9)
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "bc-mlp": ("bc", {}),
+    "bc-transformer": ("bc", {"encoder": "transformer"}),
+    "cql": ("cql", {"conservative_weight": 5.0}),
+    "bc+cql-w0.5": ("bc+cql", {"conservative_weight": 0.5}),
+    "bc+cql-w2": ("bc+cql", {"conservative_weight": 2.0}),
+    "bc+cql-w5": ("bc+cql", {"conservative_weight": 5.0}),
+    "bc+cql-w10": ("bc+cql", {"conservative_weight": 10.0}),
+    "iql": ("iql", {}),
+    "td3+bc": ("td3+bc", {}),
+}
+
+
+def start_shares(folder: Path) -> dict[str, float]:
+    """The target share the policy picks at the start of a run, per λ (equal field weights)."""
+    from mixagent.agent.policy import load_artifact
+    from mixagent.trajectories import DomainSpace, Objective
+
+    _, factory = load_artifact(folder)
+    space = DomainSpace.from_fields({"source": [f"s{i}" for i in range(10)], "target": ["t0", "t1"]})
+    out = {}
+    for lam in LAMBDAS:
+        w = factory(16, Objective(spread_penalty=lam)).initial_weights(space).as_array()
+        out[f"lam{lam:g}"] = float(w[10:].sum())
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", nargs="+", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--only", nargs="+", default=list(CANDIDATES))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--rollouts", type=int, default=0, help="paired real rollouts per candidate (math-tiny, λ=0.5)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--install", action="store_true", help="copy the selected policy to agent/artifacts/agent")
+    args = ap.parse_args()
+
+    from mixagent.agent.train import load_config, train
+    from mixagent.console import configure_logging
+
+    configure_logging(False)
+    rows = {}
+    for name in args.only:
+        algo, overrides = CANDIDATES[name]
+        folder = args.out / name
+        if not args.report_only and not (folder / "card.json").is_file():
+            cfg = load_config(None, name="agent", version=name.replace("+", "-"), **overrides)
+            train(args.data, algo, folder, cfg, progress=sys.stderr.isatty())
+        if not (folder / "card.json").is_file():
+            continue
+        card = json.loads((folder / "card.json").read_text())
+        m = card["metrics"]
+        rows[name] = {"algo": algo, **overrides, "seconds": {k.removeprefix("seconds/"): v for k, v in m.items()
+                                                              if k.startswith("seconds/")},
+                      "fqe_return": m.get("val/fqe_return"), "behaviour_return": m.get("val/behaviour_return"),
+                      "td_error": m.get("val/td_error"), "action_error_best": m.get("val/action_error_best"),
+                      "start_share": start_shares(folder)}
+    if not rows:
+        return 1
+    selected = select(rows)
+    if args.rollouts:
+        add_rollouts(rows, args)
+    report(rows, selected, args)
+    if args.install and selected:
+        dest = ROOT / "agent" / "artifacts" / "agent"
+        from mixagent.agent.cli import export_cmd
+
+        shutil.rmtree(dest, ignore_errors=True)
+        export_cmd(args.out / selected, out=dest, name="agent", version="v1")
+        (dest / "learner.d3").unlink(missing_ok=True)
+        print(f"installed {selected} as {dest}")
+    return 0
+
+
+def monotone(shares: dict[str, float]) -> bool:
+    """The start share falls (weakly) as λ rises: more spread penalty, less new-field data."""
+    values = [shares[f"lam{lam:g}"] for lam in LAMBDAS]
+    return all(b <= a + 0.02 for a, b in zip(values, values[1:], strict=False)) and values[0] > values[-1]
+
+
+def select(rows: dict[str, dict]) -> str | None:
+    """Highest FQE return on validation among candidates whose start shares move the right way."""
+    ok = [k for k, r in rows.items() if r["fqe_return"] is not None and monotone(r["start_share"])]
+    return max(ok, key=lambda k: rows[k]["fqe_return"]) if ok else None
+
+
+def add_rollouts(rows: dict[str, dict], args) -> None:
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_policies
+    from mixagent.agent.runner import RunnerConfig
+    from mixagent.env.setting import load_setting
+
+    tokens = ["uniform", "fixed-target-share:target_share=0.3"] + [f"{k}={args.out / k}" for k in rows]
+    cfg = EvaluationConfig(out=args.out / "rollouts", policies=tuple(parse_policies(tokens)),
+                           settings=(load_setting("math-tiny"),), seeds=args.rollouts, selection_seeds=0,
+                           runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
+    [res] = evaluate(cfg)
+    r = res["objectives"]["lam0.5"]
+    for k in rows:
+        p = r["policies"][k]
+        c = r["comparisons"][k]["reference"]
+        rows[k]["rollout_B"] = [p["mean"], p["lo"], p["hi"]]
+        rows[k]["rollout_vs_uniform"] = [c["diff"], c["lo"], c["hi"]]
+        rows[k]["rollout_share"] = res["target_share"][k]
+    rows["_reference"] = {"uniform": r["policies"]["uniform"]["mean"],
+                          "fixed-0.3": r["policies"]["fixed-target-share-target_share0.3"]["mean"]}
+
+
+def report(rows: dict[str, dict], selected: str | None, args) -> None:
+    ref = rows.pop("_reference", None)
+    lines = ["# Agent training (bench/agent_training.py)", "",
+             f"Data: {', '.join(p.name for p in args.data)}. Selection rule (offline only): highest FQE return on "
+             "the validation trajectories among candidates whose start share falls as λ rises. "
+             f"Selected: **{selected}**.", "",
+             "| candidate | train s | FQE return (val) | behaviour return (val) | TD error (val) | action err (val best) | "
+             "start share λ=0 / 0.25 / 0.5 / 0.75 / 0.9 | real B, math-tiny λ=0.5 | Δ vs uniform |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for k, r in rows.items():
+        train_s = sum(v for n, v in r["seconds"].items() if n not in ("fqe", "dataset"))
+        ss = " / ".join(f"{v:.2f}" for v in r["start_share"].values())
+        real = f"{r['rollout_B'][0]:+.4f} [{r['rollout_B'][1]:+.4f}, {r['rollout_B'][2]:+.4f}]" if "rollout_B" in r else "—"
+        vs = (f"{r['rollout_vs_uniform'][0]:+.4f} [{r['rollout_vs_uniform'][1]:+.4f}, {r['rollout_vs_uniform'][2]:+.4f}]"
+              if "rollout_vs_uniform" in r else "—")
+        fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
+        lines.append(f"| {k} | {train_s:.0f} | {fmt(r['fqe_return'])} | {fmt(r['behaviour_return'])} | {fmt(r['td_error'])} | "
+                     f"{fmt(r['action_error_best'])} | {ss} | {real} | {vs} |")
+    if ref:
+        lines += ["", f"Real rollouts, same seeds: uniform B {ref['uniform']:+.4f}, fixed share 0.3 B {ref['fixed-0.3']:+.4f}."]
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "agent_training.md").write_text(text)
+    (RESULTS / "agent_training.json").write_text(json.dumps({"selected": selected, "candidates": rows,
+                                                             "reference": ref}, indent=1, sort_keys=True) + "\n")
+    plot(rows)
+    print(text)
+
+
+def plot(rows: dict[str, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, r in rows.items():
+        a.plot(LAMBDAS, list(r["start_share"].values()), marker="o", label=k)
+    a.set(xlabel="spread penalty λ", ylabel="target share at the start", title="objective conditioning")
+    a.legend(fontsize=7)
+    sweep = sorted((r["conservative_weight"], r) for k, r in rows.items() if k.startswith("bc+cql"))
+    if sweep:
+        w = [x for x, _ in sweep]
+        b.plot(w, [r["fqe_return"] for _, r in sweep], marker="o", label="FQE return (val)")
+        b.plot(w, [r["behaviour_return"] for _, r in sweep], ls="--", label="behaviour return (val)")
+        b.set(xscale="log", xlabel="CQL conservative weight (after BC)", ylabel="return (final B)",
+              title="conservative weight sweep")
+        b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "agent_training.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
