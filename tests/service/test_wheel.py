@@ -78,7 +78,8 @@ def installed(tmp_path_factory) -> Iterator[Installed]:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
                     str(wheel)], check=True, capture_output=True)
-    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c",
+                                   "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                   check=True, capture_output=True, text=True).stdout.strip())
     (purelib / "_mixagent_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     yield Installed(venv, bundled)
@@ -94,8 +95,8 @@ def test_the_wheel_is_installed_not_the_source_tree(installed):
 def test_the_installed_service_serves_the_bundled_policy(installed, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIXAGENT_") and k != "PYTHONPATH"}
-    env.update(MIXAGENT_TOKENS=TOKEN, MIXAGENT_PORT=str(port), MIXAGENT_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
-               MIXAGENT_LOG_LEVEL="warning")
+    env.update(MIXAGENT_TOKENS=TOKEN, MIXAGENT_PORT=str(port), MIXAGENT_LOG_LEVEL="warning",
+               MIXAGENT_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}")
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([str(installed.venv / "bin" / "mixagent"), "serve"], cwd=tmp_path, env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -123,11 +124,12 @@ def test_the_installed_service_serves_the_bundled_policy(installed, tmp_path):
 
 
 def test_the_installed_package_carries_the_settings(installed):
-    """The YAML settings as package data of ``mixagent.env``: active once they live there."""
-    if (REPO / "configs").is_dir() and not list((REPO / "env").rglob("*.yaml")):
-        pytest.skip("TODO(lead, issue 10 item 5): the settings are still in the top-level configs/, not package "
-                    "data of mixagent.env; this check starts running once they move")
-    names = set(installed.run(
-        "import importlib.resources as r, mixagent.env as e; from pathlib import Path; "
-        "print('\\n'.join(p.name for p in Path(e.__file__).parent.rglob('*.yaml')))").splitlines())
-    assert {p.name for p in (REPO / "env").rglob("*.yaml")} <= names
+    """The YAML settings are package data of ``mixagent.configs`` (the repository's ``configs/``), and
+    the env finds them there (``--setting math-tiny`` from a wheel)."""
+    out = installed.run(
+        "import importlib.resources as r, json; from mixagent.env.setting import CONFIGS_DIR, DEFAULT_SETTING; "
+        "print(json.dumps([str(CONFIGS_DIR), str(DEFAULT_SETTING), DEFAULT_SETTING.is_file(), "
+        "sorted(p.name for p in r.files('mixagent.configs').iterdir() if p.name.endswith('.yaml'))]))")
+    configs_dir, default, exists, names = json.loads(out.splitlines()[-1])
+    assert Path(configs_dir).is_relative_to(installed.venv) and exists, (configs_dir, default)
+    assert names == sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
