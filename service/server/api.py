@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from mixagent.agent.policy import ArtifactError
 from mixagent.service.server.deps import AdminDep, CallerDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
 from mixagent.service.server.errors import Unprocessable
-from mixagent.service.server.limits import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
 from mixagent.service.server.export import export_trajectories
+from mixagent.service.server.limits import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
 from mixagent.service.server.registry import PolicyEntry, PolicyRegistry
 from mixagent.service.server.runs import RunState, ServedBy, StoredDecision
 from mixagent.service.server.schemas import (
@@ -103,7 +103,7 @@ def create_run(body: RunCreate, caller: CallerDep, store: StoreDep, response: Re
 @runs_router.get("", response_model=RunsPublic, responses=errors(401, 422, 503))
 def list_runs(caller: CallerDep, store: StoreDep, q: Annotated[RunsQuery, Query()]) -> RunsPublic:
     """List this token's runs, oldest first."""
-    rows, total = store.list(owner=caller.principal, limit=q.limit, offset=q.offset)
+    rows, total = store.list_runs(owner=caller.principal, limit=q.limit, offset=q.offset)
     data = [
         RunSummary(
             run_id=r.id, created_at=r.created_at, policy=r.policy_name, policy_version=r.policy_version,
@@ -268,7 +268,7 @@ def readyz(registry: RegistryDep, store: StoreDep, settings: SettingsDep) -> JSO
     try:
         store.policy_entry(name)
         loaded = True
-    except Exception as e:  # noqa: BLE001 - readiness reports, never raises
+    except Exception as e:
         loaded, why = False, str(getattr(e, "detail", e))
     if settings.policy_dir is not None and not settings.policy_dir.is_dir():
         loaded, why = False, why or f"policy_dir: {str(settings.policy_dir)!r} is not a folder"
@@ -279,7 +279,7 @@ def readyz(registry: RegistryDep, store: StoreDep, settings: SettingsDep) -> JSO
         problems = store.policy_problems()
         if problems:
             loaded, why = False, why or "; ".join(problems)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         db, why = False, why or f"database: {type(e).__name__}"
     ok = loaded and db
     body = ReadyPublic(status="ready" if ok else "not ready", default_policy=name, policy_loaded=loaded,

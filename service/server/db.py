@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, make_url, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,7 +51,7 @@ class Checkpointer:
         try:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception as e:  # noqa: BLE001 - a failed checkpoint is retried on the next tick
+        except Exception as e:
             log.warning("WAL checkpoint failed: %s", e)
 
     def stop(self) -> None:

@@ -20,8 +20,6 @@ limits.py                     413 / 414 / 431  body, URL and header sizes (JSON,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError

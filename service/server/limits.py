@@ -6,7 +6,7 @@
 | header lines | 64 (``MAX_HEADERS``) | 431 JSON | :class:`RequestLimitMiddleware` |
 | header names + values | 16 KiB (``MAX_HEADER_BYTES``) | 431 JSON | :class:`RequestLimitMiddleware` |
 | body | 256 KiB (``MIXAGENT_MAX_BODY_BYTES``, 1 KiB to 64 MiB) | 413 JSON | :class:`BodyLimitMiddleware` |
-| request line (uvicorn + httptools), whole head (uvicorn + h11) | 64 KiB (``SERVER_MAX_HEAD_BYTES``) | 400 ``text/plain``, connection closed | the HTTP server, before the app |
+| request line (httptools), head (h11) | 64 KiB (``SERVER_MAX_HEAD_BYTES``) | 400 ``text/plain``, closed | uvicorn |
 
 The app's limits sit well below the HTTP server's, so every request a client can reasonably send
 gets a JSON answer naming the limit; only a request line of 64 KiB or more is refused by uvicorn

@@ -5,8 +5,9 @@ The rules (ARCHITECTURE.md, "The loop it serves"):
 * The first feedback of a run (normally step 0, before training) becomes ``history.feedback[0]``,
   the reference for relative gains. Each feedback is answered with the next weights, which become
   the next ``history.weights`` entry. The initial weights of "create run" are stored on the run.
-* Steps strictly increase and ``tokens_seen`` never decreases (409 naming both values). A retry of a recorded step with the same payload returns the stored
-  decision; a different payload for a recorded step is a conflict.
+* Steps strictly increase and ``tokens_seen`` never decreases (409 naming both values). A retry of a
+  recorded step with the same payload returns the stored decision; a different payload for a
+  recorded step is a conflict.
 * A feedback may say which mixture it trained on (``mixture_id``); when that is an earlier mixture
   (the trainer missed a decision, e.g. while the service was unreachable), the history records the
   mixture really trained on, so exported trajectories stay truthful.
@@ -377,7 +378,7 @@ class RunStore:
         self._forget(run_id)
         return self.get(owner=owner, run_id=run_id)
 
-    def list(self, *, owner: str | None, limit: int, offset: int) -> tuple[list[tuple[Run, int]], int]:
+    def list_runs(self, *, owner: str | None, limit: int, offset: int) -> tuple[list[tuple[Run, int]], int]:
         with self.sessions() as s:
             q = select(Run)
             if owner is not None:

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import GetJsonSchemaHandler, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 
 from mixagent.service.server.errors import format_validation_errors
@@ -64,9 +72,11 @@ def _integral(value: object) -> object:
     return value
 
 
-def Int(ge: int, le: int) -> Any:  # noqa: N802 - a type factory
-    """An integer in ``[ge, le]``: ``3`` and ``3.0`` pass, ``3.5``, ``true`` and ``"3"`` do not."""
-    return Annotated[int, Field(ge=ge, le=le, strict=False), BeforeValidator(_integral)]
+_INTEGRAL = BeforeValidator(_integral)
+Step = Annotated[int, Field(ge=0, le=MAX_STEP, strict=False), _INTEGRAL]
+"""A step, token count or seed in ``[0, 2^53]``: ``3`` and ``3.0`` pass, ``3.5``, ``true`` and ``"3"`` do not."""
+Horizon = Annotated[int, Field(ge=1, le=MAX_HORIZON, strict=False), _INTEGRAL]
+Interval = Annotated[int, Field(ge=1, le=10**9, strict=False), _INTEGRAL]
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
@@ -86,9 +96,11 @@ class _ClosedKeys:
         return schema
 
 
-def NameMap(value: Any, max_length: int) -> Any:  # noqa: N802 - a type factory
-    """``{name: value}`` with 1 to ``max_length`` keys, each a :data:`Name`."""
-    return Annotated[dict[Name, value], Field(min_length=1, max_length=max_length), _ClosedKeys()]
+# ``{name: value}`` maps with 1 to N keys, each a :data:`Name`.
+FieldWeights = Annotated[dict[Name, Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]],
+                         Field(min_length=1, max_length=MAX_FIELDS), _ClosedKeys()]
+FieldScores = Annotated[dict[Name, Finite], Field(min_length=1, max_length=MAX_FIELDS), _ClosedKeys()]
+DomainLosses = Annotated[dict[Name, Finite], Field(min_length=1, max_length=MAX_DOMAINS), _ClosedKeys()]
 
 
 class _In(BaseModel):
@@ -115,7 +127,7 @@ class ObjectiveIn(_In):
     built-in rules ignore it. It is stored with the run and scores its exported trajectory."""
 
     spread_penalty: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.5
-    field_weights: NameMap(Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)], MAX_FIELDS) | None = Field(
+    field_weights: FieldWeights | None = Field(
         default=None, description="Weight of each field in the balanced score (default: equal)."
     )
 
@@ -124,17 +136,17 @@ class RunCreate(_In):
     """A new run: its domain space, budget and policy."""
 
     domains: list[DomainIn] = Field(min_length=1, max_length=MAX_DOMAINS)
-    horizon: Int(1, MAX_HORIZON) = Field(
+    horizon: Horizon = Field(
         description="Number of decisions after the first feedback: it counts feedbacks, not optimizer "
         f"steps (the run takes horizon+1 feedbacks). horizon × domains is at most {MAX_RUN_VALUES}."
     )
-    interval: Int(1, 10**9) = Field(description="Optimizer steps per decision.")
+    interval: Interval = Field(description="Optimizer steps per decision.")
     policy: Name | None = Field(default=None, description="Policy name; the service default when omitted.")
     policy_version: Name | None = Field(default=None, description="Pin a version; the current one when omitted.")
     objective: ObjectiveIn | None = None
     setting_name: Annotated[str, Field(min_length=1, max_length=128)] = "served"
     model: Annotated[str, Field(min_length=1, max_length=256)] = "unknown"
-    seed: Int(0, MAX_STEP) = 0
+    seed: Step = 0
 
     @model_validator(mode="after")
     def _check_run(self) -> RunCreate:
@@ -202,12 +214,12 @@ class FeedbackIn(_In):
     (omitted: the service assumes its own last decision).
     """
 
-    step: Int(0, MAX_STEP) = Field(description="Optimizer step of this evaluation; strictly increases.")
-    tokens_seen: Int(0, MAX_STEP) = Field(
+    step: Step = Field(description="Optimizer step of this evaluation; strictly increases.")
+    tokens_seen: Step = Field(
         description="Training tokens since the start of the run; never decreases (409 otherwise).")
-    field_scores: NameMap(Finite, MAX_FIELDS) = Field(
+    field_scores: FieldScores = Field(
         description="Per field: mean per-token log-likelihood of its held-out text (nats; higher is better).")
-    domain_losses: NameMap(Finite, MAX_DOMAINS) = Field(
+    domain_losses: DomainLosses = Field(
         description="Per domain: mean held-out cross-entropy (nats/token).")
     mixture_id: Id | None = Field(
         default=None,

@@ -144,7 +144,7 @@ class MixingClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+                time.sleep(delay * (0.5 + random.random() / 2))
             try:
                 r = self._http.request(method, path, **kwargs)
             except httpx.TransportError as e:
@@ -161,7 +161,8 @@ class MixingClient:
                     detail = r.text
                 raise _REJECTIONS.get(r.status_code, RequestRejected)(r.status_code, detail)
             return r
-        raise ServiceUnavailable(f"{method} {self._http.base_url}{path}: no answer after {self.retries + 1} attempts ({last})")
+        raise ServiceUnavailable(
+            f"{method} {self._http.base_url}{path}: no answer after {self.retries + 1} attempts ({last})")
 
     # ----- API ----------------------------------------------------------------------------------
     def create_run(

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.service.trainer.client import MixingClient
 from mixagent.service.server.config import Settings
 from mixagent.service.server.export import export_trajectories, write_jsonl
 from mixagent.service.server.main import create_app
+from mixagent.service.trainer.client import MixingClient
 from mixagent.trajectories.contract import ContractError, Feedback, History, Weights
 
 __all__ = ["BackgroundServer", "DemoError", "free_port", "run_demo"]
@@ -83,13 +83,17 @@ def _episode(env: Any, seed: int, choose: Callable[[Feedback], Weights | list[fl
              progress: Callable[[int, list[float]], None] = lambda t, w: None) -> History:
     """One episode; ``choose`` gets each feedback (the step-0 evaluation first) and returns the
     mixture for the next stage; ``progress(t, weights)`` is called after each decision."""
+    def ask(info: dict[str, Any]) -> list[float]:
+        w = choose(Feedback.model_validate(info["feedback"]))
+        return list(w.values) if isinstance(w, Weights) else list(w)
+
     _, info = env.reset(seed=seed)
-    weights = choose(Feedback.model_validate(info["feedback"]))
-    progress(0, list(getattr(weights, "values", weights)))
+    weights = ask(info)
+    progress(0, weights)
     for t in range(1, env.horizon + 1):
-        _, _, _, truncated, info = env.step_weights(np.asarray(getattr(weights, "values", weights)))
-        weights = choose(Feedback.model_validate(info["feedback"]))
-        progress(t, list(getattr(weights, "values", weights)))
+        _, _, _, truncated, info = env.step_weights(np.asarray(weights))
+        weights = ask(info)
+        progress(t, weights)
         if truncated:
             break
     return env.history  # type: ignore[no-any-return]
@@ -185,7 +189,8 @@ def run_demo(
     fm = env.space.field_matrix()
     shares = np.array([fm @ w.as_array() for w in served.weights])
     echo("served field shares per stage: " + "; ".join(
-        f"t{t}: " + ", ".join(f"{f}={x:.2f}" for f, x in zip(fields, row, strict=True)) for t, row in enumerate(shares)))
+        f"t{t}: " + ", ".join(f"{f}={x:.2f}" for f, x in zip(fields, row, strict=True))
+        for t, row in enumerate(shares)))
     plot_history(served, out / "weights.png", title=f"{s.name}: served by {policy}")
     plot_history(uniform, out / "uniform.png", title=f"{s.name}: uniform mixture")
     if fallbacks:
@@ -196,7 +201,8 @@ def run_demo(
         "fields": list(fields),
         "start": s_served[0].tolist(), "uniform_final": s_uniform[-1].tolist(), "served_final": s_served[-1].tolist(),
         "balanced_uniform": float(b_uniform[-1]), "balanced_served": float(b_served[-1]),
-        "served_field_shares": shares.tolist(), "wall_s": {"served": round(served_s, 1), "uniform": round(uniform_s, 1)},
+        "served_field_shares": shares.tolist(),
+        "wall_s": {"served": round(served_s, 1), "uniform": round(uniform_s, 1)},
         "exported_trajectories": n,
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -105,7 +105,7 @@ def pg_url():  # type: ignore[no-untyped-def]
     try:
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({type(e).__name__})")
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with admin.connect() as c:

@@ -19,8 +19,9 @@ HEAVY = ("torch", "transformers", "d3rlpy", "gymnasium", "mixagent.env")
 
 def _loaded_after(code: str) -> list[str]:
     """Run ``code`` in a fresh interpreter; the forbidden modules it left in ``sys.modules``."""
-    probe = f"{code}\nimport sys, json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in " \
-            f"{HEAVY!r} or m in {HEAVY!r} or m.startswith('mixagent.env.') or m.startswith('mixagent.service.trainer'))))"
+    probe = (f"{code}\nimport sys, json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+             f"{HEAVY!r} or m in {HEAVY!r} or m.startswith('mixagent.env.') "
+             "or m.startswith('mixagent.service.trainer'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -79,7 +80,8 @@ def test_old_paths_are_warning_aliases_of_the_new_modules(old, new):
         "    warnings.simplefilter('always')\n"
         f"    old = importlib.import_module({old!r})\n"
         f"new = importlib.import_module({new!r})\n"
-        "msgs = [str(x.message) for x in w if issubclass(x.category, DeprecationWarning) and 'moved to' in str(x.message)]\n"
+        "msgs = [str(x.message) for x in w\n"
+        "        if issubclass(x.category, DeprecationWarning) and 'moved to' in str(x.message)]\n"
         "print(old is new, msgs)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

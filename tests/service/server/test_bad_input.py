@@ -20,7 +20,8 @@ def _post_raw(client, path, text):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("literal", "where"),
-    [("NaN", "body.domain_losses.web"), ("Infinity", "body.domain_losses.web"), ("-Infinity", "body.domain_losses.web")],
+    [("NaN", "body.domain_losses.web"), ("Infinity", "body.domain_losses.web"),
+     ("-Infinity", "body.domain_losses.web")],
 )
 def test_non_finite_numbers_are_422(client, rid, literal, where):
     text = json.dumps(feedback_body(0)).replace('"web": 2.0', f'"web": {literal}')
@@ -112,7 +113,8 @@ def test_oversized_bodies_are_413(client, rid, settings):
         for _ in range(300):
             yield b"x" * 1024
 
-    r = client.post(f"/v1/runs/{rid}/feedback", content=chunks(), headers={**auth(), "Content-Type": "application/json"})
+    r = client.post(f"/v1/runs/{rid}/feedback", content=chunks(),
+                    headers={**auth(), "Content-Type": "application/json"})
     assert r.status_code == 413
 
 
@@ -124,7 +126,8 @@ def test_unknown_run_and_route(client):
 
 
 def test_a_body_that_is_not_utf8_is_422(client, rid):
-    r = client.post(f"/v1/runs/{rid}/feedback", content=b"\xff\x12\xfe?O", headers={**auth(), "Content-Type": "application/json"})
+    r = client.post(f"/v1/runs/{rid}/feedback", content=b"\xff\x12\xfe?O",
+                    headers={**auth(), "Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith("body: malformed JSON")
 
 
@@ -168,7 +171,8 @@ def test_refusals_keep_the_connection_alive(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         body = json.dumps({"path": "a\u0000b"})
-        conn.request("POST", "/v1/policies/load", body=body, headers={**auth(ADMIN), "Content-Type": "application/json"})
+        conn.request("POST", "/v1/policies/load", body=body,
+                     headers={**auth(ADMIN), "Content-Type": "application/json"})
         sock = conn.sock
         r = conn.getresponse()
         assert r.status == 422 and (r.getheader("connection") or "").lower() != "close"
@@ -190,7 +194,8 @@ def test_refusals_keep_the_connection_alive(server):
 def test_the_url_and_header_limits_answer_json(client):
     r = client.get("/v1/runs?offset=0&" + "a" * 9000, headers=auth())
     assert r.status_code == 414
-    assert r.json()["detail"].startswith("url: the path and query string are ") and "limit is 8192 bytes" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert detail.startswith("url: the path and query string are ") and "limit is 8192 bytes" in detail
     r = client.get("/v1/runs", headers={**auth(), "X-Big": "b" * 17000})
     assert r.status_code == 431 and "16384 bytes" in r.json()["detail"]
     r = client.get("/v1/runs", headers={**auth(), **{f"X-H{i}": "1" for i in range(70)}})
@@ -236,7 +241,7 @@ def test_a_lost_database_is_503_not_500(client, app, monkeypatch):
     def down(*a, **k):  # type: ignore[no-untyped-def]
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(app.state.store, "list", down)
+    monkeypatch.setattr(app.state.store, "list_runs", down)
     r = client.get("/v1/runs", headers=auth())
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json() == {"detail": "database: unavailable, retry later"}

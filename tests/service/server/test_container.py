@@ -75,7 +75,8 @@ def test_the_image_is_slim_non_root_and_has_a_healthcheck(image):
     ctr = _buildah("from", image).stdout.strip()
     try:
         out = _buildah("run", "--isolation", "chroot", ctr, "--", "python3", "-c",
-                       "import importlib.util as u, sys; print(u.find_spec('torch'), u.find_spec('onnxruntime') is not None)")
+                       "import importlib.util as u, sys; "
+                       "print(u.find_spec('torch'), u.find_spec('onnxruntime') is not None)")
         assert out.stdout.split() == ["None", "True"]
         size = _buildah("images", "--format", "{{.Size}}", image).stdout.strip()
         assert size.endswith("MB"), size  # hundreds of MB, not GB
@@ -105,7 +106,8 @@ def test_the_container_serves_health_and_feedback(image):
             time.sleep(0.5)
         assert httpx.get(url + "/readyz").json()["status"] == "ready"
         h = {"Authorization": "Bearer container-token"}
-        assert httpx.post(url + "/v1/runs", json=run_body(), headers={"Authorization": "Bearer nope"}).status_code == 401
+        r = httpx.post(url + "/v1/runs", json=run_body(), headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401
         run = httpx.post(url + "/v1/runs", json=run_body(policy="prior"), headers=h).json()
         d = httpx.post(f"{url}/v1/runs/{run['run_id']}/feedback", json=feedback_body(0), headers=h).json()
         assert d["t"] == 0 and d["weights"] == pytest.approx({"web": 0.6, "code": 0.2, "proofs": 0.2})

@@ -46,7 +46,8 @@ def test_postgres_replicas_share_runs_and_stay_idempotent(settings, pg_url):
         d1 = b.post(f"/v1/runs/{rid}/feedback", json=feedback_body(10), headers=auth()).json()
         assert (d0["t"], d1["t"]) == (0, 1)
         # replica a still caches the run at one decision: a retry of step 10 must find b's decision
-        assert a.post(f"/v1/runs/{rid}/feedback", json=feedback_body(10), headers=auth()).json() == {**d1, "replayed": True}
+        again = a.post(f"/v1/runs/{rid}/feedback", json=feedback_body(10), headers=auth()).json()
+        assert again == {**d1, "replayed": True}
         d2 = a.post(f"/v1/runs/{rid}/feedback", json=feedback_body(20), headers=auth()).json()
         assert d2["t"] == 2
         # a step racing on both replicas is recorded once; both answers agree
@@ -72,7 +73,8 @@ def test_a_database_of_the_previous_release_is_upgraded_in_place(settings, reque
     """The columns this release added (who served a decision, artifact digests) and the shared
     ``policy_current`` table are added at start-up to a database made before them; its runs and
     decisions are kept, and the newest recorded artifact of each name becomes current."""
-    s = settings if backend == "sqlite" else settings.model_copy(update={"database_url": request.getfixturevalue("pg_url")})
+    s = settings if backend == "sqlite" else settings.model_copy(
+        update={"database_url": request.getfixturevalue("pg_url")})
     root = s.policy_dir
     for version, share in (("v1", 0.2), ("v2", 0.7)):
         write_card(root, f"tuned-{version}", name="tuned-share", version=version, kind="baseline",

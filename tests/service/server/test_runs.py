@@ -138,7 +138,8 @@ def test_tokens_seen_never_goes_backwards(client):
 
 def test_run_size_limits_name_the_values(client):
     r = client.post("/v1/runs", json=run_body(horizon=4097), headers=auth())
-    assert r.status_code == 422 and r.json()["detail"].startswith("body.horizon: Input should be less than or equal to 4096")
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("body.horizon: Input should be less than or equal to 4096")
     many = [{"name": f"d{i}", "field": "source" if i else "target"} for i in range(256)]
     r = client.post("/v1/runs", json=run_body(domains=many, horizon=1025), headers=auth())
     assert r.status_code == 422
