@@ -31,6 +31,7 @@ COPY env ./env
 COPY trajectories ./trajectories
 COPY agent ./agent
 COPY service ./service
+COPY configs ./configs
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} ".[service]" \
     && /opt/venv/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the serving image'" \

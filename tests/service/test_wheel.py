@@ -3,7 +3,7 @@ the service side): the artifacts under ``agent/artifacts/`` are package data fou
 ``importlib.resources``, not a path into a source tree.
 
 No network and no pre-training: the wheel is built from a temporary copy of the package sources
-(the working tree is untouched) with ``pip wheel --no-deps --no-build-isolation`` (the project
+the Dockerfile copies (the working tree is untouched) with ``pip wheel --no-deps --no-build-isolation`` (the project
 venv's setuptools). When the copy ships no artifact yet, a small ONNX network stands in for the
 trained agent. The fresh venv has no pip and no system site-packages; the wheel is installed into
 it with ``--no-deps`` by the project's pip (``pip --python``) *before* the venv can see anything
@@ -32,7 +32,20 @@ from tests.service.artifacts import write_onnx_policy
 from tests.service.conftest import TOKEN, auth, free_port, run_body
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "mixagent", "env", "trajectories", "agent", "service", "configs")
+
+
+def _dockerfile_sources() -> tuple[str, ...]:
+    """What the Dockerfile copies into its build (``COPY src... ./dest``): the wheel is built from the
+    same files, so a package folder the image forgets fails here, in the default tier."""
+    sources: list[str] = []
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--") for p in parts[1:]):
+            sources += parts[1:-1]
+    return tuple(sources)
+
+
+SOURCES = _dockerfile_sources()
 SPACE = DomainSpace.from_fields({"source": ["web", "code"], "target": ["proofs"]}, {"web": 3.0})
 
 
@@ -83,6 +96,13 @@ def installed(tmp_path_factory) -> Iterator[Installed]:
                                   check=True, capture_output=True, text=True).stdout.strip())
     (purelib / "_mixagent_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     yield Installed(venv, bundled)
+
+
+def test_the_dockerfile_copies_every_package_folder():
+    import tomllib
+
+    folders = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    assert {f.split("/")[0] for f in folders} <= set(SOURCES), SOURCES
 
 
 def test_the_wheel_is_installed_not_the_source_tree(installed):
