@@ -23,6 +23,7 @@ drawn objective, the top fraction of the training trajectories by return under t
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from mixagent.agent.policy import ObjectiveRange, TrainingData
-from mixagent.trajectories.contract import ActionSpec, ContractError, Objective, Trajectory, stable_hash
+from mixagent.trajectories.contract import (
+    SOURCE_FIELD,
+    ActionSpec,
+    ContractError,
+    Objective,
+    Trajectory,
+    stable_hash,
+)
 from mixagent.trajectories.encoding import (
     ENCODER_VERSION,
     balanced_scores,
@@ -226,16 +234,28 @@ def final_score(run: Run, objective: Objective) -> float:
     return float(balanced_scores(run.trajectory.history, objective)[-1])
 
 
+def roughness(run: Run) -> float:
+    """Mean absolute change of the target share between consecutive stages (0 for a constant)."""
+    h = run.trajectory.history
+    rows = [i for i, f in enumerate(h.space.fields) if f != SOURCE_FIELD]
+    shares = (h.space.field_matrix() @ h.weight_matrix().T)[rows].sum(axis=0)
+    return float(np.abs(np.diff(shares)).mean()) if len(shares) > 1 else 0.0
+
+
 def best_copies(runs: Sequence[Run], draws: int, top_fraction: float, objective_range: ObjectiveRange,
-                rng: np.random.Generator, spec: ActionSpec, encoder_version: str = ENCODER_VERSION) -> Episodes:
+                rng: np.random.Generator, spec: ActionSpec, encoder_version: str = ENCODER_VERSION,
+                max_roughness: float = math.inf) -> Episodes:
     """Behaviour cloning data: per setting, ``draws`` objectives; under each, the top
-    ``top_fraction`` of that setting's ``runs`` by final balanced score (at least one), relabelled
-    with that objective. The paper's "SFT on good trajectories", for any objective."""
+    ``top_fraction`` of that setting's smooth ``runs`` (:func:`roughness` at most ``max_roughness``)
+    by final balanced score (at least one), relabelled with that objective. The paper's "SFT on
+    good trajectories", for any objective; a noisy schedule's stage-to-stage jumps are not imitated."""
     if not 0.0 < top_fraction <= 1.0:
         raise DatasetError(f"bc_top_fraction: must be in (0, 1], got {top_fraction}")
     parts: list[Episodes] = []
     for setting_hash in sorted({r.setting_hash for r in runs}):
-        group = [r for r in runs if r.setting_hash == setting_hash]
+        group = [r for r in runs if r.setting_hash == setting_hash and roughness(r) <= max_roughness]
+        if not group:
+            raise DatasetError(f"bc_max_roughness: no trajectory of setting {setting_hash} is that smooth")
         fields = group[0].trajectory.header.space.fields
         k = max(1, round(len(group) * top_fraction))
         chosen: dict[str, list[Objective]] = {}

@@ -264,7 +264,7 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
         for ep in todo:
             try:
                 result: dict[str, Any] | Exception = worker.run(ep, partial)
-            except Exception as e:  # noqa: BLE001 - reported per episode by the driver
+            except Exception as e:  # reported per episode by the driver
                 result = e
             yield ep, result
         return
@@ -333,7 +333,7 @@ def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode]
                 result: dict[str, Any] | Exception = ray.get(done[0])
             except ray.exceptions.ActorDiedError as e:
                 raise RunnerError(f"a Ray worker died ({e}); rerun the same command to resume") from e
-            except Exception as e:  # noqa: BLE001 - a RayTaskError wraps the episode's own error
+            except Exception as e:  # a RayTaskError wraps the episode's own error
                 result = e
             yield ep, result
             ep = next(queue, None)

@@ -74,6 +74,10 @@ class TrainConfig(BaseModel):
     """Behaviour cloning data: objectives drawn per setting; under each, the best trajectories."""
     bc_top_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
     """Behaviour cloning data: the top share of a setting's trajectories by return under each draw."""
+    bc_max_roughness: float = Field(default=0.07, gt=0.0)
+    """Behaviour cloning imitates only trajectories whose target share moves by at most this much
+    per stage on average (constants, ramps, switches, slow walks): the per-stage jumps of random
+    schedules carry nothing to copy, and noise between stages lowers B."""
     encoder: Literal["mlp", "transformer"] = "mlp"
     """Network: d3rlpy's MLP, or a 2-layer Transformer over the windowed history (agent/networks.py)."""
     hidden_units: tuple[int, ...] = (128, 128)
@@ -289,9 +293,10 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     metrics: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    bc_train = best_copies(train_runs, cfg.bc_objective_draws, cfg.bc_top_fraction, cfg.objective_range, rng, spec)
+    bc_train = best_copies(train_runs, cfg.bc_objective_draws, cfg.bc_top_fraction, cfg.objective_range, rng, spec,
+                           max_roughness=cfg.bc_max_roughness)
     bc_val = (best_copies(val_runs, max(cfg.bc_objective_draws // 4, 1), cfg.bc_top_fraction, cfg.objective_range,
-                          rng, spec) if val_runs else None)
+                          rng, spec, max_roughness=cfg.bc_max_roughness) if val_runs else None)
     needs_rl = algo_name != "bc"
     rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec) if needs_rl else None
     rl_val = (all_copies(val_runs, max(cfg.relabel_copies // 4, 1), cfg.objective_range, rng, spec)
