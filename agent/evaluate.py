@@ -78,10 +78,20 @@ class PolicySpec:
     params: dict[str, Any]
     group: Group
     artifact: str | None = None
+    fixed_objective: Objective | None = None
+    """A learned policy trained for one objective only acts for that one, whatever the run's."""
 
     @property
     def learned(self) -> bool:
         return self.artifact is not None
+
+    @property
+    def per_objective(self) -> bool:
+        """Runs once per evaluated objective (a learned policy that reads the objective)."""
+        return self.learned and self.fixed_objective is None
+
+    def run_key(self, objective: Objective) -> str | None:
+        return objective_key(objective) if self.per_objective else None
 
     def digest(self) -> str:
         if self.artifact is None:
@@ -143,7 +153,12 @@ def parse_policies(tokens: Sequence[str]) -> list[PolicySpec]:
                 raise ContractError(f"--policies: {folder} holds no card.json (not a policy artifact)")
             card = read_json_object(folder / "card.json")
             name = label or f"{card.get('name', folder.name)}-{card.get('version', 'v')}"
-            out.append(PolicySpec(_label(name), "artifact", {}, "learned", artifact=str(folder.resolve())))
+            rng = card.get("objective_range") or {}
+            fixed = None
+            if rng and rng.get("spread_penalty_min") == rng.get("spread_penalty_max") and rng.get("max_weight_ratio") == 1:
+                fixed = Objective(spread_penalty=rng["spread_penalty_min"])
+            out.append(PolicySpec(_label(name), "artifact", {}, "learned", artifact=str(folder.resolve()),
+                                  fixed_objective=fixed))
             continue
         name, _, rest = token.partition(":")
         params = {}
@@ -262,14 +277,14 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig) -> SettingPlan:
         seeds = compare + (select if spec.group == "grid" else [])
         if spec.learned:
             digest = spec.digest()
-            for o in cfg.objectives:
+            for o in cfg.objectives if spec.fixed_objective is None else (spec.fixed_objective,):
                 ok = objective_key(o)
                 for seed in seeds:
                     rid = f"{spec.label}-{digest[:8]}-{stable_hash(ok)[:6]}-s{seed}"
                     episodes.setdefault(rid, Episode(rid, "artifact", {"artifact_digest": digest, "objective": ok},
                                                      seed, index=len(episodes), label=spec.label, objective=o,
                                                      artifact=spec.artifact))
-                    runs[(spec.label, ok, seed)] = rid
+                    runs[(spec.label, ok if spec.per_objective else None, seed)] = rid
             continue
         signature = _open_loop_signature(spec, ctx)
         key = f"static-{signature[:12]}" if signature else f"{spec.label}-{spec.digest()[:8]}"
@@ -380,7 +395,7 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
     out: dict[str, Any] = {"setting": setting.name, "setting_hash": setting.hash(), "objectives": {}}
     shares: dict[str, list[float]] = {}
     for spec in cfg.policies:
-        key = (spec.label, objective_key(cfg.objectives[0]) if spec.learned else None)
+        key = (spec.label, spec.run_key(cfg.objectives[0]))
         series = [target_shares(trajectories[plan.runs[(*key, s)]]) for s in compare if (*key, s) in plan.runs]
         if series:
             shares[spec.label] = np.mean(series, axis=0).tolist()
@@ -388,9 +403,8 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
     for o in cfg.objectives:
         ok = objective_key(o)
 
-        def scores(spec: PolicySpec, seeds: list[int], ok: str = ok, o: Objective = o) -> list[Scored]:
-            k = ok if spec.learned else None
-            return [score(trajectories[plan.runs[(spec.label, k, s)]], o) for s in seeds]
+        def scores(spec: PolicySpec, seeds: list[int], o: Objective = o) -> list[Scored]:
+            return [score(trajectories[plan.runs[(spec.label, spec.run_key(o), s)]], o) for s in seeds]
 
         per: dict[str, dict[str, Any]] = {}
         finals: dict[str, list[float]] = {}
@@ -398,7 +412,8 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
             sc = scores(spec, compare)
             finals[spec.label] = [x.final for x in sc]
             m, lo, hi = mean_interval(finals[spec.label])
-            fallback = (fallback_share(spec, o, [trajectories[plan.runs[(spec.label, ok, s)]] for s in compare])
+            fallback = (fallback_share(spec, spec.fixed_objective or o,
+                                       [trajectories[plan.runs[(spec.label, spec.run_key(o), s)]] for s in compare])
                         if spec.learned else None)
             per[spec.label] = {
                 "fallback_share": fallback,

@@ -42,19 +42,28 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "bc+cql-w10": ("bc+cql", {"conservative_weight": 10.0}),
     "iql": ("iql", {}),
     "td3+bc": ("td3+bc", {}),
+    # not a candidate for shipping: the same BC trained for λ = 0.5 alone, so that the benchmark
+    # shows what conditioning on the objective buys (bench/mixing_quality.py, "agent-lam0.5")
+    "bc-lam0.5": ("bc", {"objective_range": {"spread_penalty_min": 0.5, "spread_penalty_max": 0.5,
+                                             "max_weight_ratio": 1.0}}),
 }
+SINGLE = "bc-lam0.5"
 
 
 def start_shares(folder: Path) -> dict[str, float]:
-    """The target share the policy picks at the start of a run, per λ (equal field weights)."""
+    """The target share the policy picks at the start of a run, per λ (equal field weights); a
+    policy trained for one objective is asked with that one."""
     from mixagent.agent.policy import load_artifact
     from mixagent.trajectories import DomainSpace, Objective
 
-    _, factory = load_artifact(folder)
+    card, factory = load_artifact(folder)
+    rng = card.objective_range
     space = DomainSpace.from_fields({"source": [f"s{i}" for i in range(10)], "target": ["t0", "t1"]})
     out = {}
+    single = rng is not None and rng.spread_penalty_min == rng.spread_penalty_max
     for lam in LAMBDAS:
-        w = factory(16, Objective(spread_penalty=lam)).initial_weights(space).as_array()
+        ask = rng.spread_penalty_min if single and rng is not None else lam  # a one-objective policy: its own
+        w = factory(16, Objective(spread_penalty=ask)).initial_weights(space).as_array()
         out[f"lam{lam:g}"] = float(w[10:].sum())
     return out
 
@@ -115,7 +124,8 @@ def monotone(shares: dict[str, float]) -> bool:
 
 def select(rows: dict[str, dict]) -> str | None:
     """Highest FQE return on validation among candidates whose start shares move the right way."""
-    ok = [k for k, r in rows.items() if r["fqe_return"] is not None and monotone(r["start_share"])]
+    ok = [k for k, r in rows.items()
+          if k != SINGLE and r["fqe_return"] is not None and monotone(r["start_share"])]
     return max(ok, key=lambda k: rows[k]["fqe_return"]) if ok else None
 
 
