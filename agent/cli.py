@@ -8,9 +8,11 @@ ground where the rest of that group lives).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from mixagent.console import console as _console
@@ -32,17 +34,23 @@ def generate_cmd(
     threads: Annotated[int, typer.Option(help="torch threads per worker (0: cores / workers).")] = 0,
     families: Annotated[str, typer.Option(help="Comma-separated schedule families (default: all built-in).")] = "",
     seed: Annotated[int, typer.Option(help="Base seed of the plan.")] = 0,
-    level: Annotated[str, typer.Option(help="'field' or 'domain' schedules (default: the setting's action level).")] = "",
+    level: Annotated[
+        str, typer.Option(help="'field' or 'domain' schedules (default: the setting's action level).")
+    ] = "",
     ray_address: Annotated[str, typer.Option(help="Ray cluster address (default: start a local Ray).")] = "",
     cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per trajectory).")] = True,
-    plugin: Annotated[list[str] | None, typer.Option(help="Deprecated: a module that registers families by calling register_family (entry points replace it).")] = None,
+    plugin: Annotated[list[str] | None, typer.Option(
+        help="Deprecated: a module that registers families by calling register_family (entry points replace it)."
+    )] = None,
     start_tolerance: Annotated[float, typer.Option(
-        help="Refuse runs whose first evaluation differs from the folder's by more (nats, any domain).")] = START_TOLERANCE,
+        help="Refuse runs whose first evaluation differs from the folder's by more (nats, any domain)."
+    )] = START_TOLERANCE,
     adopt_corpus: Annotated[bool, typer.Option(
         "--adopt-corpus", help="Let a folder whose records predate provenance take this machine's corpus.")] = False,
 ) -> None:
     """Run the behaviour schedules of the plan in the real env; resumes an existing folder."""
+    # lazy: the runner and the env load only when this command runs (`mixagent --help` stays light)
     from mixagent.agent.generate import GenerateConfig, GenerateError, generate  # noqa: PLC0415
     from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
@@ -94,6 +102,7 @@ def train_cmd(
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
     """Train a mixing policy offline (d3rlpy) on real trajectories and export it as an artifact."""
+    # lazy: d3rlpy and torch (the train extra) load only when this command runs
     from mixagent.agent.dataset import DatasetError  # noqa: PLC0415
     from mixagent.agent.train import load_config, train  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
@@ -106,7 +115,8 @@ def train_cmd(
         return
     m = report.metrics
     console.print(f"{out}: {report.card.ref} ({report.algo}, {cfg.encoder}) trained on {report.train_trajectories} "
-                  f"trajectories ({report.train_transitions} transitions), validated on {report.validation_trajectories}",
+                  f"trajectories ({report.train_transitions} transitions), "
+                  f"validated on {report.validation_trajectories}",
                   highlight=False)
     console.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report.seconds.items()), highlight=False)
     console.print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items())), highlight=False)
@@ -120,10 +130,8 @@ def export_cmd(
     version: Annotated[str | None, typer.Option(help="Policy version in the new card.")] = None,
 ) -> None:
     """Re-export a trained policy (e.g. under another name/version, to bundle it): card + ONNX."""
-    import json  # noqa: PLC0415
-
+    # lazy: d3rlpy and torch (the train extra) load only when this command runs
     import d3rlpy  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
 
     from mixagent.agent.export import write_artifact  # noqa: PLC0415
     from mixagent.agent.policy import ArtifactError, PolicyCard  # noqa: PLC0415
@@ -152,10 +160,14 @@ def export_cmd(
 
 @agent_app.command("evaluate")
 def evaluate_cmd(
-    policies: Annotated[list[str], typer.Option("--policies", help="default | baselines | hand | grid | NAME[:k=v,..] | [LABEL=]ARTIFACT_DIR (repeat).")],
+    policies: Annotated[list[str], typer.Option(
+        "--policies", help="default | baselines | hand | grid | NAME[:k=v,..] | [LABEL=]ARTIFACT_DIR (repeat)."
+    )],
     settings: Annotated[list[str], typer.Option("--settings", help="Setting names or files (repeat).")],
     out: Annotated[Path, typer.Option("--out", help="Evaluation folder (resumed when it exists).")],
-    objectives: Annotated[list[str] | None, typer.Option("--objectives", help="default | spread_penalty=X[,FIELD=W,..] (repeat).")] = None,
+    objectives: Annotated[list[str] | None, typer.Option(
+        "--objectives", help="default | spread_penalty=X[,FIELD=W,..] (repeat)."
+    )] = None,
     seeds: Annotated[int, typer.Option(help="Paired comparison seeds.")] = 5,
     selection_seeds: Annotated[int, typer.Option(help="Seeds that choose the best grid point.")] = 3,
     reference: Annotated[str, typer.Option(help="Label of the policy differences are taken against.")] = "uniform",
@@ -164,9 +176,12 @@ def evaluate_cmd(
     executor: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
     cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per run).")] = True,
-    report_only: Annotated[bool, typer.Option("--report-only", help="Report on the runs already made; run nothing.")] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Report on the runs already made; run nothing.")
+    ] = False,
 ) -> None:
     """Run policies in the real env on paired seeds; write report.md, results.json and plots."""
+    # lazy: the runner, the env and scipy load only when this command runs
     from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies  # noqa: PLC0415
     from mixagent.agent.runner import RunnerConfig, RunnerError  # noqa: PLC0415
     from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415

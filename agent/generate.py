@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.agent.registry import draw_params, get_family
+from mixagent.agent.registry import draw_params, get_family, import_plugins
 from mixagent.agent.runner import (
     Episode,
     RunnerConfig,
@@ -128,7 +128,9 @@ def _pin(cfg: GenerateConfig, setting: Setting, store: FileStore, level: Level) 
         write_json_atomic(setting_path, setting.model_dump(mode="json"))
 
 
-def _check_plan_membership(cfg: GenerateConfig, setting: Setting, level: Level, store: FileStore, done: set[str]) -> None:
+def _check_plan_membership(
+    cfg: GenerateConfig, setting: Setting, level: Level, store: FileStore, done: set[str]
+) -> None:
     """Refuse a folder holding records that are not items of its plan (drawn by other code, a
     changed plugin or another numpy): resuming would silently mix two plans."""
     if not done:
@@ -158,8 +160,6 @@ def generate(cfg: GenerateConfig, setting: Setting) -> RunReport:
     runner = cfg.runner()
     runner.check()
     level: Level = cfg.level or setting.action.level
-    from mixagent.agent.registry import import_plugins  # noqa: PLC0415
-
     import_plugins(cfg.plugins)
     plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level)  # checks families
 

@@ -88,7 +88,8 @@ def _entry_point_families() -> dict[str, PolicyFamily]:
 
 def policy_families() -> dict[str, PolicyFamily]:
     """Every family by name: entry points first, then (deprecated) runtime registrations."""
-    return {**_entry_point_families(), **{k: v for k, v in RUNTIME_FAMILIES.items() if k not in _entry_point_families()}}
+    found = _entry_point_families()
+    return {**found, **{k: v for k, v in RUNTIME_FAMILIES.items() if k not in found}}
 
 
 def get_family(name: str) -> PolicyFamily:

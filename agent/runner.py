@@ -25,14 +25,22 @@ CPU use ≈ workers × threads). ``executor="ray"`` runs the same workers as Ray
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from tqdm.auto import tqdm
+
+from mixagent import __version__
+from mixagent.agent.policy import load_artifact
 from mixagent.agent.registry import build_policy, import_plugins
 from mixagent.trajectories.contract import Objective, Trajectory, TrajectoryHeader
 from mixagent.trajectories.environment import START_TOLERANCE, FolderEnvironment, ForeignEnvironmentError
@@ -143,11 +151,12 @@ class EpisodeWorker:
     """One env (one model in this process), reused for many episodes."""
 
     def __init__(self, setting: dict[str, Any], cache_dir: str | None, threads: int, plugins: Sequence[str] = ()):
+        # lazy: torch and the env load in the process that runs episodes, not in a driver that only
+        # plans and collects (nor where this module is imported for its types)
         import torch  # noqa: PLC0415
 
         import_plugins(plugins)
 
-        from mixagent import __version__  # noqa: PLC0415
         from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415
         from mixagent.env.setting import load_setting  # noqa: PLC0415
 
@@ -183,8 +192,6 @@ class EpisodeWorker:
         ctx = self.context(ep.objective)
         if ep.artifact is None:
             return build_policy(ep.policy, ep.params, ctx)
-        from mixagent.agent.policy import load_artifact  # noqa: PLC0415
-
         if ep.artifact not in self._artifacts:
             self._artifacts[ep.artifact] = load_artifact(ep.artifact)[1]
         return self._artifacts[ep.artifact](ctx.horizon, ctx.objective)
@@ -229,8 +236,6 @@ _WORKER: EpisodeWorker | None = None
 def _exit_with_parent(interval_s: float = 1.0) -> None:
     """Pool workers do not notice a ``kill -9`` of the driver: without this they would train their
     episode to the end for nobody (competing with the resumed run) and then wait forever."""
-    import threading  # noqa: PLC0415
-
     parent = os.getppid()
 
     def watch() -> None:
@@ -268,10 +273,6 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
                 result = e
             yield ep, result
         return
-    import multiprocessing as mp  # noqa: PLC0415
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait  # noqa: PLC0415
-    from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
-
     pool = ProcessPoolExecutor(
         max_workers=cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
         initargs=(setting, cache, threads, cfg.plugins),
@@ -306,7 +307,7 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
 
 def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode], partial: str) -> Iterator[Outcome]:
     try:
-        import ray  # noqa: PLC0415
+        import ray  # noqa: PLC0415 - the optional `ray` extra
     except ImportError as e:
         raise RunnerError("--executor ray needs Ray: pip install 'mixagent[ray]'") from e
     threads = cfg.resolved_threads()
@@ -405,8 +406,6 @@ def run_episodes(
         results = (_results_ray if cfg.executor == "ray" else _results_local)(
             cfg, setting.model_dump(mode="json"), todo, str(store.partial)
         )
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
         t0 = time.perf_counter()
         t_first: float | None = None
         with closing(results), tqdm(total=len(episodes), initial=report.already_done, unit="traj",

@@ -47,7 +47,9 @@ def bare_interval(model, opt, batches, first_step, cpt, total_steps):  # type: i
     model.train()
     for i, batch in enumerate(batches):
         for g in opt.param_groups:
-            g["lr"] = get_lr(first_step + i, lr=cpt.lr, warmup=cpt.warmup_steps, total=total_steps, min_ratio=cpt.min_lr_ratio)
+            g["lr"] = get_lr(
+                first_step + i, lr=cpt.lr, warmup=cpt.warmup_steps, total=total_steps, min_ratio=cpt.min_lr_ratio
+            )
         logits = model(input_ids=batch[:, :-1], use_cache=False).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
         loss.backward()
@@ -110,7 +112,9 @@ def time_overhead_components(env: DataMixingEnv, action: np.ndarray, nll: torch.
         float(total)
 
     out = {
-        "sample_batches_s": _median_time(lambda: [backend.sampler.sample(probs, cpt.batch_size, rng) for _ in range(cpt.interval)]),
+        "sample_batches_s": _median_time(
+            lambda: [backend.sampler.sample(probs, cpt.batch_size, rng) for _ in range(cpt.interval)]
+        ),
         "per_step_extras_s": _median_time(per_step_extras),
         "feedback_from_nll_s": _median_time(lambda: backend.feedback_from_nll(nll)),
         "history_reward_obs_info_s": _median_time(bookkeeping),
@@ -230,9 +234,11 @@ def main() -> None:
     print()
     print(f"{'':28s}{'env':>12s}{'bare torch':>12s}")
     print(f"{'median step (s)':28s}{summary['median_env_step_s']:12.3f}{summary['median_bare_step_s']:12.3f}")
-    print(f"{'train tokens/s':28s}{summary['train_tokens_per_s']['env']:12.0f}{summary['train_tokens_per_s']['bare']:12.0f}")
-    print(f"{'eval tokens/s':28s}{summary['eval_tokens_per_s']['env']:12.0f}{summary['eval_tokens_per_s']['bare']:12.0f}")
-    print(f"{'overhead (difference)':28s}{summary['median_overhead_fraction']:12.2%}   median of (env - bare)/env; noisy")
+    train_tps, eval_tps = summary["train_tokens_per_s"], summary["eval_tokens_per_s"]
+    print(f"{'train tokens/s':28s}{train_tps['env']:12.0f}{train_tps['bare']:12.0f}")
+    print(f"{'eval tokens/s':28s}{eval_tps['env']:12.0f}{eval_tps['bare']:12.0f}")
+    print(f"{'overhead (difference)':28s}{summary['median_overhead_fraction']:12.2%}"
+          "   median of (env - bare)/env; noisy")
     for k, v in components.items():
         print(f"{'  ' + k:28s}{v * 1e3:10.2f}ms")
     print(f"{'overhead (accounted)':28s}{summary['accounted_overhead_fraction']:12.3%}   (target <= 5%)")

@@ -60,7 +60,9 @@ def main() -> None:
     setting = load_setting(args.setting)
     folder = corpus_dir(setting, cache_root())
     if not folder.is_dir():
-        raise SystemExit(f"{folder}: corpus not built; run `mixagent corpus build --setting {args.setting or 'math-tiny'}`")
+        raise SystemExit(
+            f"{folder}: corpus not built; run `mixagent corpus build --setting {args.setting or 'math-tiny'}`"
+        )
     rows = []
     print(f"{'domain':<12} {'field':<7} {'held':>5} {'train':>6} {'near-dup':>9} {'mean max':>9} {'median':>7}")
     for d in setting.space.domains:

@@ -287,7 +287,8 @@ def main() -> None:
 
     results: dict[str, Any] = {
         "config": {"runs": args.runs, "duration_s": args.duration, "paced_rate_per_run": args.rate,
-                   "domains": len(DOMAINS), "policy": "loss-softmax", "database": f"sqlite (WAL, synchronous={args.synchronous})",
+                   "domains": len(DOMAINS), "policy": "loss-softmax",
+                   "database": f"sqlite (WAL, synchronous={args.synchronous})",
                    "server": "uvicorn, 1 worker", "client": "httpx.AsyncClient, 1 process"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }

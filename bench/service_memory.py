@@ -113,7 +113,8 @@ def main() -> None:
 
     est = estimate_bytes(a.domains, 2, a.decisions + 1) / 1e6
     rows = [run_config(mb, a.runs, a.decisions, a.domains) for mb in a.cache_mb]
-    print(f"{a.runs} runs x {a.decisions + 1} feedbacks x {a.domains} domains (one run's cache estimate: {est:.1f} MB); "
+    print(f"{a.runs} runs x {a.decisions + 1} feedbacks x {a.domains} domains "
+          f"(one run's cache estimate: {est:.1f} MB); "
           f"{os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'cache MB':>8} {'RSS start':>10} {'after each run (MB)':>28} {'after reads':>12} {'page MB':>8} "
           f"{'pages':>6} {'all pages MB':>13} {'feedback/s':>11}")

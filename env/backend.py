@@ -115,7 +115,7 @@ class CPTBackend:
         self.eval_set = EvalSet.build(
             [data.heldout[n] for n in names], names, evaluation.windows_per_domain, cpt.seq_len
         )
-        self.context_len = int(round(evaluation.context_fraction * cpt.seq_len))
+        self.context_len = round(evaluation.context_fraction * cpt.seq_len)
         self._field_matrix = space.field_matrix()
         self._base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._data_manifest = data.manifest
@@ -188,7 +188,9 @@ class CPTBackend:
         out = []
         for chunk in self.eval_set.windows.split(self.evaluation.batch_size):
             logits = model(input_ids=chunk[:, :-1], use_cache=False).logits
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1), reduction="none")
+            nll = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1), reduction="none"
+            )
             out.append(nll.view(chunk.size(0), -1))
         return torch.cat(out)
 

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from mixagent.env.backend import CPTBackend
 from mixagent.env.cache import atomic_dir, build_lock, cache_root, write_json_atomic
 from mixagent.env.data import DomainTokens, prepare_data
@@ -38,8 +40,6 @@ def describe_model(setting: Setting, model: Any) -> str:
 
 
 def _pretrain(setting: Setting, data: DomainTokens, say: Any, progress: bool) -> tuple[Any, dict[str, Any]]:
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     assert isinstance(setting.model, LlamaSpec)
     spec = setting.pretrain
     model = build_llama(setting.model, data.vocab_size, setting.cpt.seq_len, setting.seed, data.eos_id)
@@ -49,7 +49,8 @@ def _pretrain(setting: Setting, data: DomainTokens, say: Any, progress: bool) ->
     # Source field only, domains in proportion to their priors.
     probs = space.priors() * (space.field_matrix()[space.fields.index(SOURCE_FIELD)] > 0)
     probs = probs / probs.sum()
-    say(f"pre-training the base model ({count_parameters(model) / 1e6:.2f}M params) on the source field for {spec.steps} steps")
+    say(f"pre-training the base model ({count_parameters(model) / 1e6:.2f}M params) "
+        f"on the source field for {spec.steps} steps")
     t0 = time.time()
     curve = []
     chunk = 50
@@ -81,6 +82,7 @@ def load_base_model(
         if setting.pretrain.steps:
             say("pretrain.steps is ignored for a pretrained checkpoint")
         return model
+    # lazy: transformers (seconds to import) loads only when a Llama base is built or read
     from transformers import LlamaForCausalLM  # noqa: PLC0415
 
     quiet_transformers()

@@ -12,11 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
 from mixagent.console import console as _console
 from mixagent.env.setting import SettingError, load_setting
+from mixagent.trajectories.contract import SOURCE_FIELD
+from mixagent.trajectories.encoding import field_shares_to_weights
 
 __all__ = ["corpus_app", "env_app"]
 
@@ -48,6 +51,7 @@ def _error(msg: str) -> None:
 def _clear_errors() -> Iterator[None]:
     """Turn the errors a user can fix (a package that cannot be fetched, a missing checkpoint, a
     domain too small for the setting) into one red line and exit code 1, not a traceback."""
+    # lazy, as every env module below: loaded when a command runs, not by `mixagent --help`
     from mixagent.env.corpus import CorpusError  # noqa: PLC0415
     from mixagent.env.sources import SourceError  # noqa: PLC0415
 
@@ -65,7 +69,7 @@ def _say(msg: str) -> None:
 @corpus_app.command("build")
 def corpus_build(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -> None:
     """Fetch, extract, deduplicate, split and tokenise the setting's corpus (cached)."""
-    from mixagent.env.data import prepare_data  # noqa: PLC0415
+    from mixagent.env.data import prepare_data  # noqa: PLC0415 - loaded when the command runs
 
     s = _load(setting)
     with _clear_errors():
@@ -76,7 +80,9 @@ def corpus_build(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) 
 
 def _manifest_table(s, manifest) -> None:  # type: ignore[no-untyped-def]
     field_of = {d: f for f, ds in s.fields.items() for d in ds}
-    t = Table(title=f"corpus {manifest['corpus_hash']} / tokens {manifest['data_hash']} (vocab {manifest['vocab_size']})")
+    t = Table(
+        title=f"corpus {manifest['corpus_hash']} / tokens {manifest['data_hash']} (vocab {manifest['vocab_size']})"
+    )
     for col in ("domain", "field", "source", "version", "docs tr/ho", "bytes tr/ho", "tokens tr/ho", "sha256 (train)"):
         t.add_column(col)
     for e in manifest["domains"]:
@@ -96,7 +102,7 @@ def _manifest_table(s, manifest) -> None:  # type: ignore[no-untyped-def]
 @corpus_app.command("show")
 def corpus_show(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -> None:
     """Print the manifest of an already built corpus."""
-    from mixagent.env.cache import cache_root  # noqa: PLC0415
+    from mixagent.env.cache import cache_root  # noqa: PLC0415 - loaded when the command runs
 
     s = _load(setting)
     path = cache_root(cache_dir) / "data" / s.data_hash() / "manifest.json"
@@ -113,7 +119,7 @@ def env_pretrain(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Build the corpus and the base checkpoint (pre-trained on the source field; cached)."""
-    from mixagent.env.base import base_info, build_backend  # noqa: PLC0415
+    from mixagent.env.base import base_info, build_backend  # noqa: PLC0415 - torch: only when it runs
 
     s = _load(setting)
     with _clear_errors():
@@ -122,13 +128,16 @@ def env_pretrain(
     console.print(f"base model: {desc}")
     if info:
         fb = info["feedback"]
-        console.print(f"pre-trained {info['steps']} steps in {info['seconds']}s; held-out field scores {fb['field_scores']}")
+        console.print(
+            f"pre-trained {info['steps']} steps in {info['seconds']}s; held-out field scores {fb['field_scores']}"
+        )
         if plot:
             _plot_curve(info["curve"], plot, f"{s.name}: pre-training on the source field")
             console.print(f"plot saved to {plot}")
 
 
 def _plot_curve(curve: list[dict[str, float]], path: Path, title: str) -> None:
+    # lazy: matplotlib (the train extra) only for --plot, and its backend is chosen before pyplot loads
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -153,11 +162,7 @@ def env_rollout(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Run one episode with a constant target share and print the feedback of every stage."""
-    import numpy as np  # noqa: PLC0415
-
-    from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415
-    from mixagent.trajectories.contract import SOURCE_FIELD  # noqa: PLC0415
-    from mixagent.trajectories.encoding import field_shares_to_weights  # noqa: PLC0415
+    from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415 - torch: only when it runs
 
     if not 0.0 <= target_share <= 1.0:
         _error(f"--target-share: must be within [0, 1], got {target_share}")
@@ -188,7 +193,7 @@ def env_rollout(
         )
 
     row(info)
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm  # noqa: PLC0415 - loaded when the command runs
 
     with tqdm(total=env.horizon, desc="episode", unit="decision") as bar:
         truncated = False
@@ -204,7 +209,7 @@ def env_rollout(
         out.write_text(history.model_dump_json(indent=1))
         console.print(f"history written to {out}")
     if plot:
-        from mixagent.trajectories.plots import plot_history  # noqa: PLC0415
+        from mixagent.trajectories.plots import plot_history  # noqa: PLC0415 - matplotlib: only for --plot
 
         plot_history(history, plot, title=f"{s.name}: target share {target_share}")
         console.print(f"plot saved to {plot}")

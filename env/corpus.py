@@ -114,7 +114,8 @@ def _collect_domain(
             f"domain {name}: source {info.origin} gave {len(train)} train and {len(heldout)} "
             "held-out documents; it needs at least one of each"
         )
-    say(f"{name}: {len(train)} train / {len(heldout)} held-out docs, {train_bytes:,} train bytes, {dups} duplicates dropped")
+    say(f"{name}: {len(train)} train / {len(heldout)} held-out docs, {train_bytes:,} train bytes, "
+        f"{dups} duplicates dropped")
     meta = {
         "source_kind": info.kind,
         "source": info.origin,

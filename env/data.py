@@ -44,6 +44,7 @@ class DomainTokens:
 
 
 def _train_bpe(setting: Setting, corpus: Path, out: Path) -> Any:
+    # lazy: the tokenizers library loads only when a BPE is trained (a cached corpus needs none)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
 
     budget = setting.tokenizer.train_bytes_per_domain

@@ -76,7 +76,9 @@ class DataMixingEnv(gym.Env):
       the objective slice: the setting's λ, field weights and ``∂B/∂g_f``).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    # gymnasium.Env declares ``metadata`` as a plain attribute, so ClassVar would clash with it under
+    # mypy; it is only read (check_env, wrappers), never mutated.
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,
@@ -105,7 +107,9 @@ class DataMixingEnv(gym.Env):
         self.last_stage_seconds: dict[str, float] = {"train": 0.0, "eval": 0.0}
 
     # ----- gymnasium API -------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self.backend.reset(int(self.np_random.integers(2**62)))
         t0 = time.perf_counter()

@@ -13,8 +13,18 @@ from typing import Any
 
 from mixagent.env.setting import LlamaSpec, PretrainedSpec
 
-__all__ = ["quiet_transformers", "build_llama", "load_pretrained", "load_pretrained_tokenizer", "resolve_checkpoint", "count_parameters"]
+__all__ = [
+    "quiet_transformers",
+    "build_llama",
+    "load_pretrained",
+    "load_pretrained_tokenizer",
+    "resolve_checkpoint",
+    "count_parameters",
+]
 
+# transformers and torch are imported inside the functions below (the lazy imports of this module):
+# they take seconds to load, and importing this module (as `corpus build` does) must cost nothing;
+# the offline switches are set here, before transformers is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

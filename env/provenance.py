@@ -18,6 +18,8 @@ import platform
 from functools import cache
 from typing import Any
 
+import numpy
+
 __all__ = ["corpus_digest", "weights_digest", "numerics", "fingerprint"]
 
 
@@ -36,7 +38,7 @@ def corpus_digest(manifest: dict[str, Any]) -> str:
 
 def weights_digest(state: dict[str, Any]) -> str:
     """sha256 (16 hex digits) of a model's parameters and buffers, by name, bit for bit."""
-    import torch  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - only the model digests need torch; corpus_digest does not
 
     h = hashlib.sha256()
     for name in sorted(state):
@@ -60,7 +62,7 @@ def _cpu_model() -> str:
 
 def numerics() -> str:
     """The CPU and the libraries whose kernels decide the float results of a run."""
-    import numpy  # noqa: PLC0415
+    # lazy: only describing a model's numerics needs torch and transformers; corpus_digest does not
     import torch  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 

@@ -17,12 +17,16 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import yaml
 
 from mixagent.env.cache import build_lock
 from mixagent.env.setting import (
@@ -127,8 +131,6 @@ def open_source(source: DomainSource, cache_dir: Path) -> SourceInfo:
         files = sorted(root.glob("*.yml"))
         if not files:
             raise SourceError(f"chatterbot-corpus: no YAML files under {root}")
-        from importlib.metadata import version as dist_version
-
         return SourceInfo("chatterbot", "chatterbot-corpus", dist_version("chatterbot-corpus"), files, "chatterbot")
     if isinstance(source, FilesSource):
         root = Path(source.root)
@@ -147,8 +149,10 @@ def open_source(source: DomainSource, cache_dir: Path) -> SourceInfo:
 class _TextExtractor(HTMLParser):
     """HTML to text: drops scripts, styles and navigation, keeps paragraph breaks."""
 
-    _SKIP = {"script", "style", "head", "nav"}
-    _BLOCK = {"p", "div", "br", "li", "pre", "h1", "h2", "h3", "h4", "h5", "tr", "dt", "dd", "table"}
+    _SKIP: ClassVar[frozenset[str]] = frozenset({"script", "style", "head", "nav"})
+    _BLOCK: ClassVar[frozenset[str]] = frozenset(
+        {"p", "div", "br", "li", "pre", "h1", "h2", "h3", "h4", "h5", "tr", "dt", "dd", "table"}
+    )
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -210,8 +214,6 @@ def _wordnet_glosses(raw: str) -> str:
 
 def _r_lazyload(path: Path) -> Iterator[tuple[str, str]]:
     """Character vectors from R's lazy-load database (``Rdata.rdb``/``.rdx``), one text per object."""
-    import warnings  # noqa: PLC0415
-
     import rdata  # noqa: PLC0415 - only this reader needs it
 
     def parse(raw: bytes) -> Any:
@@ -235,8 +237,6 @@ def _r_lazyload(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _chatterbot(raw: str) -> str:
-    import yaml  # noqa: PLC0415
-
     doc = yaml.safe_load(raw) or {}
     convs = doc.get("conversations") or []
     return "\n\n".join("\n".join(str(turn) for turn in conv) for conv in convs if conv)

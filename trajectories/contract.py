@@ -8,6 +8,7 @@ service). They hold *raw* numbers only; observation and reward encodings live in
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -290,7 +291,7 @@ class History(BaseModel):
             except ContractError as e:
                 raise ValueError(f"history.feedback[{i}]: {e}") from None
         steps = [fb.step for fb in self.feedback]
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(f"history.feedback: steps must increase, got {steps}")
         return self
 

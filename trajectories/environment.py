@@ -80,10 +80,10 @@ class FolderEnvironment:
             self._refuse(tid, f"was trained on another corpus (digest {corpus}) than the folder's other records "
                               f"({self.corpus}): a Debian package, the stdlib or the tokenizer differ on this machine")
         if corpus and not self.corpus and self.unrecorded and not self.adopt_corpus:
-            self._refuse(tid, f"records its corpus (digest {corpus}) but the folder's {self.unrecorded} records predate "
-                              "provenance, so their corpus cannot be compared (its start check sees held-out text "
-                              "only). Compare the corpora (bench/heldout_overlap.py on both machines), then rerun "
-                              "with --adopt-corpus")
+            self._refuse(tid, f"records its corpus (digest {corpus}) but the folder's {self.unrecorded} "
+                              "records predate provenance, so their corpus cannot be compared (its start check "
+                              "sees held-out text only). Compare the corpora (bench/heldout_overlap.py on both "
+                              "machines), then rerun with --adopt-corpus")
         known = self.bases.get((corpus, numerics)) if corpus and numerics else None
         if known and base and base != known:
             self._refuse(tid, f"starts from another base model (weights digest {base}, the folder's is {known}) "
@@ -93,7 +93,8 @@ class FolderEnvironment:
             if not drift <= self.tolerance:
                 self._refuse(tid, f"starts from another evaluation than the folder's other records (domain losses "
                                   f"differ by up to {drift:.3g}, more than --start-tolerance {self.tolerance:g}): "
-                                  "this machine builds another corpus or base model (package, stdlib or torch versions)")
+                                  "this machine builds another corpus or base model "
+                                  "(package, stdlib or torch versions)")
 
     def admit(self, traj: Trajectory, provenance: dict[str, str]) -> None:
         """:meth:`check`, then count ``traj`` as one of the folder's runs."""

@@ -17,6 +17,8 @@ __all__ = ["plot_history", "plot_dataset"]
 
 
 def _pyplot() -> Any:
+    # lazy: matplotlib is the train extra (the ground floor imports without it), and the Agg backend
+    # must be chosen before pyplot loads
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")

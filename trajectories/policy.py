@@ -15,7 +15,7 @@ members). Families are published through the ``mixagent.policies`` entry-point g
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -70,7 +70,7 @@ class PolicyContext:
     space: DomainSpace
     horizon: int
     action: ActionSpec
-    objective: Objective = Objective()
+    objective: Objective = field(default_factory=Objective)
 
     def spec(self, level: Level) -> ActionSpec:
         """The action map at ``level`` with the setting's β and ε."""

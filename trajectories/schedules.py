@@ -111,7 +111,9 @@ class StaticSchedule:
         return Weights.from_raw(self.matrix[t])
 
 
-def draw_params(family: PolicyFamily, ctx: PolicyContext, seed: int, index: int = 0, level: Level = "field") -> dict[str, Any]:
+def draw_params(
+    family: PolicyFamily, ctx: PolicyContext, seed: int, index: int = 0, level: Level = "field"
+) -> dict[str, Any]:
     """The parameters of one member of ``family``, drawn from ``seed`` (deterministic)."""
     if family.draw is None:
         raise ContractError(f"schedule: family '{family.name}' has no parameter draw (it is not a behaviour family)")
@@ -281,7 +283,9 @@ def _dirichlet(ctx: PolicyContext, p: dict[str, Any]) -> StaticSchedule:
     level: Level = p.get("level", "field")
     rng = np.random.default_rng(p["seed"])
     alpha = float(p["alpha"]) * ctx.units(level) * ctx.unit_priors(level)
-    return StaticSchedule(np.array([_project(ctx, level, rng.dirichlet(alpha)) for _ in range(ctx.horizon)]), "dirichlet")
+    return StaticSchedule(
+        np.array([_project(ctx, level, rng.dirichlet(alpha)) for _ in range(ctx.horizon)]), "dirichlet"
+    )
 
 
 DIRICHLET = PolicyFamily(

@@ -291,7 +291,9 @@ def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tupl
         raise RecordError(path, problem)
     if end is not None:
         if end.get("stages") != len(stages):
-            raise RecordError(path, f"truncated or corrupted: end line says {end.get('stages')} stages, found {len(stages)}")
+            raise RecordError(
+                path, f"truncated or corrupted: end line says {end.get('stages')} stages, found {len(stages)}"
+            )
         if end.get("sha256") != trajectory_checksum(traj):
             raise RecordError(path, "corrupted: the content does not match the record's sha256 checksum")
     end = end or {}

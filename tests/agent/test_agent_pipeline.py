@@ -112,7 +112,8 @@ def test_every_algorithm_trains_exports_and_serves_the_same_actions(algo, tiny_d
     policy = factory(5, Objective(spread_penalty=0.3))
     h = History(space=space)
     for t in range(3):
-        h.record_feedback(Feedback(step=t, tokens_seen=t, field_scores={"source": -3 - 0.01 * t, "target": -5 + 0.1 * t},
+        h.record_feedback(Feedback(step=t, tokens_seen=t,
+                                   field_scores={"source": -3 - 0.01 * t, "target": -5 + 0.1 * t},
                                    domain_losses=dict.fromkeys(space.names, 3.0)))
         obs = encode(h, 5, policy.card.action, Objective(spread_penalty=0.3))
         want = learner.predict(obs[None])[0]
@@ -191,7 +192,7 @@ def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset,
     assert r["selected_grid"] in ("grid-0.2", "grid-0.5")
     goals = r["comparisons"]["agent"]["goals"]
     assert {"beats uniform", f"beats {r['best_hand']}"} <= set(goals)
-    for label, p in r["policies"].items():
+    for p in r["policies"].values():
         assert p["lo"] <= p["mean"] <= p["hi"] and len(p["B"]) == 2
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "## synthetic-tiny · lam0.2" in report and "| agent |" in report

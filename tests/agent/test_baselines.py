@@ -94,5 +94,6 @@ def test_build_baseline_names_unknown_rules_and_parameters():
     assert build_baseline("fixed-target-share", {"target_share": 0.2}).params == {"target_share": 0.2}  # type: ignore[attr-defined]
     with pytest.raises(ContractError, match=r"unknown baseline 'nope'; known: \['fixed-target-share'"):
         build_baseline("nope")
-    with pytest.raises(ContractError, match=r"\['beta'\] are not parameters of 'loss-softmax' \(it takes \['relative', 'temperature'\]\)"):
+    with pytest.raises(ContractError, match=r"\['beta'\] are not parameters of 'loss-softmax' "
+                                            r"\(it takes \['relative', 'temperature'\]\)"):
         build_baseline("loss-softmax", {"beta": 1})

@@ -60,7 +60,8 @@ def test_noisy_baselines_follow_their_rule_up_to_the_noise(family, level):
         a = weights_to_action(Weights.from_raw(row), SPACE, spec)
         np.testing.assert_allclose(action_to_weights(a, SPACE, spec).as_array(), row, atol=1e-9)
     b = BEHAVIOUR_BASELINES[family]
-    policy = build_baseline(b.rule, {**b.fixed, **{k: v for k, v in params.items() if k not in ("sigma", "seed", "level")}})
+    rule_params = {k: v for k, v in params.items() if k not in ("sigma", "seed", "level")}
+    policy = build_baseline(b.rule, {**b.fixed, **rule_params})
     expected = policy.initial_weights(SPACE).as_array()
     # a feasible mixture (every share above ε·prior) is its own projection: the rule's target share
     assert w[0][TARGET].sum() == pytest.approx(expected[TARGET].sum(), abs=1e-6)

@@ -1,11 +1,11 @@
 import gzip
 import json
-from dataclasses import replace
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -14,7 +14,6 @@ from mixagent.agent.generate import GenerateConfig, GenerateError, generate, mak
 from mixagent.agent.registry import policy_families
 from mixagent.trajectories.schedules import BUILTIN_FAMILIES
 from mixagent.trajectories.storage import FileStore, RecordError, RecordMeta, read_record
-
 from tests.conftest import tiny_setting_dict
 
 
@@ -60,7 +59,8 @@ def test_rerun_resumes_grows_and_refuses_another_plan(tiny_dataset, tiny_setting
     cfg = GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False)
     report = generate(cfg, tiny_setting)
     assert (report.generated, report.already_done) == (0, 9)
-    assert not (out / "records" / ".x.jsonl.gz.tmp999").exists() and not (out / "partial" / "cycle-000000000000.jsonl").exists()
+    assert not (out / "records" / ".x.jsonl.gz.tmp999").exists()
+    assert not (out / "partial" / "cycle-000000000000.jsonl").exists()
     report = generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
     assert (report.generated, report.already_done) == (1, 9)
     assert all((out / "records" / name).read_bytes() == data for name, data in before.items())
@@ -85,7 +85,7 @@ def test_bad_seed_or_out_is_refused_before_anything_runs(tiny_setting, tmp_path)
     with pytest.raises(GenerateError, match="--seed: must be >= 0, got -1"):
         generate(GenerateConfig(out=tmp_path / "a", n=1, seed=-1, progress=False), tiny_setting)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(GenerateError, match="--out: .*file exists and is not a folder"):
+    with pytest.raises(GenerateError, match=r"--out: .*file exists and is not a folder"):
         generate(GenerateConfig(out=tmp_path / "file", n=1, progress=False), tiny_setting)
     assert not (tmp_path / "a").exists()
 
@@ -123,7 +123,8 @@ def test_a_failing_trajectory_is_reported_and_the_others_still_finish(tiny_setti
     out = tmp_path / "failing"
     cfg = GenerateConfig(out=out, n=3, families=("constant", "exploding_test"), threads=1, cache_dir=cache_dir,
                          progress=False)
-    with pytest.raises(GenerateError, match=r"(?s)1 episode\(s\) failed .* \(2 finished now\).*exploding_test-.*blew up"):
+    with pytest.raises(GenerateError,
+                       match=r"(?s)1 episode\(s\) failed .* \(2 finished now\).*exploding_test-.*blew up"):
         generate(cfg, tiny_setting)
     store = FileStore(out)
     assert [t.split("-")[0] for t in store.list()] == ["constant", "constant"]

@@ -19,7 +19,8 @@ def test_corpus_build_prints_the_manifest(tiny_setting_file, cache_dir):
 
 def test_invalid_setting_exits_2_with_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nfields: {source: [a], target: [c]}\ncorpus: {domains: {a: {kind: files, root: .}, b: {kind: files, root: .}}}\n")
+    bad.write_text("name: x\nfields: {source: [a], target: [c]}\n"
+                   "corpus: {domains: {a: {kind: files, root: .}, b: {kind: files, root: .}}}\n")
     result = runner.invoke(app, ["corpus", "build", "--setting", str(bad)])
     assert result.exit_code == 2
     assert "fields.target: unknown domain 'c'" in result.output

@@ -6,9 +6,8 @@ import pytest
 
 from mixagent.env.corpus import CorpusError, build_corpus, read_documents
 from mixagent.env.data import prepare_data
-from mixagent.env.setting import load_setting
+from mixagent.env.setting import DebSource, load_setting
 from mixagent.env.sources import SourceError, open_source, split_documents
-from mixagent.env.setting import DebSource
 from tests.conftest import tiny_setting_dict
 
 

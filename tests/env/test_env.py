@@ -4,7 +4,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from mixagent.env import ENV_ID
-from mixagent.trajectories import Objective, balanced_scores
+from mixagent.trajectories import balanced_scores
 
 
 def test_check_env_passes(tiny_env):
@@ -19,12 +19,12 @@ def test_registered_with_gymnasium(tiny_setting, tiny_backend):
 
 
 def rollout(env, seed, action):
-    obs, info = env.reset(seed=seed)
+    _obs, info = env.reset(seed=seed)
     out = [info["feedback"]]
     truncated = False
     rewards = []
     while not truncated:
-        obs, r, terminated, truncated, info = env.step(action)
+        _obs, r, terminated, truncated, info = env.step(action)
         assert not terminated
         rewards.append(r)
         out.append(info["feedback"])
@@ -49,7 +49,8 @@ def test_episode_shape_rewards_and_history(tiny_env, tiny_setting):
     assert [fb.step for fb in h.feedback] == [tiny_setting.cpt.interval * t for t in range(horizon + 1)]
     # the reward, by hand from the raw feedback: B = mean gain - λ·std of gains
     def balanced(fb):
-        g = [(fb["field_scores"][f] - fbs[0]["field_scores"][f]) / abs(fbs[0]["field_scores"][f]) for f in ("source", "target")]
+        start = fbs[0]["field_scores"]
+        g = [(fb["field_scores"][f] - start[f]) / abs(start[f]) for f in ("source", "target")]
         return np.mean(g) - tiny_setting.objective.spread_penalty * np.std(g)
 
     for t in range(horizon):

@@ -3,8 +3,6 @@ generated on the tiny fixture setting (one trajectory per built-in family)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -55,7 +55,8 @@ def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
         schedule = build_policy(hd.schedule, hd.schedule_params, PolicyContext(hd.space, hd.horizon, hd.action))
         for i, w in enumerate(h.weights):
             seen = History(space=hd.space, feedback=h.feedback[: i + 1], weights=h.weights[:i])
-            np.testing.assert_array_equal(schedule.next_weights(hd.space, seen).as_array(), w.as_array(), err_msg=hd.trajectory_id)
+            np.testing.assert_array_equal(schedule.next_weights(hd.space, seen).as_array(), w.as_array(),
+                                          err_msg=hd.trajectory_id)
 
 
 @pytest.mark.real
@@ -67,9 +68,9 @@ def test_a_committed_trajectory_is_regenerated_bit_for_bit():
     that starts from this machine's base evaluation (skipped when no committed run shares it)."""
     import os
 
-    from mixagent.env.setting import DEFAULT_SETTING, load_setting
     from mixagent.agent.generate import make_plan
     from mixagent.agent.runner import EpisodeWorker
+    from mixagent.env.setting import DEFAULT_SETTING, load_setting
 
     setting = load_setting(DEFAULT_SETTING)
     store = FileStore(DATA / "math-tiny")
@@ -81,7 +82,8 @@ def test_a_committed_trajectory_is_regenerated_bit_for_bit():
             if it.run_id in stored and stored[it.run_id].trajectory.history.feedback[0] == here]
     if not same:
         provenance = runner.env.backend.provenance()
-        drift = start_drift(here.domain_losses, next(iter(stored.values())).trajectory.history.feedback[0].domain_losses)
+        first = next(iter(stored.values())).trajectory.history.feedback[0]
+        drift = start_drift(here.domain_losses, first.domain_losses)
         pytest.skip(f"no committed trajectory was generated with this machine's numerics ({provenance['numerics']}; "
                     f"its base evaluation differs by {drift:.2g} nats)")
     item = same[0]

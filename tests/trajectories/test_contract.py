@@ -49,7 +49,9 @@ def test_weights_from_raw_normalises_once_and_respects_floor():
     np.testing.assert_allclose(Weights.from_raw([2, 2, 4]).values, [0.25, 0.25, 0.5])
 
 
-@pytest.mark.parametrize("raw, msg", [([1.0, float("nan")], "non-finite"), ([-1.0, 2.0], "non-negative"), ([], "empty")])
+@pytest.mark.parametrize(
+    "raw, msg", [([1.0, float("nan")], "non-finite"), ([-1.0, 2.0], "non-negative"), ([], "empty")]
+)
 def test_weights_from_raw_rejects_bad_input(raw, msg):
     with pytest.raises(ContractError, match=msg):
         Weights.from_raw(raw)

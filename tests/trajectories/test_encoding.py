@@ -170,8 +170,9 @@ def test_obs_v2_appends_the_objective_slice_and_obs_v1_is_the_rest():
     v1 = encode(h, 8, spec, version="obs-v1")
     f = 2
     assert ENCODER_VERSIONS == ("obs-v1", "obs-v2")
-    for objective in (Objective(), Objective(spread_penalty=0.0), Objective(spread_penalty=0.9,
-                                                                               field_weights={"source": 3, "target": 1})):
+    objectives = (Objective(), Objective(spread_penalty=0.0),
+                  Objective(spread_penalty=0.9, field_weights={"source": 3, "target": 1}))
+    for objective in objectives:
         v2 = encode(h, 8, spec, objective)
         assert v2.shape == (observation_size(SPACE, spec),) == (len(v1) + 2 * f + 1,)
         np.testing.assert_array_equal(v2[: len(v1)], v1)
@@ -181,7 +182,7 @@ def test_obs_v2_appends_the_objective_slice_and_obs_v1_is_the_rest():
         # the gradient is dB/dg: a finite difference of the balanced score agrees
         g = relative_gains(h)[-1]
         for k in range(f):
-            def b(x):
+            def b(x, c=c, objective=objective):
                 m = x @ c
                 return m - objective.spread_penalty * np.sqrt(((x - m) ** 2) @ c)
             e = np.eye(f)[k] * 1e-6

@@ -16,7 +16,8 @@ def moved(traj, shift):
     h = traj.history
     f0 = h.feedback[0]
     f0 = f0.model_copy(update={"domain_losses": {d: v + shift for d, v in f0.domain_losses.items()}})
-    return traj.model_copy(update={"history": History(space=h.space, feedback=[f0, *h.feedback[1:]], weights=h.weights)})
+    history = History(space=h.space, feedback=[f0, *h.feedback[1:]], weights=h.weights)
+    return traj.model_copy(update={"history": history})
 
 
 @pytest.fixture()
@@ -52,7 +53,8 @@ def test_another_corpus_is_refused_even_from_the_same_start(tmp_path, runs):
 def test_another_base_on_the_same_corpus_and_numerics_is_refused(tmp_path, runs):
     env = FolderEnvironment(tmp_path)
     env.admit(runs[0], PROV)
-    with pytest.raises(ForeignEnvironmentError, match=r"another base model \(weights digest e{16}, the folder's is b{16}\)"):
+    with pytest.raises(ForeignEnvironmentError,
+                       match=r"another base model \(weights digest e{16}, the folder's is b{16}\)"):
         env.admit(runs[1], {**PROV, "base": "e" * 16})
     env.admit(runs[1], {**PROV, "base": "e" * 16, "numerics": "other"})  # other numerics: another base is expected
 

@@ -47,9 +47,9 @@ def test_behaviour_actions_reproduce_the_mixtures_of_a_real_dataset(tiny_dataset
 
 
 def test_replay_reproduces_what_the_env_returned_online(tiny_env, tiny_setting):
-    from mixagent.trajectories import Trajectory
     from mixagent.agent.generate import make_plan
     from mixagent.agent.registry import build_policy
+    from mixagent.trajectories import Trajectory
     from mixagent.trajectories.policy import PolicyContext
 
     item = make_plan(tiny_setting, n=3)[2]

@@ -110,8 +110,9 @@ def test_schedules_are_open_loop_policies():
         assert isinstance(policy, MixingPolicy) and policy.name == name
         assert policy.initial_weights(SPACE) == Weights.from_raw(policy.matrix[0])
     with pytest.raises(ContractError, match="past the horizon"):
-        StaticSchedule(np.ones((1, 5)) / 5).next_weights(SPACE, History(space=SPACE, feedback=[], weights=[]).model_copy(
-            update={"weights": [Weights.from_raw(np.ones(5))]}))
+        past = History(space=SPACE, feedback=[], weights=[]).model_copy(
+            update={"weights": [Weights.from_raw(np.ones(5))]})
+        StaticSchedule(np.ones((1, 5)) / 5).next_weights(SPACE, past)
 
 
 class TargetHeavy:

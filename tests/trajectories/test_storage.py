@@ -31,7 +31,8 @@ def test_exported_members_are_pinned():
 
 
 def test_round_trip_is_exact_and_bytes_are_deterministic(tmp_path, trajectory):
-    a, b = tmp_path / "a" / f"{trajectory.header.trajectory_id}.jsonl.gz", tmp_path / "b" / f"{trajectory.header.trajectory_id}.jsonl.gz"
+    name = f"{trajectory.header.trajectory_id}.jsonl.gz"
+    a, b = tmp_path / "a" / name, tmp_path / "b" / name
     sha = write_record(a, trajectory, META)
     write_record(b, trajectory, META)
     assert a.read_bytes() == b.read_bytes()
@@ -157,7 +158,8 @@ def test_store_lists_only_finished_records(tmp_path, trajectory):
 def test_import_of_exported_trajectories_is_idempotent_and_never_overwrites(tmp_path):
     from mixagent.trajectories.storage import import_jsonl
 
-    a, b = make_trajectory(trajectory_id="served-aaaaaaaaaaaa"), make_trajectory(seed=1, trajectory_id="served-bbbbbbbbbbbb")
+    a = make_trajectory(trajectory_id="served-aaaaaaaaaaaa")
+    b = make_trajectory(seed=1, trajectory_id="served-bbbbbbbbbbbb")
     export = tmp_path / "export.jsonl"
     export.write_text(a.model_dump_json() + "\n" + b.model_dump_json() + "\n")
     store = FileStore(tmp_path / "ds")
