@@ -7,6 +7,7 @@ A setting's *hashes* key every cache: the corpus hash (domain sources and caps),
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import tomllib
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "EvalSpec",
     "Setting",
     "load_setting",
+    "known_settings",
     "DEFAULT_SETTING",
     "CORPUS_CODE_VERSION",
     "DATA_CODE_VERSION",
@@ -377,7 +379,23 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any
         return data
     if not isinstance(parent, str):
         raise SettingError(f"{path}: extends: expected a file name, got {parent!r}")
-    return _deep_merge(_read_with_extends(path.parent / parent, (*seen, path)), data)
+    target = path.parent / parent
+    if not target.exists():
+        raise SettingError(f"{path}: extends: {parent!r}: no such file ({target.resolve()})")
+    return _deep_merge(_read_with_extends(target, (*seen, path)), data)
+
+
+def known_settings() -> list[str]:
+    """The names ``--setting NAME`` accepts: the YAML files shipped in :data:`CONFIGS_DIR`."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def _unknown_name(name: str) -> SettingError:
+    """A bare name that is neither a file nor a shipped setting: list the shipped ones."""
+    known = known_settings()
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return SettingError(f"{name}: no such setting file or known setting name (known: {', '.join(known)}){hint}")
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -400,7 +418,9 @@ def load_setting(source: str | Path | dict[str, Any] | Setting | None = None) ->
         data, where, base = source, "setting", Path.cwd()
     else:
         path = Path(source)
-        if not path.exists() and not path.suffix and (CONFIGS_DIR / f"{path}.yaml").exists():
+        if not path.exists() and not path.suffix and path.name == str(source):  # a bare name
+            if not (CONFIGS_DIR / f"{path}.yaml").exists():
+                raise _unknown_name(str(source))
             path = CONFIGS_DIR / f"{path}.yaml"  # allow `--setting math-tiny`
         data, where, base = _read_with_extends(path), str(path), path.resolve().parent
     try:

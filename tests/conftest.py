@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,24 @@ def write_synthetic_corpus(root: Path, n_files: int = 24, seed: int = 0) -> None
                     line.append(words[w])
                 paras.append(" ".join(line) + ".")
             (d / f"doc{i:03d}.txt").write_text("\n\n".join(paras) + "\n")
+
+
+def run_mixagent(
+    *args: str, missing: Sequence[str] = (), env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``mixagent ARGS`` in a fresh interpreter as a shell runs it: through ``app()``, with stdout and
+    stderr piped (not terminals). The ``missing`` modules are made unimportable first
+    (``sys.modules[m] = None``), as on an install without the extra that provides them."""
+    code = (
+        "import sys\n"
+        f"for m in {list(missing)!r}: sys.modules[m] = None\n"
+        "from mixagent.cli import app\n"
+        f"sys.argv = ['mixagent', *{list(args)!r}]\n"
+        "app()\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("TERMINAL_WIDTH", "COLUMNS")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env={**base, **(env or {})}, cwd=REPO)
 
 
 def tiny_setting_dict(corpus_root: Path, **overrides) -> dict:

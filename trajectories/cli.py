@@ -7,6 +7,7 @@ root CLI adds it to this group.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,14 @@ trajectories_app = typer.Typer(
 DirArg = Annotated[Path, typer.Argument(help="Dataset folder (holds records/ and card.json).")]
 
 
+def _need_folder(directory: Path) -> None:
+    """Exit 2 with one line when ``directory`` is missing or not a folder."""
+    if not directory.is_dir():
+        why = "not a folder" if directory.exists() else "no such folder"
+        err_console.print(f"{directory}: {why}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
+
+
 def _bad(problems: list[str], message: str) -> None:
     problems.append(message)
     typer.echo(f"BAD {message}", err=True)
@@ -38,6 +47,7 @@ def import_cmd(
     out: Annotated[Path, typer.Option("--out", help="Dataset folder to add the records to.")],
 ) -> None:
     """Add exported trajectories (the service's served runs) to a dataset folder as records."""
+    # lazy, as in every command here: loaded when the command runs, not by `mixagent --help`
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.environment import FolderEnvironment  # noqa: PLC0415
     from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
@@ -69,13 +79,12 @@ def import_cmd(
 @trajectories_app.command("validate")
 def validate_cmd(directory: DirArg) -> None:
     """Check every record (exit 1 and one message per bad file); in-progress records are listed."""
+    # lazy: loaded when the command runs
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.stats import build_card, summarise  # noqa: PLC0415
     from mixagent.trajectories.storage import FileStore, RecordError, StoredTrajectory, read_json_object  # noqa: PLC0415
 
-    if not directory.is_dir():
-        err_console.print(f"[red]{directory}: not a folder[/red]")
-        raise typer.Exit(2)
+    _need_folder(directory)
     store = FileStore(directory)
     bad: list[str] = []
     good: list[StoredTrajectory] = []
@@ -113,7 +122,8 @@ def validate_cmd(directory: DirArg) -> None:
             _bad(bad, str(e))
         else:
             if card.get("counts") != fresh["counts"] or card.get("families") != fresh.get("families"):
-                _bad(bad, f"{card_path}: counts/families do not match the records (rebuild: trajectories stats --write-card)")
+                _bad(bad, f"{card_path}: counts/families do not match the records "
+                          "(rebuild: trajectories stats --write-card)")
     typer.echo(f"{directory}: {len(good)} valid record(s), {len(bad)} problem(s)")
     if bad:
         raise typer.Exit(1)
@@ -127,9 +137,15 @@ def stats_cmd(
     write_card: Annotated[bool, typer.Option("--write-card", help="Rebuild DIR/card.json from the records.")] = False,
 ) -> None:
     """Per-family table of final balanced scores and costs, plus schedule/score/outcome plots."""
+    # lazy: loaded when the command runs
     from mixagent.trajectories.stats import FAMILY_COLUMNS, build_card, family_rows, summarise  # noqa: PLC0415
     from mixagent.trajectories.storage import FileStore, RecordError, write_json_atomic  # noqa: PLC0415
 
+    _need_folder(directory)
+    if not no_plots and importlib.util.find_spec("matplotlib") is None:  # say so before any work
+        err_console.print("the plots need matplotlib (the train extra): pip install 'mixagent[train]', "
+                          "or pass --no-plots", style="red", markup=False, highlight=False)
+        raise typer.Exit(1)
     store = FileStore(directory)
     try:
         stored = store.load_all()
@@ -166,7 +182,7 @@ def stats_cmd(
             raise typer.Exit(1) from None
         console.print(f"card written to {directory / 'card.json'}")
     if not no_plots:
-        from mixagent.trajectories.plots import plot_dataset  # noqa: PLC0415
+        from mixagent.trajectories.plots import plot_dataset  # noqa: PLC0415 - matplotlib: only for plots
 
         for p in plot_dataset([r.trajectory for r in stored], plots or directory / "plots"):
             console.print(f"plot: {p}", highlight=False)

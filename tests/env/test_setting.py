@@ -1,7 +1,7 @@
 import pytest
 
 from mixagent.env.setting import DEFAULT_SETTING, SettingError, load_setting
-from tests.conftest import tiny_setting_dict
+from tests.conftest import REPO, tiny_setting_dict
 
 
 def test_default_setting_loads_and_has_at_least_8_domains():
@@ -56,16 +56,20 @@ def test_hashes_separate_what_each_cache_depends_on(corpus_root):
 @pytest.mark.parametrize(
     "patch, message",
     [
-        ({"fields": {"source": ["src_a", "src_b"], "target": ["tgt_a", "nope"]}}, "fields.target: unknown domain 'nope'"),
-        ({"fields": {"source": ["src_a", "src_b", "tgt_a", "tgt_b"], "target": []}}, "fields.target: the field has no domain"),
+        ({"fields": {"source": ["src_a", "src_b"], "target": ["tgt_a", "nope"]}},
+         "fields.target: unknown domain 'nope'"),
+        ({"fields": {"source": ["src_a", "src_b", "tgt_a", "tgt_b"], "target": []}},
+         "fields.target: the field has no domain"),
         ({"fields": {"target": ["src_a", "src_b", "tgt_a", "tgt_b"]}}, "a 'source' field is required"),
         ({"cpt": {"interval": 0}}, "cpt.interval: Input should be greater than 0 (got 0)"),
         ({"cpt": {"batch_size": -4}}, "cpt.batch_size: Input should be greater than 0 (got -4)"),
         ({"model": {"kind": "llama", "d_model": 0}}, "model.llama.d_model"),
-        ({"model": {"kind": "llama", "d_model": 30, "n_head": 4}}, "model.d_model=30 is not divisible by model.n_head=4"),
+        ({"model": {"kind": "llama", "d_model": 30, "n_head": 4}},
+         "model.d_model=30 is not divisible by model.n_head=4"),
         ({"priors": {"zzz": 1.0}}, "priors: unknown domain 'zzz'"),
         ({"cpt": {"intervall": 4}}, "cpt.intervall: Extra inputs are not permitted"),
-        ({"fields": {"source": ["src_a", "src b"], "target": ["tgt_a", "tgt_b"]}}, "fields.source.1: String should match pattern"),
+        ({"fields": {"source": ["src_a", "src b"], "target": ["tgt_a", "tgt_b"]}},
+         "fields.source.1: String should match pattern"),
         ({"eval": {"context_fraction": 0.999}}, "eval.context_fraction: 0.999 leaves no continuation tokens"),
         ({"cpt": {"interval": 2, "horizon": 2, "warmup_steps": 4}}, "cpt.warmup_steps: 4 is not below"),
         ({"fields": {"source": ["src_a"], "target": ["tgt_a", "tgt_b"]}}, "domain(s) ['src_b'] belong to no field"),
@@ -140,3 +144,22 @@ def test_extends_can_replace_fields_and_delete_domains(tmp_path, corpus_root):
     # the shipped example: code as the target, no Python written
     code = load_setting("code-tiny")
     assert code.fields["target"] == ("pycode", "pydocs") and "pycode" not in code.fields["source"]
+
+
+def test_an_unknown_setting_name_lists_the_known_settings():
+    with pytest.raises(SettingError) as err:
+        load_setting("math-tine")
+    message = str(err.value)
+    known = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert message.startswith("math-tine: no such setting") and "\n" not in message
+    assert f"(known: {', '.join(known)})" in message and "did you mean 'math-tiny'?" in message
+    with pytest.raises(SettingError, match=r"nothing-like-it: .*\(known: code-tiny, .*\)$"):
+        load_setting("nothing-like-it")
+
+
+def test_a_missing_extends_target_says_it_came_from_extends_and_names_both_files(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: gone.yaml\nname: child\n")
+    with pytest.raises(SettingError) as err:
+        load_setting(child)
+    assert str(err.value) == f"{child}: extends: 'gone.yaml': no such file ({tmp_path / 'gone.yaml'})"

@@ -43,17 +43,19 @@ def test_stats_prints_the_family_table_and_writes_plots(tiny_dataset, tmp_path):
 
 def test_generate_rejects_a_bad_setting_naming_file_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ncorpus: {domains: {a: {kind: files, root: .}}}\nfields: {source: [a]}\ncpt: {horizon: 0}\n")
-    r = runner.invoke(app, ["trajectories", "generate", "--setting", str(bad), "--n", "1", "--out", str(tmp_path / "o")])
+    bad.write_text("name: x\ncorpus: {domains: {a: {kind: files, root: .}}}\n"
+                   "fields: {source: [a]}\ncpt: {horizon: 0}\n")
+    r = runner.invoke(app, ["trajectories", "generate", "--setting", str(bad), "--n", "1",
+                            "--out", str(tmp_path / "o")])
     assert r.exit_code == 2
     assert str(bad) in r.output and "cpt.horizon" in r.output
     assert not (tmp_path / "o").exists()
 
 
 def test_import_adds_exported_runs_and_validate_accepts_them(tmp_path):
-    from .conftest import make_trajectory
-
     from mixagent.trajectories import History
+
+    from .conftest import make_trajectory
 
     live = make_trajectory(seed=1, trajectory_id="served-bbbbbbbbbbbb")
     h = live.history  # a run in progress: its last weights have no feedback yet
@@ -128,3 +130,23 @@ def test_validate_reports_broken_folder_files_instead_of_crashing(tiny_dataset, 
     empty.mkdir()
     r = runner.invoke(app, ["trajectories", "validate", str(empty)])
     assert r.exit_code == 1 and "missing (not a dataset folder)" in r.output.replace("\n", "")
+
+
+def test_stats_and_validate_on_a_folder_that_does_not_exist_say_so(tmp_path):
+    for command in ("stats", "validate"):
+        r = runner.invoke(app, ["trajectories", command, str(tmp_path / "nope")])
+        assert r.exit_code == 2 and f"{tmp_path / 'nope'}: no such folder" in r.output.replace("\n", ""), r.output
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, ["trajectories", "stats", str(tmp_path / "file")])
+    assert r.exit_code == 2 and "file: not a folder" in r.output.replace("\n", "")
+
+
+def test_stats_without_matplotlib_says_what_to_install_before_any_work(tiny_dataset):
+    from tests.conftest import run_mixagent
+
+    r = run_mixagent("trajectories", "stats", str(tiny_dataset), missing=["matplotlib"])
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and not r.stdout, (r.stdout, r.stderr)
+    assert "pip install 'mixagent[train]'" in lines[0] and "--no-plots" in lines[0]
+    r = run_mixagent("trajectories", "stats", str(tiny_dataset), "--no-plots", missing=["matplotlib"])
+    assert r.returncode == 0 and "9 trajectories" in r.stdout, r.stderr
