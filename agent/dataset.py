@@ -110,7 +110,8 @@ class Episodes:
     def concat(parts: Sequence[Episodes]) -> Episodes:
         parts = [p for p in parts if p.n_episodes]
         if not parts:
-            raise DatasetError("episodes: nothing to concatenate (no training trajectories selected)")
+            raise DatasetError("episodes: no trajectory selected (for behaviour cloning: none is smooth enough "
+                               "under bc_max_roughness, or the setting has too few)")
         offsets = np.cumsum([0] + [p.n_episodes for p in parts[:-1]])
         return Episodes(
             np.concatenate([p.observations for p in parts]),
@@ -254,8 +255,8 @@ def best_copies(runs: Sequence[Run], draws: int, top_fraction: float, objective_
     parts: list[Episodes] = []
     for setting_hash in sorted({r.setting_hash for r in runs}):
         group = [r for r in runs if r.setting_hash == setting_hash and roughness(r) <= max_roughness]
-        if not group:
-            raise DatasetError(f"bc_max_roughness: no trajectory of setting {setting_hash} is that smooth")
+        if not group:  # nothing smooth enough in this setting (the caller decides if that is fatal)
+            continue
         fields = group[0].trajectory.header.space.fields
         k = max(1, round(len(group) * top_fraction))
         chosen: dict[str, list[Objective]] = {}
@@ -278,6 +279,7 @@ def all_copies(runs: Sequence[Run], copies: int, objective_range: ObjectiveRange
 
 def to_mdp_dataset(episodes: Episodes) -> Any:
     """A d3rlpy ``MDPDataset`` (budget ends as timeouts, no terminals)."""
+    from d3rlpy.constants import ActionSpace  # noqa: PLC0415
     from d3rlpy.dataset import MDPDataset  # noqa: PLC0415
 
     return MDPDataset(
@@ -286,4 +288,8 @@ def to_mdp_dataset(episodes: Episodes) -> Any:
         rewards=episodes.rewards.reshape(-1, 1),
         terminals=np.zeros(len(episodes.rewards), dtype=np.float32),
         timeouts=episodes.timeouts.astype(np.float32),
+        # explicit: d3rlpy guesses "discrete" when every action happens to be a whole number (a
+        # dataset of box-corner actions, e.g. the grid's end points)
+        action_space=ActionSpace.CONTINUOUS,
+        action_size=episodes.actions.shape[1],
     )

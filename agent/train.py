@@ -295,8 +295,13 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     t0 = time.perf_counter()
     bc_train = best_copies(train_runs, cfg.bc_objective_draws, cfg.bc_top_fraction, cfg.objective_range, rng, spec,
                            max_roughness=cfg.bc_max_roughness)
-    bc_val = (best_copies(val_runs, max(cfg.bc_objective_draws // 4, 1), cfg.bc_top_fraction, cfg.objective_range,
-                          rng, spec, max_roughness=cfg.bc_max_roughness) if val_runs else None)
+    bc_val = None
+    if val_runs:
+        try:
+            bc_val = best_copies(val_runs, max(cfg.bc_objective_draws // 4, 1), cfg.bc_top_fraction,
+                                 cfg.objective_range, rng, spec, max_roughness=cfg.bc_max_roughness)
+        except DatasetError:  # no smooth validation trajectory: the action error is not measured
+            bc_val = None
     needs_rl = algo_name != "bc"
     rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec) if needs_rl else None
     rl_val = (all_copies(val_runs, max(cfg.relabel_copies // 4, 1), cfg.objective_range, rng, spec)
