@@ -153,3 +153,53 @@ def test_the_installed_package_carries_the_settings(installed):
     configs_dir, default, exists, names = json.loads(out.splitlines()[-1])
     assert Path(configs_dir).is_relative_to(installed.venv) and exists, (configs_dir, default)
     assert names == sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell with only the installed wheel on it."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MIXAGENT_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return {**env, **extra}
+
+
+def test_the_installed_env_runs_a_rollout_on_the_tiny_setting(installed, tiny_setting_file, tmp_path):
+    """``mixagent env rollout`` from the wheel (issue 10 item 5, the env side): on the tests' tiny
+    synthetic setting, with a fresh cache, the installed package builds the corpus, tokenizer and base
+    model (seconds) and runs one episode, without network, and writes its history."""
+    where = installed.run("import mixagent.env.mixing_env as m, mixagent.agent.runner as r; "
+                          "print(m.__file__); print(r.__file__)").splitlines()
+    assert all(Path(p).is_relative_to(installed.venv) for p in where), where
+    cache, out = tmp_path / "cache", tmp_path / "runs" / "h.json"
+    r = subprocess.run([str(installed.venv / "bin" / "mixagent"), "env", "rollout", "--setting", str(tiny_setting_file),
+                        "--target-share", "0.5", "--out", str(out)], cwd=tmp_path,
+                       env=_clean_env(MIXAGENT_HOME=str(cache)), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from mixagent.trajectories import History
+
+    h = History.model_validate_json(out.read_text())
+    assert h.stages == 5 and len(h.feedback) == 6
+    assert {p.name for p in cache.iterdir()} >= {"data", "base"}  # built here, by the installed package
+
+
+def test_the_installed_package_resolves_setting_names_to_its_own_configs(installed, tmp_path):
+    """``--setting math-tiny`` from the wheel is the packaged ``mixagent.configs/math-tiny.yaml``
+    (the very setting of the committed dataset), and a misspelt name lists the packaged ones."""
+    from mixagent.env.setting import load_setting
+
+    out = installed.run(
+        "import json, importlib.resources as r; from mixagent.env.setting import CONFIGS_DIR, load_setting; "
+        "s = load_setting('math-tiny'); "
+        "print(json.dumps([s.name, s.hash(), str(r.files('mixagent.configs') / 'math-tiny.yaml'), "
+        "str(CONFIGS_DIR)]))")
+    name, setting_hash, packaged, configs_dir = json.loads(out.splitlines()[-1])
+    assert Path(packaged).is_relative_to(installed.venv) and Path(packaged).parent == Path(configs_dir)
+    assert (name, setting_hash) == ("math-tiny", load_setting("math-tiny").hash())
+    mixagent = str(installed.venv / "bin" / "mixagent")
+    env = _clean_env(MIXAGENT_HOME=str(tmp_path / "cache"))
+    r = subprocess.run([mixagent, "corpus", "show", "--setting", "math-tiny"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "not built yet: run `mixagent corpus build --setting math-tiny`" in r.stdout, r
+    r = subprocess.run([mixagent, "corpus", "show", "--setting", "math-tine"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    known = ", ".join(sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
+    assert r.returncode == 2 and f"(known: {known})" in r.stdout, r
