@@ -1,7 +1,14 @@
-"""The real continual-pre-training environment: corpora, tokenizer, base model, CPT backend,
-evaluation and the gymnasium ``DataMixingEnv``.
+"""The real continual-pre-training environment, one floor above the ground (``mixagent.trajectories``).
 
-Importing this package is cheap (no torch); the torch-backed names load on first use.
+Holds setting files and their validation (``setting``), the corpus sources and their extraction
+(``sources``, ``corpus``), tokenisation (``data``), models (``model``), pre-training of the base
+(``base``), the CPT backend with its held-out evaluation (``backend``), content-keyed caches
+(``cache``), provenance digests (``provenance``), the gymnasium ``DataMixingEnv`` (``mixing_env``)
+and the ``corpus`` / ``env`` commands (``cli``). The env takes actions (weights), never policies.
+
+Must not import ``mixagent.agent`` or ``mixagent.service`` (no policies, no HTTP) nor d3rlpy;
+``tests/test_layering.py`` checks every arrow. Importing this package is cheap (no torch); the
+torch-backed names load on first use.
 """
 
 from typing import Any
@@ -15,7 +22,7 @@ ENV_ID = "mixagent/DataMixing-v0"
 
 def register() -> None:
     """Register ``mixagent/DataMixing-v0`` with gymnasium (idempotent)."""
-    import gymnasium  # noqa: PLC0415
+    import gymnasium  # noqa: PLC0415 - the train extra; importing mixagent.env stays cheap without it
 
     if ENV_ID not in gymnasium.registry:
         gymnasium.register(ENV_ID, entry_point="mixagent.env.mixing_env:DataMixingEnv")
@@ -23,7 +30,7 @@ def register() -> None:
 
 def __getattr__(name: str) -> Any:
     if name == "DataMixingEnv":
-        from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415
+        from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415 - torch loads on first use
 
         return DataMixingEnv
     raise AttributeError(f"module 'mixagent.env' has no attribute {name!r}")
