@@ -22,8 +22,8 @@ drawn objective, the top fraction of the training trajectories by return under t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,8 @@ def load_runs(folders: Sequence[str | Path]) -> tuple[list[Run], list[TrainingDa
             raise DatasetError(f"--data: {folder}: no finished trajectories")
         hashes = {s.trajectory.header.setting_hash for s in stored}
         if len(hashes) != 1:
-            raise DatasetError(f"--data: {folder}: records of {len(hashes)} settings ({sorted(hashes)}); a folder is one setting")
+            raise DatasetError(f"--data: {folder}: records of {len(hashes)} settings ({sorted(hashes)}); "
+                               "a folder is one setting")
         setting_hash = hashes.pop()
         runs += [Run(s.trajectory, str(path), setting_hash, s.sha256) for s in stored]
         data.append(TrainingData(folder=path.name, setting_name=stored[0].trajectory.header.setting_name,
@@ -157,7 +158,8 @@ def _check_compatible(runs: Sequence[Run]) -> None:
             raise DatasetError(f"--data: {r.folder} has {len(hd.space.fields)} fields, {runs[0].folder} has "
                                f"{len(first.space.fields)}; one field-level policy reads one number of fields")
         if (hd.action.beta, hd.action.epsilon) != (first.action.beta, first.action.epsilon):
-            raise DatasetError(f"--data: {r.folder} maps actions with beta={hd.action.beta}, epsilon={hd.action.epsilon}; "
+            raise DatasetError(f"--data: {r.folder} maps actions with beta={hd.action.beta}, "
+                               f"epsilon={hd.action.epsilon}; "
                                f"{runs[0].folder} with beta={first.action.beta}, epsilon={first.action.epsilon}")
         if r.trajectory.history.stages < 1:
             raise DatasetError(f"--data: {r.folder}/{hd.trajectory_id} has no completed stage")

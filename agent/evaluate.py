@@ -155,7 +155,8 @@ def parse_policies(tokens: Sequence[str]) -> list[PolicySpec]:
             name = label or f"{card.get('name', folder.name)}-{card.get('version', 'v')}"
             rng = card.get("objective_range") or {}
             fixed = None
-            if rng and rng.get("spread_penalty_min") == rng.get("spread_penalty_max") and rng.get("max_weight_ratio") == 1:
+            point = rng.get("spread_penalty_min") == rng.get("spread_penalty_max") and rng.get("max_weight_ratio") == 1
+            if rng and point:
                 fixed = Objective(spread_penalty=rng["spread_penalty_min"])
             out.append(PolicySpec(_label(name), "artifact", {}, "learned", artifact=str(folder.resolve()),
                                   fixed_objective=fixed))
@@ -472,6 +473,10 @@ def _goals(rows: dict[str, Any], cfg: EvaluationConfig) -> dict[str, bool]:
 # ----- the report -------------------------------------------------------------------------------------
 
 
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.4f}"
 
@@ -489,10 +494,11 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
                       f"Selected grid point (selection seeds): {r['selected_grid']}; hindsight best grid point: "
                       f"{r['hindsight_grid']}; best hand schedule (hindsight): {r['best_hand']}. Paired/unpaired "
                       f"interval half-width (median over policies vs {cfg.reference}): "
-                      f"{r['paired_over_unpaired_halfwidth_median'] and round(r['paired_over_unpaired_halfwidth_median'], 2)}."
+                      f"{_ratio(r['paired_over_unpaired_halfwidth_median'])}."
                       + "".join(f" {k}: {v:.0%} of decisions by its fallback." for k, v in learned.items()),
                       "",
-                      "| policy | " + " | ".join(f"gain {f}" for f in fields) + f" | B mean [95% CI] | Δ vs {cfg.reference} [95% CI] |",
+                      "| policy | " + " | ".join(f"gain {f}" for f in fields)
+                      + f" | B mean [95% CI] | Δ vs {cfg.reference} [95% CI] |",
                       "|---|" + "---|" * len(fields) + "---|---|"]
             for label, p in r["policies"].items():
                 c = r["comparisons"].get(label, {}).get("reference")

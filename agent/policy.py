@@ -126,7 +126,8 @@ class ObjectiveRange(BaseModel):
         half = math.log(self.max_weight_ratio) / 2
         w = np.exp(rng.uniform(-half, half, len(fields)))
         w = w / w.sum()
-        return Objective(spread_penalty=round(lam, 4), field_weights={f: round(float(x), 4) for f, x in zip(fields, w, strict=True)})
+        weights = {f: round(float(x), 4) for f, x in zip(fields, w, strict=True)}
+        return Objective(spread_penalty=round(lam, 4), field_weights=weights)
 
 
 class TrainingData(BaseModel):
@@ -178,7 +179,8 @@ class PolicyCard(BaseModel):
         if self.kind == "baseline" and self.rule is None:
             raise ValueError("rule: a baseline card must name a rule")
         if self.encoder_version not in ENCODER_VERSIONS:
-            raise ValueError(f"encoder_version: unknown encoder {self.encoder_version!r} (known: {list(ENCODER_VERSIONS)})")
+            raise ValueError(f"encoder_version: unknown encoder {self.encoder_version!r} "
+                             f"(known: {list(ENCODER_VERSIONS)})")
         if self.kind == "onnx":
             if self.model_file is None:
                 raise ValueError("model_file: an onnx card must name its model file")
@@ -417,7 +419,8 @@ def load_artifact(folder: str | Path, fallback: str = DEFAULT_FALLBACK) -> tuple
     try:
         card = PolicyCard.model_validate_json(text)
     except ValidationError as e:
-        raise ArtifactError(f"{card_path}: invalid card: {format_validation_errors(e.errors(), root='card')[0]}") from None
+        problems = format_validation_errors(e.errors(), root="card")[0]
+        raise ArtifactError(f"{card_path}: invalid card: {problems}") from None
     if card.kind == "baseline":
         assert card.rule is not None
         try:

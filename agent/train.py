@@ -252,7 +252,8 @@ def _fqe_value(algo: Any, val: Episodes, cfg: TrainConfig, progress: bool) -> fl
     return float(value) / cfg.reward_scale
 
 
-def _observation_ranges(episodes: Episodes, objectives: ObjectiveRange, n_fields: int) -> tuple[list[float], list[float]]:
+def _observation_ranges(episodes: Episodes, objectives: ObjectiveRange,
+                        n_fields: int) -> tuple[list[float], list[float]]:
     """Per-feature ranges of the training observations (all training trajectories, relabelled),
     with the objective slice's λ and field weights widened to the whole trained objective range."""
     low, high = episodes.observations.min(axis=0).astype(float), episodes.observations.max(axis=0).astype(float)

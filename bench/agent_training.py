@@ -22,6 +22,7 @@ and ``.md`` and a plot of the sweep; the selected policy is copied to ``agent/ar
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -119,7 +120,7 @@ def main() -> int:
 def monotone(shares: dict[str, float]) -> bool:
     """The start share falls (weakly) as λ rises: more spread penalty, less new-field data."""
     values = [shares[f"lam{lam:g}"] for lam in LAMBDAS]
-    return all(b <= a + 0.02 for a, b in zip(values, values[1:], strict=False)) and values[0] > values[-1]
+    return all(b <= a + 0.02 for a, b in itertools.pairwise(values)) and values[0] > values[-1]
 
 
 def select(rows: dict[str, dict]) -> str | None:
@@ -150,26 +151,32 @@ def add_rollouts(rows: dict[str, dict], args) -> None:
                           "fixed-0.3": r["policies"]["fixed-target-share-target_share0.3"]["mean"]}
 
 
+def _ci(x: list[float] | None) -> str:
+    return "—" if x is None else f"{x[0]:+.4f} [{x[1]:+.4f}, {x[2]:+.4f}]"
+
+
 def report(rows: dict[str, dict], selected: str | None, args) -> None:
     ref = rows.pop("_reference", None)
     lines = ["# Agent training (bench/agent_training.py)", "",
              f"Data: {', '.join(p.name for p in args.data)}. Selection rule (offline only): highest FQE return on "
              "the validation trajectories among candidates whose start share falls as λ rises. "
              f"Selected: **{selected}**.", "",
-             "| candidate | train s | FQE return (val) | behaviour return (val) | TD error (val) | action err (val best) | "
+             "| candidate | train s | FQE return (val) | behaviour return (val) | TD error (val) | "
+             "action err (val best) | "
              "start share λ=0 / 0.25 / 0.5 / 0.75 / 0.9 | real B, math-tiny λ=0.5 | Δ vs uniform |",
              "|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
         train_s = sum(v for n, v in r["seconds"].items() if n not in ("fqe", "dataset"))
         ss = " / ".join(f"{v:.2f}" for v in r["start_share"].values())
-        real = f"{r['rollout_B'][0]:+.4f} [{r['rollout_B'][1]:+.4f}, {r['rollout_B'][2]:+.4f}]" if "rollout_B" in r else "—"
-        vs = (f"{r['rollout_vs_uniform'][0]:+.4f} [{r['rollout_vs_uniform'][1]:+.4f}, {r['rollout_vs_uniform'][2]:+.4f}]"
-              if "rollout_vs_uniform" in r else "—")
+        real = _ci(r.get("rollout_B"))
+        vs = _ci(r.get("rollout_vs_uniform"))
         fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
-        lines.append(f"| {k} | {train_s:.0f} | {fmt(r['fqe_return'])} | {fmt(r['behaviour_return'])} | {fmt(r['td_error'])} | "
+        lines.append(f"| {k} | {train_s:.0f} | {fmt(r['fqe_return'])} | {fmt(r['behaviour_return'])} | "
+                     f"{fmt(r['td_error'])} | "
                      f"{fmt(r['action_error_best'])} | {ss} | {real} | {vs} |")
     if ref:
-        lines += ["", f"Real rollouts, same seeds: uniform B {ref['uniform']:+.4f}, fixed share 0.3 B {ref['fixed-0.3']:+.4f}."]
+        lines += ["", f"Real rollouts, same seeds: uniform B {ref['uniform']:+.4f}, "
+                      f"fixed share 0.3 B {ref['fixed-0.3']:+.4f}."]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "agent_training.md").write_text(text)

@@ -141,11 +141,13 @@ def print_table(rows: list[dict], card: dict, cost: dict) -> None:
     print(f"agent {card['name']}@{card['version']} ({card.get('algorithm')}); training seconds: "
           + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
     print("rollout CPU-hours: " + ", ".join(f"{k} {v / 3600:.2f}" for k, v in cost.items()))
-    head = f"{'setting':<10} {'objective':<32} {'policy':<13} {'B':>8} {'vs uniform (lo)':>18} {'vs hand (lo)':>16} {'vs grid (lo)':>16} goals"
+    head = (f"{'setting':<10} {'objective':<32} {'policy':<13} {'B':>8} {'vs uniform (lo)':>18} {'vs hand (lo)':>16} "
+            f"{'vs grid (lo)':>16} goals")
     print(head)
     for r in rows:
         print(f"{r['setting']:<10} {r['objective']:<32} {r['policy']:<13} {r['B']:+.4f} "
-              f"{r['vs_reference'][0]:+.4f} ({r['vs_reference'][1]:+.4f}) {r['vs_best_hand'][0]:+.4f} ({r['vs_best_hand'][1]:+.4f}) "
+              f"{r['vs_reference'][0]:+.4f} ({r['vs_reference'][1]:+.4f}) "
+              f"{r['vs_best_hand'][0]:+.4f} ({r['vs_best_hand'][1]:+.4f}) "
               f"{r['vs_selected_grid'][0]:+.4f} ({r['vs_selected_grid'][1]:+.4f}) {r['goals_met']}/{r['goals']}")
 
 
