@@ -158,7 +158,7 @@ def parse_policies(tokens: Sequence[str]) -> list[PolicySpec]:
             point = rng.get("spread_penalty_min") == rng.get("spread_penalty_max") and rng.get("max_weight_ratio") == 1
             if rng and point:
                 fixed = Objective(spread_penalty=rng["spread_penalty_min"])
-            out.append(PolicySpec(_label(name), "artifact", {}, "learned", artifact=str(folder.resolve()),
+            out.append(PolicySpec(safe_label(name), "artifact", {}, "learned", artifact=str(folder.resolve()),
                                   fixed_objective=fixed))
             continue
         name, _, rest = token.partition(":")
@@ -170,7 +170,7 @@ def parse_policies(tokens: Sequence[str]) -> list[PolicySpec]:
             params[key] = _value(value)
         get_family(name)
         suffix = "-".join(f"{k}{v}" for k, v in sorted(params.items()))
-        out.append(PolicySpec(_label(f"{name}-{suffix}" if suffix else name), name, params, "baseline"))
+        out.append(PolicySpec(safe_label(f"{name}-{suffix}" if suffix else name), name, params, "baseline"))
     labels = [p.label for p in out]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -178,7 +178,7 @@ def parse_policies(tokens: Sequence[str]) -> list[PolicySpec]:
     return out
 
 
-def _label(text: str) -> str:
+def safe_label(text: str) -> str:
     clean = "".join(c if c.isalnum() or c in "_.-" else "-" for c in text)
     return clean[:40]
 

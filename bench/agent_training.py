@@ -78,6 +78,9 @@ def main() -> int:
     ap.add_argument("--rollouts", type=int, default=0, help="paired real rollouts per candidate (math-tiny, λ=0.5)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--install", action="store_true", help="copy the selected policy to agent/artifacts/agent")
+    ap.add_argument("--config", type=Path, default=None, help="TrainConfig YAML under every candidate's overrides")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the tables, JSON and plot go")
+    ap.add_argument("--rollout-setting", default="math-tiny", help="setting of the --rollouts")
     args = ap.parse_args()
 
     from mixagent.agent.train import load_config, train
@@ -89,7 +92,7 @@ def main() -> int:
         algo, overrides = CANDIDATES[name]
         folder = args.out / name
         if not args.report_only and not (folder / "card.json").is_file():
-            cfg = load_config(None, name="agent", version=name.replace("+", "-"), **overrides)
+            cfg = load_config(args.config, name="agent", version=name.replace("+", "-"), **overrides)
             train(args.data, algo, folder, cfg, progress=sys.stderr.isatty())
         if not (folder / "card.json").is_file():
             continue
@@ -131,22 +134,22 @@ def select(rows: dict[str, dict]) -> str | None:
 
 
 def add_rollouts(rows: dict[str, dict], args) -> None:
-    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_policies
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_policies, safe_label
     from mixagent.agent.runner import RunnerConfig
     from mixagent.env.setting import load_setting
 
     tokens = ["uniform", "fixed-target-share:target_share=0.3"] + [f"{k}={args.out / k}" for k in rows]
     cfg = EvaluationConfig(out=args.out / "rollouts", policies=tuple(parse_policies(tokens)),
-                           settings=(load_setting("math-tiny"),), seeds=args.rollouts, selection_seeds=0,
+                           settings=(load_setting(args.rollout_setting),), seeds=args.rollouts, selection_seeds=0,
                            runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
     [res] = evaluate(cfg)
     r = res["objectives"]["lam0.5"]
     for k in rows:
-        p = r["policies"][k]
-        c = r["comparisons"][k]["reference"]
+        p = r["policies"][safe_label(k)]
+        c = r["comparisons"][safe_label(k)]["reference"]
         rows[k]["rollout_B"] = [p["mean"], p["lo"], p["hi"]]
         rows[k]["rollout_vs_uniform"] = [c["diff"], c["lo"], c["hi"]]
-        rows[k]["rollout_share"] = res["target_share"][k]
+        rows[k]["rollout_share"] = res["target_share"][safe_label(k)]
     rows["_reference"] = {"uniform": r["policies"]["uniform"]["mean"],
                           "fixed-0.3": r["policies"]["fixed-target-share-target_share0.3"]["mean"]}
 
@@ -178,15 +181,15 @@ def report(rows: dict[str, dict], selected: str | None, args) -> None:
         lines += ["", f"Real rollouts, same seeds: uniform B {ref['uniform']:+.4f}, "
                       f"fixed share 0.3 B {ref['fixed-0.3']:+.4f}."]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "agent_training.md").write_text(text)
-    (RESULTS / "agent_training.json").write_text(json.dumps({"selected": selected, "candidates": rows,
-                                                             "reference": ref}, indent=1, sort_keys=True) + "\n")
-    plot(rows)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "agent_training.md").write_text(text)
+    (args.results / "agent_training.json").write_text(json.dumps({"selected": selected, "candidates": rows,
+                                                                  "reference": ref}, indent=1, sort_keys=True) + "\n")
+    plot(rows, args.results)
     print(text)
 
 
-def plot(rows: dict[str, dict]) -> None:
+def plot(rows: dict[str, dict], results: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +209,7 @@ def plot(rows: dict[str, dict]) -> None:
               title="conservative weight sweep")
         b.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "agent_training.png", dpi=110)
+    fig.savefig(results / "agent_training.png", dpi=110)
     plt.close(fig)
 
 

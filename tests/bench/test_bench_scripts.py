@@ -1,0 +1,79 @@
+"""The benchmark scripts end to end on the tiny synthetic setting (tiny budgets), as subprocesses:
+a script that fails after hours of real rollouts is caught here in a minute."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = """bc_steps: 40
+rl_steps: 30
+fqe_steps: 20
+relabel_copies: 2
+bc_objective_draws: 4
+bc_max_roughness: 1.0
+steps_per_epoch: 10
+batch_size: 32
+hidden_units: [16, 16]
+transformer_d_model: 16
+"""
+
+
+def run(args: list[str], cache_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MIXAGENT_HOME": str(cache_dir)}
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tiny_setting_file, cache_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("agent-training")
+    (root / "fast.yaml").write_text(FAST)
+    out = run(["bench/agent_training.py", "--data", str(tiny_dataset), "--only", "bc-mlp", "bc+cql-w2", "bc-lam0.5",
+               "--config", str(root / "fast.yaml"), "--out", str(root / "policies"), "--results", str(root),
+               "--rollouts", "2", "--rollout-setting", str(tiny_setting_file), "--workers", "1"], cache_dir)
+    assert "Selected:" in out.stdout
+    return root
+
+
+def test_agent_training_trains_selects_offline_and_sets_rollouts_beside(trained):
+    data = json.loads((trained / "agent_training.json").read_text())
+    assert set(data["candidates"]) == {"bc-mlp", "bc+cql-w2", "bc-lam0.5"}
+    assert data["selected"] in (None, "bc-mlp", "bc+cql-w2")  # never the one-objective policy
+    one = data["candidates"]["bc-lam0.5"]["start_share"]
+    assert len(set(one.values())) == 1  # asked with its only objective, whatever λ
+    for name, row in data["candidates"].items():
+        assert row["fqe_return"] is not None and len(row["rollout_B"]) == 3, name
+        assert len(row["rollout_share"]) == 5  # the tiny setting's horizon
+    assert (trained / "agent_training.png").is_file() and "| bc+cql-w2 |" in (trained / "agent_training.md").read_text()
+
+
+def test_mixing_quality_reports_every_setting_and_objective(trained, tiny_setting_file, cache_dir, tmp_path):
+    out = tmp_path / "mq" / "mixing_quality"
+    proc = run(["bench/mixing_quality.py", "--settings", str(tiny_setting_file), "--agent",
+                str(trained / "policies" / "bc-mlp"), "--single", str(trained / "policies" / "bc-lam0.5"),
+                "--objectives", "spread_penalty=0.5", "spread_penalty=0.2", "--seeds", "2",
+                "--selection-seeds", "1", "--workers", "1", "--out", str(out)], cache_dir)
+    summary = json.loads((out.parent / "mixing_quality.json").read_text())
+    rows = {(r["setting"], r["objective"], r["policy"]) for r in summary["summary"]}
+    assert rows == {("synthetic-tiny", o, p) for o in ("lam0.5", "lam0.2") for p in ("agent", "agent-lam0.5")}
+    for r in summary["summary"]:
+        assert r["vs_reference"][1] <= r["vs_reference"][0] <= r["vs_reference"][2]
+        assert 0.0 <= r["fallback_share"] <= 1.0
+    # the one-objective agent runs once per seed and is scored under both objectives
+    records = list((out / "runs" / "synthetic-tiny" / "records").glob("agent-lam0.5-*"))
+    assert len(records) == 2
+    assert "synthetic-tiny" in proc.stdout and (out.parent / "mixing_quality.md").is_file()
+    # resumable: nothing is run twice
+    again = run(["bench/mixing_quality.py", "--settings", str(tiny_setting_file), "--agent",
+                 str(trained / "policies" / "bc-mlp"), "--single", str(trained / "policies" / "bc-lam0.5"),
+                 "--objectives", "spread_penalty=0.5", "spread_penalty=0.2", "--seeds", "2",
+                 "--selection-seeds", "1", "--workers", "1", "--out", str(out), "--report-only"], cache_dir)
+    assert again.stdout.splitlines()[-1] == proc.stdout.splitlines()[-1]
