@@ -5,7 +5,6 @@ that a later run would mistake for a finished one."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -13,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from mixagent.trajectories.storage import write_json_atomic as _write_json_atomic
 
 __all__ = ["cache_root", "atomic_dir", "build_lock", "write_json_atomic"]
 
@@ -57,7 +58,6 @@ def build_lock(final: Path) -> Iterator[None]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    """Cache metadata (manifests, pre-training reports) as JSON, atomically and durably; values JSON
+    does not know (paths) are written as strings."""
+    _write_json_atomic(path, obj, default=str)

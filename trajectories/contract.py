@@ -21,6 +21,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WEIGHT_FLOOR",
     "SOURCE_FIELD",
+    "NAME_PATTERN",
     "Name",
     "ContractError",
     "Domain",
@@ -46,7 +47,9 @@ SOURCE_FIELD = "source"
 """The field a base model was pre-trained on; every other field is a target field."""
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+"""A domain, field, policy or trajectory name: 1-64 letters, digits, ``_``, ``.``, ``-``."""
 
 
 class ContractError(ValueError):

@@ -44,7 +44,7 @@ import json
 import os
 import socket
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -187,8 +187,10 @@ def _write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     _fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def write_json_atomic(path: Path, obj: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically and durably (temporary sibling, fsync, rename);
+    ``default`` turns values JSON does not know into ones it does (e.g. ``str``)."""
+    _write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True, default=default) + "\n").encode())
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

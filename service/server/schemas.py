@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 
 from mixagent.service.server.errors import format_validation_errors
-from mixagent.trajectories.contract import Domain, DomainSpace, Objective
+from mixagent.trajectories.contract import Domain, DomainSpace, Name, Objective
 
 __all__ = [
     "Name",
@@ -79,8 +79,6 @@ Horizon = Annotated[int, Field(ge=1, le=MAX_HORIZON, strict=False), _INTEGRAL]
 Interval = Annotated[int, Field(ge=1, le=10**9, strict=False), _INTEGRAL]
 
 
-NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
 Share = Annotated[float, Field(ge=0, le=1)]
 Id = Annotated[str, Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
