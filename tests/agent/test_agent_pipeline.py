@@ -200,3 +200,15 @@ def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset,
     # resumable: a second call runs nothing new and reports the same numbers
     again = evaluate(cfg)
     assert again[0]["objectives"]["lam0.5"]["policies"]["agent"]["B"] == r["policies"]["agent"]["B"]
+
+
+def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_dataset, tiny_setting, tmp_path):
+    from mixagent.agent.evaluate import EvaluationConfig, parse_objective, parse_policies
+    from mixagent.agent.train import TrainConfig, train
+
+    train([tiny_dataset], "bc", tmp_path / "agent", TrainConfig(**FAST), progress=False)
+    policies = tuple(parse_policies(["uniform", f"agent={tmp_path / 'agent'}"]))
+    cfg = EvaluationConfig(out=tmp_path / "eval", policies=policies, settings=(tiny_setting,),
+                           objectives=(parse_objective("spread_penalty=1.5"),), seeds=2)
+    with pytest.raises(ContractError, match=r"lam1.5 for agent: objective.spread_penalty: 1.5 is outside the range"):
+        cfg.check()
