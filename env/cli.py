@@ -7,6 +7,7 @@ Thin shells over :mod:`mixagent.env`; heavy imports happen inside the commands s
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,7 +188,7 @@ def env_rollout(
             str(fb["step"]),
             *[f"{fb['field_scores'][f]:.4f}" for f in space.fields],
             f"{info['balanced_score']:+.4f}",
-            f"{info['train_loss']:.3f}",
+            "–" if math.isnan(info["train_loss"]) else f"{info['train_loss']:.3f}",  # t = 0: nothing trained yet
             f"{secs['train']:.2f}",
             f"{secs['eval']:.2f}",
         )

@@ -138,7 +138,15 @@ def stats_cmd(
 ) -> None:
     """Per-family table of final balanced scores and costs, plus schedule/score/outcome plots."""
     # lazy: loaded when the command runs
-    from mixagent.trajectories.stats import FAMILY_COLUMNS, build_card, family_rows, summarise  # noqa: PLC0415
+    from mixagent.trajectories.stats import (  # noqa: PLC0415
+        FAMILY_COLUMNS,
+        FAMILY_LEGEND,
+        build_card,
+        family_notes,
+        family_rows,
+        prior_target_share,
+        summarise,
+    )
     from mixagent.trajectories.storage import FileStore, RecordError, write_json_atomic  # noqa: PLC0415
 
     _need_folder(directory)
@@ -168,6 +176,9 @@ def stats_cmd(
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    console.print(FAMILY_LEGEND, highlight=False)
+    for note in family_notes({s.family for s in summaries}, prior_target_share(stored[0].trajectory.history.space)):
+        console.print(note, highlight=False)
     console.print(f"{card['counts']['trajectories']} trajectories, {card['counts']['stages']} stages, "
                   f"{card['wall_time_s']['total'] / 3600:.2f} CPU-hours of generation", highlight=False)
     for i, env in enumerate(card["environments"]):

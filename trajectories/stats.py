@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.trajectories.contract import SCHEMA_VERSION, SOURCE_FIELD, Trajectory
+from mixagent.trajectories.contract import SCHEMA_VERSION, SOURCE_FIELD, DomainSpace, Trajectory
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
 from mixagent.trajectories.environment import start_drift
 from mixagent.trajectories.storage import RECORD_SUFFIX, RecordMeta, StoredTrajectory
 
-__all__ = ["TrajectorySummary", "summarise", "build_card", "environments", "family_rows", "FAMILY_COLUMNS"]
+__all__ = ["TrajectorySummary", "summarise", "build_card", "environments", "family_rows", "family_notes",
+           "prior_target_share", "FAMILY_COLUMNS", "FAMILY_LEGEND"]
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,30 @@ def build_card(summaries: list[TrajectorySummary]) -> dict[str, Any]:
 
 
 FAMILY_COLUMNS = ("family", "n", "T", "B mean", "B std", "B max", "B min", "tgt share", "s/traj")
-"""``B``: final balanced score; ``tgt share``: mean target-field share; ``s/traj``: wall seconds."""
+FAMILY_LEGEND = (
+    "n: trajectories; T: stages (decisions) per trajectory; B mean/std/max/min: final balanced score, "
+    "the objective's combination of each field's relative score gain since the start (higher is better); "
+    "tgt share: mean share of the target field(s) in the mixtures of all stages; s/traj: wall seconds "
+    "per trajectory."
+)
+"""What the columns of :data:`FAMILY_COLUMNS` mean (printed under the table)."""
+
+
+def family_notes(families: set[str] | list[str], prior_share: float) -> list[str]:
+    """One-line reasons for numbers of the table that look odd without them."""
+    notes = []
+    if "dirichlet" in families:
+        notes.append(
+            f"dirichlet: each stage draws its mixture from Dirichlet(α·n·prior), whose mean is the prior, so its "
+            f"tgt share sits near the target field's prior share ({prior_share:.2f} here), not near 0.5."
+        )
+    return notes
+
+
+def prior_target_share(space: DomainSpace) -> float:
+    """The share of every field but ``source`` in the space's priors."""
+    shares = space.field_priors()
+    return float(sum(p for f, p in zip(space.fields, shares, strict=True) if f != SOURCE_FIELD))
 
 
 def family_rows(summaries: list[TrajectorySummary]) -> list[tuple[str, ...]]:

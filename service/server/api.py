@@ -164,8 +164,14 @@ async def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, stor
 policies_router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 
+def doc_summary(doc: str | None) -> str:
+    """The first paragraph of a docstring on one line: whole sentences, never cut at a line break."""
+    first = (doc or "").strip().split("\n\n")[0]
+    return " ".join(first.split())
+
+
 def _policy_public(registry: PolicyRegistry, e: PolicyEntry, current: dict[str, str]) -> PolicyPublic:
-    doc = e.card.description if e.card else (type(e.factory(1)).__doc__ or "").strip().split("\n")[0]
+    doc = e.card.description if e.card else doc_summary(type(e.factory(1)).__doc__)
     is_current = current.get(e.name) == e.version
     card = e.card
     return PolicyPublic(

@@ -11,8 +11,9 @@ ships, else ``loss-softmax``: :attr:`~mixagent.service.server.registry.PolicyReg
 Each stage prints one line (decision, target share, who served it, seconds), so minutes of training
 are never silent.
 
-Outputs in ``out``: ``weights.png`` (the served run: weights per stage, field scores, domain
-losses), ``uniform.png``, ``served.jsonl`` (the served run exported as a trajectory),
+Outputs in ``out``: ``demo.png`` (the comparison: target share per stage, field scores, balanced
+score, per-domain loss change, served vs uniform), ``served.png`` (the served run alone: domain
+weights per stage, field scores, per-domain loss change), ``served.jsonl`` (the served run exported as a trajectory),
 ``demo.json`` (the numbers printed) and ``demo.db`` (the service's SQLite database, with its
 ``-wal``/``-shm`` files while it is open).
 """
@@ -121,7 +122,7 @@ def run_demo(
         from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415 - torch only here
         from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
         from mixagent.trajectories.encoding import balanced_scores  # noqa: PLC0415
-        from mixagent.trajectories.plots import plot_history  # noqa: PLC0415
+        from mixagent.trajectories.plots import plot_comparison, plot_history  # noqa: PLC0415
     except ModuleNotFoundError as e:
         raise DemoError(f"needs the train extra ({e.name} is not installed): pip install 'mixagent[all]'") from None
 
@@ -191,8 +192,9 @@ def run_demo(
     echo("served field shares per stage: " + "; ".join(
         f"t{t}: " + ", ".join(f"{f}={x:.2f}" for f, x in zip(fields, row, strict=True))
         for t, row in enumerate(shares)))
-    plot_history(served, out / "weights.png", title=f"{s.name}: served by {policy}")
-    plot_history(uniform, out / "uniform.png", title=f"{s.name}: uniform mixture")
+    plot_comparison({f"served by {policy}": served, "uniform mixture": uniform}, out / "demo.png",
+                    objective=s.objective, title=f"{s.name}: the same episode, served by {policy} vs a uniform mixture")
+    plot_history(served, out / "served.png", title=f"{s.name}: served by {policy}")
     if fallbacks:
         echo(f"{len(fallbacks)} of {len(served.feedback)} decisions were served by the fallback: {fallbacks[0]}")
     result = {
@@ -206,6 +208,6 @@ def run_demo(
         "exported_trajectories": n,
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
-    echo(f"wrote {out / 'weights.png'}, {out / 'uniform.png'}, {out / 'served.jsonl'}, {out / 'demo.json'} "
-         f"and the service's database {db}")
+    echo(f"wrote {out / 'demo.png'} (served vs uniform), {out / 'served.png'} (the served run's mixtures and "
+         f"losses), {out / 'served.jsonl'}, {out / 'demo.json'} and the service's database {db}")
     return result

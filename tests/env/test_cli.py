@@ -35,6 +35,7 @@ def test_rollout_runs_an_episode_and_writes_history_and_plot(tiny_setting_file, 
          "--target-share", "1.0", "--out", str(out), "--plot", str(png)],
     )
     assert result.exit_code == 0, result.output
+    assert "nan" not in result.output  # nothing is trained before t = 0: no train loss, shown as a dash
     from mixagent.trajectories import History
 
     h = History.model_validate_json(out.read_text())

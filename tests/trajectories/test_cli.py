@@ -37,6 +37,11 @@ def test_stats_prints_the_family_table_and_writes_plots(tiny_dataset, tmp_path):
     assert r.exit_code == 0, r.output
     for fam in ("constant", "ramp_down", "switch_target_first", "all"):
         assert fam in r.output
+    # the columns have a legend, and dirichlet's low target share its reason
+    text = " ".join(r.output.split())
+    assert "T: stages (decisions) per trajectory" in text and "s/traj: wall seconds per trajectory" in text
+    assert "tgt share: mean share of the target field(s)" in text
+    assert "dirichlet: each stage draws its mixture from Dirichlet(α·n·prior), whose mean is the prior" in text
     for name in ("weight_schedules.png", "field_scores.png", "final_scores.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
 

@@ -39,6 +39,12 @@ def test_builtins_are_listed_and_loss_softmax_is_the_default(client):
     default = [p for p in data["data"] if p["default"]]
     assert [p["name"] for p in default] == ["loss-softmax"]
     assert all(p["kind"] == "builtin" and p["current"] for p in data["data"])
+    # each description is whole sentences (the first paragraph of the rule's docstring), never cut at a line
+    for p in data["data"]:
+        assert p["description"].endswith(".") and "\n" not in p["description"], p
+    fixed = next(p for p in data["data"] if p["name"] == "fixed-target-share")
+    assert fixed["description"].startswith("Fixed target share: the target fields together get")
+    assert "(several target fields split the target part by their prior mass)" in fixed["description"]
 
 
 def test_hot_swap_keeps_running_runs_on_their_version(client, settings):

@@ -35,7 +35,9 @@ def test_demo_runs_a_served_episode_against_uniform(tiny_setting_file, tiny_back
     lines = (out / "served.jsonl").read_text().splitlines()
     traj = Trajectory.model_validate_json(lines[0])
     assert traj.header.schedule == "loss-softmax" and traj.history.stages == 5
-    assert (out / "weights.png").stat().st_size > 10_000
+    # one comparison figure (served vs uniform) and the served run alone
+    assert (out / "demo.png").stat().st_size > 10_000 and (out / "served.png").stat().st_size > 10_000
+    assert not (out / "weights.png").exists() and not (out / "uniform.png").exists()
 
 
 def test_an_unknown_policy_is_refused_before_anything_is_loaded(tmp_path):
