@@ -17,7 +17,7 @@ import typer
 if TYPE_CHECKING:
     from mixagent.service.server.config import Settings
 
-__all__ = ["serve", "export_runs", "APP_FACTORY"]
+__all__ = ["serve", "export_runs", "db_app", "APP_FACTORY"]
 
 APP_FACTORY = "mixagent.service.server.main:create_app"
 """What uvicorn runs (``--factory``): it reads its settings from the ``MIXAGENT_*`` environment."""
@@ -60,6 +60,20 @@ def _check_database(s: Settings) -> None:
         fail(f"{e} (MIXAGENT_DATABASE_URL / --database-url)")
 
 
+def _migrate(s: Settings) -> list[str]:
+    """Bring the database's schema to this release's (the revisions applied); a database this release
+    cannot serve (made by a newer one) is one line."""
+    from mixagent.service.server.db import SchemaError, init_db, make_engine  # noqa: PLC0415
+
+    engine = make_engine(s)
+    try:
+        return init_db(engine)
+    except SchemaError as e:
+        fail(str(e))
+    finally:
+        engine.dispose()
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (MIXAGENT_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (MIXAGENT_PORT, default 8000).")] = None,
@@ -83,8 +97,9 @@ def serve(
     if s.policy_dir is not None and not s.policy_dir.is_dir():
         fail(f"policy_dir: {str(s.policy_dir)!r} is not a folder (MIXAGENT_POLICY_DIR / --policy-dir)")
     _check_database(s)
+    applied = _migrate(s)  # here, so a schema problem is one line (each replica's app checks again: a no-op)
     typer.echo(f"mixagent serving on http://{s.host}:{s.port} (OpenAPI at /docs)")
-    typer.echo(f"  database: {s.database_display}")
+    typer.echo(f"  database: {s.database_display}" + (f" (schema upgraded: {', '.join(applied)})" if applied else ""))
     if DEV_TOKEN in s.token_list:
         typer.echo(f"  token: the development token {DEV_TOKEN!r} (environment=local only; "
                    "set MIXAGENT_TOKENS for your own)")
@@ -108,6 +123,56 @@ def export_runs(
     from mixagent.service.server.export import export_trajectories, write_jsonl  # noqa: PLC0415
     from mixagent.service.server.main import open_store  # noqa: PLC0415
 
+    _migrate(s)
     store, _ = open_store(s)
     n = write_jsonl(export_trajectories(store, finished_only=finished_only), out)
     typer.echo(f"wrote {n} trajectories to {out}")
+
+
+db_app = typer.Typer(help="The service's database schema: versioned migrations (Alembic), also applied at start-up.",
+                     no_args_is_help=True)
+DatabaseOpt = Annotated[str | None, typer.Option(
+    help="SQLAlchemy URL (MIXAGENT_DATABASE_URL; default the SQLite file in the user data folder).")]
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseOpt = None) -> None:
+    """Apply the migrations this release has and the database lacks (what `mixagent serve` does at
+    start-up); data are kept. Run it before starting replicas of a new release, or let them do it."""
+    _apply_overrides(database_url=database_url)
+    s = _settings()
+    _check_database(s)
+    from mixagent.service.server.db import head_revision  # noqa: PLC0415
+
+    applied = _migrate(s)
+    if applied:
+        typer.echo(f"{s.database_display}: upgraded to {head_revision()} (applied: {', '.join(applied)})")
+    else:
+        typer.echo(f"{s.database_display}: already at {head_revision()}, nothing to apply")
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseOpt = None) -> None:
+    """Say which schema revision the database is at, and this release's newest."""
+    _apply_overrides(database_url=database_url)
+    s = _settings()
+    _check_database(s)
+    from mixagent.service.server.db import BASELINE, head_revision, make_engine, schema_revision  # noqa: PLC0415
+
+    engine = make_engine(s)
+    try:
+        current = schema_revision(engine)
+        from sqlalchemy import inspect  # noqa: PLC0415
+
+        made_before = current is None and inspect(engine).has_table("runs")
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current is None:
+        state = (f"none (made before migrations; the next upgrade adopts it as {BASELINE})" if made_before
+                 else "none (empty; the next upgrade creates every table)")
+    elif current == head:
+        state = f"{current} (this release's newest)"
+    else:
+        state = f"{current} (this release's newest is {head}: `mixagent db upgrade`, or start the service)"
+    typer.echo(f"{s.database_display}: schema revision: {state}")

@@ -1,4 +1,6 @@
-"""The SQLAlchemy engine: an SQLite file in WAL mode by default, PostgreSQL by URL.
+"""The SQLAlchemy engine (an SQLite file in WAL mode by default, PostgreSQL by URL) and the schema's
+versioned migrations (Alembic; the scripts are package data under ``migrations/``), applied at
+start-up and by ``mixagent db upgrade``.
 
 SQLite durability: in WAL mode a commit is in the WAL file before the response is sent, so a
 ``kill -9`` of the server loses nothing that was acknowledged (``synchronous=NORMAL``);
@@ -9,17 +11,24 @@ from __future__ import annotations
 
 import logging
 import threading
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, make_url, select, text
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from mixagent.service.server.config import Settings
-from mixagent.service.server.models import Base, PolicyArtifact, PolicyCurrent
 
-__all__ = ["make_engine", "init_db", "make_sessionmaker", "Checkpointer", "check_database", "DatabaseUnavailable"]
+__all__ = ["make_engine", "init_db", "make_sessionmaker", "Checkpointer", "check_database", "DatabaseUnavailable",
+           "SchemaError", "head_revision", "schema_revision", "migrations_dir", "BASELINE"]
 
 CONNECT_TIMEOUT_S = 5
 
@@ -106,47 +115,71 @@ def check_database(settings: Settings) -> None:
 
 
 SCHEMA_LOCK = 0x6D697861  # "mixa": the PostgreSQL advisory lock that serialises start-ups
+BASELINE = "0001"
+"""The revision of the schema that releases before migrations created (``create_all``): a database
+with their tables and no ``alembic_version`` is stamped with it, then upgraded."""
 
 
-def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet and add the nullable columns a database made by an
-    older release lacks (the schema is additive so far); seed ``policy_current`` from the artifacts
-    recorded before it existed (the newest load of each name, as a restart used to pick).
+class SchemaError(Exception):
+    """The database's schema cannot be brought to this release's (e.g. it is newer); the message says
+    what to do."""
 
-    Replicas starting together on one PostgreSQL database take turns (an advisory lock held for the
-    transaction), so two ``CREATE TABLE`` or ``ALTER TABLE`` never race."""
+
+def migrations_dir() -> Path:
+    """The Alembic scripts, package data of ``mixagent.service.server`` (found in a wheel install too)."""
+    return Path(str(files("mixagent.service.server") / "migrations"))
+
+
+def _alembic(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The schema revision this release needs."""
+    return str(ScriptDirectory(str(migrations_dir())).get_current_head())
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The database's schema revision (None: no schema recorded: empty, or made before migrations)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()  # type: ignore[no-any-return]
+
+
+def init_db(engine: Engine) -> list[str]:
+    """Bring the database's schema to this release's (Alembic migrations, in one transaction); returns
+    the revisions applied, oldest first (empty: it was current).
+
+    An empty database gets every migration; a database made by a release before migrations (its
+    tables, no ``alembic_version``) is stamped :data:`BASELINE` first. Replicas starting together take
+    turns: on PostgreSQL under an advisory lock held for the transaction, on SQLite under the write
+    lock (``BEGIN IMMEDIATE``). Data are kept. A database whose revision this release does not know
+    (made by a newer release) is refused with :class:`SchemaError`, untouched."""
+    script = ScriptDirectory(str(migrations_dir()))
+    head = script.get_current_head()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
-        Base.metadata.create_all(conn)
-        _add_missing_columns(conn)
-        _seed_current(conn)
-
-
-def _add_missing_columns(conn: Connection) -> None:
-    have = inspect(conn)
-    for table in Base.metadata.sorted_tables:
-        existing = {c["name"] for c in have.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in existing:
-                continue
-            if not column.nullable:  # pragma: no cover - a new required column needs a real migration
-                raise RuntimeError(f"database: table {table.name} lacks the required column {column.name}")
-            kind = column.type.compile(dialect=conn.dialect)
-            log.warning("database: adding column %s.%s (%s)", table.name, column.name, kind)
-            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
-
-
-def _seed_current(conn: Connection) -> None:
-    if conn.execute(select(PolicyCurrent.name).limit(1)).first() is not None:
-        return
-    newest: dict[str, tuple[float, str]] = {}
-    for name, version, loaded_at in conn.execute(
-            select(PolicyArtifact.name, PolicyArtifact.version, PolicyArtifact.loaded_at)):
-        if name not in newest or loaded_at >= newest[name][0]:
-            newest[name] = (loaded_at, version)
-    for name, (loaded_at, version) in newest.items():
-        conn.execute(insert(PolicyCurrent).values(name=name, version=version, updated_at=loaded_at))
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is None and inspect(conn).has_table("runs"):
+            log.warning("database: made before migrations; adopting it as schema revision %s", BASELINE)
+            command.stamp(_alembic(conn), BASELINE)
+            current = BASELINE
+        try:
+            pending = [r.revision for r in script.iterate_revisions(head, current)][::-1]
+        except (CommandError, RevisionError):
+            raise SchemaError(
+                f"database: schema revision {current!r} is not one this release of mixagent knows (its newest is "
+                f"{head!r}): the database was made by a newer release; run that release, or point "
+                "MIXAGENT_DATABASE_URL at another database") from None
+        if pending:
+            log.warning("database: upgrading the schema from %s to %s", current or "empty", head)
+            command.upgrade(_alembic(conn), "head")
+    return pending
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

@@ -34,11 +34,13 @@ the first decision), train on the returned weights until the next evaluation, an
 
 
 def open_store(settings: Settings, metrics: Metrics | None = None) -> tuple[RunStore, list[str]]:
-    """The database (tables created), the policy registry (built-ins, bundled artifacts, the policy
-    folder, artifacts recorded in the database) and the run store on top; returns the store and
-    the messages of the artifacts refused."""
+    """The database (its schema migrated to this release's), the policy registry (built-ins, bundled
+    artifacts, the policy folder, artifacts recorded in the database) and the run store on top;
+    returns the store and the messages of the artifacts refused."""
     engine = make_engine(settings)
-    init_db(engine)
+    applied = init_db(engine)
+    if applied:
+        log.warning("database: schema migrations applied: %s", ", ".join(applied))
     registry = PolicyRegistry(settings.default_policy, fallback=settings.fallback_policy)
     refused = registry.load_dir(bundled_dir(), bundled=True)
     if settings.policy_dir is not None:

@@ -143,6 +143,28 @@ def test_the_installed_service_serves_the_bundled_policy(installed, tmp_path):
         proc.wait(timeout=15)
 
 
+def test_the_installed_package_carries_its_migrations_and_upgrades_an_earlier_database(installed, tmp_path):
+    """The Alembic scripts are package data of ``mixagent.service.server``: ``mixagent db upgrade`` from
+    the wheel brings a database of the first release (5c21ac1's tables) to this release's schema."""
+    import sqlalchemy as sa
+
+    from mixagent.service.server.db import head_revision, schema_revision
+    from tests.service.server.test_migrations import old_schema
+
+    where = installed.run("from mixagent.service.server.db import migrations_dir, head_revision; "
+                          "print(migrations_dir()); print(head_revision())").splitlines()
+    assert Path(where[0]).is_relative_to(installed.venv) and where[1] == head_revision(), where
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        old_schema("5c21ac1").create_all(conn)
+    r = subprocess.run([str(installed.venv / "bin" / "mixagent"), "db", "upgrade", "--database-url", url],
+                       cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"upgraded to {head_revision()}" in r.stdout, r
+    assert schema_revision(engine) == head_revision()
+    engine.dispose()
+
+
 def test_the_installed_package_carries_the_settings(installed):
     """The YAML settings are package data of ``mixagent.configs`` (the repository's ``configs/``), and
     the env finds them there (``--setting math-tiny`` from a wheel)."""

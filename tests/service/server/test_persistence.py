@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from mixagent.service.server.main import create_app
-from tests.service.conftest import ADMIN, auth, feedback_body, run_body, write_card
+from tests.service.conftest import auth, feedback_body, run_body
 
 
 def test_a_restart_keeps_every_decision(settings):
@@ -68,36 +67,4 @@ def test_postgres_replicas_share_runs_and_stay_idempotent(settings, pg_url):
         assert b.get(f"/v1/runs/{rid}", headers=auth(), ).status_code == 200
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_database_of_the_previous_release_is_upgraded_in_place(settings, request, backend):
-    """The columns this release added (who served a decision, artifact digests) and the shared
-    ``policy_current`` table are added at start-up to a database made before them; its runs and
-    decisions are kept, and the newest recorded artifact of each name becomes current."""
-    s = settings if backend == "sqlite" else settings.model_copy(
-        update={"database_url": request.getfixturevalue("pg_url")})
-    root = s.policy_dir
-    for version, share in (("v1", 0.2), ("v2", 0.7)):
-        write_card(root, f"tuned-{version}", name="tuned-share", version=version, kind="baseline",
-                   rule="fixed-target-share", params={"target_share": share})
-    with TestClient(create_app(s)) as c:
-        for v in ("v1", "v2"):
-            assert c.post("/v1/policies/load", json={"path": f"tuned-{v}"}, headers=auth(ADMIN)).status_code == 201
-        rid = c.post("/v1/runs", json=run_body(policy="loss-softmax"), headers=auth()).json()["run_id"]
-        d0 = c.post(f"/v1/runs/{rid}/feedback", json=feedback_body(0), headers=auth()).json()
-    engine = create_engine(s.database_url)
-    with engine.begin() as conn:  # back to the previous release's schema
-        for table, column in (("runs", "initial_served_by_json"), ("decisions", "served_by_json"),
-                              ("policy_artifacts", "digest")):
-            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
-        conn.execute(text("DROP TABLE policy_current"))
-    engine.dispose()
-    # the folder scan would make v2 current anyway; without it only the recorded artifacts decide
-    with TestClient(create_app(s.model_copy(update={"policy_dir": None}))) as c:
-        assert c.post(f"/v1/runs/{rid}/feedback", json=feedback_body(0), headers=auth()).json() == {
-            **d0, "replayed": True}
-        d1 = c.post(f"/v1/runs/{rid}/feedback", json=feedback_body(10), headers=auth()).json()
-        assert d1["t"] == 1 and d1["served_by"]["fallback"] is None
-        new = c.post("/v1/runs", json=run_body(policy="tuned-share"), headers=auth()).json()
-        assert new["policy_version"] == "v2" and new["weights"]["proofs"] == pytest.approx(0.7)
-    with create_engine(s.database_url).connect() as conn:
-        assert conn.execute(text("SELECT name, version FROM policy_current")).all() == [("tuned-share", "v2")]
+# Upgrades of databases made by earlier releases: tests/service/server/test_migrations.py
