@@ -212,3 +212,23 @@ def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_da
                            objectives=(parse_objective("spread_penalty=1.5"),), seeds=2)
     with pytest.raises(ContractError, match=r"lam1.5 for agent: objective.spread_penalty: 1.5 is outside the range"):
         cfg.check()
+
+
+def test_intervals_are_the_t_intervals_of_the_paired_differences():
+    from scipy import stats
+
+    from mixagent.agent.evaluate import mean_interval, paired_interval, unpaired_halfwidth
+
+    rng = np.random.default_rng(0)
+    seed_effect = rng.normal(0, 0.01, 6)  # what pairing removes
+    a = 0.100 + seed_effect + rng.normal(0, 0.001, 6)
+    b = 0.098 + seed_effect + rng.normal(0, 0.001, 6)
+    d, lo, hi = paired_interval(a, b)
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert d == pytest.approx(np.mean(a - b)) and (lo, hi) == pytest.approx((ci.low, ci.high))
+    m, mlo, mhi = mean_interval(a)
+    assert mlo < m < mhi and m == pytest.approx(a.mean())
+    # the seed effect is shared: the paired interval is far narrower than the unpaired one
+    assert (hi - lo) / 2 < 0.3 * unpaired_halfwidth(a, b)
+    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert unpaired_halfwidth(a, b) == pytest.approx((welch.high - welch.low) / 2)
