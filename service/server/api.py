@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -17,8 +17,9 @@ from mixagent.service.server.errors import Unprocessable
 from mixagent.service.server.export import export_trajectories
 from mixagent.service.server.limits import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
 from mixagent.service.server.registry import PolicyEntry, PolicyRegistry
-from mixagent.service.server.runs import RunState, ServedBy, StoredDecision
+from mixagent.service.server.runs import RunState, ServedBy, StoredDecision, decision_warnings
 from mixagent.service.server.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
     DecisionPublic,
     DecisionRecord,
     DomainPublic,
@@ -46,7 +47,8 @@ _ERRORS = {
     401: "Missing or invalid bearer token.",
     403: "The route needs an admin token.",
     404: "No such run for this token.",
-    409: "The step or tokens_seen conflicts with the run's recorded history, or the run is done.",
+    409: "The step or tokens_seen conflicts with the run's recorded history, or the run is done; an "
+         "Idempotency-Key reused with another body.",
     503: "The database is unavailable, or this replica cannot read the policy artifact the database names "
          "(the detail names its path); retry (see Retry-After).",
     413: "The request body is over MIXAGENT_MAX_BODY_BYTES (256 KiB by default).",
@@ -78,25 +80,33 @@ def _decision_public(state: RunState, d: StoredDecision, replayed: bool) -> Deci
         run_id=state.id, decision_id=d.decision_id, step=d.step, t=d.seq,
         weights=d.weights.as_dict(state.space), policy=state.policy_name,
         policy_version=state.policy_version, served_by=_served_by(state, d.served_by),
-        done=d.seq >= state.horizon, replayed=replayed,
+        done=d.seq >= state.horizon, replayed=replayed, warnings=decision_warnings(d.seq, d.feedback),
     )
 
 
-@runs_router.post("", status_code=201, response_model=RunCreated, responses=errors(401, 413, 422, 503))
-def create_run(body: RunCreate, caller: CallerDep, store: StoreDep, response: Response) -> RunCreated:
+@runs_router.post("", status_code=201, response_model=RunCreated, responses=errors(401, 409, 413, 422, 503))
+def create_run(
+    body: RunCreate, caller: CallerDep, store: StoreDep, response: Response,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Makes creation safe to retry: a request with a key this token used before answers with "
+        "the run that request created (replayed: true) instead of creating another; the same key with another "
+        "body is a 409. The trainer-side client sends a fresh UUID per run and reuses it on every retry.")] = None,
+) -> RunCreated:
     """Create a run; returns its id and the mixture to train on until the first decision.
 
     The run gets the current version of its policy (the same on every replica). An objective
     outside a learned policy's trained range is a 422 naming the range; domains that do not fit a
     learned policy are not refused: the fallback baseline serves the run (``served_by`` says so).
+    With an ``Idempotency-Key``, a retry answers with the run the first attempt created.
     """
-    state = store.create_run(owner=caller.principal, req=body)
+    state, replayed = store.create_run(owner=caller.principal, req=body, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/runs/{state.id}"
     return RunCreated(
         run_id=state.id, mixture_id=state.initial_mixture_id, weights=state.initial_weights.as_dict(state.space),
         policy=state.policy_name, policy_version=state.policy_version,
         served_by=_served_by(state, state.initial_served_by), horizon=state.horizon,
-        interval=state.interval, created_at=state.created_at,
+        interval=state.interval, created_at=state.created_at, replayed=replayed,
     )
 
 

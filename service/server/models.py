@@ -1,9 +1,13 @@
 """SQLAlchemy tables. Rows hold JSON text of the contract types, so the wire and the trajectory
-export read the very numbers a trainer posted and a policy returned."""
+export read the very numbers a trainer posted and a policy returned.
+
+The schema of a database is changed only by the migrations in ``migrations/versions/`` (Alembic):
+a change here needs a new revision there (``tests/service/server/test_migrations.py`` compares
+the two)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Run", "Decision", "PolicyArtifact", "PolicyCurrent"]
@@ -17,6 +21,7 @@ class Run(Base):
     """One trainer's run: its domain space, budget and the policy version it is pinned to."""
 
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_owner_idempotency_key", "owner", "idempotency_key", unique=True),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
@@ -33,6 +38,10 @@ class Run(Base):
     initial_served_by_json: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
     """``{"fallback": ..., "reason": ...}`` when a fallback baseline chose the initial mixture; NULL
     when the run's policy did (and in rows written before fallbacks existed)."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    """The ``Idempotency-Key`` header of the creating request (unique per owner; NULL: none sent)."""
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    """Hash of the creating request's body: a retry with the key must send the same body."""
 
 
 class Decision(Base):

@@ -67,7 +67,8 @@ from mixagent.trajectories.contract import (
     stable_hash,
 )
 
-__all__ = ["RunStore", "RunState", "StoredDecision", "RunPage", "ServedBy", "estimate_bytes"]
+__all__ = ["RunStore", "RunState", "StoredDecision", "RunPage", "ServedBy", "estimate_bytes", "decision_warnings",
+           "TRAINER_CHOSE"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,28 @@ class ServedBy:
             return cls()
         d = json.loads(text)
         return cls(d.get("fallback"), d.get("reason"))
+
+
+TRAINER_CHOSE = ServedBy("trainer", "the trainer's own initial mixture (initial_weights at creation: it trained "
+                                    "before the run was created)")
+"""Who chose an initial mixture a trainer gave at creation."""
+
+
+def decision_warnings(seq: int, feedback: Feedback) -> list[str]:
+    """What makes a run's history less useful without making it wrong: accepted, and said in the
+    answer (the same on a retry, since it follows from the stored feedback)."""
+    warnings = []
+    if seq == 0 and feedback.step > 0:
+        warnings.append(
+            f"step: the run's first feedback is at step {feedback.step}, so it becomes the reference and every "
+            "gain is measured from there, not from the start of training; evaluate at step 0, before training "
+            "(Hugging Face: TrainingArguments(eval_on_start=True))")
+    if feedback.step > 0 and feedback.tokens_seen == 0:
+        warnings.append(
+            f"tokens_seen: 0 at step {feedback.step}; report the tokens trained on since the start of the run "
+            "(Hugging Face: TrainingArguments(include_num_input_tokens_seen=True) or "
+            "MixagentCallback(tokens_per_step=...)), or the history has no token axis")
+    return warnings
 
 
 @dataclass(frozen=True)
@@ -253,45 +276,80 @@ class RunStore:
         )
 
     # ----- create ------------------------------------------------------------------------------
-    def create_run(self, *, owner: str, req: RunCreate) -> RunState:
+    def create_run(self, *, owner: str, req: RunCreate, idempotency_key: str | None = None) -> tuple[RunState, bool]:
         """A new run on the current version of its policy (the database's truth, else this
-        process's start-up choice). 422 for an unknown policy or an objective outside a learned
-        policy's trained range (the message names the range); a run whose domains do not fit a
-        learned policy is served by the fallback, never refused."""
+        process's start-up choice); returns (run, replayed). 422 for an unknown policy or an
+        objective outside a learned policy's trained range (the message names the range); a run
+        whose domains do not fit a learned policy is served by the fallback, never refused.
+
+        With an ``idempotency_key`` (the ``Idempotency-Key`` header) a retry of the same request
+        answers with the run the first attempt created (``replayed``), on any replica; the same key
+        with another body is a 409. ``req.initial_weights`` (a trainer that trained before it could
+        create the run) becomes the initial mixture, served by ``trainer``."""
+        request_hash = stable_hash(req.model_dump()) if idempotency_key is not None else None
+        if idempotency_key is not None:
+            earlier = self._created_with(owner, idempotency_key, request_hash)
+            if earlier is not None:
+                return earlier, True
         objective = Objective(**(req.objective.model_dump() if req.objective else {}))
         try:
             space = req.space()
             entry = self.policy_entry(req.policy, req.policy_version)
             decider = entry.policy(req.horizon, objective, space)
-            first = decide(decider, space, History(space=space))
+            if req.initial_weights is not None:
+                initial = Weights.from_raw([req.initial_weights[n] for n in space.names])
+                served = TRAINER_CHOSE
+            else:
+                first = decide(decider, space, History(space=space))
+                initial, served = first.weights, ServedBy.of(first)
         except ContractError as e:
             raise Unprocessable(str(e)) from None
-        served = ServedBy.of(first)
         meta = {"setting_name": req.setting_name, "model": req.model, "seed": req.seed}
         state = RunState(
             id=uuid.uuid4().hex, owner=owner, created_at=time.time(), space=space, objective=objective,
             meta=meta, horizon=req.horizon, interval=req.interval, policy=entry,
             policy_name=entry.name, policy_version=entry.version,
-            initial_mixture_id=uuid.uuid4().hex, initial_weights=first.weights, initial_served_by=served,
+            initial_mixture_id=uuid.uuid4().hex, initial_weights=initial, initial_served_by=served,
             decider=decider,
         )
         state.history = History(space=space)
-        with self._write_lock, self.sessions() as s:
-            s.add(Run(
-                id=state.id, owner=owner, created_at=state.created_at, space_json=space.model_dump_json(),
-                objective_json=objective.model_dump_json(), meta_json=json.dumps(meta),
-                horizon=req.horizon, interval=req.interval, policy_name=entry.name,
-                policy_version=entry.version, initial_mixture_id=state.initial_mixture_id,
-                initial_weights_json=_weights_json(first.weights), initial_served_by_json=served.to_json(),
-            ))
-            s.commit()
+        try:
+            with self._write_lock, self.sessions() as s:
+                s.add(Run(
+                    id=state.id, owner=owner, created_at=state.created_at, space_json=space.model_dump_json(),
+                    objective_json=objective.model_dump_json(), meta_json=json.dumps(meta),
+                    horizon=req.horizon, interval=req.interval, policy_name=entry.name,
+                    policy_version=entry.version, initial_mixture_id=state.initial_mixture_id,
+                    initial_weights_json=_weights_json(initial), initial_served_by_json=served.to_json(),
+                    idempotency_key=idempotency_key, request_hash=request_hash,
+                ))
+                s.commit()
+        except IntegrityError:
+            # the same key raced in on another replica (or thread): answer with the run it created
+            earlier = self._created_with(owner, idempotency_key, request_hash) if idempotency_key else None
+            if earlier is None:
+                raise
+            return earlier, True
         self._remember(state)
         self.metrics.runs_created.labels(entry.name).inc()
         self._count_fallback(state, served)
-        return state
+        return state, False
+
+    def _created_with(self, owner: str, key: str, request_hash: str | None) -> RunState | None:
+        """The run ``owner`` created with ``key`` (None: none yet); 409 when that request had another body."""
+        with self.sessions() as s:
+            row = s.execute(select(Run.id, Run.request_hash).where(
+                Run.owner == owner, Run.idempotency_key == key)).first()
+        if row is None:
+            return None
+        if row.request_hash != request_hash:
+            raise Conflict(
+                f"Idempotency-Key: {key!r} was used for another run creation with a different body (run "
+                f"{row.id}); a retry must resend the same body, a new run needs a new key")
+        return self.get(owner=owner, run_id=row.id)
 
     def _count_fallback(self, state: RunState, served: ServedBy) -> None:
-        if served.fallback is not None:
+        if served.fallback is not None and served != TRAINER_CHOSE:
             kind = "space" if isinstance(state.decider, SpaceFallback) else "observation"
             self.metrics.fallbacks.labels(state.policy_ref, kind).inc()
 

@@ -26,6 +26,7 @@ __all__ = [
     "DomainIn",
     "ObjectiveIn",
     "RunCreate",
+    "IDEMPOTENCY_KEY_PATTERN",
     "RunCreated",
     "FeedbackIn",
     "DecisionPublic",
@@ -99,6 +100,10 @@ FieldWeights = Annotated[dict[Name, Annotated[float, Field(gt=0, le=1e6, allow_i
                          Field(min_length=1, max_length=MAX_FIELDS), _ClosedKeys()]
 FieldScores = Annotated[dict[Name, Finite], Field(min_length=1, max_length=MAX_FIELDS), _ClosedKeys()]
 DomainLosses = Annotated[dict[Name, Finite], Field(min_length=1, max_length=MAX_DOMAINS), _ClosedKeys()]
+InitialWeights = Annotated[dict[Name, Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]],
+                           Field(min_length=1, max_length=MAX_DOMAINS), _ClosedKeys()]
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+"""An ``Idempotency-Key`` header: 1-128 characters of ``A-Z a-z 0-9 _ . : -`` (a UUID fits)."""
 
 
 class _In(BaseModel):
@@ -145,6 +150,11 @@ class RunCreate(_In):
     setting_name: Annotated[str, Field(min_length=1, max_length=128)] = "served"
     model: Annotated[str, Field(min_length=1, max_length=256)] = "unknown"
     seed: Step = 0
+    initial_weights: InitialWeights | None = Field(
+        default=None,
+        description="The mixture the trainer has already trained on before creating the run (a trainer that "
+        "started while the service was unreachable), domain name -> non-negative share (renormalised): it "
+        "becomes the initial mixture, and served_by says `trainer`. Omitted: the policy's choice.")
 
     @model_validator(mode="after")
     def _check_run(self) -> RunCreate:
@@ -163,6 +173,14 @@ class RunCreate(_In):
             raise ValueError(f"domains: {len(fields)} fields, at most {MAX_FIELDS}")
         if self.objective is not None:
             Objective.model_validate(self.objective.model_dump()).check_fields(space.fields)
+        if self.initial_weights is not None:
+            missing = sorted(set(space.names) - set(self.initial_weights))
+            unknown = sorted(set(self.initial_weights) - set(space.names))
+            if missing or unknown:
+                raise ValueError(f"initial_weights: missing {missing}, unknown {unknown} (the run's domains are "
+                                 f"{list(space.names)})")
+            if sum(self.initial_weights.values()) <= 0:
+                raise ValueError("initial_weights: the shares sum to 0")
         return self
 
     def space(self) -> DomainSpace:
@@ -177,7 +195,9 @@ class ServedByPublic(_Out):
     observation lies outside the ranges seen in training (this decision only)."""
 
     policy: str = Field(description="The run's policy and version, name@version.")
-    fallback: str | None = Field(description="The baseline that served this decision instead; null: the policy itself.")
+    fallback: str | None = Field(
+        description="The baseline that served this decision instead; null: the policy itself; `trainer` (initial "
+        "mixture only): the trainer's own initial_weights, given at creation.")
     reason: str | None = Field(description="Why the fallback served it; null when the policy did.")
 
 
@@ -202,6 +222,10 @@ class RunCreated(_Out):
     horizon: int
     interval: int
     created_at: float
+    replayed: bool = Field(
+        default=False,
+        description="True when this answers a retry (same Idempotency-Key, same body): the run the first attempt "
+        "created, not a new one.")
 
 
 class FeedbackIn(_In):
@@ -216,7 +240,9 @@ class FeedbackIn(_In):
     tokens_seen: Step = Field(
         description="Training tokens since the start of the run; never decreases (409 otherwise).")
     field_scores: FieldScores = Field(
-        description="Per field: mean per-token log-likelihood of its held-out text (nats; higher is better).")
+        description="Per field: the mean per-token log-likelihood of its held-out continuations, i.e. of the "
+        "second half of each held-out window given the first half, averaged per domain and then over the "
+        "field's domains (nats/token; higher is better).")
     domain_losses: DomainLosses = Field(
         description="Per domain: mean held-out cross-entropy (nats/token).")
     mixture_id: Id | None = Field(
@@ -239,6 +265,11 @@ class DecisionPublic(_Out):
     served_by: ServedByPublic = Field(description="Who chose these weights (the same on a retry).")
     done: bool = Field(description="True once the run has received its horizon+1 feedbacks.")
     replayed: bool = Field(description="True when this answers a retry of an already recorded step.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What makes this run's history less useful without making it wrong (accepted, not an error): "
+        "a first feedback after step 0 (it becomes the reference, so gains are not measured from the start), "
+        "tokens_seen still 0 after step 0. Computed from the feedback: a retry answers with the same.")
 
 
 class DecisionRecord(_Out):

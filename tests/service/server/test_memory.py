@@ -38,7 +38,7 @@ def test_the_estimate_covers_what_a_cached_run_really_takes(tmp_path, k, decisio
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        run = store.create_run(owner="o", req=req)
+        run, _ = store.create_run(owner="o", req=req)
         for step in range(decisions):
             store.post_feedback(owner="o", run_id=run.id, fb=_feedback(step, domains))
         gc.collect()
@@ -62,7 +62,7 @@ def test_the_cache_stays_within_its_bound_and_evicted_runs_are_still_served(tmp_
     store, _ = open_store(make_settings(tmp_path, run_cache_mb=1))
     assert store.cache_bytes == 1024 * 1024 and one_run * 6 > store.cache_bytes  # fewer than 6 fit
     req = RunCreate.model_validate({"domains": domains, "horizon": 40, "interval": 10, "policy": "loss-softmax"})
-    runs = [store.create_run(owner="o", req=req).id for _ in range(12)]
+    runs = [store.create_run(owner="o", req=req)[0].id for _ in range(12)]
     answers: dict[str, list[dict[str, float]]] = {r: [] for r in runs}
     for step in range(20):
         for r in runs:
@@ -74,7 +74,7 @@ def test_the_cache_stays_within_its_bound_and_evicted_runs_are_still_served(tmp_
     # every run, cached or reloaded from the database, decided what an uncached run decides
     (tmp_path / "fresh").mkdir()
     fresh, _ = open_store(make_settings(tmp_path / "fresh"))
-    ref = fresh.create_run(owner="o", req=req).id
+    ref = fresh.create_run(owner="o", req=req)[0].id
     expected = [fresh.post_feedback(owner="o", run_id=ref, fb=_feedback(s, domains))[1].weights.values
                 for s in range(20)]
     for r in runs:
@@ -85,9 +85,9 @@ def test_one_run_larger_than_the_bound_is_still_cached_alone(tmp_path):
     domains = _domains(256)
     store, _ = open_store(make_settings(tmp_path, run_cache_mb=1))
     req = RunCreate.model_validate({"domains": domains, "horizon": 100, "interval": 10, "policy": "prior"})
-    small = store.create_run(owner="o", req=RunCreate.model_validate(
+    small, _ = store.create_run(owner="o", req=RunCreate.model_validate(
         {"domains": domains[:4], "horizon": 5, "interval": 10}))
-    big = store.create_run(owner="o", req=req)
+    big, _ = store.create_run(owner="o", req=req)
     for step in range(40):
         store.post_feedback(owner="o", run_id=big.id, fb=_feedback(step, domains))
     stats = store.cache_stats()
