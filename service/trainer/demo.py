@@ -169,6 +169,7 @@ def run_demo(
         t0 = time.time()
         served = _episode(env, seed, ask_service, _progress("served", env, echo, who))
         served_s = time.time() - t0
+        run.close()  # every feedback delivered before the export
         n = write_jsonl(export_trajectories(app.state.store), out / "served.jsonl")
     uniform_w = [1.0 / env.space.size] * env.space.size
     echo(f"2/2 the same episode on a uniform mixture, {env.horizon} stages:")
