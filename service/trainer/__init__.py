@@ -1,18 +1,25 @@
 """The trainer side: what runs inside a user's training job and talks to the mixing server.
 
-One import surface (names are imported lazily, so ``from mixagent.service.trainer import
-MixingClient`` never loads torch)::
+This package is the one import surface of the trainer side; everything a training loop needs is
+here (names whose modules need torch or transformers load on first use, so importing the client never
+loads torch)::
 
-    from mixagent.service.trainer import MixingClient, MixingRun        # httpx only
-    from mixagent.service.trainer import LiveWeightSampler              # needs torch
-    from mixagent.service.trainer import MixagentCallback, MixingTrainer  # needs transformers
+    from mixagent.service.trainer import (
+        MixingClient, MixingRun, Decision,                 # the HTTP client and the run handle (httpx only)
+        MixagentError, ServiceUnavailable, RequestRejected, AuthError, RunNotFound, StepConflict,
+        DomainSpace, Domain, Feedback, Objective,           # the contract types a trainer builds
+        continuation_log_likelihood, field_scores,          # the one field-score definition (numpy)
+        LiveWeightSampler,                                  # needs torch
+        MixagentCallback, MixingTrainer, field_score_metrics,  # need transformers
+    )
 
-``client`` (HTTP client, retries, typed errors), ``sampler`` (a torch ``Sampler`` whose weights
-change while a ``DataLoader`` iterates), ``hf`` (Hugging Face ``Trainer`` callback), ``demo`` (a real
-CPT episode in ``mixagent.env`` against an in-process server; the one module here that imports the
-server and the env).
+Modules: ``client`` (HTTP client, retries, typed errors, the background reporter), ``scores`` (the
+field score), ``sampler`` (a torch ``Sampler`` whose weights change while a ``DataLoader``
+iterates), ``hf`` (Hugging Face ``Trainer`` integration), ``demo`` (a real CPT episode in
+``mixagent.env`` against an in-process server; the one module here that imports the server and the
+env). ``mixagent.service`` forwards the same names.
 
-Must not be imported by ``mixagent.service.server``. ``client`` must not import torch or
+Must not be imported by ``mixagent.service.server``. ``client`` and ``scores`` must not import torch or
 transformers.
 """
 
@@ -23,11 +30,15 @@ from typing import Any
 
 from mixagent.service.trainer import client as _client
 from mixagent.service.trainer.client import *  # noqa: F403 - the client is the surface's core (httpx only)
+from mixagent.service.trainer.scores import continuation_log_likelihood, field_scores
+from mixagent.trajectories.contract import Domain, DomainSpace, Feedback, Objective
 
-_LAZY = {"LiveWeightSampler": "sampler", "MixagentCallback": "hf", "MixingTrainer": "hf"}
+_LAZY = {"LiveWeightSampler": "sampler", "MixagentCallback": "hf", "MixingTrainer": "hf",
+         "field_score_metrics": "hf"}
 """Names whose modules import torch / transformers: imported on first use."""
 
-__all__ = [*_client.__all__, *_LAZY]
+__all__ = [*_client.__all__, "Domain", "DomainSpace", "Feedback", "Objective", "continuation_log_likelihood",
+           "field_scores", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

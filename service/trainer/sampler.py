@@ -3,8 +3,23 @@
 Why a sampler: a ``DataLoader``'s sampler runs in the main process and only *indices* go to the
 worker processes, so weights set in the main process (e.g. by :class:`MixagentCallback` after a
 decision) take effect for the next indices drawn, however many workers load the data. Weights kept
-inside an ``IterableDataset`` would be copied into each worker and never see the change
-(NOTES.md). Batches already prefetched (``prefetch_factor × num_workers``) keep the old mixture.
+inside an ``IterableDataset`` would be copied into each worker and never see the change.
+
+**The delay.** Indices are drawn ahead of the batches the training loop takes, so after
+:meth:`LiveWeightSampler.set_weights` the next batches still follow the old mixture:
+
+* ``prefetch_factor × num_workers`` batches with worker processes (the ``DataLoader`` keeps that
+  many batches of indices in flight; 0 with ``num_workers=0``);
+* plus one batch under ``accelerate`` (its ``DataLoaderShard`` fetches one batch ahead to know which
+  is the last), hence in the Hugging Face ``Trainer``, which always runs through accelerate;
+* plus, when ``chunk`` does not divide the batch size, the rest of the chunk being drawn (at most
+  ``chunk - 1`` indices).
+
+With the defaults (``prefetch_factor=2``, 2 workers) that is 4 batches, 5 in the ``Trainer``; the
+``Trainer``'s own default (``dataloader_num_workers=0``) gives 1. Against an interval of tens of
+optimizer steps per decision this is small; set ``chunk`` to (a divisor of) the batch size to avoid
+the partial chunk. Measured in ``tests/service/trainer/test_sampler.py`` (real workers, real
+accelerate).
 """
 
 from __future__ import annotations
@@ -27,7 +42,8 @@ class LiveWeightSampler(Sampler[int]):
         weights: initial weights (mapping or sequence); default uniform.
         num_samples: indices per epoch (``len(sampler)``).
         seed: the draws of epoch e use ``seed + e``.
-        chunk: indices drawn per weights read; small enough that a change shows up quickly.
+        chunk: indices drawn per weights read (the weights are read once a chunk); a divisor of the
+            batch size keeps every batch on one mixture (see the module's note on the delay).
     """
 
     def __init__(

@@ -55,8 +55,30 @@ def test_the_app_factory_builds_without_training_code(tmp_path):
 
 def test_the_trainer_client_and_surface_need_neither_torch_nor_transformers():
     loaded = _loaded_after("import mixagent.service.trainer.client\n"
-                           "from mixagent.service.trainer import MixingClient, MixingRun, StepConflict\n")
+                           "from mixagent.service.trainer import MixingClient, MixingRun, StepConflict, DomainSpace, "
+                           "Feedback, field_scores\n"
+                           "from mixagent.service import MixingClient as C, Feedback as F\n")
     assert [m for m in loaded if not m.startswith("mixagent.service.trainer")] == []
+
+
+def test_one_import_surface_for_the_trainer_side():
+    """Everything a training loop needs comes from ``mixagent.service.trainer`` (the client, the contract
+    types it builds, the field score, the sampler, the Hugging Face integration); ``mixagent.service``
+    forwards exactly those names, the same objects, and imports the trainer room only when asked."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import mixagent.service as service
+    import mixagent.service.trainer as trainer
+    from mixagent.service.trainer.client import MixingClient
+    from mixagent.trajectories.contract import DomainSpace, Feedback
+
+    assert set(trainer.__all__) == service.TRAINER_NAMES
+    for name in trainer.__all__:
+        assert getattr(service, name) is getattr(trainer, name), name
+    assert (trainer.MixingClient, trainer.DomainSpace, trainer.Feedback) == (MixingClient, DomainSpace, Feedback)
+    assert {"MixingClient", "LiveWeightSampler", "MixagentCallback", "field_score_metrics"} <= set(dir(service))
+    with pytest.raises(AttributeError, match="no attribute 'server_app'"):
+        service.server_app  # noqa: B018
 
 
 @pytest.mark.parametrize(("old", "new"), [

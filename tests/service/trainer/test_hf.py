@@ -1,17 +1,29 @@
-"""The Hugging Face integration: a real (tiny) Trainer run with the service in the loop."""
+"""The Hugging Face integration: real (tiny) Trainer runs with the service in the loop, the one field
+score definition (the env's, checked on the env's own model and windows), and misuse that fails at
+once or is said once, with the fix."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mixagent.service.trainer.client import MixingClient  # noqa: E402
-from mixagent.service.trainer.hf import MixagentCallback, MixingTrainer  # noqa: E402
-from mixagent.service.trainer.sampler import LiveWeightSampler  # noqa: E402
+from mixagent.service.trainer import (  # noqa: E402
+    LiveWeightSampler,
+    MixagentCallback,
+    MixingClient,
+    MixingTrainer,
+    field_score_metrics,
+)
+from mixagent.service.trainer.scores import field_scores  # noqa: E402
 from mixagent.trajectories import DomainSpace  # noqa: E402
 from tests.service.conftest import TOKEN  # noqa: E402
+
+SPACE = DomainSpace.from_fields({"source": ["low"], "target": ["high"]})
+LOGGER = "mixagent.service.trainer"
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -31,36 +43,132 @@ def _domain(gen: torch.Generator, lo: int, n: int) -> torch.Tensor:
     return lo + (start + torch.arange(16)) % 8
 
 
-def test_trainer_reports_each_evaluation_and_trains_on_the_returned_weights(server, tmp_path):
+def _setup(run, tmp_path, *, trainer_cls=None, eval_dataset="dict", callback_kw=None, **args):  # type: ignore[no-untyped-def]
     gen = torch.Generator().manual_seed(0)
-    space = DomainSpace.from_fields({"source": ["low"], "target": ["high"]})
     train = {"low": _domain(gen, 0, 64), "high": _domain(gen, 8, 64)}
     heldout = {d: Tokens(_domain(gen, lo, 8)) for d, lo in (("low", 0), ("high", 8))}
-    dataset = Tokens(torch.cat([train["low"], train["high"]]))
+    if eval_dataset == "single":
+        heldout = heldout["low"]
+    elif eval_dataset == "misnamed":
+        heldout = {"lo": heldout["low"], "high": heldout["high"]}
     config = transformers.LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
+    sampler = LiveWeightSampler([range(64), range(64, 128)], SPACE.names, run.weights, num_samples=10_000)
+    callback = MixagentCallback(run, sampler, **(callback_kw or {}))
+    kw = dict(output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4, learning_rate=3e-3,
+              eval_strategy="steps", eval_steps=4, eval_on_start=True, per_device_eval_batch_size=8,
+              save_strategy="no", report_to=[], use_cpu=True, logging_steps=100, disable_tqdm=True,
+              include_num_input_tokens_seen=True)
+    kw.update(args)
+    targs = transformers.TrainingArguments(**kw)
+    dataset = Tokens(torch.cat([train["low"], train["high"]]))
+    if trainer_cls is None:
+        return MixingTrainer(model=model, args=targs, train_dataset=dataset, eval_dataset=heldout,
+                             train_sampler=sampler, callbacks=[callback]), callback, sampler
+    return trainer_cls(model=model, args=targs, train_dataset=dataset, eval_dataset=heldout,
+                       callbacks=[callback]), callback, sampler
+
+
+def test_trainer_reports_each_evaluation_and_trains_on_the_returned_weights(server, tmp_path, caplog):
     with MixingClient(server.url, TOKEN) as client:
-        run = client.start_run(space, horizon=2, interval=4, policy="loss-softmax")
-        sampler = LiveWeightSampler([range(64), range(64, 128)], space.names, run.weights, num_samples=10_000)
-        callback = MixagentCallback(run, sampler, tokens_per_step=4 * 16)
-        args = transformers.TrainingArguments(
-            output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4, learning_rate=3e-3,
-            eval_strategy="steps", eval_steps=4, eval_on_start=True, per_device_eval_batch_size=8,
-            save_strategy="no", report_to=[], use_cpu=True, logging_steps=100, disable_tqdm=True,
-        )
-        trainer = MixingTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=heldout,
-                                train_sampler=sampler, callbacks=[callback])
+        run = client.start_run(SPACE, horizon=2, interval=4, policy="loss-softmax")
+        trainer, callback, sampler = _setup(run, tmp_path)
         assert trainer.get_train_dataloader().sampler is sampler or trainer._get_train_sampler() is sampler
-        trainer.train()
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            trainer.train()
         stored = client.get_run(run.run_id)
+    assert caplog.text == ""  # wired as documented: nothing to warn about
     assert [s for s, _ in callback.decisions] == [0, 4, 8]
     assert [h["step"] for h in stored["history"]] == [0, 4, 8]
-    assert [h["tokens_seen"] for h in stored["history"]] == [0, 256, 512]
+    assert [h["tokens_seen"] for h in stored["history"]] == [0, 256, 512]  # counted by the Trainer
     assert stored["done"]
     # the sampler trains on what the service decided last
     assert sampler.weights == pytest.approx(stored["history"][-1]["weights"])
     h = stored["history"]
     assert h[1]["domain_losses"]["high"] < h[0]["domain_losses"]["high"]  # real training happened
-    assert h[0]["field_scores"]["target"] == pytest.approx(-h[0]["domain_losses"]["high"])
+    # the field score is the continuation log-likelihood, not minus the window's mean loss
+    assert h[0]["field_scores"]["target"] != pytest.approx(-h[0]["domain_losses"]["high"], abs=1e-6)
+    assert h[2]["field_scores"]["target"] > h[0]["field_scores"]["target"]
+
+
+def test_the_field_score_is_the_envs_on_the_same_model_and_windows(tiny_backend, tmp_path):
+    """One definition: MixingTrainer's evaluation of the env's base model on the env's held-out windows
+    gives the env's field scores and domain losses."""
+    backend = tiny_backend
+    space = backend.space
+    windows, rows = backend.eval_set.windows, backend.eval_set.domain_of_row
+    heldout = {d: Tokens(windows[torch.as_tensor(rows == k)]) for k, d in enumerate(space.names)}
+    expected = backend.evaluate()
+    per_batch = max(len(v) for v in heldout.values())
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=per_batch,
+                                          report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = MixingTrainer(model=backend.model, args=args, eval_dataset=heldout)
+    metrics = trainer.evaluate()
+    scores = field_scores(space, {d: metrics[f"eval_{d}_continuation_loglik"] for d in space.names})
+    assert scores == pytest.approx(expected.field_scores, abs=1e-5)
+    assert {d: metrics[f"eval_{d}_loss"] for d in space.names} == pytest.approx(expected.domain_losses, abs=1e-5)
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("single", "eval_dataset: a Tokens; pass a dict of held-out datasets keyed by the run's domain names"),
+    ("misnamed", "eval_dataset: keys must be the run's domain names ['low', 'high']; missing ['low'], "
+                 "unknown ['lo']"),
+])
+def test_an_eval_dataset_the_run_cannot_use_is_refused_at_once(server, tmp_path, case, message):
+    with MixingClient(server.url, TOKEN) as client:
+        run = client.start_run(SPACE, horizon=2, interval=4)
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            _setup(run, tmp_path, eval_dataset=case)
+        # a plain Trainer: the first evaluation (step 0, before any training) says the same
+        trainer, _, _ = _setup(run, tmp_path, eval_dataset=case, trainer_cls=_plain_trainer())
+        with pytest.raises(ValueError, match="MixagentCallback: eval_dataset"):
+            trainer.train()
+        assert client.get_run(run.run_id)["decisions"] == 0
+
+
+def _plain_trainer():  # type: ignore[no-untyped-def]
+    class Plain(transformers.Trainer):
+        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
+            super().__init__(*a, **kw, **field_score_metrics())
+
+    return Plain
+
+
+def test_eval_on_start_false_or_no_evaluation_is_refused_before_training(server, tmp_path):
+    with MixingClient(server.url, TOKEN) as client:
+        run = client.start_run(SPACE, horizon=2, interval=4)
+        trainer, _, _ = _setup(run, tmp_path, eval_on_start=False)
+        with pytest.raises(ValueError, match=r"eval_on_start=False .* set TrainingArguments\(eval_on_start=True\)"):
+            trainer.train()
+        trainer, _, _ = _setup(run, tmp_path, eval_strategy="no")
+        with pytest.raises(ValueError, match=r"never evaluates.* eval_steps=4"):
+            trainer.train()
+        assert client.get_run(run.run_id)["decisions"] == 0
+
+
+def test_a_plain_trainer_without_the_field_score_metric_is_told_how_to_add_it(server, tmp_path):
+    with MixingClient(server.url, TOKEN) as client:
+        run = client.start_run(SPACE, horizon=2, interval=4)
+        trainer, _, _ = _setup(run, tmp_path, trainer_cls=transformers.Trainer)
+        with pytest.raises(ValueError, match=r"no eval_\w+_continuation_loglik .*field_score_metrics\(\)"):
+            trainer.train()
+
+
+def test_uncounted_tokens_and_a_short_horizon_are_said_once_and_training_ends_gracefully(server, tmp_path, caplog):
+    """No token count: warned once by the callback (and once from the service's answer); horizon 1
+    for 3 evaluations: warned before training, the last evaluation is not sent, the Trainer finishes."""
+    with MixingClient(server.url, TOKEN) as client:
+        run = client.start_run(SPACE, horizon=1, interval=4, policy="loss-softmax")
+        trainer, callback, _ = _setup(run, tmp_path, include_num_input_tokens_seen=False)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            trainer.train()
+        stored = client.get_run(run.run_id)
+    text = caplog.text
+    assert text.count("every feedback would say tokens_seen = 0") == 1 and "tokens_per_step" in text
+    assert text.count("mixagent service: tokens_seen: 0 at step 4") == 1
+    assert "evaluates 3 times but the run takes horizon + 1 = 2 feedbacks" in text and "horizon=2" in text
+    assert text.count("is done") == 1
+    assert [h["step"] for h in stored["history"]] == [0, 4] and stored["done"]
+    assert [s for s, _ in callback.decisions] == [0, 4, 8]  # the last one kept the last weights

@@ -30,20 +30,34 @@ def test_draws_follow_the_weights():
     assert len(s) == 20000
 
 
-def test_weights_set_in_the_main_process_reach_the_workers():
-    sampler = LiveWeightSampler([range(100), range(100, 150)], ["a", "b"], [1.0, 0.0], num_samples=4000)
-    loader = DataLoader(DomainOf(), batch_size=8, sampler=sampler, num_workers=2, prefetch_factor=2)
+@pytest.mark.parametrize(("workers", "accelerate", "delay"), [
+    (0, False, 0),   # no workers: the next batch is drawn after the change
+    (2, False, 4),   # prefetch_factor 2 x 2 workers batches of indices already in flight
+    (0, True, 1),    # accelerate's DataLoaderShard reads one batch ahead (the Hugging Face Trainer's case)
+    (2, True, 5),    # both
+])
+def test_weights_set_in_the_main_process_reach_the_workers_after_the_documented_delay(workers, accelerate, delay):
+    """The sampler's docstring: after set_weights, prefetch_factor x num_workers batches (plus one under
+    accelerate) still follow the old mixture, then every batch follows the new one. Real worker
+    processes, a real accelerate Accelerator; chunk = batch size, so no batch mixes two mixtures."""
+    sampler = LiveWeightSampler([range(100), range(100, 150)], ["a", "b"], [1.0, 0.0], num_samples=4000, chunk=8)
+    loader = DataLoader(DomainOf(), batch_size=8, sampler=sampler, num_workers=workers,
+                        **({"prefetch_factor": 2} if workers else {}))
+    if accelerate:
+        from accelerate import Accelerator
+
+        loader = Accelerator(cpu=True).prepare(loader)
     batches = []
     for i, batch in enumerate(loader):
         batches.append(batch.tolist())
         if i == 20:
             sampler.set_weights({"a": 0.0, "b": 1.0})
-        if i == 60:
+        if i == 40:
             break
     assert all(x == 0 for b in batches[:21] for x in b)
-    # at most prefetch_factor × workers batches (plus one chunk of indices) were drawn before the change
-    lag = 2 * 2 + 2
-    assert all(x == 1 for b in batches[21 + lag:] for x in b)
+    after = batches[21:]
+    assert all(b == [0] * 8 for b in after[:delay]), after[: delay + 1]
+    assert all(b == [1] * 8 for b in after[delay:]), after[: delay + 1]
 
 
 def test_bad_weights_are_refused():
