@@ -105,6 +105,7 @@ def main() -> int:
                       "start_share": start_shares(folder)}
     if not rows:
         return 1
+    add_drift(rows, args)
     selected = select(rows)
     if args.rollouts:
         add_rollouts(rows, args)
@@ -118,6 +119,47 @@ def main() -> int:
         (dest / "learner.d3").unlink(missing_ok=True)
         print(f"installed {selected} as {dest}")
     return 0
+
+
+def validation_observations(args: argparse.Namespace) -> object:
+    """Observations of the validation trajectories (the split of agent/train.py's default seed),
+    relabelled under 4 objectives each: where candidates are compared without a rollout."""
+    import numpy as np
+
+    from mixagent.agent.dataset import all_copies, load_runs, policy_action_spec, split_runs
+    from mixagent.agent.policy import ObjectiveRange
+    from mixagent.agent.train import TrainConfig
+
+    cfg = TrainConfig()
+    runs, _ = load_runs(args.data)
+    _, val = split_runs(runs, cfg.validation_fraction, cfg.seed)
+    episodes = all_copies(val, 4, ObjectiveRange(max_weight_ratio=2.0), np.random.default_rng(0),
+                          policy_action_spec(runs))
+    return episodes.observations[episodes.decision_rows]
+
+
+def add_drift(rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """How far each candidate's actions are from behaviour cloning's (mean |Δ target share| on the
+    validation observations): CQL after BC drifting away from BC's schedule shows here."""
+    import numpy as np
+
+    from mixagent.agent.policy import load_artifact
+    from mixagent.trajectories import DomainSpace, action_to_weights
+
+    if "bc-mlp" not in rows:
+        return
+    obs = validation_observations(args)
+    space = DomainSpace.from_fields({"source": ["s"], "target": ["t"]})
+
+    def shares(name: str) -> np.ndarray:
+        card, factory = load_artifact(args.out / name)
+        policy = factory(16)
+        return np.array([action_to_weights(policy.act(o), space, card.action).as_array()[1]  # type: ignore[attr-defined]
+                         for o in obs])
+
+    ref = shares("bc-mlp")
+    for name in rows:
+        rows[name]["share_drift_from_bc"] = float(np.abs(shares(name) - ref).mean())
 
 
 def monotone(shares: dict[str, float]) -> bool:
@@ -165,9 +207,9 @@ def report(rows: dict[str, dict], selected: str | None, args) -> None:
              "the validation trajectories among candidates whose start share falls as λ rises. "
              f"Selected: **{selected}**.", "",
              "| candidate | train s | FQE return (val) | behaviour return (val) | TD error (val) | "
-             "action err (val best) | "
+             "action err (val best) | share drift from BC (val) | "
              "start share λ=0 / 0.25 / 0.5 / 0.75 / 0.9 | real B, math-tiny λ=0.5 | Δ vs uniform |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
         train_s = sum(v for n, v in r["seconds"].items() if n not in ("fqe", "dataset"))
         ss = " / ".join(f"{v:.2f}" for v in r["start_share"].values())
@@ -175,8 +217,8 @@ def report(rows: dict[str, dict], selected: str | None, args) -> None:
         vs = _ci(r.get("rollout_vs_uniform"))
         fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
         lines.append(f"| {k} | {train_s:.0f} | {fmt(r['fqe_return'])} | {fmt(r['behaviour_return'])} | "
-                     f"{fmt(r['td_error'])} | "
-                     f"{fmt(r['action_error_best'])} | {ss} | {real} | {vs} |")
+                     f"{fmt(r['td_error'])} | {fmt(r['action_error_best'])} | {fmt(r.get('share_drift_from_bc'))} | "
+                     f"{ss} | {real} | {vs} |")
     if ref:
         lines += ["", f"Real rollouts, same seeds: uniform B {ref['uniform']:+.4f}, "
                       f"fixed share 0.3 B {ref['fixed-0.3']:+.4f}."]

@@ -46,12 +46,14 @@ def trained(tiny_dataset, tiny_setting_file, cache_dir, tmp_path_factory) -> Pat
 def test_agent_training_trains_selects_offline_and_sets_rollouts_beside(trained):
     data = json.loads((trained / "agent_training.json").read_text())
     assert set(data["candidates"]) == {"bc-mlp", "bc+cql-w2", "bc-lam0.5"}
+    assert data["candidates"]["bc-mlp"]["share_drift_from_bc"] == 0
     assert data["selected"] in (None, "bc-mlp", "bc+cql-w2")  # never the one-objective policy
     one = data["candidates"]["bc-lam0.5"]["start_share"]
     assert len(set(one.values())) == 1  # asked with its only objective, whatever λ
     for name, row in data["candidates"].items():
         assert row["fqe_return"] is not None and len(row["rollout_B"]) == 3, name
         assert len(row["rollout_share"]) == 5  # the tiny setting's horizon
+        assert row["share_drift_from_bc"] >= 0
     assert (trained / "agent_training.png").is_file() and "| bc+cql-w2 |" in (trained / "agent_training.md").read_text()
 
 
