@@ -412,6 +412,11 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
         if series:
             shares[spec.label] = np.mean(series, axis=0).tolist()
     out["target_share"] = shares
+    out["learned_share_by_objective"] = {  # closed loop: does the share move with the objective?
+        spec.label: {objective_key(o): np.mean([target_shares(trajectories[plan.runs[(spec.label, spec.run_key(o), s)]])
+                                                for s in compare], axis=0).tolist() for o in cfg.objectives}
+        for spec in cfg.policies if spec.per_objective
+    }
     for o in cfg.objectives:
         ok = objective_key(o)
 
@@ -555,6 +560,18 @@ def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
         fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)
+        for label, by_objective in res.get("learned_share_by_objective", {}).items():
+            fig, ax = plt.subplots(figsize=(8, 4.5))
+            for ok, series in by_objective.items():
+                ax.plot(series, lw=1.8, marker="o", ms=3, label=ok)
+            ax.set(xlabel="decision", ylabel="target share", ylim=(0, 1),
+                   title=f"{res['setting']}: {label}'s target share per objective (mean over comparison seeds)")
+            ax.legend(fontsize=8)
+            p = out / f"{res['setting']}-{label}-shares-by-objective.png"
+            fig.tight_layout()
+            fig.savefig(p, dpi=110)
+            plt.close(fig)
+            paths.append(p)
         for ok, r in res["objectives"].items():
             fig, ax = plt.subplots(figsize=(8, 4.5))
             for label, pol in r["policies"].items():

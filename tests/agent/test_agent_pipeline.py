@@ -197,6 +197,8 @@ def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset,
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "## synthetic-tiny · lam0.2" in report and "| agent |" in report
     assert (tmp_path / "eval" / "plots" / "synthetic-tiny-shares.png").is_file()
+    assert set(res["learned_share_by_objective"]["agent"]) == {"lam0.5", "lam0.2"}
+    assert (tmp_path / "eval" / "plots" / "synthetic-tiny-agent-shares-by-objective.png").is_file()
     # resumable: a second call runs nothing new and reports the same numbers
     again = evaluate(cfg)
     assert again[0]["objectives"]["lam0.5"]["policies"]["agent"]["B"] == r["policies"]["agent"]["B"]
