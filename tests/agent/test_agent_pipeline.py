@@ -22,7 +22,8 @@ from mixagent.trajectories import ContractError, DomainSpace, Feedback, History,
 from mixagent.trajectories.encoding import encode, stage_rewards
 
 FAST = {"bc_steps": 60, "rl_steps": 40, "fqe_steps": 20, "relabel_copies": 3, "bc_objective_draws": 4,
-        "steps_per_epoch": 20, "batch_size": 32, "hidden_units": [16, 16]}
+        "steps_per_epoch": 20, "batch_size": 32, "hidden_units": [16, 16],
+        "bc_max_roughness": 1.0}  # the tiny set's 9 runs are mostly noisy schedules; keep them all for BC
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,23 @@ def test_bc_data_keeps_the_best_runs_under_each_objective(tiny_runs):
         scores = sorted((final_score(r, objective) for r in runs), reverse=True)
         mine = final_score(next(r for r in runs if r.run_id == rid), objective)
         assert mine >= scores[1] - 1e-12  # top 2 of 9 (round(9 * 0.2) = 2)
+
+
+def test_bc_data_leaves_out_schedules_rougher_than_the_bound(tiny_runs):
+    from mixagent.agent.dataset import roughness
+
+    runs, _ = tiny_runs
+    spec = policy_action_spec(runs)
+    rough = sorted(roughness(r) for r in runs)
+    assert rough[0] < rough[-1]  # the tiny set holds both smooth and jumpy schedules
+    bound = (rough[0] + rough[-1]) / 2
+    bc = best_copies(runs, draws=5, top_fraction=1.0, objective_range=ObjectiveRange(),
+                     rng=np.random.default_rng(1), spec=spec, max_roughness=bound)
+    kept = {rid for rid, _ in bc.sources}
+    assert kept == {r.run_id for r in runs if roughness(r) <= bound}
+    with pytest.raises(DatasetError, match="bc_max_roughness"):
+        best_copies(runs, draws=1, top_fraction=1.0, objective_range=ObjectiveRange(),
+                    rng=np.random.default_rng(1), spec=spec, max_roughness=-1.0)  # nothing passes
 
 
 def test_objective_range_refuses_and_names_the_range():
