@@ -171,6 +171,10 @@ def evaluate_cmd(
     seeds: Annotated[int, typer.Option(help="Paired comparison seeds.")] = 5,
     selection_seeds: Annotated[int, typer.Option(help="Seeds that choose the best grid point.")] = 3,
     reference: Annotated[str, typer.Option(help="Label of the policy differences are taken against.")] = "uniform",
+    grid_compare: Annotated[str, typer.Option(
+        help="'all': every grid point also runs on the comparison seeds; 'selected': only the point chosen "
+             "on the selection seeds does (a third of the grid's cost)."
+    )] = "all",
     workers: Annotated[int, typer.Option(help="Parallel workers, one env each.")] = 1,
     threads: Annotated[int, typer.Option(help="torch threads per worker (0: cores / workers).")] = 0,
     executor: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
@@ -191,7 +195,7 @@ def evaluate_cmd(
         cfg = EvaluationConfig(
             out=out, policies=tuple(parse_policies(policies)), settings=tuple(load_setting(s) for s in settings),
             objectives=tuple(parse_objective(o) for o in (objectives or ["default"])), seeds=seeds,
-            selection_seeds=selection_seeds, reference=reference,
+            selection_seeds=selection_seeds, reference=reference, grid_compare=grid_compare,  # type: ignore[arg-type]
             runner=RunnerConfig(workers=workers, threads=threads, executor=executor, cache_dir=cache_dir,  # type: ignore[arg-type]
                                 progress=progress),
         )

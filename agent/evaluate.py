@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -228,6 +228,11 @@ class EvaluationConfig:
     """Seeds on which the best grid point is chosen (grid policies only)."""
     reference: str = "uniform"
     """Label of the policy every paired difference is taken against."""
+    grid_compare: Literal["all", "selected"] = "all"
+    """``all``: every grid point also runs on the comparison seeds (the table shows the whole grid
+    and its hindsight best). ``selected``: the grid runs on the selection seeds first, and only the
+    point selected for each objective runs on the comparison seeds: the same honest comparison for
+    about a third of the grid's cost (the table then shows the grid's selection-seed means only)."""
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     def check(self) -> None:
@@ -235,6 +240,10 @@ class EvaluationConfig:
             raise ContractError(f"--seeds: need at least 2 paired seeds for an interval, got {self.seeds}")
         if self.selection_seeds < 0:
             raise ContractError(f"--selection-seeds: must be >= 0, got {self.selection_seeds}")
+        if self.grid_compare not in ("all", "selected"):
+            raise ContractError(f"--grid-compare: must be 'all' or 'selected', got {self.grid_compare!r}")
+        if self.grid_compare == "selected" and not self.selection_seeds:
+            raise ContractError("--grid-compare: 'selected' needs --selection-seeds >= 1 to select on")
         if self.reference not in {p.label for p in self.policies}:
             raise ContractError(f"--reference: {self.reference!r} is not one of the policies "
                                 f"{[p.label for p in self.policies]}")
@@ -279,14 +288,20 @@ class SettingPlan:
     """``(label, objective key or None for objective-free policies, seed) -> run id``."""
 
 
-def plan_setting(setting: Setting, cfg: EvaluationConfig) -> SettingPlan:
+def plan_setting(setting: Setting, cfg: EvaluationConfig,
+                 compared_grid: Collection[str] | None = None) -> SettingPlan:
+    """Every (policy, objective, seed) run of ``setting``. Grid points run on the selection seeds and,
+    when ``compared_grid`` is given, on the comparison seeds only if named in it."""
     ctx = PolicyContext(setting.space, setting.cpt.horizon, setting.action, setting.objective)
     compare = [COMPARE_SEED + i for i in range(cfg.seeds)]
     select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
     episodes: dict[str, Episode] = {}
     runs: dict[tuple[str, str | None, int], str] = {}
     for spec in cfg.policies:
-        seeds = compare + (select if spec.group == "grid" else [])
+        if spec.group == "grid":
+            seeds = select + (compare if compared_grid is None or spec.label in compared_grid else [])
+        else:
+            seeds = compare
         if spec.learned:
             digest = spec.digest()
             for o in cfg.objectives if spec.fixed_objective is None else (spec.fixed_objective,):
@@ -306,6 +321,26 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig) -> SettingPlan:
                                              index=len(episodes), label=spec.label))
             runs[(spec.label, None, seed)] = rid
     return SettingPlan(list(episodes.values()), runs)
+
+
+def selected_grid_points(cfg: EvaluationConfig, plan: SettingPlan, store: FileStore) -> set[str]:
+    """The grid point with the best mean on the selection seeds, for each objective (the ones the
+    comparison seeds then run)."""
+    select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
+    grid = [p for p in cfg.policies if p.group == "grid"]
+    chosen: set[str] = set()
+    held = set(store.list()) if store.records.is_dir() else set()
+    for o in cfg.objectives:
+        means = {}
+        for p in grid:
+            rids = [plan.runs[(p.label, None, s)] for s in select]
+            missing = [r for r in rids if r not in held]
+            if missing:
+                raise RunnerError(f"{store.root}: selection run {missing[0]} is missing; run the evaluation to make it")
+            means[p.label] = float(np.mean([score(store.read(r).trajectory, o).final for r in rids]))
+        if means:
+            chosen.add(max(means, key=lambda k: means[k]))
+    return chosen
 
 
 def _check_folder(setting: Setting) -> Any:
@@ -426,6 +461,8 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
         per: dict[str, dict[str, Any]] = {}
         finals: dict[str, list[float]] = {}
         for spec in cfg.policies:
+            if (spec.label, spec.run_key(o), compare[0]) not in plan.runs:
+                continue  # a grid point left out of the comparison seeds (grid_compare="selected")
             sc = scores(spec, compare)
             finals[spec.label] = [x.final for x in sc]
             m, lo, hi = mean_interval(finals[spec.label])
@@ -440,15 +477,20 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
             }
         grid = [p for p in cfg.policies if p.group == "grid"]
         selected = None
+        sel_means: dict[str, float] = {}
         if grid and select:
             sel_means = {p.label: float(np.mean([x.final for x in scores(p, select)])) for p in grid}
             selected = max(sel_means, key=lambda k: sel_means[k])
-        hindsight_grid = max((p.label for p in grid), key=lambda k: per[k]["mean"]) if grid else None
+        out_of_comparison = [p.label for p in grid if p.label not in per]
+        hindsight_grid = (max((p.label for p in grid), key=lambda k: per[k]["mean"])
+                          if grid and not out_of_comparison else None)
         hand = [p.label for p in cfg.policies if p.group == "hand"]
         best_hand = max(hand, key=lambda k: per[k]["mean"]) if hand else None
         comparisons: dict[str, Any] = {}
         width_ratio = []
         for spec in cfg.policies:
+            if spec.label not in per:
+                continue
             rows: dict[str, Any] = {}
             targets = {"reference": cfg.reference, "best_hand": best_hand, "selected_grid": selected}
             if spec.learned:
@@ -469,6 +511,7 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
         out["objectives"][ok] = {
             "objective": o.model_dump(), "policies": per, "comparisons": comparisons, "selected_grid": selected,
             "hindsight_grid": hindsight_grid, "best_hand": best_hand,
+            "grid_selection_means": sel_means if grid and select else {},
             "paired_over_unpaired_halfwidth_median": float(np.median(width_ratio)) if width_ratio else None,
         }
     return out
@@ -513,6 +556,9 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
                       f"{_ratio(r['paired_over_unpaired_halfwidth_median'])}."
                       + "".join(f" {k}: {v:.0%} of decisions by its fallback." for k, v in learned.items()),
                       "",
+                      *([("Grid on the selection seeds (mean B): " + ", ".join(
+                          f"{k} {v:+.4f}" for k, v in r["grid_selection_means"].items()) + "."), ""]
+                        if r.get("grid_selection_means") else []),
                       "| policy | " + " | ".join(f"gain {f}" for f in fields)
                       + f" | B mean [95% CI] | Δ vs {cfg.reference} [95% CI] |",
                       "|---|" + "---|" * len(fields) + "---|---|"]
@@ -595,8 +641,15 @@ def evaluate(cfg: EvaluationConfig, *, run: bool = True) -> list[dict[str, Any]]
     cfg.out.mkdir(parents=True, exist_ok=True)
     results = []
     for setting in cfg.settings:
-        plan = plan_setting(setting, cfg)
         folder = cfg.out / "runs" / setting.name
+        compared_grid = None
+        if cfg.grid_compare == "selected":  # phase 1: the grid on the selection seeds only
+            first = plan_setting(setting, cfg, compared_grid=())
+            if run:
+                run_episodes(setting, first.episodes, folder, cfg.runner, check_folder=_check_folder(setting),
+                             desc=f"evaluate {setting.name} (selection)")
+            compared_grid = selected_grid_points(cfg, first, FileStore(folder))
+        plan = plan_setting(setting, cfg, compared_grid)
         if run:
             run_episodes(setting, plan.episodes, folder, cfg.runner, check_folder=_check_folder(setting),
                          desc=f"evaluate {setting.name}")

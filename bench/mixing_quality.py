@@ -47,6 +47,8 @@ def main() -> int:
     ap.add_argument("--single", type=Path, default=SINGLE, help="the agent trained for λ = 0.5 alone")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--selection-seeds", type=int, default=3)
+    ap.add_argument("--grid-compare", choices=["all", "selected"], default="selected",
+                    help="run every grid point on the comparison seeds, or only the one selected")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true", help="report on the runs already made")
@@ -59,7 +61,8 @@ def main() -> int:
     from mixagent.trajectories.storage import FileStore
 
     configure_logging(False)
-    tokens = ["default", f"agent={args.agent}"] + ([f"agent-lam0.5={args.single}"] if args.single.is_dir() else [])
+    # learned policies first: the runner works in plan order, so an interrupted benchmark has them
+    tokens = [f"agent={args.agent}"] + ([f"agent-lam0.5={args.single}"] if args.single.is_dir() else []) + ["default"]
     policies = tuple(parse_policies(tokens))
     objectives = tuple(parse_objective(o) for o in args.objectives)
     done = []
@@ -67,6 +70,7 @@ def main() -> int:
         setting = load_setting(name)
         cfg = EvaluationConfig(out=args.out, policies=policies, settings=(setting,), objectives=objectives,
                                seeds=args.seeds, selection_seeds=args.selection_seeds,
+                               grid_compare=args.grid_compare,
                                runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
         try:
             evaluate(cfg, run=not args.report_only)
@@ -77,7 +81,7 @@ def main() -> int:
     if not done:
         return 1
     cfg = EvaluationConfig(out=args.out, policies=policies, settings=tuple(done), objectives=objectives,
-                           seeds=args.seeds, selection_seeds=args.selection_seeds)
+                           seeds=args.seeds, selection_seeds=args.selection_seeds, grid_compare=args.grid_compare)
     results = evaluate(cfg, run=False)
     card = json.loads((args.agent / "card.json").read_text())
     cost = {s.name: sum(st.meta.wall_s for st in FileStore(args.out / "runs" / s.name).load_all()) for s in done}

@@ -222,6 +222,32 @@ def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset,
     assert again[0]["objectives"]["lam0.5"]["policies"]["agent"]["B"] == r["policies"]["agent"]["B"]
 
 
+def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison_seeds(
+        tiny_setting, cache_dir, tmp_path):
+    from dataclasses import replace
+
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
+    from mixagent.agent.runner import RunnerConfig
+
+    grid = [p for p in parse_policies(["grid"]) if p.label in ("grid-0.1", "grid-0.9")]
+    cfg = EvaluationConfig(out=tmp_path / "eval", policies=(*parse_policies(["uniform"]), *grid),
+                           settings=(tiny_setting,), objectives=(parse_objective("default"),), seeds=2,
+                           selection_seeds=1, grid_compare="selected",
+                           runner=RunnerConfig(threads=1, cache_dir=cache_dir, progress=False))
+    [res] = evaluate(cfg)
+    r = res["objectives"]["lam0.5"]
+    chosen = r["selected_grid"]
+    assert chosen == max(r["grid_selection_means"], key=r["grid_selection_means"].get)
+    assert set(r["grid_selection_means"]) == {"grid-0.1", "grid-0.9"}
+    assert set(r["policies"]) == {"uniform", chosen}  # the other point ran on the selection seed only
+    assert r["hindsight_grid"] is None  # not knowable without the whole grid on the comparison seeds
+    runs = list((tmp_path / "eval" / "runs" / tiny_setting.name / "records").iterdir())
+    assert len(runs) == 2 * 1 + 2 + 2  # grid on the selection seed, uniform and the chosen point on 2 seeds
+    assert "Grid on the selection seeds" in (tmp_path / "eval" / "report.md").read_text()
+    with pytest.raises(ContractError, match="--grid-compare: 'selected' needs --selection-seeds"):
+        replace(cfg, selection_seeds=0).check()
+
+
 def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_dataset, tiny_setting, tmp_path):
     from mixagent.agent.evaluate import EvaluationConfig, parse_objective, parse_policies
     from mixagent.agent.train import TrainConfig, train
