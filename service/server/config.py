@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     policy_dir: Path | None = None
     """Folder of policy artifacts (``<dir>/<any>/card.json``), loaded at start and by the admin route."""
     default_policy: str | None = None
-    """Policy of runs that name none: the bundled artifact when one exists, else ``loss-softmax``."""
+    """Policy of runs that name none: the bundled artifact when one exists, else ``uniform``."""
     fallback_policy: str = "uniform"
     """Built-in baseline that serves a decision a learned policy cannot make (a run whose domains do
     not fit it, an observation outside its training ranges); the answer's ``served_by`` names it."""

@@ -66,6 +66,15 @@ def write_card(root: Path, folder: str, **card: Any) -> Path:
     return d
 
 
+@pytest.fixture(autouse=True)
+def _no_bundled_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service tests run on the built-ins, whatever agent ships in ``agent/artifacts``:
+    the shipped one is tested by ``test_bundled.py`` (and ``test_wheel.py``), which set their own."""
+    from mixagent.service.server import main as server_main
+
+    monkeypatch.setattr(server_main, "bundled_dir", lambda: None)
+
+
 @pytest.fixture()
 def settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     return make_settings(tmp_path)

@@ -39,6 +39,24 @@ def test_the_bundled_folder_is_found_through_the_package():
     assert found is None or found == expected
 
 
+def test_the_shipped_agent_loads_and_is_the_default(tmp_path, monkeypatch):
+    """The real artifact in agent/artifacts (not a test stand-in): loads without torch's help,
+    is the default, and serves a two-field run (any domain names) without falling back."""
+    from mixagent.service.server import registry
+
+    monkeypatch.setattr(server_main, "bundled_dir", registry.bundled_dir)  # undo the suite's isolation
+    root = registry.bundled_dir()
+    assert root is not None and (root / "agent" / "card.json").is_file() and (root / "agent" / "policy.onnx").is_file()
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        assert c.get("/readyz").json()["default_policy"] == "agent"
+        run = c.post("/v1/runs", json=run_body(), headers=auth()).json()
+        assert run["policy"] == "agent" and run["served_by"]["fallback"] is None
+        w = run["weights"]
+        assert sum(w.values()) == pytest.approx(1.0) and 0.0 < w["proofs"] < 1.0
+        d = c.post(f"/v1/runs/{run['run_id']}/feedback", json=feedback_body(0), headers=auth()).json()
+        assert d["served_by"]["policy"].startswith("agent@")
+
+
 def test_the_bundled_policy_is_the_default(tmp_path, bundle):
     write_onnx_policy(bundle / "agent", SPACE, name="agent", version="v1")
     with TestClient(create_app(make_settings(tmp_path))) as c:
@@ -56,7 +74,7 @@ def test_the_bundled_policy_is_the_default(tmp_path, bundle):
         assert c.post("/v1/runs", json=run_body(), headers=auth()).json()["policy"] == "prior"
 
 
-def test_without_a_bundle_the_default_is_loss_softmax(tmp_path, bundle):
+def test_without_a_bundle_the_default_is_uniform(tmp_path, bundle):
     with TestClient(create_app(make_settings(tmp_path))) as c:
         assert c.post("/v1/runs", json=run_body(), headers=auth()).json()["policy"] == DEFAULT_WITHOUT_BUNDLE
         assert c.get("/readyz").status_code == 200

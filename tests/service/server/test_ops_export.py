@@ -24,7 +24,7 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "default_policy": "loss-softmax", "policy_loaded": True,
+    assert r.json() == {"status": "ready", "default_policy": "uniform", "policy_loaded": True,
                         "database": True, "detail": ""}
 
 
@@ -53,7 +53,7 @@ def test_metrics_count_requests_decisions_and_active_runs(client):
     assert m[f'mixagent_http_requests_total{{{fb},status="409"}}'] == 1
     assert m['mixagent_http_requests_total{method="GET",route="/v1/runs/{run_id}",status="404"}'] == 1
     assert m[f'mixagent_http_request_duration_seconds_count{{{fb},status="200"}}'] == 3
-    assert m['mixagent_decisions_total{policy="loss-softmax",version="builtin"}'] == 2
+    assert m['mixagent_decisions_total{policy="uniform",version="builtin"}'] == 2
     assert m["mixagent_decision_replays_total"] == 1
     assert m["mixagent_active_runs"] == 1  # the first run took its 2 feedbacks, the second none
     assert m["mixagent_policy_load_failures_total"] == 0

@@ -32,12 +32,12 @@ def _load(client, path: str):  # type: ignore[no-untyped-def]
     return client.post("/v1/policies/load", json={"path": path}, headers=auth(ADMIN))
 
 
-def test_builtins_are_listed_and_loss_softmax_is_the_default(client):
+def test_builtins_are_listed_and_uniform_is_the_default(client):
     data = client.get("/v1/policies", headers=auth()).json()
     assert data["count"] == 4
     assert {p["name"] for p in data["data"]} == {"uniform", "prior", "fixed-target-share", "loss-softmax"}
     default = [p for p in data["data"] if p["default"]]
-    assert [p["name"] for p in default] == ["loss-softmax"]
+    assert [p["name"] for p in default] == ["uniform"]
     assert all(p["kind"] == "builtin" and p["current"] for p in data["data"])
     # each description is whole sentences (the first paragraph of the rule's docstring), never cut at a line
     for p in data["data"]:

@@ -24,10 +24,10 @@ def test_create_run_returns_initial_weights_of_the_policy(client):
     assert r.json()["initial_weights"] == data["weights"] and r.json()["history"] == []
 
 
-def test_default_policy_is_loss_softmax_until_an_artifact_is_bundled(client):
+def test_default_policy_is_uniform_until_an_artifact_is_bundled(client):
     data = _create(client)
-    assert data["policy"] == "loss-softmax"
-    assert data["weights"] == pytest.approx({"web": 0.6, "code": 0.2, "proofs": 0.2})
+    assert data["policy"] == "uniform"
+    assert data["weights"] == pytest.approx({"web": 1 / 3, "code": 1 / 3, "proofs": 1 / 3})
 
 
 def test_feedback_loop_records_history_and_finishes_at_the_horizon(client):
