@@ -447,11 +447,18 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
         if series:
             shares[spec.label] = np.mean(series, axis=0).tolist()
     out["target_share"] = shares
+    def complete(spec: PolicySpec, o: Objective, seeds: list[int]) -> bool:
+        return all((spec.label, spec.run_key(o), s) in plan.runs for s in seeds)
+
     out["learned_share_by_objective"] = {  # closed loop: does the share move with the objective?
         spec.label: {objective_key(o): np.mean([target_shares(trajectories[plan.runs[(spec.label, spec.run_key(o), s)]])
-                                                for s in compare], axis=0).tolist() for o in cfg.objectives}
+                                                for s in compare], axis=0).tolist()
+                     for o in cfg.objectives if complete(spec, o, compare)}
         for spec in cfg.policies if spec.per_objective
     }
+    out["incomplete"] = sorted({spec.label for spec in cfg.policies for o in cfg.objectives
+                                if not complete(spec, o, compare)
+                                and (spec.group != "grid" or not complete(spec, o, select))})
     for o in cfg.objectives:
         ok = objective_key(o)
 
@@ -461,8 +468,8 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
         per: dict[str, dict[str, Any]] = {}
         finals: dict[str, list[float]] = {}
         for spec in cfg.policies:
-            if (spec.label, spec.run_key(o), compare[0]) not in plan.runs:
-                continue  # a grid point left out of the comparison seeds (grid_compare="selected")
+            if not complete(spec, o, compare):
+                continue  # a grid point left out of the comparison seeds, or runs not made yet
             sc = scores(spec, compare)
             finals[spec.label] = [x.final for x in sc]
             m, lo, hi = mean_interval(finals[spec.label])
@@ -478,13 +485,13 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
         grid = [p for p in cfg.policies if p.group == "grid"]
         selected = None
         sel_means: dict[str, float] = {}
-        if grid and select:
+        if grid and select and all(complete(p, o, select) for p in grid):
             sel_means = {p.label: float(np.mean([x.final for x in scores(p, select)])) for p in grid}
             selected = max(sel_means, key=lambda k: sel_means[k])
         out_of_comparison = [p.label for p in grid if p.label not in per]
         hindsight_grid = (max((p.label for p in grid), key=lambda k: per[k]["mean"])
                           if grid and not out_of_comparison else None)
-        hand = [p.label for p in cfg.policies if p.group == "hand"]
+        hand = [p.label for p in cfg.policies if p.group == "hand" and p.label in per]
         best_hand = max(hand, key=lambda k: per[k]["mean"]) if hand else None
         comparisons: dict[str, Any] = {}
         width_ratio = []
@@ -497,7 +504,7 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
                 targets.update({p.label: p.label for p in cfg.policies
                                 if p.group == "baseline" and p.label != cfg.reference})
             for name, other in targets.items():
-                if other is None or other == spec.label:
+                if other is None or other == spec.label or other not in per:
                     continue
                 d, lo, hi = paired_interval(finals[spec.label], finals[other])
                 rows[name] = {"against": other, "diff": d, "lo": lo, "hi": hi}
@@ -546,7 +553,12 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
              f"point selected on {cfg.selection_seeds} other seeds ({SELECT_SEED}..). Intervals are 95% t-intervals "
              f"over seeds; differences are paired by seed. B = final balanced score.", ""]
     for res in results:
+        if res.get("incomplete"):
+            lines += [f"**{res['setting']}: interim report.** Not all runs are made yet; left out (or scored on "
+                      f"selection seeds only): {', '.join(res['incomplete'])}.", ""]
         for ok, r in res["objectives"].items():
+            if not r["policies"]:
+                continue
             fields = list(next(iter(r["policies"].values()))["gains"])
             learned = {k: v["fallback_share"] for k, v in r["policies"].items() if v.get("fallback_share") is not None}
             lines += [f"## {res['setting']} · {ok}", "",
@@ -634,9 +646,11 @@ def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
-def evaluate(cfg: EvaluationConfig, *, run: bool = True) -> list[dict[str, Any]]:
+def evaluate(cfg: EvaluationConfig, *, run: bool = True, allow_missing: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) every setting's episodes, then write ``results.json``, ``report.md`` and the
-    plots. ``run=False`` only reports on what the folders hold (missing runs are an error)."""
+    plots. ``run=False`` only reports on what the folders hold: missing runs are an error, unless
+    ``allow_missing``, which reports the policies whose runs are all there and lists the rest as
+    ``incomplete`` (an interrupted benchmark's interim report)."""
     cfg.check()
     cfg.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -648,7 +662,12 @@ def evaluate(cfg: EvaluationConfig, *, run: bool = True) -> list[dict[str, Any]]
             if run:
                 run_episodes(setting, first.episodes, folder, cfg.runner, check_folder=_check_folder(setting),
                              desc=f"evaluate {setting.name} (selection)")
-            compared_grid = selected_grid_points(cfg, first, FileStore(folder))
+            try:
+                compared_grid = selected_grid_points(cfg, first, FileStore(folder))
+            except RunnerError:
+                if not allow_missing:
+                    raise
+                compared_grid = set()  # the grid's selection runs are not all made yet
         plan = plan_setting(setting, cfg, compared_grid)
         if run:
             run_episodes(setting, plan.episodes, folder, cfg.runner, check_folder=_check_folder(setting),
@@ -656,9 +675,12 @@ def evaluate(cfg: EvaluationConfig, *, run: bool = True) -> list[dict[str, Any]]
         store = FileStore(folder)
         held = set(store.list()) if store.records.is_dir() else set()
         missing = [e.run_id for e in plan.episodes if e.run_id not in held]
-        if missing:
+        if missing and not allow_missing:
             raise RunnerError(f"{folder}: {len(missing)} run(s) of this evaluation are missing (e.g. {missing[0]}); "
                               "run the evaluation to make them")
+        if missing:
+            plan = SettingPlan([e for e in plan.episodes if e.run_id in held],
+                               {k: rid for k, rid in plan.runs.items() if rid in held})
         trajectories = {e.run_id: store.read(e.run_id).trajectory for e in plan.episodes}
         results.append(summarise_setting(setting, cfg, plan, trajectories))
     write_json_atomic(cfg.out / "results.json", {"seeds": cfg.seeds, "selection_seeds": cfg.selection_seeds,

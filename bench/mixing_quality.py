@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true", help="report on the runs already made")
+    ap.add_argument("--allow-missing", action="store_true",
+                    help="with --report-only: an interim report of the policies whose runs are all made")
     args = ap.parse_args()
 
     from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
@@ -68,12 +70,15 @@ def main() -> int:
     done = []
     for name in args.settings:  # one setting at a time: each finished one is reported at once
         setting = load_setting(name)
+        if args.report_only and not (args.out / "runs" / setting.name / "records").is_dir():
+            print(f"{name}: no runs yet", file=sys.stderr)
+            continue
         cfg = EvaluationConfig(out=args.out, policies=policies, settings=(setting,), objectives=objectives,
                                seeds=args.seeds, selection_seeds=args.selection_seeds,
                                grid_compare=args.grid_compare,
                                runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
         try:
-            evaluate(cfg, run=not args.report_only)
+            evaluate(cfg, run=not args.report_only, allow_missing=args.allow_missing)
         except RunnerError as e:
             print(f"{name}: {e}", file=sys.stderr)
             continue
@@ -82,7 +87,7 @@ def main() -> int:
         return 1
     cfg = EvaluationConfig(out=args.out, policies=policies, settings=tuple(done), objectives=objectives,
                            seeds=args.seeds, selection_seeds=args.selection_seeds, grid_compare=args.grid_compare)
-    results = evaluate(cfg, run=False)
+    results = evaluate(cfg, run=False, allow_missing=args.allow_missing)
     card = json.loads((args.agent / "card.json").read_text())
     cost = {s.name: sum(st.meta.wall_s for st in FileStore(args.out / "runs" / s.name).load_all()) for s in done}
     rows = summary_rows(results)
@@ -101,21 +106,22 @@ def summary_rows(results: list[dict]) -> list[dict]:
                     continue
                 p = r["policies"][label]
                 row = {"setting": res["setting"], "objective": ok, "policy": label, "B": p["mean"], "B_lo": p["lo"],
-                       "B_hi": p["hi"], "uniform": r["policies"]["uniform"]["mean"],
+                       "B_hi": p["hi"], "uniform": r["policies"].get("uniform", {}).get("mean"),
                        "selected_grid": r["selected_grid"], "best_hand": r["best_hand"],
                        "goals_met": sum(comp["goals"].values()), "goals": len(comp["goals"]),
                        "fallback_share": p.get("fallback_share")}
                 for name in ("reference", "best_hand", "selected_grid"):
                     if name in comp:
                         row[f"vs_{name}"] = [comp[name]["diff"], comp[name]["lo"], comp[name]["hi"]]
-                worst = min((c for k, c in comp.items() if k not in ("goals", "selected_grid")), key=lambda c: c["lo"])
-                row["worst_baseline"] = [worst["against"], worst["diff"], worst["lo"], worst["hi"]]
+                others = [c for k, c in comp.items() if k not in ("goals", "selected_grid")]
+                worst = min(others, key=lambda c: c["lo"]) if others else None
+                row["worst_baseline"] = [worst["against"], worst["diff"], worst["lo"], worst["hi"]] if worst else None
                 rows.append(row)
     return rows
 
 
-def _ci(x: list[float]) -> str:
-    return f"{x[0]:+.4f} [{x[1]:+.4f}, {x[2]:+.4f}]"
+def _ci(x: list[float] | None) -> str:
+    return "not run yet" if x is None else f"{x[0]:+.4f} [{x[1]:+.4f}, {x[2]:+.4f}]"
 
 
 def write_outputs(out: Path, results: list[dict], rows: list[dict], card: dict, cost: dict, cfg) -> None:
@@ -132,10 +138,16 @@ def write_outputs(out: Path, results: list[dict], rows: list[dict], card: dict, 
              "worst paired Δ vs a baseline | goals met | decisions by the fallback |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        worst = r["worst_baseline"]
         lines.append(f"| {r['setting']} | {r['objective']} | {r['policy']} | {_ci([r['B'], r['B_lo'], r['B_hi']])} | "
-                     f"{_ci(r['vs_reference'])} | {_ci(r['vs_best_hand'])} ({r['best_hand']}) | "
-                     f"{_ci(r['vs_selected_grid'])} ({r['selected_grid']}) | {r['worst_baseline'][0]}: "
-                     f"{_ci(r['worst_baseline'][1:])} | {r['goals_met']}/{r['goals']} | {r['fallback_share']:.0%} |")
+                     f"{_ci(r.get('vs_reference'))} | {_ci(r.get('vs_best_hand'))} ({r['best_hand']}) | "
+                     f"{_ci(r.get('vs_selected_grid'))} ({r['selected_grid']}) | "
+                     f"{worst[0] + ': ' + _ci(worst[1:]) if worst else 'not run yet'} | "
+                     f"{r['goals_met']}/{r['goals']} | {r['fallback_share']:.0%} |")
+    incomplete = {res["setting"]: res["incomplete"] for res in results if res.get("incomplete")}
+    if incomplete:
+        lines += ["", "**Interim**: runs still missing for " + "; ".join(
+            f"{k}: {', '.join(v)}" for k, v in incomplete.items()) + " (resume with the same command)."]
     detail = write_report(results, cfg, out / "report.md")
     (out.parent / "mixing_quality.md").write_text("\n".join(lines) + "\n\n" + detail.split("\n", 1)[1])
 
@@ -148,11 +160,13 @@ def print_table(rows: list[dict], card: dict, cost: dict) -> None:
     head = (f"{'setting':<10} {'objective':<32} {'policy':<13} {'B':>8} {'vs uniform (lo)':>18} {'vs hand (lo)':>16} "
             f"{'vs grid (lo)':>16} goals")
     print(head)
+    def cell(x: list[float] | None) -> str:
+        return f"{'—':>17}" if x is None else f"{x[0]:+.4f} ({x[1]:+.4f})"
+
     for r in rows:
         print(f"{r['setting']:<10} {r['objective']:<32} {r['policy']:<13} {r['B']:+.4f} "
-              f"{r['vs_reference'][0]:+.4f} ({r['vs_reference'][1]:+.4f}) "
-              f"{r['vs_best_hand'][0]:+.4f} ({r['vs_best_hand'][1]:+.4f}) "
-              f"{r['vs_selected_grid'][0]:+.4f} ({r['vs_selected_grid'][1]:+.4f}) {r['goals_met']}/{r['goals']}")
+              f"{cell(r.get('vs_reference'))} {cell(r.get('vs_best_hand'))} {cell(r.get('vs_selected_grid'))} "
+              f"{r['goals_met']}/{r['goals']}")
 
 
 if __name__ == "__main__":

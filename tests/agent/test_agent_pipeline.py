@@ -246,6 +246,17 @@ def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison
     assert "Grid on the selection seeds" in (tmp_path / "eval" / "report.md").read_text()
     with pytest.raises(ContractError, match="--grid-compare: 'selected' needs --selection-seeds"):
         replace(cfg, selection_seeds=0).check()
+    # an interrupted evaluation: an interim report of what is complete, naming what is not
+    from mixagent.agent.runner import RunnerError
+
+    next(p for p in runs if "-s1001" in p.name).unlink()  # one comparison run of uniform or the chosen point
+    missing_one = [p for p in runs if not p.exists()]
+    assert len(missing_one) == 1
+    with pytest.raises(RunnerError, match="missing"):
+        evaluate(cfg, run=False)
+    [interim] = evaluate(cfg, run=False, allow_missing=True)
+    assert interim["incomplete"] and set(interim["objectives"]["lam0.5"]["policies"]) < {"uniform", chosen}
+    assert "interim report" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_dataset, tiny_setting, tmp_path):
