@@ -304,7 +304,9 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
         except DatasetError:  # no smooth validation trajectory: the action error is not measured
             bc_val = None
     needs_rl = algo_name != "bc"
-    rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec) if needs_rl else None
+    # drawn for every algorithm (and in this order), so that all candidates trained with one seed are
+    # validated on the same relabelled validation set and their FQE returns compare
+    rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec)
     rl_val = (all_copies(val_runs, max(cfg.relabel_copies // 4, 1), cfg.objective_range, rng, spec)
               if val_runs else None)
     seconds["dataset"] = time.perf_counter() - t0
@@ -320,7 +322,6 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
         seconds["bc"] = time.perf_counter() - t0
         learner = bc
     if needs_rl:
-        assert rl_train is not None
         kind = "cql" if algo_name in ("cql", "bc+cql") else algo_name
         learner = make_algo(kind, cfg, n_f, n_f)  # type: ignore[arg-type]
         dataset = to_mdp_dataset(rl_train)
@@ -342,8 +343,7 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
         metrics["val/behaviour_return"] = float(rl_val.returns().mean())
         seconds["fqe"] = time.perf_counter() - t0
 
-    low, high = _observation_ranges(rl_train or all_copies(train_runs, 4, cfg.objective_range, rng, spec),
-                                    cfg.objective_range, n_f)
+    low, high = _observation_ranges(rl_train, cfg.objective_range, n_f)
     card = PolicyCard(
         name=cfg.name, version=cfg.version, kind="onnx",
         description=f"{algo_name} ({cfg.encoder}) on {', '.join(d.setting_name for d in training_data)}",

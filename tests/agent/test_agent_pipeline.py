@@ -141,6 +141,18 @@ def test_every_algorithm_trains_exports_and_serves_the_same_actions(algo, tiny_d
         factory(5, Objective(spread_penalty=2.0))
 
 
+def test_candidates_of_one_seed_are_validated_on_the_same_data(tiny_dataset, tmp_path):
+    """Offline selection compares FQE returns across algorithms: they must be estimated on the same
+    relabelled validation trajectories, whatever the algorithm draws for training."""
+    from mixagent.agent.train import TrainConfig, train
+
+    bc = train([tiny_dataset], "bc", tmp_path / "bc", TrainConfig(**FAST, validation_fraction=0.3), progress=False)
+    rl = train([tiny_dataset], "td3+bc", tmp_path / "td3", TrainConfig(**FAST, validation_fraction=0.3),
+               progress=False)
+    assert bc.metrics["val/behaviour_return"] == rl.metrics["val/behaviour_return"]
+    assert bc.card.observation_low == rl.card.observation_low and bc.card.observation_high == rl.card.observation_high
+
+
 def test_transformer_encoder_trains_and_exports(tiny_dataset, tmp_path):
     from mixagent.agent.train import TrainConfig, train
 
