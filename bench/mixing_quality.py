@@ -62,7 +62,7 @@ def main() -> int:
     from mixagent.env.setting import load_setting
     from mixagent.trajectories.storage import FileStore
 
-    configure_logging(False)
+    configure_logging(not sys.stderr.isatty())  # piped: one log line per finished run instead of a bar
     # learned policies first: the runner works in plan order, so an interrupted benchmark has them
     tokens = [f"agent={args.agent}"] + ([f"agent-lam0.5={args.single}"] if args.single.is_dir() else []) + ["default"]
     policies = tuple(parse_policies(tokens))
