@@ -15,7 +15,7 @@ __all__ = ["demo"]
 def demo(
     setting: Annotated[str, typer.Option(help="Setting name or YAML path.")] = "math-tiny",
     policy: Annotated[str | None, typer.Option(
-        help="Policy the service runs (default: the service's default, i.e. the bundled agent, else loss-softmax).",
+        help="Policy the service runs (default: the service's default, i.e. the bundled agent, else uniform).",
         show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="Folder for the plot and the exported trajectories.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Episode seed (both runs use it).")] = 0,

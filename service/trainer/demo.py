@@ -7,7 +7,7 @@ trainer would. The same episode (same seed, same batches order) is then trained 
 mixture, and the per-field scores of both are printed side by side.
 
 The policy is the service's default unless ``policy`` names another (the bundled agent once one
-ships, else ``loss-softmax``: :attr:`~mixagent.service.server.registry.PolicyRegistry.default_name`).
+ships, else ``uniform``: :attr:`~mixagent.service.server.registry.PolicyRegistry.default_name`).
 Each stage prints one line (decision, target share, who served it, seconds), so minutes of training
 are never silent.
 
