@@ -328,19 +328,22 @@ def selected_grid_points(cfg: EvaluationConfig, plan: SettingPlan, store: FileSt
     comparison seeds then run)."""
     select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
     grid = [p for p in cfg.policies if p.group == "grid"]
-    chosen: set[str] = set()
     held = set(store.list()) if store.records.is_dir() else set()
-    for o in cfg.objectives:
-        means = {}
-        for p in grid:
-            rids = [plan.runs[(p.label, None, s)] for s in select]
-            missing = [r for r in rids if r not in held]
-            if missing:
-                raise RunnerError(f"{store.root}: selection run {missing[0]} is missing; run the evaluation to make it")
-            means[p.label] = float(np.mean([score(store.read(r).trajectory, o).final for r in rids]))
-        if means:
-            chosen.add(max(means, key=lambda k: means[k]))
-    return chosen
+    runs: dict[str, list[Trajectory]] = {}
+    for p in grid:  # each record read once, scored under every objective
+        rids = [plan.runs[(p.label, None, s)] for s in select]
+        missing = [r for r in rids if r not in held]
+        if missing:
+            raise RunnerError(f"{store.root}: selection run {missing[0]} is missing; run the evaluation to make it")
+        runs[p.label] = [store.read(r).trajectory for r in rids]
+    return {best_grid_point(runs, o)[0] for o in cfg.objectives} if runs else set()
+
+
+def best_grid_point(runs: dict[str, list[Trajectory]], objective: Objective) -> tuple[str, dict[str, float]]:
+    """The grid point whose selection-seed runs have the highest mean final B under ``objective``,
+    and every point's mean (the one selection rule of the harness)."""
+    means = {label: float(np.mean([score(t, objective).final for t in ts])) for label, ts in runs.items()}
+    return max(means, key=lambda k: means[k]), means
 
 
 def _check_folder(setting: Setting) -> Any:
@@ -486,8 +489,8 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
         selected = None
         sel_means: dict[str, float] = {}
         if grid and select and all(complete(p, o, select) for p in grid):
-            sel_means = {p.label: float(np.mean([x.final for x in scores(p, select)])) for p in grid}
-            selected = max(sel_means, key=lambda k: sel_means[k])
+            selected, sel_means = best_grid_point(
+                {p.label: [trajectories[plan.runs[(p.label, None, s)]] for s in select] for p in grid}, o)
         out_of_comparison = [p.label for p in grid if p.label not in per]
         hindsight_grid = (max((p.label for p in grid), key=lambda k: per[k]["mean"])
                           if grid and not out_of_comparison else None)
