@@ -11,8 +11,16 @@ reports the training time, the offline selection metrics of ``agent/train.py`` (
 Evaluation of the policy's return on the validation trajectories, the behaviour's return there,
 held-out TD error, action error against the best validation trajectories), and the target share the
 policy chooses at the start of a run for several objectives (the objective conditioning, read
-without any rollout). The selection rule is written down before any rollout: the highest FQE
-return on validation, among candidates whose start shares move monotonically the right way with λ.
+without any rollout), and the roughness of its shares along the validation trajectories.
+
+The selection rule uses no rollout: among candidates whose start shares move monotonically the
+right way with λ and whose FQE return on validation beats the behaviour's there, the one with the
+lowest roughness along the smooth validation runs. History: v1 of the rule was "the highest FQE
+return among those that move the right way" and picked IQL; the benchmark then showed IQL's
+schedule jumping between stages and losing to the smooth BC policy on math-tiny and docs-tiny
+(bench/results/mixing_quality.md). v2 was written after seeing those two settings, and after
+reading the roughness of bc-mlp, bc-transformer and cql but before that of the others; math-wide
+is the benchmark setting neither version had seen.
 
 With ``--rollouts N`` each candidate also runs N paired seeds on math-tiny at λ = 0.5 in the real
 env, so the offline ranking can be set beside the real one. Writes ``bench/results/agent_training.json``
@@ -105,11 +113,12 @@ def main() -> int:
                       "start_share": start_shares(folder)}
     if not rows:
         return 1
-    add_drift(rows, args)
+    bound = load_config(args.config).bc_max_roughness  # the bound the candidates' BC data was cut at
+    add_share_metrics(rows, args, bound)
     selected = select(rows)
     if args.rollouts:
         add_rollouts(rows, args)
-    report(rows, selected, args)
+    report(rows, selected, bound, args)
     if args.install and selected:
         dest = ROOT / "agent" / "artifacts" / "agent"
         from mixagent.agent.cli import export_cmd
@@ -121,45 +130,61 @@ def main() -> int:
     return 0
 
 
-def validation_observations(args: argparse.Namespace) -> object:
-    """Observations of the validation trajectories (the split of agent/train.py's default seed),
-    relabelled under 4 objectives each: where candidates are compared without a rollout."""
+def validation_episodes(args: argparse.Namespace, max_roughness: float = float("inf")) -> object:
+    """The validation trajectories (the split of agent/train.py's default seed) whose own schedule is
+    at most ``max_roughness`` rough, relabelled under 4 objectives each: where candidates are
+    compared without a rollout."""
     import numpy as np
 
-    from mixagent.agent.dataset import all_copies, load_runs, policy_action_spec, split_runs
+    from mixagent.agent.dataset import all_copies, load_runs, policy_action_spec, roughness, split_runs
     from mixagent.agent.policy import ObjectiveRange
     from mixagent.agent.train import TrainConfig
 
     cfg = TrainConfig()
     runs, _ = load_runs(args.data)
     _, val = split_runs(runs, cfg.validation_fraction, cfg.seed)
-    episodes = all_copies(val, 4, ObjectiveRange(max_weight_ratio=2.0), np.random.default_rng(0),
-                          policy_action_spec(runs))
-    return episodes.observations[episodes.decision_rows]
+    val = [r for r in val if roughness(r) <= max_roughness]
+    return all_copies(val, 4, ObjectiveRange(max_weight_ratio=2.0), np.random.default_rng(0),
+                      policy_action_spec(runs))
 
 
-def add_drift(rows: dict[str, dict], args: argparse.Namespace) -> None:
-    """How far each candidate's actions are from behaviour cloning's (mean |Δ target share| on the
-    validation observations): CQL after BC drifting away from BC's schedule shows here."""
+def add_share_metrics(rows: dict[str, dict], args: argparse.Namespace, bound: float) -> None:
+    """Two readings of each candidate's target shares on validation observations, no rollout:
+
+    * drift from behaviour cloning's (mean |Δ share|, all validation runs): CQL after BC drifting
+      away from BC's schedule;
+    * roughness (mean |share change| between consecutive decisions of one trajectory) along the
+      smooth validation runs (those ``bound``, BC's ``bc_max_roughness``, admits: the states a
+      smooth policy visits): a policy whose answer swings from one stage to the next mixes noise
+      between stages, which lowers B in this env."""
     import numpy as np
 
     from mixagent.agent.policy import load_artifact
     from mixagent.trajectories import DomainSpace, action_to_weights
 
-    if "bc-mlp" not in rows:
-        return
-    obs = validation_observations(args)
     space = DomainSpace.from_fields({"source": ["s"], "target": ["t"]})
-
-    def shares(name: str) -> np.ndarray:
+    policies = {}
+    for name in rows:
         card, factory = load_artifact(args.out / name)
-        policy = factory(16)
+        policies[name] = (card, factory(16))
+
+    def shares(name: str, obs: np.ndarray) -> np.ndarray:
+        card, policy = policies[name]
         return np.array([action_to_weights(policy.act(o), space, card.action).as_array()[1]  # type: ignore[attr-defined]
                          for o in obs])
 
-    ref = shares("bc-mlp")
+    everything = validation_episodes(args)
+    obs = everything.observations[everything.decision_rows]
+    if "bc-mlp" in rows:
+        ref = shares("bc-mlp", obs)
+        for name in rows:
+            rows[name]["share_drift_from_bc"] = float(np.abs(shares(name, obs) - ref).mean())
+    smooth = validation_episodes(args, bound)
+    decisions = smooth.decision_rows
+    obs, episode = smooth.observations[decisions], smooth.episode[decisions]
+    same_run = episode[1:] == episode[:-1]
     for name in rows:
-        rows[name]["share_drift_from_bc"] = float(np.abs(shares(name) - ref).mean())
+        rows[name]["roughness"] = float(np.abs(np.diff(shares(name, obs)))[same_run].mean()) if same_run.any() else 0.0
 
 
 def monotone(shares: dict[str, float]) -> bool:
@@ -169,10 +194,13 @@ def monotone(shares: dict[str, float]) -> bool:
 
 
 def select(rows: dict[str, dict]) -> str | None:
-    """Highest FQE return on validation among candidates whose start shares move the right way."""
+    """Among candidates whose start shares move the right way with λ and whose FQE return on
+    validation beats the behaviour's there, the smoothest (lowest roughness on smooth validation
+    runs): expected to improve on the data, and not to mix noise between stages."""
     ok = [k for k, r in rows.items()
-          if k != SINGLE and r["fqe_return"] is not None and monotone(r["start_share"])]
-    return max(ok, key=lambda k: rows[k]["fqe_return"]) if ok else None
+          if k != SINGLE and r["fqe_return"] is not None and r["behaviour_return"] is not None
+          and r["fqe_return"] > r["behaviour_return"] and monotone(r["start_share"])]
+    return min(ok, key=lambda k: rows[k]["roughness"]) if ok else None
 
 
 def add_rollouts(rows: dict[str, dict], args) -> None:
@@ -200,16 +228,17 @@ def _ci(x: list[float] | None) -> str:
     return "—" if x is None else f"{x[0]:+.4f} [{x[1]:+.4f}, {x[2]:+.4f}]"
 
 
-def report(rows: dict[str, dict], selected: str | None, args) -> None:
+def report(rows: dict[str, dict], selected: str | None, bound: float, args) -> None:
     ref = rows.pop("_reference", None)
     lines = ["# Agent training (bench/agent_training.py)", "",
-             f"Data: {', '.join(p.name for p in args.data)}. Selection rule (offline only): highest FQE return on "
-             "the validation trajectories among candidates whose start share falls as λ rises. "
+             f"Data: {', '.join(p.name for p in args.data)}. Selection rule (offline only, v2): among candidates "
+             "whose start share falls as λ rises and whose FQE return on validation beats the behaviour's, the "
+             f"lowest roughness along the smooth validation runs (at most {bound:g} themselves). "
              f"Selected: **{selected}**.", "",
              "| candidate | train s | FQE return (val) | behaviour return (val) | TD error (val) | "
-             "action err (val best) | share drift from BC (val) | "
+             "action err (val best) | share drift from BC (val) | roughness (val) | "
              "start share λ=0 / 0.25 / 0.5 / 0.75 / 0.9 | real B, math-tiny λ=0.5 | Δ vs uniform |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
         train_s = sum(v for n, v in r["seconds"].items() if n not in ("fqe", "dataset"))
         ss = " / ".join(f"{v:.2f}" for v in r["start_share"].values())
@@ -218,6 +247,7 @@ def report(rows: dict[str, dict], selected: str | None, args) -> None:
         fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
         lines.append(f"| {k} | {train_s:.0f} | {fmt(r['fqe_return'])} | {fmt(r['behaviour_return'])} | "
                      f"{fmt(r['td_error'])} | {fmt(r['action_error_best'])} | {fmt(r.get('share_drift_from_bc'))} | "
+                     f"{fmt(r.get('roughness'))} | "
                      f"{ss} | {real} | {vs} |")
     if ref:
         lines += ["", f"Real rollouts, same seeds: uniform B {ref['uniform']:+.4f}, "

@@ -3,6 +3,7 @@ a script that fails after hours of real rollouts is caught here in a minute."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,8 +54,27 @@ def test_agent_training_trains_selects_offline_and_sets_rollouts_beside(trained)
     for name, row in data["candidates"].items():
         assert row["fqe_return"] is not None and len(row["rollout_B"]) == 3, name
         assert len(row["rollout_share"]) == 5  # the tiny setting's horizon
-        assert row["share_drift_from_bc"] >= 0
+        assert row["share_drift_from_bc"] >= 0 and row["roughness"] >= 0
     assert (trained / "agent_training.png").is_file() and "| bc+cql-w2 |" in (trained / "agent_training.md").read_text()
+
+
+def test_selection_prefers_the_best_smooth_candidate_and_never_the_one_objective_policy():
+    spec = importlib.util.spec_from_file_location("agent_training", REPO / "bench" / "agent_training.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    falling = {f"lam{lam:g}": 0.8 - 0.5 * lam for lam in mod.LAMBDAS}
+    flat = {f"lam{lam:g}": 0.3 for lam in mod.LAMBDAS}
+
+    def row(fqe: float, rough: float, shares: dict[str, float] = falling) -> dict:
+        return {"fqe_return": fqe, "behaviour_return": 0.09, "roughness": rough, "start_share": shares}
+
+    rows = {"jumpy": row(0.11, 0.12), "smooth": row(0.10, 0.05), "smoothest": row(0.089, 0.01),
+            "flat": row(0.2, 0.0, flat), mod.SINGLE: row(0.5, 0.0)}
+    assert mod.select(rows) == "smooth"  # beats the behaviour's FQE; the smoothest of those that do
+    del rows["smooth"]
+    assert mod.select(rows) == "jumpy"
+    assert mod.select({"flat": row(0.2, 0.0, flat), "worse": row(0.08, 0.0)}) is None
 
 
 def test_mixing_quality_reports_every_setting_and_objective(trained, tiny_setting_file, cache_dir, tmp_path):
