@@ -224,6 +224,9 @@ class EvaluationConfig:
     objectives: tuple[Objective, ...] = (Objective(),)
     seeds: int = 5
     """Comparison seeds (paired across every policy)."""
+    first_seed: int = COMPARE_SEED
+    """Comparison seed i is ``first_seed + i``. A study that selects among policies (``bench/
+    agent_training.py``) passes its own block, so that no benchmark's comparison seed chooses."""
     selection_seeds: int = 3
     """Seeds on which the best grid point is chosen (grid policies only)."""
     reference: str = "uniform"
@@ -240,6 +243,10 @@ class EvaluationConfig:
             raise ContractError(f"--seeds: need at least 2 paired seeds for an interval, got {self.seeds}")
         if self.selection_seeds < 0:
             raise ContractError(f"--selection-seeds: must be >= 0, got {self.selection_seeds}")
+        if self.first_seed < 0 or (self.selection_seeds and self.first_seed < SELECT_SEED + self.selection_seeds
+                                   and SELECT_SEED < self.first_seed + self.seeds):
+            raise ContractError(f"first_seed: comparison seeds {self.first_seed}..{self.first_seed + self.seeds - 1} "
+                                f"must be >= 0 and apart from the selection seeds {SELECT_SEED}..")
         if self.grid_compare not in ("all", "selected"):
             raise ContractError(f"--grid-compare: must be 'all' or 'selected', got {self.grid_compare!r}")
         if self.grid_compare == "selected" and not self.selection_seeds:
@@ -293,7 +300,7 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig,
     """Every (policy, objective, seed) run of ``setting``. Grid points run on the selection seeds and,
     when ``compared_grid`` is given, on the comparison seeds only if named in it."""
     ctx = PolicyContext(setting.space, setting.cpt.horizon, setting.action, setting.objective)
-    compare = [COMPARE_SEED + i for i in range(cfg.seeds)]
+    compare = [cfg.first_seed + i for i in range(cfg.seeds)]
     select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
     episodes: dict[str, Episode] = {}
     runs: dict[tuple[str, str | None, int], str] = {}
@@ -440,7 +447,7 @@ def fallback_share(spec: PolicySpec, objective: Objective, runs: Sequence[Trajec
 def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan,
                       trajectories: dict[str, Trajectory]) -> dict[str, Any]:
     """Scores, intervals and goal checks of one setting, per objective (JSON-able)."""
-    compare = [COMPARE_SEED + i for i in range(cfg.seeds)]
+    compare = [cfg.first_seed + i for i in range(cfg.seeds)]
     select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
     out: dict[str, Any] = {"setting": setting.name, "setting_hash": setting.hash(), "objectives": {}}
     shares: dict[str, list[float]] = {}
@@ -552,7 +559,7 @@ def _fmt(x: float) -> str:
 
 def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Path) -> str:
     lines = ["# Mixing quality", "",
-             f"Paired comparison seeds: {cfg.seeds} (seeds {COMPARE_SEED}..{COMPARE_SEED + cfg.seeds - 1}); grid "
+             f"Paired comparison seeds: {cfg.seeds} (seeds {cfg.first_seed}..{cfg.first_seed + cfg.seeds - 1}); grid "
              f"point selected on {cfg.selection_seeds} other seeds ({SELECT_SEED}..). Intervals are 95% t-intervals "
              f"over seeds; differences are paired by seed. B = final balanced score.", ""]
     for res in results:

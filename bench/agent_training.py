@@ -13,14 +13,16 @@ held-out TD error, action error against the best validation trajectories), and t
 policy chooses at the start of a run for several objectives (the objective conditioning, read
 without any rollout), and the roughness of its shares along the validation trajectories.
 
-The selection rule uses no rollout: among candidates whose start shares move monotonically the
-right way with λ and whose FQE return on validation beats the behaviour's there, the one with the
-lowest roughness along the smooth validation runs. History: v1 of the rule was "the highest FQE
-return among those that move the right way" and picked IQL; the benchmark then showed IQL's
-schedule jumping between stages and losing to the smooth BC policy on math-tiny and docs-tiny
-(bench/results/mixing_quality.md). v2 was written after seeing those two settings, and after
-reading the roughness of bc-mlp, bc-transformer and cql but before that of the others; math-wide
-is the benchmark setting neither version had seen.
+Selection (v3). Offline shortlist: the candidates whose start shares move monotonically the right
+way with λ and whose FQE return on validation beats the behaviour's there. Then, with
+``--select-rollouts N``, the shortlisted one with the best mean B in N real rollouts on a training
+setting (``--rollout-setting``, math-tiny, λ = 0.5, seeds 3000.. that no benchmark compares on);
+without it, the highest FQE. History: v1 (highest FQE among those that move the right way) picked
+IQL, whose closed-loop schedule then jumped between stages and lost to the smooth BC policy on
+math-tiny and docs-tiny (bench/results/mixing_quality.md). v2 (the smoothest along smooth
+validation runs) was dropped unused: read open-loop on behaviour states, IQL's roughness (0.073)
+is no higher than CQL's (0.072) or BC's (0.082), so the jumps only show in closed loop. v3 was
+written after seeing math-tiny and docs-tiny; math-wide is the benchmark setting none had seen.
 
 With ``--rollouts N`` each candidate also runs N paired seeds on math-tiny at λ = 0.5 in the real
 env, so the offline ranking can be set beside the real one. Writes ``bench/results/agent_training.json``
@@ -57,6 +59,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                                              "max_weight_ratio": 1.0}}),
 }
 SINGLE = "bc-lam0.5"
+SELECT_ROLLOUT_SEED = 3000
+"""Seeds of the selection rollouts: apart from the benchmark's comparison (1000..) and grid
+selection (2000..) seeds."""
 
 
 def start_shares(folder: Path) -> dict[str, float]:
@@ -84,6 +89,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", default=list(CANDIDATES))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--rollouts", type=int, default=0, help="paired real rollouts per candidate (math-tiny, λ=0.5)")
+    ap.add_argument("--select-rollouts", type=int, default=0,
+                    help="select among the offline shortlist by N real rollouts on the training setting")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--install", action="store_true", help="copy the selected policy to agent/artifacts/agent")
     ap.add_argument("--config", type=Path, default=None, help="TrainConfig YAML under every candidate's overrides")
@@ -115,6 +122,8 @@ def main() -> int:
         return 1
     bound = load_config(args.config).bc_max_roughness  # the bound the candidates' BC data was cut at
     add_share_metrics(rows, args, bound)
+    if args.select_rollouts:
+        add_select_rollouts(rows, args)
     selected = select(rows)
     if args.rollouts:
         add_rollouts(rows, args)
@@ -193,30 +202,65 @@ def monotone(shares: dict[str, float]) -> bool:
     return all(b <= a + 0.02 for a, b in itertools.pairwise(values)) and values[0] > values[-1]
 
 
+def shortlist(rows: dict[str, dict]) -> list[str]:
+    """Candidates whose start shares move the right way with λ and whose FQE return on validation
+    beats the behaviour's there (never the one-objective policy)."""
+    return [k for k, r in rows.items()
+            if k != SINGLE and r["fqe_return"] is not None and r["behaviour_return"] is not None
+            and r["fqe_return"] > r["behaviour_return"] and monotone(r["start_share"])]
+
+
 def select(rows: dict[str, dict]) -> str | None:
-    """Among candidates whose start shares move the right way with λ and whose FQE return on
-    validation beats the behaviour's there, the smoothest (lowest roughness on smooth validation
-    runs): expected to improve on the data, and not to mix noise between stages."""
-    ok = [k for k, r in rows.items()
-          if k != SINGLE and r["fqe_return"] is not None and r["behaviour_return"] is not None
-          and r["fqe_return"] > r["behaviour_return"] and monotone(r["start_share"])]
-    return min(ok, key=lambda k: rows[k]["roughness"]) if ok else None
+    """From the shortlist, the best mean B in the selection rollouts when they were made
+    (``--select-rollouts``), else the highest FQE return."""
+    ok = shortlist(rows)
+    if ok and all("select_B" in rows[k] for k in ok):
+        return max(ok, key=lambda k: rows[k]["select_B"][0])
+    return max(ok, key=lambda k: rows[k]["fqe_return"]) if ok else None
 
 
-def add_rollouts(rows: dict[str, dict], args) -> None:
-    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_policies, safe_label
+def real_rollouts(args, names: list[str], seeds: int, first_seed: int, folder: str,
+                  extra: tuple[str, ...] = ()) -> dict:
+    """``names`` (and ``uniform``, the reference, and ``extra`` baselines) in the real env on
+    ``--rollout-setting`` at λ = 0.5, on seeds ``first_seed``..; the harness's per-setting result."""
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_policies
     from mixagent.agent.runner import RunnerConfig
     from mixagent.env.setting import load_setting
 
-    tokens = ["uniform", "fixed-target-share:target_share=0.3"] + [f"{k}={args.out / k}" for k in rows]
-    cfg = EvaluationConfig(out=args.out / "rollouts", policies=tuple(parse_policies(tokens)),
-                           settings=(load_setting(args.rollout_setting),), seeds=args.rollouts, selection_seeds=0,
+    tokens = ["uniform", *extra] + [f"{k}={args.out / k}" for k in names]
+    cfg = EvaluationConfig(out=args.out / folder, policies=tuple(parse_policies(tokens)),
+                           settings=(load_setting(args.rollout_setting),), seeds=seeds, first_seed=first_seed,
+                           selection_seeds=0,
                            runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
     [res] = evaluate(cfg)
+    return res
+
+
+def add_select_rollouts(rows: dict[str, dict], args) -> None:
+    """Real rollouts of the shortlist on a training setting, on seeds ``SELECT_ROLLOUT_SEED``.. that
+    no benchmark compares on: FQE on behaviour data cannot see what a policy does in closed loop
+    (IQL's schedule jumped between stages there)."""
+    from mixagent.agent.evaluate import safe_label
+
+    names = shortlist(rows)
+    if not names:
+        return
+    r = real_rollouts(args, names, args.select_rollouts, SELECT_ROLLOUT_SEED, "select-rollouts")["objectives"]["lam0.5"]
+    for k in names:
+        p, c = r["policies"][safe_label(k)], r["comparisons"][safe_label(k)]["reference"]
+        rows[k]["select_B"] = [p["mean"], p["lo"], p["hi"]]
+        rows[k]["select_vs_uniform"] = [c["diff"], c["lo"], c["hi"]]
+
+
+def add_rollouts(rows: dict[str, dict], args) -> None:
+    """Every candidate on the comparison seeds (1000..): the real ranking beside the offline one."""
+    from mixagent.agent.evaluate import COMPARE_SEED, safe_label
+
+    res = real_rollouts(args, list(rows), args.rollouts, COMPARE_SEED, "rollouts",
+                        extra=("fixed-target-share:target_share=0.3",))
     r = res["objectives"]["lam0.5"]
     for k in rows:
-        p = r["policies"][safe_label(k)]
-        c = r["comparisons"][safe_label(k)]["reference"]
+        p, c = r["policies"][safe_label(k)], r["comparisons"][safe_label(k)]["reference"]
         rows[k]["rollout_B"] = [p["mean"], p["lo"], p["hi"]]
         rows[k]["rollout_vs_uniform"] = [c["diff"], c["lo"], c["hi"]]
         rows[k]["rollout_share"] = res["target_share"][safe_label(k)]
@@ -231,24 +275,27 @@ def _ci(x: list[float] | None) -> str:
 def report(rows: dict[str, dict], selected: str | None, bound: float, args) -> None:
     ref = rows.pop("_reference", None)
     lines = ["# Agent training (bench/agent_training.py)", "",
-             f"Data: {', '.join(p.name for p in args.data)}. Selection rule (offline only, v2): among candidates "
-             "whose start share falls as λ rises and whose FQE return on validation beats the behaviour's, the "
-             f"lowest roughness along the smooth validation runs (at most {bound:g} themselves). "
-             f"Selected: **{selected}**.", "",
+             f"Data: {', '.join(p.name for p in args.data)}. Selection (v3): shortlist the candidates whose start "
+             "share falls as λ rises and whose FQE return on validation beats the behaviour's; pick the best "
+             f"mean B in real rollouts on {args.rollout_setting} (λ = 0.5, seeds {SELECT_ROLLOUT_SEED}..) when "
+             f"made, else the highest FQE. Roughness: mean |share change| per stage along the validation runs "
+             f"at most {bound:g} rough. Selected: **{selected}**.", "",
              "| candidate | train s | FQE return (val) | behaviour return (val) | TD error (val) | "
              "action err (val best) | share drift from BC (val) | roughness (val) | "
-             "start share λ=0 / 0.25 / 0.5 / 0.75 / 0.9 | real B, math-tiny λ=0.5 | Δ vs uniform |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "start share λ=0 / 0.25 / 0.5 / 0.75 / 0.9 | selection rollouts: B | Δ vs uniform | "
+             "real B, comparison seeds | Δ vs uniform |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
         train_s = sum(v for n, v in r["seconds"].items() if n not in ("fqe", "dataset"))
         ss = " / ".join(f"{v:.2f}" for v in r["start_share"].values())
+        sel, sel_vs = _ci(r.get("select_B")), _ci(r.get("select_vs_uniform"))
         real = _ci(r.get("rollout_B"))
         vs = _ci(r.get("rollout_vs_uniform"))
         fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
         lines.append(f"| {k} | {train_s:.0f} | {fmt(r['fqe_return'])} | {fmt(r['behaviour_return'])} | "
                      f"{fmt(r['td_error'])} | {fmt(r['action_error_best'])} | {fmt(r.get('share_drift_from_bc'))} | "
                      f"{fmt(r.get('roughness'))} | "
-                     f"{ss} | {real} | {vs} |")
+                     f"{ss} | {sel} | {sel_vs} | {real} | {vs} |")
     if ref:
         lines += ["", f"Real rollouts, same seeds: uniform B {ref['uniform']:+.4f}, "
                       f"fixed share 0.3 B {ref['fixed-0.3']:+.4f}."]

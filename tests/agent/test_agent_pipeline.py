@@ -271,6 +271,21 @@ def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison
     assert "interim report" in (tmp_path / "eval" / "report.md").read_text()
 
 
+def test_a_selection_study_runs_on_its_own_seed_block(tiny_setting, tmp_path):
+    from dataclasses import replace
+
+    from mixagent.agent.evaluate import COMPARE_SEED, SELECT_SEED, EvaluationConfig, parse_policies, plan_setting
+
+    cfg = EvaluationConfig(out=tmp_path / "eval", policies=tuple(parse_policies(["uniform", "grid"])),
+                           settings=(tiny_setting,), seeds=2, selection_seeds=1, first_seed=3000)
+    cfg.check()
+    seeds = {seed for (label, _, seed) in plan_setting(tiny_setting, cfg).runs if label == "uniform"}
+    assert seeds == {3000, 3001}  # none of the benchmark's comparison seeds (COMPARE_SEED..)
+    assert COMPARE_SEED not in seeds
+    with pytest.raises(ContractError, match="first_seed: comparison seeds 1999..2000 must be >= 0 and apart"):
+        replace(cfg, first_seed=SELECT_SEED - 1).check()
+
+
 def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_dataset, tiny_setting, tmp_path):
     from mixagent.agent.evaluate import EvaluationConfig, parse_objective, parse_policies
     from mixagent.agent.train import TrainConfig, train

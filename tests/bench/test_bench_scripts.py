@@ -58,7 +58,7 @@ def test_agent_training_trains_selects_offline_and_sets_rollouts_beside(trained)
     assert (trained / "agent_training.png").is_file() and "| bc+cql-w2 |" in (trained / "agent_training.md").read_text()
 
 
-def test_selection_prefers_the_best_smooth_candidate_and_never_the_one_objective_policy():
+def test_selection_shortlists_offline_then_prefers_the_selection_rollouts():
     spec = importlib.util.spec_from_file_location("agent_training", REPO / "bench" / "agent_training.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -66,15 +66,17 @@ def test_selection_prefers_the_best_smooth_candidate_and_never_the_one_objective
     falling = {f"lam{lam:g}": 0.8 - 0.5 * lam for lam in mod.LAMBDAS}
     flat = {f"lam{lam:g}": 0.3 for lam in mod.LAMBDAS}
 
-    def row(fqe: float, rough: float, shares: dict[str, float] = falling) -> dict:
-        return {"fqe_return": fqe, "behaviour_return": 0.09, "roughness": rough, "start_share": shares}
+    def row(fqe: float, shares: dict[str, float] = falling, **extra: object) -> dict:
+        return {"fqe_return": fqe, "behaviour_return": 0.09, "start_share": shares, **extra}
 
-    rows = {"jumpy": row(0.11, 0.12), "smooth": row(0.10, 0.05), "smoothest": row(0.089, 0.01),
-            "flat": row(0.2, 0.0, flat), mod.SINGLE: row(0.5, 0.0)}
-    assert mod.select(rows) == "smooth"  # beats the behaviour's FQE; the smoothest of those that do
-    del rows["smooth"]
-    assert mod.select(rows) == "jumpy"
-    assert mod.select({"flat": row(0.2, 0.0, flat), "worse": row(0.08, 0.0)}) is None
+    rows = {"high-fqe": row(0.11), "lower-fqe": row(0.10), "below-behaviour": row(0.089),
+            "flat": row(0.2, flat), mod.SINGLE: row(0.5)}
+    assert mod.shortlist(rows) == ["high-fqe", "lower-fqe"]  # never the one-objective policy
+    assert mod.select(rows) == "high-fqe"  # offline only: the highest FQE of the shortlist
+    rows["high-fqe"]["select_B"] = [0.095, 0.09, 0.1]
+    rows["lower-fqe"]["select_B"] = [0.101, 0.1, 0.102]
+    assert mod.select(rows) == "lower-fqe"  # rollouts made: the best real B of the shortlist
+    assert mod.select({"flat": row(0.2, flat), "worse": row(0.08)}) is None
 
 
 def test_mixing_quality_reports_every_setting_and_objective(trained, tiny_setting_file, cache_dir, tmp_path):
