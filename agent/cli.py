@@ -133,6 +133,7 @@ def export_cmd(
     # lazy: d3rlpy and torch (the train extra) load only when this command runs
     import d3rlpy  # noqa: PLC0415
 
+    import mixagent.agent.networks  # noqa: F401, PLC0415 - registers the Transformer encoder d3rlpy must find by name
     from mixagent.agent.export import write_artifact  # noqa: PLC0415
     from mixagent.agent.policy import ArtifactError, PolicyCard  # noqa: PLC0415
     from mixagent.agent.train import quiet_d3rlpy  # noqa: PLC0415

@@ -93,6 +93,7 @@ def main() -> int:
                     help="select among the offline shortlist by N real rollouts on the training setting")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--install", action="store_true", help="copy the selected policy to agent/artifacts/agent")
+    ap.add_argument("--version", default="v2", help="the installed policy's version in its card (v1: IQL, rule v1)")
     ap.add_argument("--config", type=Path, default=None, help="TrainConfig YAML under every candidate's overrides")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the tables, JSON and plot go")
     ap.add_argument("--rollout-setting", default="math-tiny", help="setting of the --rollouts")
@@ -133,7 +134,7 @@ def main() -> int:
         from mixagent.agent.cli import export_cmd
 
         shutil.rmtree(dest, ignore_errors=True)
-        export_cmd(args.out / selected, out=dest, name="agent", version="v1")
+        export_cmd(args.out / selected, out=dest, name="agent", version=args.version)
         (dest / "learner.d3").unlink(missing_ok=True)
         print(f"installed {selected} as {dest}")
     return 0

@@ -52,6 +52,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true", help="report on the runs already made")
+    ap.add_argument("--report-name", default="mixing_quality",
+                    help="the tables' file name in bench/results/ (e.g. mixing_quality_agent_v1 with --agent "
+                         "bench/policies/agent-v1: the replaced agent's record, from its committed runs)")
     ap.add_argument("--allow-missing", action="store_true",
                     help="with --report-only: an interim report of the policies whose runs are all made")
     args = ap.parse_args()
@@ -91,7 +94,7 @@ def main() -> int:
     card = json.loads((args.agent / "card.json").read_text())
     cost = {s.name: sum(st.meta.wall_s for st in FileStore(args.out / "runs" / s.name).load_all()) for s in done}
     rows = summary_rows(results)
-    write_outputs(args.out, results, rows, card, cost, cfg)
+    write_outputs(args.out, args.report_name, results, rows, card, cost, cfg)
     print_table(rows, card, cost)
     return 0
 
@@ -124,12 +127,12 @@ def _ci(x: list[float] | None) -> str:
     return "not run yet" if x is None else f"{x[0]:+.4f} [{x[1]:+.4f}, {x[2]:+.4f}]"
 
 
-def write_outputs(out: Path, results: list[dict], rows: list[dict], card: dict, cost: dict, cfg) -> None:
+def write_outputs(out: Path, name: str, results: list[dict], rows: list[dict], card: dict, cost: dict, cfg) -> None:
     from mixagent.agent.evaluate import write_report
 
     payload = {"agent": {k: card.get(k) for k in ("name", "version", "algorithm", "training_data", "metrics")},
                "rollout_cpu_seconds": cost, "summary": rows, "settings": results}
-    (out.parent / "mixing_quality.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    (out.parent / f"{name}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     lines = ["# Mixing quality (bench/mixing_quality.py)", "",
              f"Agent: {card['name']}@{card['version']} ({card.get('algorithm')}), trained on "
              f"{', '.join(d['setting_name'] for d in card.get('training_data', []))}. Rollout cost of these runs: "
@@ -148,8 +151,8 @@ def write_outputs(out: Path, results: list[dict], rows: list[dict], card: dict, 
     if incomplete:
         lines += ["", "**Interim**: runs still missing for " + "; ".join(
             f"{k}: {', '.join(v)}" for k, v in incomplete.items()) + " (resume with the same command)."]
-    detail = write_report(results, cfg, out / "report.md")
-    (out.parent / "mixing_quality.md").write_text("\n".join(lines) + "\n\n" + detail.split("\n", 1)[1])
+    detail = write_report(results, cfg, out / f"report-{name}.md" if name != "mixing_quality" else out / "report.md")
+    (out.parent / f"{name}.md").write_text("\n".join(lines) + "\n\n" + detail.split("\n", 1)[1])
 
 
 def print_table(rows: list[dict], card: dict, cost: dict) -> None:
