@@ -19,9 +19,9 @@ objective is used for training or model selection.
 
 Every run is a trajectory record under ``bench/results/mixing_quality/runs/<setting>/`` (commit
 them: a rerun resumes); the tables go to ``bench/results/mixing_quality.md`` and ``.json``, the plots
-to ``bench/results/mixing_quality/plots/``. Cost: one math-tiny-sized run is ~2.3 CPU-minutes; a
-setting is ~130 runs (uniform and prior coincide when all priors are equal, and so do fixed-0.5 and
-grid-0.5), so the whole benchmark is ~15 CPU-hours.
+to ``bench/results/mixing_quality/plots/``. Cost, measured with ``--selection-seeds 2 --grid-compare
+selected``: a setting is ~87 runs of ~1.9–2.3 CPU-minutes (uniform and prior coincide when all
+priors are equal, and so do fixed-0.5 and grid-0.5): math-tiny 3.3, docs-tiny 2.7 CPU-hours.
 """
 
 from __future__ import annotations
