@@ -237,6 +237,10 @@ class EvaluationConfig:
     point selected for each objective runs on the comparison seeds: the same honest comparison for
     about a third of the grid's cost (the table then shows the grid's selection-seed means only)."""
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    report_dir: Path | None = None
+    """Where ``results.json``, ``report.md`` and ``plots/`` go (default: ``out``). The runs always
+    live under ``out/runs/``, so several reports (another agent, other objectives) share one set of
+    runs without overwriting each other's tables and plots."""
 
     def check(self) -> None:
         if self.seeds < 2:
@@ -693,8 +697,10 @@ def evaluate(cfg: EvaluationConfig, *, run: bool = True, allow_missing: bool = F
                                {k: rid for k, rid in plan.runs.items() if rid in held})
         trajectories = {e.run_id: store.read(e.run_id).trajectory for e in plan.episodes}
         results.append(summarise_setting(setting, cfg, plan, trajectories))
-    write_json_atomic(cfg.out / "results.json", {"seeds": cfg.seeds, "selection_seeds": cfg.selection_seeds,
-                                                 "reference": cfg.reference, "settings": results})
-    write_report(results, cfg, cfg.out / "report.md")
-    plot_results(results, cfg.out / "plots")
+    report_dir = cfg.report_dir or cfg.out
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(report_dir / "results.json", {"seeds": cfg.seeds, "selection_seeds": cfg.selection_seeds,
+                                                    "reference": cfg.reference, "settings": results})
+    write_report(results, cfg, report_dir / "report.md")
+    plot_results(results, report_dir / "plots")
     return results

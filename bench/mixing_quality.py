@@ -19,7 +19,12 @@ objective is used for training or model selection.
 
 Every run is a trajectory record under ``bench/results/mixing_quality/runs/<setting>/`` (commit
 them: a rerun resumes); the tables go to ``bench/results/mixing_quality.md`` and ``.json``, the plots
-to ``bench/results/mixing_quality/plots/``. Cost, measured with ``--selection-seeds 2 --grid-compare
+to ``bench/results/mixing_quality/plots/``. ``--report-name NAME`` makes a second report from the same
+runs (``bench/results/NAME.{md,json}``, details and plots in ``mixing_quality/reports/NAME/``), e.g.
+the replaced agent's record, or the objective-conditioning study at the ends of the trained range:
+
+    python bench/mixing_quality.py --settings math-wide --selection-seeds 2 \
+        --objectives spread_penalty=0.0 spread_penalty=0.9 --report-name mixing_quality_objectives Cost, measured with ``--selection-seeds 2 --grid-compare
 selected``: a setting is ~87 runs of ~1.9–2.3 CPU-minutes (uniform and prior coincide when all
 priors are equal, and so do fixed-0.5 and grid-0.5): math-tiny 3.3, docs-tiny 2.7 CPU-hours.
 """
@@ -70,6 +75,8 @@ def main() -> int:
     tokens = [f"agent={args.agent}"] + ([f"agent-lam0.5={args.single}"] if args.single.is_dir() else []) + ["default"]
     policies = tuple(parse_policies(tokens))
     objectives = tuple(parse_objective(o) for o in args.objectives)
+    # a second report (another agent, other objectives) shares the runs but not the tables and plots
+    report_dir = args.out if args.report_name == "mixing_quality" else args.out / "reports" / args.report_name
     done = []
     for name in args.settings:  # one setting at a time: each finished one is reported at once
         setting = load_setting(name)
@@ -78,7 +85,7 @@ def main() -> int:
             continue
         cfg = EvaluationConfig(out=args.out, policies=policies, settings=(setting,), objectives=objectives,
                                seeds=args.seeds, selection_seeds=args.selection_seeds,
-                               grid_compare=args.grid_compare,
+                               grid_compare=args.grid_compare, report_dir=report_dir,
                                runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
         try:
             evaluate(cfg, run=not args.report_only, allow_missing=args.allow_missing)
@@ -89,7 +96,8 @@ def main() -> int:
     if not done:
         return 1
     cfg = EvaluationConfig(out=args.out, policies=policies, settings=tuple(done), objectives=objectives,
-                           seeds=args.seeds, selection_seeds=args.selection_seeds, grid_compare=args.grid_compare)
+                           seeds=args.seeds, selection_seeds=args.selection_seeds, grid_compare=args.grid_compare,
+                           report_dir=report_dir)
     results = evaluate(cfg, run=False, allow_missing=args.allow_missing)
     card = json.loads((args.agent / "card.json").read_text())
     cost = {s.name: sum(st.meta.wall_s for st in FileStore(args.out / "runs" / s.name).load_all()) for s in done}
@@ -151,7 +159,7 @@ def write_outputs(out: Path, name: str, results: list[dict], rows: list[dict], c
     if incomplete:
         lines += ["", "**Interim**: runs still missing for " + "; ".join(
             f"{k}: {', '.join(v)}" for k, v in incomplete.items()) + " (resume with the same command)."]
-    detail = write_report(results, cfg, out / f"report-{name}.md" if name != "mixing_quality" else out / "report.md")
+    detail = write_report(results, cfg, (cfg.report_dir or out) / "report.md")
     (out.parent / f"{name}.md").write_text("\n".join(lines) + "\n\n" + detail.split("\n", 1)[1])
 
 

@@ -282,6 +282,13 @@ def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison
     [interim] = evaluate(cfg, run=False, allow_missing=True)
     assert interim["incomplete"] and set(interim["objectives"]["lam0.5"]["policies"]) < {"uniform", chosen}
     assert "interim report" in (tmp_path / "eval" / "report.md").read_text()
+    # a second report from the same runs keeps its tables and plots apart from the first's
+    before = (tmp_path / "eval" / "report.md").read_text()
+    other = tmp_path / "eval" / "reports" / "other"
+    evaluate(replace(cfg, report_dir=other, policies=cfg.policies[:1]), run=False, allow_missing=True)
+    assert (tmp_path / "eval" / "report.md").read_text() == before
+    assert "uniform" in (other / "report.md").read_text() and (other / "results.json").is_file()
+    assert any((other / "plots").iterdir())
 
 
 def test_a_selection_study_runs_on_its_own_seed_block(tiny_setting, tmp_path):
