@@ -24,9 +24,11 @@ runs (``bench/results/NAME.{md,json}``, details and plots in ``mixing_quality/re
 the replaced agent's record, or the objective-conditioning study at the ends of the trained range:
 
     python bench/mixing_quality.py --settings math-wide --selection-seeds 2 \
-        --objectives spread_penalty=0.0 spread_penalty=0.9 --report-name mixing_quality_objectives Cost, measured with ``--selection-seeds 2 --grid-compare
-selected``: a setting is ~87 runs of ~1.9–2.3 CPU-minutes (uniform and prior coincide when all
-priors are equal, and so do fixed-0.5 and grid-0.5): math-tiny 3.3, docs-tiny 2.7 CPU-hours.
+        --objectives spread_penalty=0.0 spread_penalty=0.9 --report-name mixing_quality_objectives
+
+Cost, measured with ``--selection-seeds 2 --grid-compare selected``: a setting is ~87 runs of
+~1.9–2.3 CPU-minutes (uniform and prior coincide when all priors are equal, and so do fixed-0.5 and
+grid-0.5): math-tiny 3.3, docs-tiny 2.7 CPU-hours.
 """
 
 from __future__ import annotations
