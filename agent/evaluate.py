@@ -18,7 +18,8 @@ hindsight best on the comparison seeds (which favours the hand schedules, not th
 Outputs in ``--out``: ``runs/<setting>/`` (every run as a trajectory record; resumable),
 ``report.md`` (per setting and objective: final per-field gains, B mean ± 95% interval, paired
 differences with 95% intervals against the reference, the best hand schedule and the selected grid
-point, and whether each learned policy meets the goals), ``results.json``, and plots
+point, learned policies against each other, and whether each learned policy meets the goals),
+``results.json``, and plots
 (``plots/<setting>-shares.png``: target share over time per policy; ``plots/<setting>-<objective>-scores.png``:
 B over time).
 """
@@ -529,8 +530,13 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
             if spec.learned:
                 rows["goals"] = _goals(rows, cfg)
             comparisons[spec.label] = rows
+        learned = [p.label for p in cfg.policies if p.learned and p.label in per]
+        learned_pairs = {  # e.g. the objective-conditioned agent against the one trained for one objective
+            f"{a} - {b}": dict(zip(("diff", "lo", "hi"), paired_interval(finals[a], finals[b]), strict=True))
+            for i, a in enumerate(learned) for b in learned[i + 1:]}
         out["objectives"][ok] = {
             "objective": o.model_dump(), "policies": per, "comparisons": comparisons, "selected_grid": selected,
+            "learned_pairs": learned_pairs,
             "hindsight_grid": hindsight_grid, "best_hand": best_hand,
             "grid_selection_means": sel_means if grid and select else {},
             "paired_over_unpaired_halfwidth_median": float(np.median(width_ratio)) if width_ratio else None,
@@ -593,6 +599,9 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
                 delta = f"{_fmt(c['diff'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}]" if c else "—"
                 lines.append(f"| {label} | " + " | ".join(f"{p['gains'][f]:+.4f}" for f in fields)
                              + f" | {p['mean']:+.4f} [{_fmt(p['lo'])}, {_fmt(p['hi'])}] | {delta} |")
+            if pairs := r.get("learned_pairs"):
+                lines += ["", "Learned policies against each other (paired): " + "; ".join(
+                    f"{k} = {_fmt(v['diff'])} [{_fmt(v['lo'])}, {_fmt(v['hi'])}]" for k, v in pairs.items()) + "."]
             for label, rows in r["comparisons"].items():
                 if "goals" not in rows:
                     continue

@@ -123,6 +123,8 @@ def summary_rows(results: list[dict]) -> list[dict]:
                        "selected_grid": r["selected_grid"], "best_hand": r["best_hand"],
                        "goals_met": sum(comp["goals"].values()), "goals": len(comp["goals"]),
                        "fallback_share": p.get("fallback_share")}
+                row["vs_learned"] = {k: [v["diff"], v["lo"], v["hi"]] for k, v in r.get("learned_pairs", {}).items()
+                                     if k.startswith(f"{label} - ")}
                 for name in ("reference", "best_hand", "selected_grid"):
                     if name in comp:
                         row[f"vs_{name}"] = [comp[name]["diff"], comp[name]["lo"], comp[name]["hi"]]

@@ -218,7 +218,7 @@ def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset,
     from mixagent.agent.train import TrainConfig, train
 
     train([tiny_dataset], "bc", tmp_path / "agent", TrainConfig(**FAST), progress=False)
-    policies = parse_policies(["baselines", "hand", f"agent={tmp_path / 'agent'}"])
+    policies = parse_policies(["baselines", "hand", f"agent={tmp_path / 'agent'}", f"twin={tmp_path / 'agent'}"])
     policies += [p for p in parse_policies(["grid"]) if p.label in ("grid-0.2", "grid-0.5")]
     cfg = EvaluationConfig(out=tmp_path / "eval", policies=tuple(policies), settings=(tiny_setting,),
                            objectives=(parse_objective("default"), parse_objective("spread_penalty=0.2")),
@@ -228,11 +228,13 @@ def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset,
     runs = list((tmp_path / "eval" / "runs" / tiny_setting.name / "records").iterdir())
     # 2 + 2 domains with equal priors: uniform == prior == fixed-0.5 == grid-0.5, one run per seed
     # for all four; 2 loss-softmax, 3 hand, grid-0.2 (+1 selection seed each for the grid), and the
-    # agent once per objective
-    assert len(runs) == 2 * (1 + 2 + 3 + 1) + 2 * 1 + 2 * 2
+    # agent and its twin once per objective each
+    assert len(runs) == 2 * (1 + 2 + 3 + 1) + 2 * 1 + 2 * 2 * 2
     r = res["objectives"]["lam0.5"]
     assert r["policies"]["uniform"]["B"] == r["policies"]["prior"]["B"] == r["policies"]["grid-0.5"]["B"]
     assert r["selected_grid"] in ("grid-0.2", "grid-0.5")
+    # the same network under two names: seeded and paired, the two run the same episodes exactly
+    assert r["learned_pairs"]["agent - twin"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
     goals = r["comparisons"]["agent"]["goals"]
     assert {"beats uniform", f"beats {r['best_hand']}"} <= set(goals)
     for p in r["policies"].values():
