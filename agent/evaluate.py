@@ -243,6 +243,11 @@ class EvaluationConfig:
     live under ``out/runs/``, so several reports (another agent, other objectives) share one set of
     runs without overwriting each other's tables and plots."""
 
+    @property
+    def reports(self) -> Path:
+        """The folder the tables and plots go to."""
+        return self.report_dir or self.out
+
     def check(self) -> None:
         if self.seeds < 2:
             raise ContractError(f"--seeds: need at least 2 paired seeds for an interval, got {self.seeds}")
@@ -706,7 +711,7 @@ def evaluate(cfg: EvaluationConfig, *, run: bool = True, allow_missing: bool = F
                                {k: rid for k, rid in plan.runs.items() if rid in held})
         trajectories = {e.run_id: store.read(e.run_id).trajectory for e in plan.episodes}
         results.append(summarise_setting(setting, cfg, plan, trajectories))
-    report_dir = cfg.report_dir or cfg.out
+    report_dir = cfg.reports
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report_dir / "results.json", {"seeds": cfg.seeds, "selection_seeds": cfg.selection_seeds,
                                                     "reference": cfg.reference, "settings": results})

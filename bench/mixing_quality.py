@@ -140,8 +140,6 @@ def _ci(x: list[float] | None) -> str:
 
 
 def write_outputs(out: Path, name: str, results: list[dict], rows: list[dict], card: dict, cost: dict, cfg) -> None:
-    from mixagent.agent.evaluate import write_report
-
     payload = {"agent": {k: card.get(k) for k in ("name", "version", "algorithm", "training_data", "metrics")},
                "rollout_cpu_seconds": cost, "summary": rows, "settings": results}
     (out.parent / f"{name}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
@@ -163,7 +161,7 @@ def write_outputs(out: Path, name: str, results: list[dict], rows: list[dict], c
     if incomplete:
         lines += ["", "**Interim**: runs still missing for " + "; ".join(
             f"{k}: {', '.join(v)}" for k, v in incomplete.items()) + " (resume with the same command)."]
-    detail = write_report(results, cfg, (cfg.report_dir or out) / "report.md")
+    detail = (cfg.reports / "report.md").read_text()  # written by evaluate() just before
     (out.parent / f"{name}.md").write_text("\n".join(lines) + "\n\n" + detail.split("\n", 1)[1])
 
 
