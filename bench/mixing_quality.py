@@ -26,6 +26,12 @@ the replaced agent's record, or the objective-conditioning study at the ends of 
     python bench/mixing_quality.py --settings math-wide --selection-seeds 2 \
         --objectives spread_penalty=0.0 spread_penalty=0.9 --report-name mixing_quality_objectives
 
+or more seeds on the few policies of one cell (``--only``; runs already made are reused, since a run's id
+is its policy and seed):
+
+    python bench/mixing_quality.py --settings math-wide --objectives spread_penalty=0.2 --seeds 15 \
+        --selection-seeds 2 --only agent ramp-0.8-0.2 grid --report-name mixing_quality_seeds
+
 Cost, measured with ``--selection-seeds 2 --grid-compare selected``: a setting is ~87 runs of
 ~1.9–2.3 CPU-minutes (uniform and prior coincide when all priors are equal, and so do fixed-0.5 and
 grid-0.5): math-tiny 3.3, docs-tiny 2.7 CPU-hours.
@@ -64,6 +70,10 @@ def main() -> int:
                          "bench/policies/agent-v1: the replaced agent's record, from its committed runs)")
     ap.add_argument("--allow-missing", action="store_true",
                     help="with --report-only: an interim report of the policies whose runs are all made")
+    ap.add_argument("--only", nargs="+", metavar="LABEL_OR_GROUP",
+                    help="keep only these policies, and uniform, the reference (labels such as agent or ramp-0.8-0.2, "
+                         "or the groups learned, baseline, hand, grid): more seeds on a few policies, with "
+                         "--report-name")
     args = ap.parse_args()
 
     from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
@@ -75,7 +85,10 @@ def main() -> int:
     configure_logging(not sys.stderr.isatty())  # piped: one log line per finished run instead of a bar
     # learned policies first: the runner works in plan order, so an interrupted benchmark has them
     tokens = [f"agent={args.agent}"] + ([f"agent-lam0.5={args.single}"] if args.single.is_dir() else []) + ["default"]
-    policies = tuple(parse_policies(tokens))
+    keep = {*args.only, "uniform"} if args.only else None  # uniform: the reference of every paired difference
+    policies = tuple(p for p in parse_policies(tokens) if keep is None or p.label in keep or p.group in keep)
+    if not policies:
+        ap.error(f"--only: {args.only} matches no policy")
     objectives = tuple(parse_objective(o) for o in args.objectives)
     # a second report (another agent, other objectives) shares the runs but not the tables and plots
     report_dir = args.out if args.report_name == "mixing_quality" else args.out / "reports" / args.report_name

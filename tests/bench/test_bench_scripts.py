@@ -101,3 +101,19 @@ def test_mixing_quality_reports_every_setting_and_objective(trained, tiny_settin
                  "--objectives", "spread_penalty=0.5", "spread_penalty=0.2", "--seeds", "2",
                  "--selection-seeds", "1", "--workers", "1", "--out", str(out), "--report-only"], cache_dir)
     assert again.stdout.splitlines()[-1] == proc.stdout.splitlines()[-1]
+    # more seeds on a few policies (--only): the runs made are reused, only the kept policies run
+    before = {f.name for f in (out / "runs" / "synthetic-tiny" / "records").iterdir()}
+    run(["bench/mixing_quality.py", "--settings", str(tiny_setting_file), "--agent",
+         str(trained / "policies" / "bc-mlp"), "--single", str(trained / "policies" / "bc-lam0.5"),
+         "--objectives", "spread_penalty=0.2", "--seeds", "3", "--selection-seeds", "1", "--workers", "1",
+         "--out", str(out), "--only", "agent", "grid", "--report-name", "more_seeds"], cache_dir)
+    new = {f.name for f in (out / "runs" / "synthetic-tiny" / "records").iterdir()} - before
+    assert len(new) == 3 and all(n.endswith("-s1002.jsonl.gz") for n in new)  # agent, selected grid point, uniform
+    assert sum(n.startswith("agent-") for n in new) == 1
+    study = json.loads((out.parent / "more_seeds.json").read_text())
+    assert [(r["policy"], r["objective"]) for r in study["summary"]] == [("agent", "lam0.2")]
+    assert len(study["settings"][0]["objectives"]["lam0.2"]["policies"]["agent"]["B"]) == 3
+    kept = set(study["settings"][0]["objectives"]["lam0.2"]["policies"])
+    assert kept == {"agent", "uniform", study["summary"][0]["selected_grid"]}
+    assert (out / "reports" / "more_seeds" / "report.md").is_file()
+    assert json.loads((out.parent / "mixing_quality.json").read_text()) == summary  # the main report untouched
