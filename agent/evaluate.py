@@ -38,8 +38,9 @@ import numpy as np
 from mixagent.agent.registry import build_policy, get_family
 from mixagent.agent.runner import Episode, RunnerConfig, RunnerError, run_episodes
 from mixagent.env.setting import Setting
-from mixagent.trajectories.contract import SOURCE_FIELD, ContractError, Objective, Trajectory, stable_hash
+from mixagent.trajectories.contract import ContractError, Objective, Trajectory, stable_hash
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
+from mixagent.trajectories.plots import target_share
 from mixagent.trajectories.policy import PolicyContext
 from mixagent.trajectories.schedules import CONSTANT_GRID, StaticSchedule
 from mixagent.trajectories.storage import FileStore, StoredTrajectory, read_json_object, write_json_atomic
@@ -418,12 +419,6 @@ def unpaired_halfwidth(a: Sequence[float], b: Sequence[float]) -> float:
 # ----- scoring ---------------------------------------------------------------------------------------
 
 
-def target_shares(t: Trajectory) -> np.ndarray:
-    h = t.history
-    rows = [i for i, f in enumerate(h.space.fields) if f != SOURCE_FIELD]
-    return (h.space.field_matrix() @ h.weight_matrix().T)[rows].sum(axis=0)
-
-
 @dataclass
 class Scored:
     final: float
@@ -460,19 +455,18 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
     compare = [cfg.first_seed + i for i in range(cfg.seeds)]
     select = [SELECT_SEED + j for j in range(cfg.selection_seeds)]
     out: dict[str, Any] = {"setting": setting.name, "setting_hash": setting.hash(), "objectives": {}}
-    shares: dict[str, list[float]] = {}
-    for spec in cfg.policies:
-        key = (spec.label, spec.run_key(cfg.objectives[0]))
-        series = [target_shares(trajectories[plan.runs[(*key, s)]]) for s in compare if (*key, s) in plan.runs]
-        if series:
-            shares[spec.label] = np.mean(series, axis=0).tolist()
-    out["target_share"] = shares
+    def mean_share(label: str, run_key: str | None) -> list[float] | None:
+        series = [target_share(trajectories[plan.runs[(label, run_key, s)]].history)
+                  for s in compare if (label, run_key, s) in plan.runs]
+        return np.mean(series, axis=0).tolist() if series else None
+
     def complete(spec: PolicySpec, o: Objective, seeds: list[int]) -> bool:
         return all((spec.label, spec.run_key(o), s) in plan.runs for s in seeds)
 
+    out["target_share"] = {spec.label: sh for spec in cfg.policies
+                           if (sh := mean_share(spec.label, spec.run_key(cfg.objectives[0]))) is not None}
     out["learned_share_by_objective"] = {  # closed loop: does the share move with the objective?
-        spec.label: {objective_key(o): np.mean([target_shares(trajectories[plan.runs[(spec.label, spec.run_key(o), s)]])
-                                                for s in compare], axis=0).tolist()
+        spec.label: {objective_key(o): mean_share(spec.label, spec.run_key(o))
                      for o in cfg.objectives if complete(spec, o, compare)}
         for spec in cfg.policies if spec.per_objective
     }
