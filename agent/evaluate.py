@@ -40,7 +40,7 @@ from mixagent.agent.runner import Episode, RunnerConfig, RunnerError, run_episod
 from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import ContractError, Objective, Trajectory, stable_hash
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
-from mixagent.trajectories.plots import target_share
+from mixagent.trajectories.plots import pyplot, save_figure, target_share
 from mixagent.trajectories.policy import PolicyContext
 from mixagent.trajectories.schedules import CONSTANT_GRID, StaticSchedule
 from mixagent.trajectories.storage import FileStore, StoredTrajectory, read_json_object, write_json_atomic
@@ -620,10 +620,7 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
 
 
 def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -637,9 +634,7 @@ def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         p = out / f"{res['setting']}-shares.png"
         fig.tight_layout()
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, p))
         for label, by_objective in res.get("learned_share_by_objective", {}).items():
             fig, ax = plt.subplots(figsize=(8, 4.5))
             for ok, series in by_objective.items():
@@ -649,9 +644,7 @@ def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.legend(fontsize=8)
             p = out / f"{res['setting']}-{label}-shares-by-objective.png"
             fig.tight_layout()
-            fig.savefig(p, dpi=110)
-            plt.close(fig)
-            paths.append(p)
+            paths.append(save_figure(fig, p))
         for ok, r in res["objectives"].items():
             fig, ax = plt.subplots(figsize=(8, 4.5))
             for label, pol in r["policies"].items():
@@ -662,9 +655,7 @@ def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.legend(fontsize=7, ncol=2)
             p = out / f"{res['setting']}-{ok}-scores.png"
             fig.tight_layout()
-            fig.savefig(p, dpi=110)
-            plt.close(fig)
-            paths.append(p)
+            paths.append(save_figure(fig, p))
     return paths
 
 

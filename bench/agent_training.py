@@ -310,10 +310,9 @@ def report(rows: dict[str, dict], selected: str | None, bound: float, args) -> N
 
 
 def plot(rows: dict[str, dict], results: Path) -> None:
-    import matplotlib
+    from mixagent.trajectories.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for k, r in rows.items():
@@ -329,8 +328,7 @@ def plot(rows: dict[str, dict], results: Path) -> None:
               title="conservative weight sweep")
         b.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(results / "agent_training.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, results / "agent_training.png")
 
 
 if __name__ == "__main__":

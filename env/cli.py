@@ -138,19 +138,13 @@ def env_pretrain(
 
 
 def _plot_curve(curve: list[dict[str, float]], path: Path, title: str) -> None:
-    # lazy: matplotlib (the train extra) only for --plot, and its backend is chosen before pyplot loads
-    import matplotlib  # noqa: PLC0415
+    from mixagent.trajectories.plots import pyplot, save_figure  # noqa: PLC0415 - matplotlib: only for --plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve])
     ax.set(title=title, xlabel="optimizer step", ylabel="train loss (nats/token)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @env_app.command("rollout")

@@ -52,6 +52,7 @@ __all__ = [
     "WINDOW",
     "GAIN_SCALE",
     "action_size",
+    "observation_layout",
     "observation_size",
     "relative_gains",
     "balanced_scores",
@@ -79,12 +80,26 @@ def _check_version(version: str) -> None:
         raise ContractError(f"encoder_version: unknown encoder {version!r} (known: {list(ENCODER_VERSIONS)})")
 
 
-def observation_size(space: DomainSpace, spec: ActionSpec, version: str = ENCODER_VERSION) -> int:
+def observation_layout(space: DomainSpace, spec: ActionSpec, version: str = ENCODER_VERSION) -> dict[str, slice]:
+    """Where each row of the module docstring's table sits in the observation (in order), so that a
+    probe or a report can name features instead of counting them."""
     _check_version(version)
-    f = len(space.fields)
-    n = 3 * f + 1 + 2 * WINDOW * f
-    n += 2 * space.size if spec.level == "domain" else 0
-    return n + (2 * f + 1 if version == "obs-v2" else 0)
+    f, k = len(space.fields), space.size
+    sizes = {"gains": f, "gain_change": f, "last_shares": f, "progress": 1,
+             "past_gains": WINDOW * f, "past_shares": WINDOW * f}
+    if spec.level == "domain":
+        sizes |= {"domain_loss_change": k, "domain_last_shares": k}
+    if version == "obs-v2":
+        sizes |= {"spread_penalty": 1, "field_weights": f, "gain_values": f}
+    layout, start = {}, 0
+    for name, n in sizes.items():
+        layout[name] = slice(start, start + n)
+        start += n
+    return layout
+
+
+def observation_size(space: DomainSpace, spec: ActionSpec, version: str = ENCODER_VERSION) -> int:
+    return list(observation_layout(space, spec, version).values())[-1].stop
 
 
 def relative_gains(history: History) -> np.ndarray:

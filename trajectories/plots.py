@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.trajectories.contract import SOURCE_FIELD, History, Objective, Trajectory
+from mixagent.trajectories.contract import SOURCE_FIELD, DomainSpace, History, Objective, Trajectory
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
 
 __all__ = ["plot_history", "plot_comparison", "history_figure", "comparison_figure", "plot_dataset", "target_share",
@@ -29,9 +29,10 @@ MAX_DOMAIN_LABELS = 48
 """Up to this many domains every heat-map row / bar is labelled; above it, ticks are thinned."""
 
 
-def _pyplot() -> Any:
-    # lazy: matplotlib is the train extra (the ground floor imports without it), and the Agg backend
-    # must be chosen before pyplot loads
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, imported lazily: matplotlib is the train extra (the ground
+    floor imports without it), and the backend must be chosen before pyplot loads. Every figure of
+    mixagent (reports, benchmarks, CLI plots) is drawn through it."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -40,11 +41,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` (creating the folder) and close it."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out
 
 
@@ -52,13 +54,15 @@ def _steps(history: History) -> np.ndarray:
     return np.array([fb.step for fb in history.feedback])
 
 
+def mixture_target_share(space: DomainSpace, weight_matrix: np.ndarray) -> np.ndarray:
+    """The share of every field but ``source`` in each row (one mixture over the domains) of ``weight_matrix``."""
+    rows = [i for i, f in enumerate(space.fields) if f != SOURCE_FIELD]
+    return (space.field_matrix() @ np.asarray(weight_matrix).T)[rows].sum(axis=0)
+
+
 def target_share(history: History) -> np.ndarray:
     """The share of every field but ``source`` in each stage's mixture."""
-    space = history.space
-    rows = [i for i, f in enumerate(space.fields) if f != SOURCE_FIELD]
-    if not history.weights:
-        return np.zeros(0)
-    return (space.field_matrix() @ history.weight_matrix().T)[rows].sum(axis=0)
+    return mixture_target_share(history.space, history.weight_matrix()) if history.weights else np.zeros(0)
 
 
 def _stage_steps(ax: Any, history: History, values: np.ndarray, **kw: Any) -> None:
@@ -78,7 +82,7 @@ def _domain_labels(history: History) -> list[str]:
 def _loss_change_map(fig: Any, ax: Any, history: History) -> None:
     """Each domain's held-out loss minus its loss at the start, per evaluation: rows are domains
     (grouped by field), blue = the loss fell (better)."""
-    plt = _pyplot()
+    plt = pyplot()
     space = history.space
     order = [k for f in space.fields for k, d in enumerate(space.domains) if d.field == f]
     delta = (history.domain_losses() - history.domain_losses()[:1])[:, order].T
@@ -98,7 +102,7 @@ def _loss_change_map(fig: Any, ax: Any, history: History) -> None:
 
 def history_figure(history: History, title: str = "") -> Any:
     """The figure of :func:`plot_history` (returned open, for tests and callers that add to it)."""
-    plt = _pyplot()
+    plt = pyplot()
     space = history.space
     steps = _steps(history)
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8), layout="constrained",
@@ -143,12 +147,12 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
     """One run in three panels: the domain weights of each stage (stacked, with the target-field
     share drawn over them and the legend beside the axes), the field scores (higher is better) and
     each domain's held-out loss change since the start as a heat map (lower is better)."""
-    return _save(history_figure(history, title), path)
+    return save_figure(history_figure(history, title), path)
 
 
 def comparison_figure(runs: Mapping[str, History], objective: Objective | None = None, title: str = "") -> Any:
     """The figure of :func:`plot_comparison` (returned open)."""
-    plt = _pyplot()
+    plt = pyplot()
     if not runs:
         raise ValueError("runs: nothing to compare")
     labels = list(runs)
@@ -214,7 +218,7 @@ def plot_comparison(runs: Mapping[str, History], path: str | Path, objective: Ob
     the target-field share of each stage, the field scores, the balanced score under ``objective``
     (all higher is better), and each domain's held-out loss change from start to end (lower is
     better), every panel with one colour per run and its legend beside the axes."""
-    return _save(comparison_figure(runs, objective, title), path)
+    return save_figure(comparison_figure(runs, objective, title), path)
 
 
 def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Path]:
@@ -222,7 +226,7 @@ def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Pa
     share per stage of every trajectory), ``field_scores.png`` (each field's relative score gain per
     stage: family means, thin lines per trajectory) and ``final_scores.png`` (distribution of the
     final balanced score per family)."""
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[Trajectory]] = {}
@@ -247,9 +251,7 @@ def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Pa
     fig.supxlabel("stage")
     fig.supylabel("target-field share")
     fig.tight_layout()
-    paths.append(out / "weight_schedules.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "weight_schedules.png", dpi=100))
 
     fields = trajectories[0].history.space.fields if trajectories else ()
     fig, axes = plt.subplots(1, max(len(fields), 1), figsize=(7.5 * max(len(fields), 1), 4.5), squeeze=False,
@@ -266,9 +268,7 @@ def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Pa
         ax.set(title=f"{f}: relative score gain since the start", xlabel="feedback index",
                ylabel=f"g ({HIGHER_IS_BETTER})")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    paths.append(out / "field_scores.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "field_scores.png", dpi=100))
 
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
     finals = [[float(balanced_scores(t.history, t.header.objective)[-1]) for t in groups[n]] for n in names]
@@ -280,7 +280,5 @@ def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Pa
         ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
     ax.set(title="final balanced score per schedule family", ylabel=f"B_T ({HIGHER_IS_BETTER})")
     fig.tight_layout()
-    paths.append(out / "final_scores.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "final_scores.png", dpi=100))
     return paths

@@ -117,3 +117,13 @@ def test_mixing_quality_reports_every_setting_and_objective(trained, tiny_settin
     assert kept == {"agent", "uniform", study["summary"][0]["selected_grid"]}
     assert (out / "reports" / "more_seeds" / "report.md").is_file()
     assert json.loads((out.parent / "mixing_quality.json").read_text()) == summary  # the main report untouched
+    # the feedback probe on these runs: a setting against itself, so no swap may change a decision
+    probe = tmp_path / "probe"
+    run(["bench/feedback_probe.py", "--setting", "synthetic-tiny", "--reference", "synthetic-tiny", "--agent",
+         str(trained / "policies" / "bc-mlp"), "--objective", "spread_penalty=0.2", "--runs", str(out / "runs"),
+         "--out", str(probe)], cache_dir)
+    variants = json.loads((probe / "feedback_probe.json").read_text())["variants"]
+    assert len(variants) == 8 and len(variants[0]["curve"]) == 5  # the tiny setting's horizon
+    for v in variants:
+        assert v["curve"] == variants[0]["curve"] and v["share_of_gap_closed"] is None, v["variant"]
+    assert (probe / "feedback_probe.png").is_file()

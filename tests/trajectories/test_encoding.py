@@ -13,6 +13,7 @@ from mixagent.trajectories import (
     action_to_weights,
     balanced_scores,
     encode,
+    observation_layout,
     observation_size,
     relative_gains,
     stage_rewards,
@@ -124,6 +125,16 @@ def test_observation_layout(level):
     o0 = encode(make_history([(-4.0, -5.0)]), 8, spec)
     assert o0[:4].tolist() == [0, 0, 0, 0]
     np.testing.assert_allclose(o0[4:6], SPACE.field_priors())
+    # the named layout says the same, and covers every feature once, in order
+    layout = observation_layout(SPACE, spec)
+    assert (layout["gains"], layout["gain_change"], layout["last_shares"]) == (slice(0, 2), slice(2, 4), slice(4, 6))
+    assert layout["progress"] == slice(6, 7) and layout["past_gains"] == slice(7, 15)
+    assert ("domain_loss_change" in layout) == (level == "domain")
+    stops = [sl.start for sl in layout.values()] + [observation_size(SPACE, spec)]
+    assert stops[0] == 0 and all(sl.stop == nxt for sl, nxt in zip(layout.values(), stops[1:], strict=True))
+    assert list(layout)[-3:] == ["spread_penalty", "field_weights", "gain_values"]
+    assert "spread_penalty" not in observation_layout(SPACE, spec, "obs-v1")
+    assert obs[layout["spread_penalty"]] == pytest.approx([0.5])  # the default objective
 
 
 def test_observation_is_clipped():

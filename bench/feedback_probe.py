@@ -1,0 +1,155 @@
+"""Feedback probe: which part of its observation makes the agent act differently on another setting.
+
+    python bench/feedback_probe.py                          # docs-tiny explained against math-tiny, λ = 0.5
+    python bench/feedback_probe.py --setting math-wide --objective spread_penalty=0.2
+
+The benchmark shows *that* the agent's closed-loop schedule differs between settings (on docs-tiny
+it cuts the target share to ~0.10 by mid-run, on math-tiny it holds ~0.35). This probe asks *why*,
+without a single new rollout: it takes the agent's own benchmark runs on both settings (same seeds,
+same objective), re-encodes each decision's observation, and queries the network again with one
+group of features (``observation_layout``: the gains, the agent's own past mixtures, the objective
+slice, ...) swapped for the reference setting's values at the same decision of the same seed. A
+group whose swap moves the decisions most of the way to the reference's is what the agent reacts
+to. Open loop: each query answers "what would it choose here", not what the run would then become.
+
+Writes ``bench/results/feedback_probe.{json,md,png}`` (``--out``, ``--name``); costs seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "bench" / "results" / "mixing_quality" / "runs"
+AGENT = ROOT / "agent" / "artifacts" / "agent"
+GROUPS = {  # probe name -> observation_layout rows swapped together
+    "gains (now, last change, past)": ("gains", "gain_change", "past_gains"),
+    "gains now and last change": ("gains", "gain_change"),
+    "past gains (window)": ("past_gains",),
+    "own mixtures (last, past)": ("last_shares", "past_shares"),
+    "gains and own mixtures": ("gains", "gain_change", "past_gains", "last_shares", "past_shares"),
+    "objective slice": ("spread_penalty", "field_weights", "gain_values"),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--setting", default="docs-tiny", help="the setting whose decisions are explained")
+    ap.add_argument("--reference", default="math-tiny", help="the setting whose features are swapped in")
+    ap.add_argument("--objective", default="spread_penalty=0.5")
+    ap.add_argument("--agent", type=Path, default=AGENT)
+    ap.add_argument("--runs", type=Path, default=RUNS, help="the benchmark's runs (one folder per setting)")
+    ap.add_argument("--name", default="feedback_probe", help="output file name (.json, .md, .png)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder")
+    args = ap.parse_args()
+
+    from mixagent.agent.evaluate import objective_key, parse_objective, parse_policies
+    from mixagent.agent.policy import load_artifact
+    from mixagent.trajectories.contract import stable_hash
+    from mixagent.trajectories.encoding import action_to_weights, observation_layout
+    from mixagent.trajectories.plots import mixture_target_share
+    from mixagent.trajectories.plots import target_share as history_target_share
+    from mixagent.trajectories.replay import history_prefix
+    from mixagent.trajectories.storage import FileStore
+
+    objective = parse_objective(args.objective)
+    spec = parse_policies([f"agent={args.agent}"])[0]
+    prefix = f"agent-{spec.digest()[:8]}-{stable_hash(objective_key(objective))[:6]}-s"
+    card, factory = load_artifact(args.agent)
+
+    def agent_runs(setting: str) -> dict[int, object]:
+        folder = args.runs / setting
+        if not (folder / "records").is_dir():
+            sys.exit(f"--runs: no benchmark runs of {setting!r} in {folder}")
+        return {int(s.path.name.split(".")[0].removeprefix(prefix)): s.trajectory
+                for s in FileStore(folder).load_all() if s.path.name.startswith(prefix)}
+
+    mine, ref = agent_runs(args.setting), agent_runs(args.reference)
+    seeds = sorted(set(mine) & set(ref))
+    if not seeds:
+        sys.exit(f"no seed has the agent's runs at {objective_key(objective)} on both {args.setting} and "
+                 f"{args.reference} (agent {card.ref})")
+
+    def observations(t: object) -> tuple[object, np.ndarray]:
+        h = t.history  # type: ignore[attr-defined]
+        policy = factory(h.stages, objective)
+        return policy, np.stack([policy.observation(history_prefix(h, i)) for i in range(h.stages)])
+
+    def target_share(policy: object, obs: np.ndarray, space: object) -> np.ndarray:
+        weights = [action_to_weights(policy.act(o), space, card.action).as_array() for o in obs]  # type: ignore[attr-defined]
+        return mixture_target_share(space, np.stack(weights))  # type: ignore[arg-type]
+
+    as_run, ref_run = f"{args.setting} as run", f"{args.reference} as run (the reference)"
+    variants: dict[str, list[np.ndarray]] = {as_run: [], ref_run: []}
+    variants |= {f"{args.setting}, {g} from {args.reference}": [] for g in GROUPS}
+    for seed in seeds:
+        pol, obs = observations(mine[seed])
+        ref_pol, ref_obs = observations(ref[seed])
+        space = mine[seed].history.space  # type: ignore[attr-defined]
+        if obs.shape != ref_obs.shape:
+            sys.exit(f"seed {seed}: observations of {args.setting} {obs.shape} and {args.reference} "
+                     f"{ref_obs.shape} differ in shape (horizon or fields): nothing to swap")
+        layout = observation_layout(space, card.action, card.encoder_version)
+        variants[as_run].append(target_share(pol, obs, space))
+        recorded = history_target_share(mine[seed].history)  # type: ignore[attr-defined]
+        if not np.allclose(variants[as_run][-1], recorded, atol=1e-4):  # the probe must ask the policy that ran
+            sys.exit(f"seed {seed}: {card.ref} asked again does not choose the mixtures its run recorded "
+                     f"(max difference {np.abs(variants[as_run][-1] - recorded).max():.2g}): another artifact?")
+        variants[ref_run].append(target_share(ref_pol, ref_obs, ref[seed].history.space))  # type: ignore[attr-defined]
+        for g, rows in GROUPS.items():
+            swapped = obs.copy()
+            for r in rows:
+                swapped[:, layout[r]] = ref_obs[:, layout[r]]
+            variants[f"{args.setting}, {g} from {args.reference}"].append(target_share(pol, swapped, space))
+
+    base, target = (np.mean(variants[k], axis=0) for k in (as_run, ref_run))
+    gap = float(np.mean(target - base))
+    rows_out = []
+    for k, v in variants.items():
+        curve = np.mean(v, axis=0)
+        moved = float(np.mean(curve - base))
+        rows_out.append({"variant": k, "mean_share": float(curve.mean()), "curve": curve.tolist(),
+                         "second_half": float(curve[len(curve) // 2:].mean()),
+                         "share_of_gap_closed": moved / gap if abs(gap) > 1e-9 else None})
+    payload = {"agent": card.ref, "setting": args.setting, "reference": args.reference,
+               "objective": objective_key(objective), "seeds": seeds, "variants": rows_out}
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    lines = [f"# Feedback probe: {card.ref} on {args.setting} against {args.reference}, "
+             f"{objective_key(objective)} (`python bench/feedback_probe.py`)", "",
+             f"Seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}), the agent's own benchmark runs; target share chosen at "
+             "each decision when the network is asked again (open loop) with one group of features swapped.", "",
+             "| variant | mean target share | second half | share of the gap closed |", "|---|---|---|---|"]
+    for r in rows_out:
+        closed = "" if r["share_of_gap_closed"] is None else f"{round(r['share_of_gap_closed'], 2) + 0.0:.0%}"
+        lines.append(f"| {r['variant']} | {r['mean_share']:.3f} | {r['second_half']:.3f} | {closed} |")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot(rows_out, out / f"{args.name}.png", lines[0].removeprefix("# "))
+    print("\n".join(lines[4:]))
+    return 0
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    from mixagent.trajectories.plots import pyplot, save_figure
+
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for i, r in enumerate(rows):
+        ax.plot(r["curve"], lw=2.5 if i < 2 else 1.2, ls="-" if i < 2 else "--", label=r["variant"])
+    ax.set_xlabel("decision")
+    ax.set_ylabel("target share")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
