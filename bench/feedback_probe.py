@@ -27,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "bench" / "results" / "mixing_quality" / "runs"
 AGENT = ROOT / "agent" / "artifacts" / "agent"
+MIN_GAP = 0.01
+"""Below this mean difference of target share the two settings' schedules count as alike (no shares of it)."""
 GROUPS = {  # probe name -> observation_layout rows swapped together
     "gains (now, last change, past)": ("gains", "gain_change", "past_gains"),
     "gains now and last change": ("gains", "gain_change"),
@@ -43,6 +45,8 @@ def main() -> int:
     ap.add_argument("--reference", default="math-tiny", help="the setting whose features are swapped in")
     ap.add_argument("--objective", default="spread_penalty=0.5")
     ap.add_argument("--agent", type=Path, default=AGENT)
+    ap.add_argument("--label", default="agent",
+                    help="the agent's label in the benchmark (its run names start with it)")
     ap.add_argument("--runs", type=Path, default=RUNS, help="the benchmark's runs (one folder per setting)")
     ap.add_argument("--name", default="feedback_probe", help="output file name (.json, .md, .png)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder")
@@ -58,16 +62,17 @@ def main() -> int:
     from mixagent.trajectories.storage import FileStore
 
     objective = parse_objective(args.objective)
-    spec = parse_policies([f"agent={args.agent}"])[0]
-    prefix = f"agent-{spec.digest()[:8]}-{stable_hash(objective_key(objective))[:6]}-s"
+    spec = parse_policies([f"{args.label}={args.agent}"])[0]
+    ran_for = spec.fixed_objective or objective  # a one-objective policy's runs are named by its own
+    prefix = f"{spec.label}-{spec.digest()[:8]}-{stable_hash(objective_key(ran_for))[:6]}-s"
     card, factory = load_artifact(args.agent)
 
     def agent_runs(setting: str) -> dict[int, object]:
         folder = args.runs / setting
         if not (folder / "records").is_dir():
             sys.exit(f"--runs: no benchmark runs of {setting!r} in {folder}")
-        return {int(s.path.name.split(".")[0].removeprefix(prefix)): s.trajectory
-                for s in FileStore(folder).load_all() if s.path.name.startswith(prefix)}
+        return {s.trajectory.header.seed: s.trajectory for s in FileStore(folder).load_all()
+                if s.path.name.startswith(prefix)}
 
     mine, ref = agent_runs(args.setting), agent_runs(args.reference)
     seeds = sorted(set(mine) & set(ref))
@@ -115,8 +120,8 @@ def main() -> int:
         moved = float(np.mean(curve - base))
         rows_out.append({"variant": k, "mean_share": float(curve.mean()), "curve": curve.tolist(),
                          "second_half": float(curve[len(curve) // 2:].mean()),
-                         "share_of_gap_closed": moved / gap if abs(gap) > 1e-9 else None})
-    payload = {"agent": card.ref, "setting": args.setting, "reference": args.reference,
+                         "shift": moved, "share_of_gap_closed": moved / gap if abs(gap) >= MIN_GAP else None})
+    payload = {"agent": card.ref, "gap": gap, "setting": args.setting, "reference": args.reference,
                "objective": objective_key(objective), "seeds": seeds, "variants": rows_out}
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -125,13 +130,18 @@ def main() -> int:
              f"{objective_key(objective)} (`python bench/feedback_probe.py`)", "",
              f"Seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}), the agent's own benchmark runs; target share chosen at "
              "each decision when the network is asked again (open loop) with one group of features swapped.", "",
-             "| variant | mean target share | second half | share of the gap closed |", "|---|---|---|---|"]
+             f"Gap between the two schedules (mean target share): {gap:+.3f}"
+             + ("" if abs(gap) >= MIN_GAP else f", under {MIN_GAP}: the agent acts alike on both, nothing to explain")
+             + ".", "",
+             "| variant | mean target share | second half | shift from as run | share of the gap closed |",
+             "|---|---|---|---|---|"]
     for r in rows_out:
         closed = "" if r["share_of_gap_closed"] is None else f"{round(r['share_of_gap_closed'], 2) + 0.0:.0%}"
-        lines.append(f"| {r['variant']} | {r['mean_share']:.3f} | {r['second_half']:.3f} | {closed} |")
+        lines.append(f"| {r['variant']} | {r['mean_share']:.3f} | {r['second_half']:.3f} | {r['shift']:+.3f} | "
+                     f"{closed} |")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot(rows_out, out / f"{args.name}.png", lines[0].removeprefix("# "))
-    print("\n".join(lines[4:]))
+    print("\n".join(lines[2:]))
     return 0
 
 
