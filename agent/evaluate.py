@@ -297,6 +297,12 @@ def _open_loop_signature(spec: PolicySpec, ctx: PolicyContext) -> str | None:
     return stable_hash(np.round(matrix, 9).tolist())
 
 
+def learned_run_id(spec: PolicySpec, objective: Objective, seed: int, digest: str | None = None) -> str:
+    """The run of a learned policy at ``objective`` and ``seed`` (its artifact's digest in the name, so a
+    retrained network never reuses another's runs); ``digest`` saves rehashing the artifact per seed."""
+    return f"{spec.label}-{(digest or spec.digest())[:8]}-{stable_hash(objective_key(objective))[:6]}-s{seed}"
+
+
 @dataclass
 class SettingPlan:
     """The episodes of one setting and which run serves each (label, objective, seed)."""
@@ -325,7 +331,7 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig,
             for o in cfg.objectives if spec.fixed_objective is None else (spec.fixed_objective,):
                 ok = objective_key(o)
                 for seed in seeds:
-                    rid = f"{spec.label}-{digest[:8]}-{stable_hash(ok)[:6]}-s{seed}"
+                    rid = learned_run_id(spec, o, seed, digest)
                     episodes.setdefault(rid, Episode(rid, "artifact", {"artifact_digest": digest, "objective": ok},
                                                      seed, index=len(episodes), label=spec.label, objective=o,
                                                      artifact=spec.artifact))
@@ -694,8 +700,10 @@ def evaluate(cfg: EvaluationConfig, *, run: bool = True, allow_missing: bool = F
         if missing:
             plan = SettingPlan([e for e in plan.episodes if e.run_id in held],
                                {k: rid for k, rid in plan.runs.items() if rid in held})
-        trajectories = {e.run_id: store.read(e.run_id).trajectory for e in plan.episodes}
-        results.append(summarise_setting(setting, cfg, plan, trajectories))
+        stored = {e.run_id: store.read(e.run_id) for e in plan.episodes}
+        summary = summarise_setting(setting, cfg, plan, {k: st.trajectory for k, st in stored.items()})
+        summary["rollout_seconds"] = sum(st.meta.wall_s for st in stored.values())  # the runs this report uses
+        results.append(summary)
     report_dir = cfg.reports
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report_dir / "results.json", {"seeds": cfg.seeds, "selection_seeds": cfg.selection_seeds,

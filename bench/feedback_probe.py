@@ -52,19 +52,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder")
     args = ap.parse_args()
 
-    from mixagent.agent.evaluate import objective_key, parse_objective, parse_policies
+    from mixagent.agent.evaluate import learned_run_id, objective_key, parse_objective, parse_policies
     from mixagent.agent.policy import load_artifact
-    from mixagent.trajectories.contract import stable_hash
     from mixagent.trajectories.encoding import action_to_weights, observation_layout
-    from mixagent.trajectories.plots import mixture_target_share
-    from mixagent.trajectories.plots import target_share as history_target_share
+    from mixagent.trajectories.plots import mixture_target_share, target_share
     from mixagent.trajectories.replay import history_prefix
     from mixagent.trajectories.storage import FileStore
 
     objective = parse_objective(args.objective)
     spec = parse_policies([f"{args.label}={args.agent}"])[0]
     ran_for = spec.fixed_objective or objective  # a one-objective policy's runs are named by its own
-    prefix = f"{spec.label}-{spec.digest()[:8]}-{stable_hash(objective_key(ran_for))[:6]}-s"
+    digest = spec.digest()
     card, factory = load_artifact(args.agent)
 
     def agent_runs(setting: str) -> dict[int, object]:
@@ -72,7 +70,7 @@ def main() -> int:
         if not (folder / "records").is_dir():
             sys.exit(f"--runs: no benchmark runs of {setting!r} in {folder}")
         return {s.trajectory.header.seed: s.trajectory for s in FileStore(folder).load_all()
-                if s.path.name.startswith(prefix)}
+                if s.path.name.startswith(learned_run_id(spec, ran_for, s.trajectory.header.seed, digest) + ".")}
 
     mine, ref = agent_runs(args.setting), agent_runs(args.reference)
     seeds = sorted(set(mine) & set(ref))
@@ -85,7 +83,7 @@ def main() -> int:
         policy = factory(h.stages, objective)
         return policy, np.stack([policy.observation(history_prefix(h, i)) for i in range(h.stages)])
 
-    def target_share(policy: object, obs: np.ndarray, space: object) -> np.ndarray:
+    def chosen_share(policy: object, obs: np.ndarray, space: object) -> np.ndarray:
         weights = [action_to_weights(policy.act(o), space, card.action).as_array() for o in obs]  # type: ignore[attr-defined]
         return mixture_target_share(space, np.stack(weights))  # type: ignore[arg-type]
 
@@ -100,17 +98,17 @@ def main() -> int:
             sys.exit(f"seed {seed}: observations of {args.setting} {obs.shape} and {args.reference} "
                      f"{ref_obs.shape} differ in shape (horizon or fields): nothing to swap")
         layout = observation_layout(space, card.action, card.encoder_version)
-        variants[as_run].append(target_share(pol, obs, space))
-        recorded = history_target_share(mine[seed].history)  # type: ignore[attr-defined]
+        variants[as_run].append(chosen_share(pol, obs, space))
+        recorded = target_share(mine[seed].history)  # type: ignore[attr-defined]
         if not np.allclose(variants[as_run][-1], recorded, atol=1e-4):  # the probe must ask the policy that ran
             sys.exit(f"seed {seed}: {card.ref} asked again does not choose the mixtures its run recorded "
                      f"(max difference {np.abs(variants[as_run][-1] - recorded).max():.2g}): another artifact?")
-        variants[ref_run].append(target_share(ref_pol, ref_obs, ref[seed].history.space))  # type: ignore[attr-defined]
+        variants[ref_run].append(chosen_share(ref_pol, ref_obs, ref[seed].history.space))  # type: ignore[attr-defined]
         for g, rows in GROUPS.items():
             swapped = obs.copy()
             for r in rows:
                 swapped[:, layout[r]] = ref_obs[:, layout[r]]
-            variants[f"{args.setting}, {g} from {args.reference}"].append(target_share(pol, swapped, space))
+            variants[f"{args.setting}, {g} from {args.reference}"].append(chosen_share(pol, swapped, space))
 
     base, target = (np.mean(variants[k], axis=0) for k in (as_run, ref_run))
     gap = float(np.mean(target - base))

@@ -76,11 +76,10 @@ def main() -> int:
                          "--report-name")
     args = ap.parse_args()
 
-    from mixagent.agent.evaluate import SELECT_SEED, EvaluationConfig, evaluate, parse_objective, parse_policies
+    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
     from mixagent.agent.runner import RunnerConfig, RunnerError
     from mixagent.console import configure_logging
     from mixagent.env.setting import load_setting
-    from mixagent.trajectories.storage import FileStore
 
     configure_logging(not sys.stderr.isatty())  # piped: one log line per finished run instead of a bar
     # learned policies first: the runner works in plan order, so an interrupted benchmark has them
@@ -115,9 +114,7 @@ def main() -> int:
                            report_dir=report_dir)
     results = evaluate(cfg, run=False, allow_missing=args.allow_missing)
     card = json.loads((args.agent / "card.json").read_text())
-    seeds = {cfg.first_seed + i for i in range(cfg.seeds)} | {SELECT_SEED + j for j in range(cfg.selection_seeds)}
-    cost = {s.name: sum(st.meta.wall_s for st in FileStore(args.out / "runs" / s.name).load_all()
-                        if st.trajectory.header.seed in seeds) for s in done}  # a wider study's runs are its own cost
+    cost = {res["setting"]: res["rollout_seconds"] for res in results}  # of the runs these tables use
     rows = summary_rows(results)
     write_outputs(args.out, args.report_name, results, rows, card, cost, cfg)
     print_table(rows, card, cost)

@@ -287,8 +287,14 @@ def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison
     # a second report from the same runs keeps its tables and plots apart from the first's
     before = (tmp_path / "eval" / "report.md").read_text()
     other = tmp_path / "eval" / "reports" / "other"
-    evaluate(replace(cfg, report_dir=other, policies=cfg.policies[:1]), run=False, allow_missing=True)
+    [only_uniform] = evaluate(replace(cfg, report_dir=other, policies=cfg.policies[:1]), run=False, allow_missing=True)
     assert (tmp_path / "eval" / "report.md").read_text() == before
+    # its rollout cost is that of the runs it uses (uniform's), not of everything in the folder
+    from mixagent.trajectories.storage import FileStore
+
+    wall = {st.path.name: st.meta.wall_s for st in FileStore(runs[0].parent.parent).load_all()}
+    assert interim["rollout_seconds"] == pytest.approx(sum(wall.values()))
+    assert 0 < only_uniform["rollout_seconds"] < interim["rollout_seconds"]
     assert "uniform" in (other / "report.md").read_text() and (other / "results.json").is_file()
     assert any((other / "plots").iterdir())
 
