@@ -26,6 +26,8 @@ Every mixture is projected onto the image of the action map of its level,
 | ``switch_target_first`` | ``hi`` for ``t < τ``, then ``lo`` (target first, replay last)         |
 | ``switch_replay_first`` | ``lo`` for ``t < τ``, then ``hi``                                     |
 | ``cycle``             | sine/square/triangle wave between ``lo`` and ``hi``, period ``P``      |
+| ``static_dirichlet``  | one constant mixture ``w ~ Dirichlet(s·prior)``, ``s/n`` log-uniform in |
+|                       | [0.1, 10]; every 11th draw a near-corner ``m`` on one unit (RegMix's data) |
 
 Every schedule is an open-loop :class:`~mixagent.trajectories.policy.MixingPolicy` (it ignores the
 feedback), and every family is a :class:`~mixagent.trajectories.policy.PolicyFamily` constant of
@@ -80,6 +82,7 @@ __all__ = [
     "CYCLE",
     "DIRICHLET",
     "LOGIT_WALK",
+    "STATIC_DIRICHLET",
     # deprecated (one release): registration by call instead of entry points
     "ScheduleFamily",
     "register_family",
@@ -316,6 +319,43 @@ LOGIT_WALK = PolicyFamily(
     _logit_walk,
     lambda ctx, rng, k: {"sigma": _u(rng, 0.2, 1.0), "seed": int(rng.integers(2**31))},
     "Gaussian random walk of the logits, softmax per stage",
+)
+
+CORNER_EVERY = 11
+"""Every ``CORNER_EVERY``-th draw of ``static_dirichlet`` (k ≡ 10 mod 11) is a near-corner mixture; the
+j-th corner sits on unit ``j mod n``, so 140 draws hold 128 Dirichlet mixtures and one corner per
+domain of a 12-domain space."""
+
+
+def _draw_static_dirichlet(ctx: PolicyContext, rng: np.random.Generator, k: int) -> dict[str, Any]:
+    if k % CORNER_EVERY == CORNER_EVERY - 1:
+        return {"corner": k // CORNER_EVERY, "mass": _u(rng, 0.6, 0.9)}
+    return {"concentration": round(float(np.exp(rng.uniform(math.log(0.1), math.log(10.0)))), 4),
+            "seed": int(rng.integers(2**31))}
+
+
+def _static_dirichlet(ctx: PolicyContext, p: dict[str, Any]) -> StaticSchedule:
+    """A constant mixture: ``Dirichlet(s·n·prior)`` with ``s = concentration`` (normalised priors), or
+    the near-corner ``mass`` on unit ``corner mod n`` with the rest spread by the priors."""
+    level: Level = p.get("level", "field")
+    n, prior = ctx.units(level), ctx.unit_priors(level)
+    prior = prior / prior.sum()
+    if "corner" in p:
+        j = int(p["corner"]) % n
+        rest = prior.copy()
+        rest[j] = 0.0
+        u = (1 - float(p["mass"])) * rest / rest.sum()
+        u[j] = float(p["mass"])
+    else:
+        u = np.random.default_rng(p["seed"]).dirichlet(float(p["concentration"]) * n * prior)
+    return StaticSchedule(np.tile(_project(ctx, level, u), (ctx.horizon, 1)), "static_dirichlet")
+
+
+STATIC_DIRICHLET = PolicyFamily(
+    "static_dirichlet",
+    _static_dirichlet,
+    _draw_static_dirichlet,
+    "one constant Dirichlet(s·prior) mixture per run, s over a log range, plus near-corners",
 )
 
 SCHEDULE_FAMILIES: dict[str, PolicyFamily] = {

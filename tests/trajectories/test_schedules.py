@@ -147,3 +147,30 @@ def test_policies_plug_in_as_noisy_families():
     again = build_policy(family, params, CTX)  # seeded: the same noise again
     h2 = History(space=SPACE, feedback=h.feedback[:1])
     np.testing.assert_allclose(again.next_weights(SPACE, h2).as_array(), w[0])
+
+
+def test_static_dirichlet_is_one_constant_mixture_per_run_with_a_corner_every_eleventh():
+    from mixagent.trajectories.schedules import CORNER_EVERY, STATIC_DIRICHLET
+
+    def static(index, level="domain", seed=5):
+        p = _draw_params(STATIC_DIRICHLET, CTX, seed, index, level)
+        return p, build_policy(STATIC_DIRICHLET, p, CTX).matrix
+
+    p, m = static(0)
+    assert set(p) == {"level", "concentration", "seed"} and 0.1 <= p["concentration"] <= 10
+    np.testing.assert_array_equal(m, np.tile(m[0], (16, 1)))  # constant over the run
+    np.testing.assert_allclose(m.sum(axis=1), 1.0)
+    # the concentration is the spread: a small one gives a peaked mixture, a large one nearly the priors
+    peaked = build_policy(STATIC_DIRICHLET, {**p, "concentration": 0.1}, CTX).matrix[0]
+    flat = build_policy(STATIC_DIRICHLET, {**p, "concentration": 10.0}, CTX).matrix[0]
+    prior = SPACE.priors() / SPACE.priors().sum()
+    assert np.abs(flat - prior).sum() < np.abs(peaked - prior).sum()
+    # near-corners: k = 10, 21, ... put `mass` on unit (k // 11) mod n, the rest by the priors
+    for k, unit in ((CORNER_EVERY - 1, 0), (2 * CORNER_EVERY - 1, 1), (6 * CORNER_EVERY - 1, 0)):
+        p, m = static(k)
+        assert set(p) == {"level", "corner", "mass"} and 0.6 <= p["mass"] <= 0.9
+        assert int(np.argmax(m[0])) == unit and m[0, unit] == pytest.approx(p["mass"], abs=0.02)
+        rest = np.delete(m[0], unit) / np.delete(prior, unit)
+        np.testing.assert_allclose(rest, rest[0], rtol=0.05)  # the rest in prior proportion
+    _, field = static(CORNER_EVERY - 1, level="field")  # at field level a corner is one field
+    assert field[0, :3].sum() == pytest.approx(_draw_params(STATIC_DIRICHLET, CTX, 5, 10, "field")["mass"], abs=0.02)
