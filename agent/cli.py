@@ -187,7 +187,8 @@ def evaluate_cmd(
 ) -> None:
     """Run policies in the real env on paired seeds; write report.md, results.json and plots."""
     # lazy: the runner, the env and scipy load only when this command runs
-    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies  # noqa: PLC0415
+    from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies  # noqa: PLC0415
+    from mixagent.agent.evaluate import evaluate  # noqa: PLC0415
     from mixagent.agent.runner import RunnerConfig, RunnerError  # noqa: PLC0415
     from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415

@@ -28,6 +28,7 @@ import numpy as np
 from mixagent.agent.registry import draw_params, get_family, import_plugins
 from mixagent.agent.runner import (
     Episode,
+    FolderPin,
     RunnerConfig,
     RunnerError,
     RunReport,
@@ -37,7 +38,7 @@ from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import SCHEMA_VERSION, stable_hash
 from mixagent.trajectories.policy import Level, PolicyContext
 from mixagent.trajectories.schedules import BUILTIN_FAMILIES
-from mixagent.trajectories.storage import FileStore, StoredTrajectory, read_json_object, write_json_atomic
+from mixagent.trajectories.storage import FileStore
 
 __all__ = [
     "GenerateConfig",
@@ -102,52 +103,6 @@ def make_plan(setting: Setting, *, n: int, families: Sequence[str] = BUILTIN_FAM
     return plan
 
 
-def _pin(cfg: GenerateConfig, setting: Setting, store: FileStore, level: Level) -> None:
-    """Write (or check against) ``generate.json`` and ``setting.json``."""
-    pinned = {
-        "schema_version": SCHEMA_VERSION,
-        "setting_name": setting.name,
-        "setting_hash": setting.hash(),
-        "families": list(cfg.families),
-        "seed": cfg.seed,
-        "level": level,
-    }
-    path = store.root / "generate.json"
-    if path.exists():
-        old = read_json_object(path)
-        for key, value in pinned.items():
-            if old.get(key) != value:
-                raise GenerateError(
-                    f"{path}: {key} is {old.get(key)!r} in this folder but {value!r} in this run; "
-                    "use another --out (a folder holds one plan)"
-                )
-    write_json_atomic(path, {**pinned, "n": cfg.n, "workers": cfg.workers, "threads": cfg.resolved_threads(),
-                             "executor": cfg.executor, "plugins": list(cfg.plugins)})
-    setting_path = store.root / "setting.json"
-    if not setting_path.exists():
-        write_json_atomic(setting_path, setting.model_dump(mode="json"))
-
-
-def _check_plan_membership(
-    cfg: GenerateConfig, setting: Setting, level: Level, store: FileStore, done: set[str]
-) -> None:
-    """Refuse a folder holding records that are not items of its plan (drawn by other code, a
-    changed plugin or another numpy): resuming would silently mix two plans."""
-    if not done:
-        return
-    # Workers finish out of order, so stored ids may lie a little past the first max(N, stored)
-    # items; twice that plus 64 covers any resume history with up to 64 workers.
-    reach = 2 * max(cfg.n, len(done)) + 64
-    known = {it.run_id for it in make_plan(setting, n=reach, families=cfg.families, seed=cfg.seed, level=level)}
-    foreign = sorted(done - known)
-    if foreign:
-        raise GenerateError(
-            f"{store.path_of(foreign[0])}: not an item of this folder's plan (the first {reach} items of "
-            f"families {list(cfg.families)}, seed {cfg.seed}, level {level}); {len(foreign)} such record(s). "
-            "They were drawn by other code; move them out or use another --out"
-        )
-
-
 def generate(cfg: GenerateConfig, setting: Setting) -> RunReport:
     """Run (or resume) the plan of ``cfg`` for ``setting``; see the module docstring.
 
@@ -162,9 +117,19 @@ def generate(cfg: GenerateConfig, setting: Setting) -> RunReport:
     level: Level = cfg.level or setting.action.level
     import_plugins(cfg.plugins)
     plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level)  # checks families
-
-    def check_folder(store: FileStore, stored: list[StoredTrajectory]) -> None:
-        _pin(cfg, setting, store, level)
-        _check_plan_membership(cfg, setting, level, store, {s.trajectory.header.trajectory_id for s in stored})
-
-    return run_episodes(setting, plan, cfg.out, runner, check_folder=check_folder)
+    # Workers finish out of order, so stored ids may lie a little past the first max(N, stored) items;
+    # twice that plus 64 covers any resume history with up to 64 workers.
+    held = len(FileStore(cfg.out).list()) if (Path(cfg.out) / "records").is_dir() else 0
+    reach = 2 * max(cfg.n, held) + 64
+    admitted = frozenset(it.run_id for it in make_plan(setting, n=reach, families=cfg.families, seed=cfg.seed,
+                                                        level=level))
+    pin = FolderPin(
+        "generate.json",
+        pinned={"schema_version": SCHEMA_VERSION, "families": list(cfg.families), "seed": cfg.seed, "level": level},
+        info={"n": cfg.n, "workers": cfg.workers, "threads": cfg.resolved_threads(), "executor": cfg.executor,
+              "plugins": list(cfg.plugins)},
+        admitted=admitted,
+        admitted_what=f"this folder's plan (the first {reach} items of families {list(cfg.families)}, seed {cfg.seed}, "
+                      f"level {level})",
+    )
+    return run_episodes(setting, plan, cfg.out, runner, pin=pin)

@@ -29,7 +29,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
@@ -52,6 +52,7 @@ from mixagent.trajectories.storage import (
     RecordMeta,
     StoredTrajectory,
     default_meta,
+    read_json_object,
     write_json_atomic,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "RunnerError",
     "RunReport",
     "EpisodeWorker",
+    "FolderPin",
     "run_episodes",
     "write_card",
 ]
@@ -354,8 +356,43 @@ def write_card(store: FileStore, summaries: dict[str, TrajectorySummary]) -> dic
     return card
 
 
-FolderCheck = Callable[[FileStore, list[StoredTrajectory]], None]
-"""Runs under the folder's lock before anything else (pin a plan, refuse foreign records)."""
+@dataclass(frozen=True)
+class FolderPin:
+    """What a folder of runs holds, pinned in ``DIR/<file>`` (``generate.json``, ``evaluation.json``).
+
+    The runner always pins the setting's name and hash and writes ``DIR/setting.json`` once; a rerun
+    whose ``pinned`` values disagree with the file is refused (a folder holds one setting and one
+    plan); ``info`` is rewritten on every run. When ``admitted`` is given, a folder holding a record
+    whose id is not in it is refused too (drawn by other code, a changed plugin or another numpy:
+    resuming would silently mix two plans)."""
+
+    file: str
+    pinned: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    admitted: frozenset[str] | None = None
+    admitted_what: str = "this folder's plan"
+    """How a refusal names the set ``admitted`` stands for."""
+
+    def apply(self, store: FileStore, setting: Setting, stored: Sequence[StoredTrajectory]) -> None:
+        """Check and write the pin (under the folder's lock, before any run)."""
+        pinned = {"setting_name": setting.name, "setting_hash": setting.hash(), **self.pinned}
+        path = store.root / self.file
+        if path.exists():
+            old = read_json_object(path)
+            for key, value in pinned.items():
+                if old.get(key) != value:
+                    raise RunnerError(f"{path}: {key} is {old.get(key)!r} in this folder but {value!r} in this run; "
+                                      "use another --out (a folder holds one setting and one plan)")
+        if self.admitted is not None:
+            foreign = sorted(s.trajectory.header.trajectory_id for s in stored
+                             if s.trajectory.header.trajectory_id not in self.admitted)
+            if foreign:
+                raise RunnerError(f"{store.path_of(foreign[0])}: not an item of {self.admitted_what}; "
+                                  f"{len(foreign)} such record(s). They were drawn by other code; move them out "
+                                  "or use another --out")
+        write_json_atomic(path, {**pinned, **self.info})
+        if not (store.root / "setting.json").exists():
+            write_json_atomic(store.root / "setting.json", setting.model_dump(mode="json"))
 
 
 def run_episodes(
@@ -364,10 +401,11 @@ def run_episodes(
     out: str | Path,
     cfg: RunnerConfig,
     *,
-    check_folder: FolderCheck | None = None,
+    pin: FolderPin,
     desc: str | None = None,
 ) -> RunReport:
     """Run every episode of ``episodes`` that ``out`` does not hold yet; see the module docstring.
+    ``pin`` says what the folder holds (checked and written under its lock before anything runs).
 
     An episode that raises is logged and left out (the next run retries it); the others go on, and
     a :class:`RunnerError` listing the failures ends the run. The folder's ``card.json`` is kept up
@@ -389,8 +427,7 @@ def run_episodes(
             (store.partial / f"{pid}.jsonl").unlink()
         store.partial.mkdir(parents=True, exist_ok=True)
         stored = store.load_all()
-        if check_folder is not None:
-            check_folder(store, stored)
+        pin.apply(store, setting, stored)
         summaries = {s.trajectory.header.trajectory_id: summarise(s) for s in stored}
         # The folder itself must be one environment (a corpus adopted before is kept); new runs join it.
         try:

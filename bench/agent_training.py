@@ -224,7 +224,8 @@ def real_rollouts(args, names: list[str], seeds: int, first_seed: int, folder: s
                   extra: tuple[str, ...] = ()) -> dict:
     """``names`` (and ``uniform``, the reference, and ``extra`` baselines) in the real env on
     ``--rollout-setting`` at λ = 0.5, on seeds ``first_seed``..; the harness's per-setting result."""
-    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_policies
+    from mixagent.agent.catalogue import EvaluationConfig, parse_policies
+    from mixagent.agent.evaluate import evaluate
     from mixagent.agent.runner import RunnerConfig
     from mixagent.env.setting import load_setting
 
@@ -241,7 +242,7 @@ def add_select_rollouts(rows: dict[str, dict], args) -> None:
     """Real rollouts of the shortlist on a training setting, on seeds ``SELECT_ROLLOUT_SEED``.. that
     no benchmark compares on: FQE on behaviour data cannot see what a policy does in closed loop
     (IQL's schedule jumped between stages there)."""
-    from mixagent.agent.evaluate import safe_label
+    from mixagent.agent.catalogue import safe_label
 
     names = shortlist(rows)
     if not names:
@@ -255,7 +256,7 @@ def add_select_rollouts(rows: dict[str, dict], args) -> None:
 
 def add_rollouts(rows: dict[str, dict], args) -> None:
     """Every candidate on the comparison seeds (1000..): the real ranking beside the offline one."""
-    from mixagent.agent.evaluate import COMPARE_SEED, safe_label
+    from mixagent.agent.catalogue import COMPARE_SEED, safe_label
 
     res = real_rollouts(args, list(rows), args.rollouts, COMPARE_SEED, "rollouts",
                         extra=("fixed-target-share:target_share=0.3",))

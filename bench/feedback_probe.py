@@ -52,7 +52,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder")
     args = ap.parse_args()
 
-    from mixagent.agent.evaluate import learned_run_id, objective_key, parse_objective, parse_policies
+    from mixagent.agent.catalogue import objective_key, parse_objective, parse_policies
+    from mixagent.agent.evaluate import learned_run_id
     from mixagent.agent.policy import load_artifact
     from mixagent.trajectories.encoding import action_to_weights, observation_layout
     from mixagent.trajectories.plots import mixture_target_share, target_share

@@ -76,7 +76,8 @@ def main() -> int:
                          "--report-name")
     args = ap.parse_args()
 
-    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
+    from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies
+    from mixagent.agent.evaluate import evaluate
     from mixagent.agent.runner import RunnerConfig, RunnerError
     from mixagent.console import configure_logging
     from mixagent.env.setting import load_setting

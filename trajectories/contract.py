@@ -21,6 +21,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WEIGHT_FLOOR",
     "SOURCE_FIELD",
+    "REBUILD_ATOL",
     "NAME_PATTERN",
     "Name",
     "ContractError",
@@ -45,6 +46,12 @@ WEIGHT_FLOOR = 1e-4
 
 SOURCE_FIELD = "source"
 """The field a base model was pre-trained on; every other field is a target field."""
+
+REBUILD_ATOL = 1e-12
+"""How far a mixture rebuilt on another CPU may lie from the stored one (absolute, per domain).
+numpy's vectorised kernels differ between instruction sets (AVX-512 vs AVX2: 1 ulp, 2.8e-17, measured
+on a schedule's weights), so weights are equal across machines only up to a few ulps; 1e-12 is far
+above that and far below any difference a mixing decision could make."""
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"

@@ -213,7 +213,8 @@ def test_out_of_range_observations_go_to_the_fallback(tiny_dataset, tmp_path):
 
 
 def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset, tiny_setting, cache_dir, tmp_path):
-    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
+    from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies
+    from mixagent.agent.evaluate import evaluate
     from mixagent.agent.runner import RunnerConfig
     from mixagent.agent.train import TrainConfig, train
 
@@ -244,6 +245,18 @@ def test_the_harness_runs_every_policy_on_paired_seeds_and_reports(tiny_dataset,
     assert (tmp_path / "eval" / "plots" / "synthetic-tiny-shares.png").is_file()
     assert set(res["learned_share_by_objective"]["agent"]) == {"lam0.5", "lam0.2"}
     assert (tmp_path / "eval" / "plots" / "synthetic-tiny-agent-shares-by-objective.png").is_file()
+    # results.json says which seeds and which command made it
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["comparison_seed_list"] == [1000, 1001] and saved["selection_seed_list"] == [2000]
+    assert saved["command"].startswith(("pytest", "python", "__main__"))
+    # the runner pinned the folder to its setting: another setting's runs are refused there
+    from dataclasses import replace
+
+    from mixagent.agent.runner import RunnerError
+
+    other = tiny_setting.model_copy(update={"seed": tiny_setting.seed + 1})
+    with pytest.raises(RunnerError, match=r"evaluation.json: setting_hash is .* in this folder but .* in this run"):
+        evaluate(replace(cfg, settings=(other,), command="mixagent agent evaluate ..."))
     # resumable: a second call runs nothing new and reports the same numbers
     again = evaluate(cfg)
     assert again[0]["objectives"]["lam0.5"]["policies"]["agent"]["B"] == r["policies"]["agent"]["B"]
@@ -253,7 +266,8 @@ def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison
         tiny_setting, cache_dir, tmp_path):
     from dataclasses import replace
 
-    from mixagent.agent.evaluate import EvaluationConfig, evaluate, parse_objective, parse_policies
+    from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies
+    from mixagent.agent.evaluate import evaluate
     from mixagent.agent.runner import RunnerConfig
 
     grid = [p for p in parse_policies(["grid"]) if p.label in ("grid-0.1", "grid-0.9")]
@@ -302,7 +316,8 @@ def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison
 def test_a_selection_study_runs_on_its_own_seed_block(tiny_setting, tmp_path):
     from dataclasses import replace
 
-    from mixagent.agent.evaluate import COMPARE_SEED, SELECT_SEED, EvaluationConfig, parse_policies, plan_setting
+    from mixagent.agent.catalogue import COMPARE_SEED, SELECT_SEED, EvaluationConfig, parse_policies
+    from mixagent.agent.evaluate import plan_setting
 
     cfg = EvaluationConfig(out=tmp_path / "eval", policies=tuple(parse_policies(["uniform", "grid"])),
                            settings=(tiny_setting,), seeds=2, selection_seeds=1, first_seed=3000)
@@ -315,7 +330,7 @@ def test_a_selection_study_runs_on_its_own_seed_block(tiny_setting, tmp_path):
 
 
 def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_dataset, tiny_setting, tmp_path):
-    from mixagent.agent.evaluate import EvaluationConfig, parse_objective, parse_policies
+    from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies
     from mixagent.agent.train import TrainConfig, train
 
     train([tiny_dataset], "bc", tmp_path / "agent", TrainConfig(**FAST), progress=False)
@@ -329,7 +344,7 @@ def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_da
 def test_intervals_are_the_t_intervals_of_the_paired_differences():
     from scipy import stats
 
-    from mixagent.agent.evaluate import mean_interval, paired_interval, unpaired_halfwidth
+    from mixagent.agent.report import mean_interval, paired_interval, unpaired_halfwidth
 
     rng = np.random.default_rng(0)
     seed_effect = rng.normal(0, 0.01, 6)  # what pairing removes

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mixagent.trajectories import History
+from mixagent.trajectories.contract import REBUILD_ATOL
 from mixagent.trajectories.environment import START_TOLERANCE, start_drift
 from mixagent.trajectories.policy import PolicyContext
 from mixagent.trajectories.stats import build_card, summarise
@@ -47,7 +48,8 @@ def test_dataset_matches_its_setting_and_card(folder):
 
 @pytest.mark.parametrize("folder", DATASETS, ids=lambda p: p.name)
 def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
-    """The schedule code still produces exactly the weights that were trained on (bit for bit)."""
+    """The schedule code still produces the weights that were trained on, up to the float numerics of
+    the CPU that stored them (``REBUILD_ATOL``: numpy's kernels differ by instruction set)."""
     from mixagent.agent.registry import build_policy
 
     for s in FileStore(folder).load_all():
@@ -55,8 +57,8 @@ def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
         schedule = build_policy(hd.schedule, hd.schedule_params, PolicyContext(hd.space, hd.horizon, hd.action))
         for i, w in enumerate(h.weights):
             seen = History(space=hd.space, feedback=h.feedback[: i + 1], weights=h.weights[:i])
-            np.testing.assert_array_equal(schedule.next_weights(hd.space, seen).as_array(), w.as_array(),
-                                          err_msg=hd.trajectory_id)
+            np.testing.assert_allclose(schedule.next_weights(hd.space, seen).as_array(), w.as_array(),
+                                       rtol=0, atol=REBUILD_ATOL, err_msg=hd.trajectory_id)
 
 
 @pytest.mark.real
