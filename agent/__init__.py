@@ -21,7 +21,8 @@ from mixagent.agent.baselines import (
     UniformPolicy,
     build_baseline,
 )
-from mixagent.agent.policy import ArtifactError, PolicyCard, load_artifact
+from mixagent.agent.card import ArtifactError, PolicyCard
+from mixagent.agent.onnx_policy import load_artifact
 from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
 
 __all__ = [

@@ -35,7 +35,6 @@ __all__ = [
     "NOISY_LOSS_SOFTMAX",
     "NOISY_LOSS_SOFTMAX_PLAIN",
     "BEHAVIOUR_FAMILIES",
-    "register_all",
 ]
 
 
@@ -76,8 +75,3 @@ NOISY_LOSS_SOFTMAX_PLAIN = BEHAVIOUR_BASELINES["noisy_loss_softmax_plain"].famil
 BEHAVIOUR_FAMILIES: dict[str, PolicyFamily] = {
     f.name: f for f in (NOISY_FIXED_TARGET_SHARE, NOISY_LOSS_SOFTMAX, NOISY_LOSS_SOFTMAX_PLAIN)
 }
-
-
-def register_all() -> None:
-    """Deprecated no-op (one release): these families are ``mixagent.policies`` entry points now,
-    so ``--plugin mixagent.agent.behaviour`` is no longer needed."""

@@ -265,7 +265,7 @@ class EvaluationConfig:
                                 f"{[p.label for p in self.policies]}")
         if not self.objectives:
             raise ContractError("--objectives: at least one objective is needed")
-        from mixagent.agent.policy import load_artifact  # noqa: PLC0415 - onnxruntime only when evaluating
+        from mixagent.agent.onnx_policy import load_artifact  # noqa: PLC0415 - onnxruntime only when evaluating
 
         for spec in self.policies:  # refuse up front, as the service would (422), not after hours of runs
             if spec.per_objective and spec.artifact is not None:
@@ -273,7 +273,7 @@ class EvaluationConfig:
                 for setting in self.settings:
                     for o in self.objectives:
                         try:
-                            factory(setting.cpt.horizon, o)
+                            factory(setting.space, setting.cpt.horizon, o)
                         except ContractError as e:
                             raise ContractError(f"--objectives: {objective_key(o)} for {spec.label}: {e}") from None
 

@@ -40,9 +40,6 @@ def generate_cmd(
     ray_address: Annotated[str, typer.Option(help="Ray cluster address (default: start a local Ray).")] = "",
     cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per trajectory).")] = True,
-    plugin: Annotated[list[str] | None, typer.Option(
-        help="Deprecated: a module that registers families by calling register_family (entry points replace it)."
-    )] = None,
     start_tolerance: Annotated[float, typer.Option(
         help="Refuse runs whose first evaluation differs from the folder's by more (nats, any domain)."
     )] = START_TOLERANCE,
@@ -71,7 +68,7 @@ def generate_cmd(
     cfg = GenerateConfig(
         out=out, n=n, families=fams, seed=seed, level=level or None, workers=workers, threads=threads,  # type: ignore[arg-type]
         executor=executor, ray_address=ray_address or None, cache_dir=cache_dir, progress=progress,  # type: ignore[arg-type]
-        plugins=tuple(plugin or ()), start_tolerance=start_tolerance, adopt_corpus=adopt_corpus,
+        start_tolerance=start_tolerance, adopt_corpus=adopt_corpus,
     )
     try:
         report = generate(cfg, s)
@@ -134,8 +131,8 @@ def export_cmd(
     import d3rlpy  # noqa: PLC0415
 
     import mixagent.agent.networks  # noqa: F401, PLC0415 - registers the Transformer encoder d3rlpy must find by name
+    from mixagent.agent.card import ArtifactError, PolicyCard  # noqa: PLC0415
     from mixagent.agent.export import write_artifact  # noqa: PLC0415
-    from mixagent.agent.policy import ArtifactError, PolicyCard  # noqa: PLC0415
     from mixagent.agent.train import quiet_d3rlpy  # noqa: PLC0415
 
     quiet_d3rlpy()

@@ -7,7 +7,7 @@ Order matters and is fixed here:
 2. **split by trajectory** into train and validation *before anything else*, per setting, seeded
    (a trajectory's relabelled copies never straddle the split);
 3. **relabel**: each trajectory is replayed under several objectives drawn from an
-   :class:`~mixagent.agent.policy.ObjectiveRange` (its own objective first), which changes both the
+   :class:`~mixagent.trajectories.contract.ObjectiveRange` (its own objective first), which changes both the
    rewards ``r_t = B_{t+1} - B_t`` and the objective slice of the observation (``obs-v2``); the
    raw records hold raw feedback, so relabelling needs no new runs;
 4. **encode** with the one encoder (``trajectories/encoding.py``) and label actions with
@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.agent.policy import ObjectiveRange, TrainingData
+from mixagent.agent.card import TrainingData
 from mixagent.trajectories.contract import (
     SOURCE_FIELD,
     ActionSpec,
     ContractError,
     Objective,
+    ObjectiveRange,
     Trajectory,
     stable_hash,
 )

@@ -4,7 +4,7 @@ d3rlpy's own ONNX export fails on this torch (NOTES.md), so the network is wrapp
 ``nn.Module`` (observation scaler -> ``impl.predict_best_action`` -> action scaler) and exported with
 the TorchScript-based exporter (``dynamo=False``, a dynamic batch axis). The export is checked
 before anything is written: onnxruntime must give the torch policy's actions to 1e-5 on the given
-observations. The artifact then loads with :func:`~mixagent.agent.policy.load_artifact` without
+observations. The artifact then loads with :func:`~mixagent.agent.onnx_policy.load_artifact` without
 torch.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixagent.agent.policy import CARD_FILE, PolicyCard, load_artifact
+from mixagent.agent.card import CARD_FILE, PolicyCard
+from mixagent.agent.onnx_policy import load_artifact
 
 __all__ = ["MODEL_FILE", "ExportError", "PolicyNet", "export_onnx", "write_artifact"]
 

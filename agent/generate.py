@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.agent.registry import draw_params, get_family, import_plugins
+from mixagent.agent.registry import draw_params, get_family
 from mixagent.agent.runner import (
     Episode,
     FolderPin,
@@ -115,7 +115,6 @@ def generate(cfg: GenerateConfig, setting: Setting) -> RunReport:
     runner = cfg.runner()
     runner.check()
     level: Level = cfg.level or setting.action.level
-    import_plugins(cfg.plugins)
     plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level)  # checks families
     # Workers finish out of order, so stored ids may lie a little past the first max(N, stored) items;
     # twice that plus 64 covers any resume history with up to 64 workers.
@@ -126,8 +125,7 @@ def generate(cfg: GenerateConfig, setting: Setting) -> RunReport:
     pin = FolderPin(
         "generate.json",
         pinned={"schema_version": SCHEMA_VERSION, "families": list(cfg.families), "seed": cfg.seed, "level": level},
-        info={"n": cfg.n, "workers": cfg.workers, "threads": cfg.resolved_threads(), "executor": cfg.executor,
-              "plugins": list(cfg.plugins)},
+        info={"n": cfg.n, "workers": cfg.workers, "threads": cfg.resolved_threads(), "executor": cfg.executor},
         admitted=admitted,
         admitted_what=f"this folder's plan (the first {reach} items of families {list(cfg.families)}, seed {cfg.seed}, "
                       f"level {level})",

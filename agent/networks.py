@@ -22,23 +22,31 @@ from d3rlpy.models.encoders import EncoderFactory, register_encoder_factory
 from d3rlpy.models.torch.encoders import Encoder, EncoderWithAction
 from torch import nn
 
-from mixagent.trajectories.encoding import WINDOW
+from mixagent.trajectories.encoding import WINDOW, layout
 
-__all__ = ["WindowTransformerEncoderFactory", "WindowTransformer", "history_tokens"]
+__all__ = ["WindowTransformerEncoderFactory", "WindowTransformer", "TOKEN_FEATURES", "history_tokens"]
+
+
+TOKEN_FEATURES = (("gains", "past_gains"), ("last_shares", "past_shares"))
+"""Each history token holds, per field, the gain and the share of one step: the newest from the
+first feature of each pair, older ones from the second (the window), as ``encoding.layout`` names them."""
 
 
 def history_tokens(x: torch.Tensor, n_fields: int, window: int = WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
     """Split field-level ``obs-v2`` rows ``[B, n]`` into tokens ``[B, W+1, 2F]`` (newest first) and
-    the context ``[B, n - (W+1)·2F]``."""
-    f = n_fields
-    gains_now, change, shares_last, progress = x[:, :f], x[:, f:2 * f], x[:, 2 * f:3 * f], x[:, 3 * f:3 * f + 1]
-    start = 3 * f + 1
-    past_gains = x[:, start:start + window * f].reshape(-1, window, f)
-    past_shares = x[:, start + window * f:start + 2 * window * f].reshape(-1, window, f)
-    gains = torch.cat([gains_now[:, None, :], past_gains], dim=1)
-    shares = torch.cat([shares_last[:, None, :], past_shares], dim=1)
-    context = torch.cat([change, progress, x[:, start + 2 * window * f:]], dim=1)
-    return torch.cat([gains, shares], dim=2), context
+    the context ``[B, n - (W+1)·2F]``: every other feature of :func:`~mixagent.trajectories.encoding.layout`,
+    in its order. The slices come from the layout, so a new encoder version cannot silently shift them."""
+    rows = layout(n_fields, version="obs-v2")
+    if window != WINDOW:
+        raise ValueError(f"window: the obs-v2 layout has a window of {WINDOW}, got {window}")
+    parts = []
+    for now, past in TOKEN_FEATURES:
+        newest = x[:, rows[now]][:, None, :]
+        older = x[:, rows[past]].reshape(-1, window, n_fields)
+        parts.append(torch.cat([newest, older], dim=1))
+    in_tokens = {name for pair in TOKEN_FEATURES for name in pair}
+    context = torch.cat([x[:, sl] for name, sl in rows.items() if name not in in_tokens], dim=1)
+    return torch.cat(parts, dim=2), context
 
 
 class _Block(nn.Module):
@@ -70,6 +78,10 @@ class WindowTransformer(nn.Module):
     def __init__(self, n_obs: int, n_fields: int, d_model: int, n_layers: int, n_heads: int, extra: int = 0):
         super().__init__()
         self.n_fields = n_fields
+        width = list(layout(n_fields, version="obs-v2").values())[-1].stop
+        if n_obs != width:
+            raise ValueError(f"observation width: the obs-v2 layout of {n_fields} fields has {width} features, "
+                             f"got {n_obs} (the Transformer reads field-level obs-v2 only)")
         context = n_obs - (WINDOW + 1) * 2 * n_fields
         self.embed = nn.Linear(2 * n_fields + context + extra, d_model)
         self.position = nn.Parameter(torch.zeros(WINDOW + 1, d_model))

@@ -9,23 +9,18 @@ no import side effects::
 
     [project.entry-points."mixagent.policies"]
     my_schedule = "my_package.schedules:MY_FAMILY"
-
-Families registered by the deprecated ``register_family`` call (one more release) are merged in.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import warnings
-from collections.abc import Sequence
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
 from mixagent.trajectories.contract import ContractError
 from mixagent.trajectories.policy import Level, MixingPolicy, PolicyContext, PolicyFamily
-from mixagent.trajectories.schedules import RUNTIME_FAMILIES
 from mixagent.trajectories.schedules import build_policy as _build
 from mixagent.trajectories.schedules import draw_params as _draw
 
@@ -36,7 +31,6 @@ __all__ = [
     "get_family",
     "draw_params",
     "build_policy",
-    "import_plugins",
     "family_of_class",
 ]
 
@@ -87,9 +81,8 @@ def _entry_point_families() -> dict[str, PolicyFamily]:
 
 
 def policy_families() -> dict[str, PolicyFamily]:
-    """Every family by name: entry points first, then (deprecated) runtime registrations."""
-    found = _entry_point_families()
-    return {**found, **{k: v for k, v in RUNTIME_FAMILIES.items() if k not in found}}
+    """Every family by name (the entry points of every installed package)."""
+    return dict(_entry_point_families())
 
 
 def get_family(name: str) -> PolicyFamily:
@@ -108,14 +101,3 @@ def draw_params(family: str, ctx: PolicyContext, seed: int, index: int = 0, leve
 def build_policy(name: str, params: dict[str, Any], ctx: PolicyContext) -> MixingPolicy:
     """The policy ``name`` with ``params`` for the problem ``ctx``."""
     return _build(get_family(name), params, ctx)
-
-
-def import_plugins(modules: Sequence[str]) -> None:
-    """Deprecated ``--plugin MODULE``: import modules that call ``register_family`` (one more release).
-
-    Modules whose families are entry points (e.g. ``mixagent.agent.behaviour``) need no plugin."""
-    for m in modules:
-        try:
-            importlib.import_module(m)
-        except ImportError as e:
-            raise RegistryError(f"--plugin: cannot import {m!r} ({e})") from None

@@ -98,14 +98,14 @@ def score(t: Trajectory, objective: Objective) -> Scored:
 def fallback_share(spec: PolicySpec, objective: Objective, runs: Sequence[Trajectory]) -> float:
     """Share of a learned policy's decisions in ``runs`` that its fallback baseline made (the
     observation left the ranges seen in training), recomputed from the recorded histories."""
-    from mixagent.agent.policy import decide, load_artifact  # noqa: PLC0415
+    from mixagent.agent.onnx_policy import decide, load_artifact  # noqa: PLC0415
     from mixagent.trajectories.replay import history_prefix  # noqa: PLC0415
 
     assert spec.artifact is not None
     _, factory = load_artifact(spec.artifact)
     n = fell = 0
     for t in runs:
-        policy = factory(t.header.horizon, objective)
+        policy = factory(t.header.space, t.header.horizon, objective)
         for i in range(t.history.stages):
             n += 1
             fell += decide(policy, t.header.space, history_prefix(t.history, i)).fallback is not None

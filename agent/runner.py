@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from tqdm.auto import tqdm
 
 from mixagent import __version__
-from mixagent.agent.policy import load_artifact
-from mixagent.agent.registry import build_policy, import_plugins
+from mixagent.agent.onnx_policy import load_artifact
+from mixagent.agent.registry import build_policy
 from mixagent.trajectories.contract import Objective, Trajectory, TrajectoryHeader
 from mixagent.trajectories.environment import START_TOLERANCE, FolderEnvironment, ForeignEnvironmentError
 from mixagent.trajectories.policy import MixingPolicy, PolicyContext
@@ -119,8 +119,6 @@ class RunnerConfig:
     """Refuse a run whose first evaluation differs from the folder's by more (nats, any domain)."""
     adopt_corpus: bool = False
     """Let a folder whose records all predate provenance take this machine's corpus digest."""
-    plugins: tuple[str, ...] = ()
-    """Deprecated ``--plugin`` modules imported (here and in every worker) before policies are built."""
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(self.workers, 1))
@@ -152,12 +150,10 @@ class RunReport:
 class EpisodeWorker:
     """One env (one model in this process), reused for many episodes."""
 
-    def __init__(self, setting: dict[str, Any], cache_dir: str | None, threads: int, plugins: Sequence[str] = ()):
+    def __init__(self, setting: dict[str, Any], cache_dir: str | None, threads: int):
         # lazy: torch and the env load in the process that runs episodes, not in a driver that only
         # plans and collects (nor where this module is imported for its types)
         import torch  # noqa: PLC0415
-
-        import_plugins(plugins)
 
         from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415
         from mixagent.env.setting import load_setting  # noqa: PLC0415
@@ -196,7 +192,7 @@ class EpisodeWorker:
             return build_policy(ep.policy, ep.params, ctx)
         if ep.artifact not in self._artifacts:
             self._artifacts[ep.artifact] = load_artifact(ep.artifact)[1]
-        return self._artifacts[ep.artifact](ctx.horizon, ctx.objective)
+        return self._artifacts[ep.artifact](ctx.space, ctx.horizon, ctx.objective)
 
     def run(self, ep: Episode, partial_dir: str | None = None) -> dict[str, Any]:
         """Run one episode; append its stages to ``partial_dir/<id>.jsonl`` when that folder exists
@@ -248,10 +244,10 @@ def _exit_with_parent(interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(setting: dict[str, Any], cache_dir: str | None, threads: int, plugins: Sequence[str]) -> None:
+def _init_worker(setting: dict[str, Any], cache_dir: str | None, threads: int) -> None:
     global _WORKER
     _exit_with_parent()
-    _WORKER = EpisodeWorker(setting, cache_dir, threads, plugins)
+    _WORKER = EpisodeWorker(setting, cache_dir, threads)
 
 
 def _run_in_worker(ep: Episode, partial_dir: str | None) -> dict[str, Any]:
@@ -267,7 +263,7 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
     cache = str(cfg.cache_dir) if cfg.cache_dir else None
     threads = cfg.resolved_threads()
     if cfg.workers <= 1:
-        worker = EpisodeWorker(setting, cache, threads, cfg.plugins)
+        worker = EpisodeWorker(setting, cache, threads)
         for ep in todo:
             try:
                 result: dict[str, Any] | Exception = worker.run(ep, partial)
@@ -277,7 +273,7 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
         return
     pool = ProcessPoolExecutor(
         max_workers=cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-        initargs=(setting, cache, threads, cfg.plugins),
+        initargs=(setting, cache, threads),
     )
     finished = False
     try:
@@ -322,7 +318,7 @@ def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode]
     try:
         remote_worker = ray.remote(num_cpus=threads)(EpisodeWorker)
         cache = str(cfg.cache_dir) if cfg.cache_dir else None
-        actors = [remote_worker.remote(setting, cache, threads, cfg.plugins) for _ in range(max(cfg.workers, 1))]
+        actors = [remote_worker.remote(setting, cache, threads) for _ in range(max(cfg.workers, 1))]
         queue = iter(todo)
         pending: dict[Any, tuple[Any, Episode]] = {}
         for actor in actors:
@@ -417,7 +413,6 @@ def run_episodes(
         raise RunnerError(f"episodes: duplicate run ids {dup[:5]}")
     if Path(out).exists() and not Path(out).is_dir():
         raise RunnerError(f"--out: {out} exists and is not a folder")
-    import_plugins(cfg.plugins)
     store = FileStore(out)
     with store.lock("run episodes"):
         # Nothing else writes here while we hold the lock: temporaries and partials are dead.

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mixagent.agent.card import PolicyCard
 from mixagent.agent.dataset import (
     DatasetError,
     Episodes,
@@ -38,9 +39,8 @@ from mixagent.agent.dataset import (
     split_runs,
     to_mdp_dataset,
 )
-from mixagent.agent.policy import ObjectiveRange, PolicyCard
-from mixagent.trajectories.contract import format_validation_errors, stable_hash
-from mixagent.trajectories.encoding import ENCODER_VERSION
+from mixagent.trajectories.contract import ObjectiveRange, format_validation_errors, stable_hash
+from mixagent.trajectories.encoding import ENCODER_VERSION, layout
 
 __all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "train"]
 
@@ -255,13 +255,18 @@ def _fqe_value(algo: Any, val: Episodes, cfg: TrainConfig, progress: bool) -> fl
 def _observation_ranges(episodes: Episodes, objectives: ObjectiveRange,
                         n_fields: int) -> tuple[list[float], list[float]]:
     """Per-feature ranges of the training observations (all training trajectories, relabelled),
-    with the objective slice's λ and field weights widened to the whole trained objective range."""
+    with the objective slice's λ and field weights widened to the whole trained objective range
+    (their positions from :func:`~mixagent.trajectories.encoding.layout`)."""
     low, high = episodes.observations.min(axis=0).astype(float), episodes.observations.max(axis=0).astype(float)
-    start = len(low) - (2 * n_fields + 1)  # obs-v2: [λ, c_1..c_F, dB/dg_1..dB/dg_F] at the end
+    rows = layout(n_fields, version=ENCODER_VERSION)
+    if list(rows.values())[-1].stop != len(low):
+        raise DatasetError(f"observations: {len(low)} features, but the {ENCODER_VERSION} layout of {n_fields} "
+                           f"fields has {list(rows.values())[-1].stop}")
     r = objectives.max_weight_ratio
-    low[start], high[start] = objectives.spread_penalty_min, objectives.spread_penalty_max
-    low[start + 1:start + 1 + n_fields] = 1 / (1 + (n_fields - 1) * r)
-    high[start + 1:start + 1 + n_fields] = r / (r + n_fields - 1)
+    low[rows["spread_penalty"]] = objectives.spread_penalty_min
+    high[rows["spread_penalty"]] = objectives.spread_penalty_max
+    low[rows["field_weights"]] = 1 / (1 + (n_fields - 1) * r)
+    high[rows["field_weights"]] = r / (r + n_fields - 1)
     return [float(x) for x in low], [float(x) for x in high]
 
 

@@ -67,7 +67,7 @@ selection (2000..) seeds."""
 def start_shares(folder: Path) -> dict[str, float]:
     """The target share the policy picks at the start of a run, per λ (equal field weights); a
     policy trained for one objective is asked with that one."""
-    from mixagent.agent.policy import load_artifact
+    from mixagent.agent.onnx_policy import load_artifact
     from mixagent.trajectories import DomainSpace, Objective
 
     card, factory = load_artifact(folder)
@@ -77,7 +77,7 @@ def start_shares(folder: Path) -> dict[str, float]:
     single = rng is not None and rng.spread_penalty_min == rng.spread_penalty_max
     for lam in LAMBDAS:
         ask = rng.spread_penalty_min if single and rng is not None else lam  # a one-objective policy: its own
-        w = factory(16, Objective(spread_penalty=ask)).initial_weights(space).as_array()
+        w = factory(space, 16, Objective(spread_penalty=ask)).initial_weights(space).as_array()
         out[f"lam{lam:g}"] = float(w[10:].sum())
     return out
 
@@ -147,8 +147,8 @@ def validation_episodes(args: argparse.Namespace, max_roughness: float = float("
     import numpy as np
 
     from mixagent.agent.dataset import all_copies, load_runs, policy_action_spec, roughness, split_runs
-    from mixagent.agent.policy import ObjectiveRange
     from mixagent.agent.train import TrainConfig
+    from mixagent.trajectories.contract import ObjectiveRange
 
     cfg = TrainConfig()
     runs, _ = load_runs(args.data)
@@ -169,14 +169,14 @@ def add_share_metrics(rows: dict[str, dict], args: argparse.Namespace, bound: fl
       between stages, which lowers B in this env."""
     import numpy as np
 
-    from mixagent.agent.policy import load_artifact
+    from mixagent.agent.onnx_policy import load_artifact
     from mixagent.trajectories import DomainSpace, action_to_weights
 
     space = DomainSpace.from_fields({"source": ["s"], "target": ["t"]})
     policies = {}
     for name in rows:
         card, factory = load_artifact(args.out / name)
-        policies[name] = (card, factory(16))
+        policies[name] = (card, factory(space, 16))
 
     def shares(name: str, obs: np.ndarray) -> np.ndarray:
         card, policy = policies[name]

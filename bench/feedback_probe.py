@@ -54,7 +54,7 @@ def main() -> int:
 
     from mixagent.agent.catalogue import objective_key, parse_objective, parse_policies
     from mixagent.agent.evaluate import learned_run_id
-    from mixagent.agent.policy import load_artifact
+    from mixagent.agent.onnx_policy import load_artifact
     from mixagent.trajectories.encoding import action_to_weights, observation_layout
     from mixagent.trajectories.plots import mixture_target_share, target_share
     from mixagent.trajectories.replay import history_prefix
@@ -81,7 +81,7 @@ def main() -> int:
 
     def observations(t: object) -> tuple[object, np.ndarray]:
         h = t.history  # type: ignore[attr-defined]
-        policy = factory(h.stages, objective)
+        policy = factory(h.space, h.stages, objective)
         return policy, np.stack([policy.observation(history_prefix(h, i)) for i in range(h.stages)])
 
     def chosen_share(policy: object, obs: np.ndarray, space: object) -> np.ndarray:

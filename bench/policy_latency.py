@@ -28,7 +28,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from mixagent.agent.baselines import build_baseline
-    from mixagent.agent.policy import decide, load_artifact
+    from mixagent.agent.onnx_policy import decide, load_artifact
     from mixagent.trajectories import Objective
     from mixagent.trajectories.replay import history_prefix
     from mixagent.trajectories.storage import FileStore
@@ -38,7 +38,7 @@ def main() -> int:
     space, h = traj.header.space, traj.history
     prefixes = [history_prefix(h, t) for t in range(h.stages)]
     card, factory = load_artifact(args.policy)
-    learned = factory(traj.header.horizon, Objective())
+    learned = factory(space, traj.header.horizon, Objective())
     policies = {
         f"{card.ref} (onnx)": learned,
         "uniform": build_baseline("uniform"),

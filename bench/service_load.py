@@ -39,7 +39,7 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 
-from mixagent.service.schemas import DecisionPublic, FeedbackIn
+from mixagent.service.server.schemas import DecisionPublic, FeedbackIn
 
 TOKEN = "bench-token"
 REPO = Path(__file__).resolve().parent.parent
@@ -235,7 +235,7 @@ def run_phase(url: str, runs: int, duration: float, rate: float | None, bare: bo
 
 def kill9_phase(tmp: Path, runs: int, duration: float, synchronous: str) -> dict[str, Any]:
     db = tmp / "kill9.db"
-    server = Server("mixagent.service.main:create_app", db, synchronous=synchronous)
+    server = Server("mixagent.service.server.main:create_app", db, synchronous=synchronous)
     port = server.port
     killer_at = duration / 2
 
@@ -250,7 +250,7 @@ def kill9_phase(tmp: Path, runs: int, duration: float, synchronous: str) -> dict
         return load
 
     load = asyncio.run(main())
-    restarted = Server("mixagent.service.main:create_app", db, port=port, synchronous=synchronous)
+    restarted = Server("mixagent.service.server.main:create_app", db, port=port, synchronous=synchronous)
     try:
         stored: dict[tuple[str, int], tuple[str, list[float]]] = {}
         with httpx.Client(base_url=restarted.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
@@ -295,7 +295,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mixagent-bench-") as d:
         tmp = Path(d)
         for name, target, bare in (("bare", "service_load:bare_app", True),
-                                   ("service", "mixagent.service.main:create_app", False)):
+                                   ("service", "mixagent.service.server.main:create_app", False)):
             server = Server(target, tmp / f"{name}.db", synchronous=args.synchronous)
             try:
                 run_phase(server.url, args.runs, 1.0, None, bare)  # warm-up

@@ -5,8 +5,8 @@
     its database tables, auth, metrics, errors, the policy registry, the export of served runs as
     trajectories, and the ``serve`` / ``export-runs`` commands. It must not import torch,
     transformers, d3rlpy, ``mixagent.env`` or the trainer room (checked by
-    ``tests/service/test_layering.py``); it loads policies through ``mixagent.agent.policy`` and
-    ``mixagent.agent.baselines`` only.
+    ``tests/service/test_layering.py``); it loads policies through ``mixagent.agent.card``,
+    ``mixagent.agent.onnx_policy`` and ``mixagent.agent.baselines`` only.
 
 ``mixagent.service.trainer``
     What runs inside a user's training job: the HTTP client (``trainer.client``, httpx only), the
@@ -18,10 +18,8 @@ The trainer side's import surface is ``mixagent.service.trainer`` (see its docst
 docs/service.md); this package forwards the same names on first use (``from mixagent.service
 import MixingClient``) without importing the trainer room, or torch, at ``import mixagent.service``.
 
-``mixagent.service.cli`` registers ``serve``, ``export-runs`` and ``demo`` on the root command and
-imports each room only when its command runs. The old flat module paths
-(``mixagent.service.client``, ``.sampler``, ``.hf``, ``.main``, ...) still work for one release and
-warn with a ``DeprecationWarning``.
+``mixagent.service.cli`` registers ``serve``, ``export-runs``, ``db`` and ``demo`` on the root command
+and imports each room only when its command runs.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def test_usage_errors_and_help_are_not_cut_at_80_columns_when_piped():
     assert max(len(line) for line in r.stderr.splitlines()) <= PIPE_WIDTH
     r = run_mixagent("trajectories", "generate", "--help")
     assert r.returncode == 0
-    whole = "Deprecated: a module that registers families by calling register_family (entry points replace it)."
+    whole = "Refuse runs whose first evaluation differs from the folder's by more (nats, any domain)."
     assert any(whole in line for line in r.stdout.splitlines()), r.stdout
 
 

@@ -27,7 +27,8 @@ ROOMS = {  # package prefix -> folder
 }
 LEAVES = {"mixagent", "mixagent.console"}
 """The package itself (``__version__``) and the console helpers import nothing of mixagent."""
-SERVER_MAY_USE = {"mixagent.agent", "mixagent.agent.policy", "mixagent.agent.baselines", "mixagent.agent.registry"}
+SERVER_MAY_USE = {"mixagent.agent", "mixagent.agent.card", "mixagent.agent.onnx_policy", "mixagent.agent.baselines",
+                  "mixagent.agent.registry"}
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "mixagent.trajectories": ("mixagent.trajectories",),
@@ -40,7 +41,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 FORBIDDEN_THIRD_PARTY = {
     "mixagent.trajectories": ("torch", "transformers", "d3rlpy", "gymnasium", "fastapi", "sqlalchemy"),
     "mixagent.service.server": ("torch", "transformers", "d3rlpy", "gymnasium"),
-    "mixagent.agent.policy": ("torch", "d3rlpy", "gymnasium"),
+    "mixagent.agent.card": ("torch", "d3rlpy", "gymnasium"),
+    "mixagent.agent.onnx_policy": ("torch", "d3rlpy", "gymnasium"),
     "mixagent.agent.baselines": ("torch", "d3rlpy", "gymnasium"),
 }
 

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ["mixagent.trajectories", "mixagent.service.server", "mixagent.agent.policy", "mixagent.agent.baselines"]
+DEFAULT = ["mixagent"]
 
 
 def build_tree(dest: Path) -> None:

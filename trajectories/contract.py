@@ -22,6 +22,7 @@ __all__ = [
     "WEIGHT_FLOOR",
     "SOURCE_FIELD",
     "REBUILD_ATOL",
+    "Level",
     "NAME_PATTERN",
     "Name",
     "ContractError",
@@ -31,6 +32,7 @@ __all__ = [
     "Feedback",
     "History",
     "Objective",
+    "ObjectiveRange",
     "ActionSpec",
     "TrajectoryHeader",
     "Trajectory",
@@ -46,6 +48,10 @@ WEIGHT_FLOOR = 1e-4
 
 SOURCE_FIELD = "source"
 """The field a base model was pre-trained on; every other field is a target field."""
+
+Level = Literal["field", "domain"]
+"""Where a policy acts: one share per field (spread over a field's domains by their priors) or one
+weight per domain."""
 
 REBUILD_ATOL = 1e-12
 """How far a mixture rebuilt on another CPU may lie from the stored one (absolute, per domain).
@@ -363,6 +369,63 @@ class Objective(_Frozen):
         if unknown:
             raise ContractError(f"objective.field_weights: unknown field(s) {unknown} (the fields are {list(fields)})")
 
+    def weight_vector(self, fields: Sequence[str]) -> np.ndarray:
+        """The field weights ``c_f`` in ``fields`` order, normalised to sum 1 (equal without weights)."""
+        if self.field_weights is None:
+            c = np.ones(len(fields))
+        else:
+            self.check_fields(fields)
+            c = np.array([self.field_weights.get(f, 0.0) for f in fields], dtype=float)
+            if c.sum() <= 0:
+                raise ContractError("objective.field_weights: no weight on any field of the space")
+        return c / c.sum()
+
+
+class ObjectiveRange(_Frozen):
+    """The objectives a learned policy was trained for: spread penalty λ in
+    ``[spread_penalty_min, spread_penalty_max]`` and field weights whose largest is at most
+    ``max_weight_ratio`` times the smallest (every field keeps a weight, so target gains count)."""
+
+    spread_penalty_min: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    """Smallest spread penalty λ trained on."""
+    spread_penalty_max: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.9
+    """Largest spread penalty λ trained on."""
+    max_weight_ratio: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 3.0
+    """Largest ratio between two fields' weights trained on (1: equal weights only)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveRange:
+        if self.spread_penalty_max < self.spread_penalty_min:
+            raise ValueError("spread_penalty_max: below spread_penalty_min")
+        return self
+
+    def describe(self) -> str:
+        return (f"spread_penalty in [{self.spread_penalty_min:g}, {self.spread_penalty_max:g}] and field "
+                f"weights within a factor {self.max_weight_ratio:g} of each other")
+
+    def check(self, objective: Objective, space: DomainSpace, policy: str = "the policy") -> None:
+        """Raise :class:`ContractError` (naming the value and the range) for an objective outside."""
+        lam = objective.spread_penalty
+        if not self.spread_penalty_min - 1e-12 <= lam <= self.spread_penalty_max + 1e-12:
+            raise ContractError(f"objective.spread_penalty: {lam:g} is outside the range {policy} was trained "
+                                f"on ({self.describe()})")
+        c = objective.weight_vector(space.fields)
+        ratio = float(c.max() / c.min()) if c.min() > 0 else math.inf
+        if ratio > self.max_weight_ratio * (1 + 1e-9):
+            raise ContractError(f"objective.field_weights: {objective.field_weights} puts {ratio:.3g}x more weight on "
+                                f"one field than another, outside the range {policy} was trained on "
+                                f"({self.describe()})")
+
+    def sample(self, rng: np.random.Generator, fields: Sequence[str]) -> Objective:
+        """An objective drawn uniformly from the range: λ uniform, log field weights uniform within
+        ``±log(max_weight_ratio)/2`` (so every pair stays within the ratio)."""
+        lam = float(rng.uniform(self.spread_penalty_min, self.spread_penalty_max))
+        half = math.log(self.max_weight_ratio) / 2
+        w = np.exp(rng.uniform(-half, half, len(fields)))
+        w = w / w.sum()
+        weights = {f: round(float(x), 4) for f, x in zip(fields, w, strict=True)}
+        return Objective(spread_penalty=round(lam, 4), field_weights=weights)
+
 
 class ActionSpec(_Frozen):
     """How an action in ``[-1, 1]^A`` maps to weights: ``(1-epsilon)·softmax(beta·a) + epsilon·prior``.
@@ -371,7 +434,7 @@ class ActionSpec(_Frozen):
     ``level="domain"``: A = number of domains.
     """
 
-    level: Literal["field", "domain"] = "field"
+    level: Level = "field"
     beta: Annotated[float, Field(gt=0, le=20, allow_inf_nan=False)] = 3.0
     epsilon: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.02
 

@@ -39,6 +39,7 @@ from mixagent.trajectories.contract import (
     ContractError,
     DomainSpace,
     History,
+    Level,
     Objective,
     Weights,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "WINDOW",
     "GAIN_SCALE",
     "action_size",
+    "layout",
     "observation_layout",
     "observation_size",
     "relative_gains",
@@ -80,22 +82,31 @@ def _check_version(version: str) -> None:
         raise ContractError(f"encoder_version: unknown encoder {version!r} (known: {list(ENCODER_VERSIONS)})")
 
 
-def observation_layout(space: DomainSpace, spec: ActionSpec, version: str = ENCODER_VERSION) -> dict[str, slice]:
-    """Where each row of the module docstring's table sits in the observation (in order), so that a
-    probe or a report can name features instead of counting them."""
+def layout(n_fields: int, n_domains: int = 0, level: Level = "field",
+           version: str = ENCODER_VERSION) -> dict[str, slice]:
+    """Where each row of the module docstring's table sits in an observation over ``n_fields``
+    fields (and, at domain level, ``n_domains`` domains), in order. The one place that counts
+    features: the encoder, the card's observation ranges, the Transformer's tokens and the probes
+    all read their slices from here."""
     _check_version(version)
-    f, k = len(space.fields), space.size
+    f, k = n_fields, n_domains
     sizes = {"gains": f, "gain_change": f, "last_shares": f, "progress": 1,
              "past_gains": WINDOW * f, "past_shares": WINDOW * f}
-    if spec.level == "domain":
+    if level == "domain":
         sizes |= {"domain_loss_change": k, "domain_last_shares": k}
     if version == "obs-v2":
         sizes |= {"spread_penalty": 1, "field_weights": f, "gain_values": f}
-    layout, start = {}, 0
+    out, start = {}, 0
     for name, n in sizes.items():
-        layout[name] = slice(start, start + n)
+        out[name] = slice(start, start + n)
         start += n
-    return layout
+    return out
+
+
+def observation_layout(space: DomainSpace, spec: ActionSpec, version: str = ENCODER_VERSION) -> dict[str, slice]:
+    """:func:`layout` of the observation of ``space`` at ``spec``'s level, so that a probe or a
+    report can name features instead of counting them."""
+    return layout(len(space.fields), space.size, spec.level, version)
 
 
 def observation_size(space: DomainSpace, spec: ActionSpec, version: str = ENCODER_VERSION) -> int:
@@ -113,15 +124,7 @@ def relative_gains(history: History) -> np.ndarray:
 
 def field_weight_vector(space: DomainSpace, objective: Objective) -> np.ndarray:
     """The objective's field weights ``c_f`` in ``space.fields`` order, normalised to sum 1."""
-    fields = space.fields
-    if objective.field_weights is None:
-        c = np.ones(len(fields))
-    else:
-        objective.check_fields(fields)
-        c = np.array([objective.field_weights.get(f, 0.0) for f in fields], dtype=float)
-        if c.sum() <= 0:
-            raise ContractError("objective.field_weights: no weight on any field of the space")
-    return c / c.sum()
+    return objective.weight_vector(space.fields)
 
 
 def balanced_scores(history: History, objective: Objective) -> np.ndarray:

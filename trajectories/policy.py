@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mixagent.trajectories.contract import ActionSpec, DomainSpace, History, Objective, Weights
+from mixagent.trajectories.contract import ActionSpec, DomainSpace, History, Level, Objective, Weights
 
 __all__ = [
     "Level",
@@ -31,8 +31,6 @@ __all__ = [
     "DrawFn",
     "BuildFn",
 ]
-
-Level = Literal["field", "domain"]
 
 
 @runtime_checkable
@@ -55,11 +53,11 @@ class MixingPolicy(Protocol):
 
 
 class PolicyFactory(Protocol):
-    """Builds the policy of one run from its horizon and objective (default: ``Objective()``):
-    learned policies encode progress ``t / T`` and the objective they optimise; rules ignore what
-    they do not need."""
+    """Builds the policy of one run from its domain space, horizon and objective (default:
+    ``Objective()``): learned policies check the objective against the fields of the run's space,
+    encode progress ``t / T`` and the objective they optimise; rules ignore what they do not need."""
 
-    def __call__(self, horizon: int, objective: Objective | None = None, /) -> MixingPolicy: ...
+    def __call__(self, space: DomainSpace, horizon: int, objective: Objective | None = None, /) -> MixingPolicy: ...
 
 
 @dataclass(frozen=True)

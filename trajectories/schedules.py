@@ -39,7 +39,6 @@ noise" behaviour family (``agent/behaviour.py`` does that for the online baselin
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +66,6 @@ __all__ = [
     "SCHEDULE_FAMILIES",
     "CONSTANT_GRID",
     "Level",
-    "ScheduleContext",
     "StaticSchedule",
     "NoisyPolicy",
     "noisy_policy_family",
@@ -83,19 +81,10 @@ __all__ = [
     "DIRICHLET",
     "LOGIT_WALK",
     "STATIC_DIRICHLET",
-    # deprecated (one release): registration by call instead of entry points
-    "ScheduleFamily",
-    "register_family",
-    "register_policy_family",
-    "RUNTIME_FAMILIES",
 ]
 
 CONSTANT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 """Target shares of the ``constant`` family; the k-th constant trajectory takes point k mod 11."""
-
-ScheduleContext = PolicyContext
-"""The earlier name of :class:`~mixagent.trajectories.policy.PolicyContext` (kept for one release)."""
-
 
 @dataclass(frozen=True)
 class StaticSchedule:
@@ -426,47 +415,3 @@ def noisy_policy_family(
         return NoisyPolicy(factory(ctx, p), ctx, p.get("level", "field"), float(p["sigma"]), int(p["seed"]))
 
     return PolicyFamily(name, build, draw, description)
-
-
-# ----- deprecated: registration by call (kept for one release; use entry points) -------------------
-
-RUNTIME_FAMILIES: dict[str, PolicyFamily] = {}
-"""Families registered by :func:`register_family` (deprecated); ``agent/registry.py`` merges them
-with the entry points."""
-
-_DEPRECATED = (
-    "{what} is deprecated and will be removed in the next release: declare the family in the "
-    "'mixagent.policies' entry-point group of your package instead"
-)
-
-
-def ScheduleFamily(name: str, draw: DrawFn, build: Callable[[PolicyContext, dict[str, Any]], Any],
-                   description: str = "") -> PolicyFamily:
-    """Deprecated constructor of the previous release: ``ScheduleFamily(name, draw, build, description)``."""
-    return PolicyFamily(name=name, build=build, draw=draw, description=description)
-
-
-def register_family(family: PolicyFamily, *, replace: bool = False) -> PolicyFamily:
-    """Deprecated: add ``family`` to the runtime registry (entry points are the way now)."""
-    warnings.warn(_DEPRECATED.format(what="register_family"), DeprecationWarning, stacklevel=2)
-    if (family.name in RUNTIME_FAMILIES or family.name in SCHEDULE_FAMILIES) and not replace:
-        raise ValueError(f"schedule family '{family.name}' is already registered")
-    RUNTIME_FAMILIES[family.name] = family
-    return family
-
-
-def register_policy_family(
-    name: str,
-    factory: Callable[[PolicyContext, dict[str, Any]], MixingPolicy],
-    *,
-    sigma: tuple[float, float] = (0.1, 0.6),
-    draw_policy_params: DrawFn | None = None,
-    replace: bool = False,
-) -> PolicyFamily:
-    """Deprecated: :func:`noisy_policy_family` plus :func:`register_family`."""
-    warnings.warn(_DEPRECATED.format(what="register_policy_family"), DeprecationWarning, stacklevel=2)
-    family = noisy_policy_family(name, factory, sigma=sigma, draw_policy_params=draw_policy_params)
-    if (name in RUNTIME_FAMILIES or name in SCHEDULE_FAMILIES) and not replace:
-        raise ValueError(f"schedule family '{name}' is already registered")
-    RUNTIME_FAMILIES[name] = family
-    return family

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from mixagent.agent.policy import ArtifactError
+from mixagent.agent.baselines import BASELINES
+from mixagent.agent.card import ArtifactError
 from mixagent.service.server.deps import AdminDep, CallerDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
 from mixagent.service.server.errors import Unprocessable
 from mixagent.service.server.export import export_trajectories
@@ -181,7 +182,7 @@ def doc_summary(doc: str | None) -> str:
 
 
 def _policy_public(registry: PolicyRegistry, e: PolicyEntry, current: dict[str, str]) -> PolicyPublic:
-    doc = e.card.description if e.card else doc_summary(type(e.factory(1)).__doc__)
+    doc = e.card.description if e.card else doc_summary(BASELINES[e.rule].__doc__ if e.rule in BASELINES else None)
     is_current = current.get(e.name) == e.version
     card = e.card
     return PolicyPublic(

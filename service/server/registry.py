@@ -2,7 +2,7 @@
 
 Runs are pinned to the version they started with, so loading a new version never changes the
 decisions of running runs. Loading is atomic: the artifact is read and probed first (see
-:func:`mixagent.agent.policy.load_artifact`), and only then are new lookup tables swapped in with one
+:func:`mixagent.agent.onnx_policy.load_artifact`), and only then are new lookup tables swapped in with one
 assignment; an invalid artifact raises :class:`ArtifactError` and leaves the registry as it was.
 
 Which version of a name is *current* (what new runs get) is decided by the run store
@@ -14,7 +14,7 @@ A learned policy is built per run with the run's horizon and objective (``entry.
 whose domain space the policy cannot read is served, every decision, by the *fallback* baseline
 (``MIXAGENT_FALLBACK_POLICY``, :class:`SpaceFallback`), never refused; a decision whose observation
 falls outside the training ranges goes to the same baseline inside
-:class:`~mixagent.agent.policy.OnnxPolicy`.
+:class:`~mixagent.agent.onnx_policy.OnnxPolicy`.
 """
 
 from __future__ import annotations
@@ -29,17 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from mixagent.agent.baselines import BASELINES, build_baseline
-from mixagent.agent.policy import (
-    CARD_FILE,
-    DEFAULT_FALLBACK,
-    ArtifactError,
-    Decision,
-    MixingPolicy,
-    PolicyCard,
-    PolicyFactory,
-    load_artifact,
-)
+from mixagent.agent.card import CARD_FILE, ArtifactError, PolicyCard
+from mixagent.agent.onnx_policy import DEFAULT_FALLBACK, GuardedDecision, load_artifact
 from mixagent.trajectories.contract import ActionSpec, ContractError, DomainSpace, History, Objective, Weights
+from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
 
 __all__ = [
     "PolicyEntry",
@@ -93,17 +86,17 @@ def artifact_digest(folder: Path) -> str:
 
 class SpaceFallback:
     """Serves every decision of a run whose domain space a policy cannot read with the fallback
-    baseline, and says so (:class:`~mixagent.agent.policy.Decision`)."""
+    baseline, and says so (:class:`~mixagent.agent.onnx_policy.GuardedDecision`)."""
 
     def __init__(self, fallback: MixingPolicy, reason: str):
         self.name = fallback.name
         self.fallback = fallback
         self.reason = reason
 
-    def decide(self, space: DomainSpace, history: History) -> Decision:
+    def decide(self, space: DomainSpace, history: History) -> GuardedDecision:
         weights = (self.fallback.next_weights(space, history) if history.feedback
                    else self.fallback.initial_weights(space))
-        return Decision(weights, fallback=self.fallback.name, reason=self.reason)
+        return GuardedDecision(weights, fallback=self.fallback.name, reason=self.reason)
 
     def initial_weights(self, space: DomainSpace) -> Weights:
         return self.fallback.initial_weights(space)
@@ -146,13 +139,13 @@ class PolicyEntry:
         problem = self.space_problem(space)
         if problem is not None:
             return SpaceFallback(build_baseline(self.fallback), problem)
-        return self.factory(horizon, objective)
+        return self.factory(space, horizon, objective)
 
 
 def _builtin(rule: str) -> PolicyEntry:
     policy = build_baseline(rule)
     return PolicyEntry(
-        name=rule, version=BUILTIN_VERSION, kind="builtin", factory=lambda horizon, objective=None: policy,
+        name=rule, version=BUILTIN_VERSION, kind="builtin", factory=lambda space, horizon, objective=None: policy,
         rule=rule, params=dict(getattr(policy, "params", {})),
     )
 

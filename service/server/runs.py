@@ -50,8 +50,8 @@ from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mixagent.agent.policy import ArtifactError, MixingPolicy, decide
-from mixagent.agent.policy import Decision as PolicyDecision
+from mixagent.agent.card import ArtifactError
+from mixagent.agent.onnx_policy import GuardedDecision, decide
 from mixagent.service.server.errors import Conflict, NotFound, Unavailable, Unprocessable
 from mixagent.service.server.metrics import Metrics
 from mixagent.service.server.models import Decision, PolicyArtifact, PolicyCurrent, Run
@@ -66,6 +66,7 @@ from mixagent.trajectories.contract import (
     Weights,
     stable_hash,
 )
+from mixagent.trajectories.policy import MixingPolicy
 
 __all__ = ["RunStore", "RunState", "StoredDecision", "RunPage", "ServedBy", "estimate_bytes", "decision_warnings",
            "TRAINER_CHOSE"]
@@ -97,7 +98,7 @@ class ServedBy:
     reason: str | None = None
 
     @classmethod
-    def of(cls, decision: PolicyDecision) -> ServedBy:
+    def of(cls, decision: GuardedDecision) -> ServedBy:
         if decision.fallback is None:
             return cls()
         reason = decision.reason or ""

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.agent.policy import MixingPolicy, load_artifact
+from mixagent.agent.onnx_policy import load_artifact
 from mixagent.trajectories import WEIGHT_FLOOR, DomainSpace, Feedback, History, Weights
+from mixagent.trajectories.policy import MixingPolicy
 
 SPACES = [
     DomainSpace.from_fields({"source": ["web", "code", "books"], "target": ["proofs"]}, {"web": 5.0, "code": 2.0}),
@@ -52,5 +53,5 @@ def check_policy(policy: MixingPolicy, card: dict[str, Any] | None, tmp_path: Pa
             folder.mkdir()
             (folder / "card.json").write_text(json.dumps(card))
             _, factory = load_artifact(folder)
-            _, loaded = rollout(factory(5), space)
+            _, loaded = rollout(factory(space, 5), space)
             assert [w.values for w in loaded] == [w.values for w in ws]

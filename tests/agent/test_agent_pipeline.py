@@ -17,8 +17,9 @@ from mixagent.agent.dataset import (
     split_runs,
     to_mdp_dataset,
 )
-from mixagent.agent.policy import ObjectiveRange, load_artifact
+from mixagent.agent.onnx_policy import load_artifact
 from mixagent.trajectories import ContractError, DomainSpace, Feedback, History, Objective
+from mixagent.trajectories.contract import ObjectiveRange
 from mixagent.trajectories.encoding import encode, stage_rewards
 
 FAST = {"bc_steps": 60, "rl_steps": 40, "fqe_steps": 20, "relabel_copies": 3, "bc_objective_draws": 4,
@@ -127,7 +128,7 @@ def test_every_algorithm_trains_exports_and_serves_the_same_actions(algo, tiny_d
     learner = d3rlpy.load_learnable(str(out / "learner.d3"))
     _, factory = load_artifact(out)
     space = DomainSpace.from_fields({"source": ["src_a", "src_b"], "target": ["tgt_a", "tgt_b"]})
-    policy = factory(5, Objective(spread_penalty=0.3))
+    policy = factory(space, 5, Objective(spread_penalty=0.3))
     h = History(space=space)
     for t in range(3):
         h.record_feedback(Feedback(step=t, tokens_seen=t,
@@ -138,7 +139,7 @@ def test_every_algorithm_trains_exports_and_serves_the_same_actions(algo, tiny_d
         np.testing.assert_allclose(policy.act(obs), want, atol=1e-5)
         h.record_weights(policy.next_weights(space, h))
     with pytest.raises(ContractError, match="outside the range"):
-        factory(5, Objective(spread_penalty=2.0))
+        factory(space, 5, Objective(spread_penalty=2.0))
 
 
 def test_candidates_of_one_seed_are_validated_on_the_same_data(tiny_dataset, tmp_path):
@@ -165,7 +166,7 @@ def test_transformer_encoder_trains_and_exports(tiny_dataset, tmp_path):
     import subprocess
     import sys
 
-    from mixagent.agent.policy import load_artifact
+    from mixagent.agent.onnx_policy import load_artifact
 
     out = subprocess.run([sys.executable, "-c", "from mixagent.cli import app; app()", "agent", "export",
                           str(tmp_path / "tf"), "--out", str(tmp_path / "bundled"), "--version", "v9"],
@@ -189,13 +190,13 @@ def test_bad_training_input_is_refused_with_the_field(tiny_dataset, tmp_path):
 
 
 def test_out_of_range_observations_go_to_the_fallback(tiny_dataset, tmp_path):
-    from mixagent.agent.policy import decide
+    from mixagent.agent.onnx_policy import decide
     from mixagent.agent.train import TrainConfig, train
 
     train([tiny_dataset], "bc", tmp_path / "p", TrainConfig(**FAST), progress=False)
     _, factory = load_artifact(tmp_path / "p")
-    policy = factory(5, Objective())
     space = DomainSpace.from_fields({"source": ["a", "b"], "target": ["c"]})
+    policy = factory(space, 5, Objective())
     h = History(space=space)
     h.record_feedback(Feedback(step=0, tokens_seen=0, field_scores={"source": -3.0, "target": -5.0},
                                domain_losses=dict.fromkeys(space.names, 3.0)))

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from mixagent.agent.generate import GenerateConfig, GenerateError, generate, make_plan
-from mixagent.agent.registry import policy_families
 from mixagent.trajectories.schedules import BUILTIN_FAMILIES
 from mixagent.trajectories.storage import FileStore, RecordError, RecordMeta, read_record
 from tests.conftest import tiny_setting_dict
@@ -105,9 +104,9 @@ def test_records_of_another_plan_are_refused(tiny_dataset, tiny_setting, cache_d
     assert len(FileStore(out).list()) == 10  # nothing generated, nothing removed
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_a_failing_trajectory_is_reported_and_the_others_still_finish(tiny_setting, cache_dir, tmp_path):
-    from mixagent.trajectories.schedules import ScheduleFamily, register_family
+def test_a_failing_trajectory_is_reported_and_the_others_still_finish(tiny_setting, cache_dir, tmp_path, monkeypatch):
+    from mixagent.agent import registry
+    from mixagent.trajectories.policy import PolicyFamily
 
     class Exploding:
         name = "exploding"
@@ -118,8 +117,9 @@ def test_a_failing_trajectory_is_reported_and_the_others_still_finish(tiny_setti
         def next_weights(self, space, history):
             raise RuntimeError("schedule blew up")
 
-    if "exploding_test" not in policy_families():
-        register_family(ScheduleFamily("exploding_test", lambda c, r, k: {}, lambda c, p: Exploding()))
+    known = registry.policy_families()
+    exploding = PolicyFamily("exploding_test", lambda c, p: Exploding(), lambda c, r, k: {})
+    monkeypatch.setattr(registry, "policy_families", lambda: {**known, "exploding_test": exploding})
     out = tmp_path / "failing"
     cfg = GenerateConfig(out=out, n=3, families=("constant", "exploding_test"), threads=1, cache_dir=cache_dir,
                          progress=False)
@@ -271,40 +271,8 @@ def test_ray_executor_runs_the_same_plan_on_a_local_ray(tiny_dataset, tiny_setti
     assert again.generated == 0
 
 
-PLUGIN = '''
-from mixagent.agent.baselines import build_baseline
-from mixagent.trajectories.schedules import RUNTIME_FAMILIES, register_policy_family
-
-if "noisy_user_loss_softmax" not in RUNTIME_FAMILIES:
-    register_policy_family(
-        "noisy_user_loss_softmax",
-        lambda ctx, p: build_baseline("loss-softmax", {"temperature": p["temperature"]}),
-        draw_policy_params=lambda ctx, rng, k: {"temperature": round(float(rng.uniform(0.05, 0.5)), 3)},
-    )
-'''
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_the_deprecated_plugin_module_still_adds_a_family(tiny_setting, cache_dir, tmp_path, monkeypatch):
-    """``--plugin MODULE`` with ``register_policy_family`` (the previous release's way) still works."""
-    pytest.importorskip("mixagent.agent.baselines")
-    (tmp_path / "behaviour_plugin.py").write_text(PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    out = tmp_path / "noisy"
-    cfg = GenerateConfig(out=out, n=2, families=("noisy_user_loss_softmax",), plugins=("behaviour_plugin",),
-                         threads=1, cache_dir=cache_dir, progress=False)
-    assert generate(cfg, tiny_setting).generated == 2
-    for stored in FileStore(out).load_all():
-        hd = stored.trajectory.header
-        assert hd.schedule == "noisy_user_loss_softmax" and {"sigma", "seed", "temperature"} <= set(hd.schedule_params)
-        assert stored.trajectory.history.stages == tiny_setting.cpt.horizon
-
-
-def test_unknown_plugin_or_family_is_refused_before_anything_runs(tiny_setting, tmp_path):
+def test_an_unknown_family_is_refused_before_anything_runs(tiny_setting, tmp_path):
     from mixagent.trajectories import ContractError
-
-    with pytest.raises(ContractError, match="--plugin: cannot import 'no_such_module'"):
-        generate(GenerateConfig(out=tmp_path / "a", n=1, plugins=("no_such_module",), progress=False), tiny_setting)
 
     with pytest.raises(ContractError, match="unknown policy or family 'nope'"):
         generate(GenerateConfig(out=tmp_path / "b", n=1, families=("nope",), progress=False), tiny_setting)

@@ -81,36 +81,6 @@ def test_one_import_surface_for_the_trainer_side():
         service.server_app  # noqa: B018
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ("mixagent.service.client", "mixagent.service.trainer.client"),
-    ("mixagent.service.sampler", "mixagent.service.trainer.sampler"),
-    ("mixagent.service.hf", "mixagent.service.trainer.hf"),
-    ("mixagent.service.demo", "mixagent.service.trainer.demo"),
-    ("mixagent.service.main", "mixagent.service.server.main"),
-    ("mixagent.service.config", "mixagent.service.server.config"),
-    ("mixagent.service.schemas", "mixagent.service.server.schemas"),
-    ("mixagent.service.export", "mixagent.service.server.export"),
-])
-def test_old_paths_are_warning_aliases_of_the_new_modules(old, new):
-    if new.endswith(("sampler", "hf", "demo")):
-        pytest.importorskip("torch")
-    if new.endswith("hf"):
-        pytest.importorskip("transformers")
-    code = (
-        "import importlib, warnings\n"
-        "with warnings.catch_warnings(record=True) as w:\n"
-        "    warnings.simplefilter('always')\n"
-        f"    old = importlib.import_module({old!r})\n"
-        f"new = importlib.import_module({new!r})\n"
-        "msgs = [str(x.message) for x in w\n"
-        "        if issubclass(x.category, DeprecationWarning) and 'moved to' in str(x.message)]\n"
-        "print(old is new, msgs)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.startswith("True"), out
-    assert f"{old} moved to {new}" in out
-
-
 def test_the_trainer_surface_names_resolve_lazily():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

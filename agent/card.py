@@ -1,0 +1,173 @@
+"""The card of a policy artifact: what a policy folder holds and where its policy was trained.
+
+A policy *artifact* is a folder holding ``card.json`` (:class:`PolicyCard`) and, for learned
+policies, a network that loads without unpickling (ONNX). The card says what kind of policy it is (a
+built-in rule with tuned parameters, or a network over a versioned encoder), the action map, the
+fields or domains it reads, the objectives (:class:`~mixagent.trajectories.contract.ObjectiveRange`)
+and the range of every observation feature seen in training, and the data it was trained on.
+Serving it is :mod:`mixagent.agent.onnx_policy`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mixagent.trajectories.contract import (
+    SOURCE_FIELD,
+    ActionSpec,
+    ContractError,
+    DomainSpace,
+    Name,
+    ObjectiveRange,
+    format_validation_errors,
+)
+from mixagent.trajectories.encoding import ENCODER_VERSION, ENCODER_VERSIONS
+
+__all__ = ["CARD_FILE", "ArtifactError", "TrainingData", "PolicyCard", "read_card"]
+
+CARD_FILE = "card.json"
+
+ParamValue = float | int | str | bool
+
+
+class ArtifactError(ContractError):
+    """A policy artifact that cannot be served; the message names the file and the problem."""
+
+
+class TrainingData(BaseModel):
+    """One dataset folder a policy was trained on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folder: str
+    """The folder as given to ``mixagent agent train``."""
+    setting_name: str
+    """The setting its records were made with."""
+    setting_hash: str
+    """That setting's :meth:`~mixagent.env.setting.Setting.hash`."""
+    trajectories: int
+    """How many records it held."""
+    content_hash: str
+    """:func:`~mixagent.trajectories.contract.stable_hash` of the sorted record checksums."""
+
+
+class PolicyCard(BaseModel):
+    """``card.json`` of a policy artifact.
+
+    ``fields`` names the fields (in ``DomainSpace.fields`` order) a field-level learned policy was
+    trained on; it reads any space with as many fields and the source field first (names may
+    differ). ``domains`` pins a domain-level policy's domains. ``observation_low``/``_high`` are the
+    per-feature ranges seen in training, ``objective_range`` the objectives.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: Name
+    """The policy's name, as runs ask for it (``"agent"``)."""
+    version: Name
+    """Its version; the service serves the newest loaded one unless a run pins another."""
+    kind: Literal["baseline", "onnx"]
+    """``baseline``: a built-in rule with tuned ``params``; ``onnx``: a learned network in ``model_file``."""
+    description: str = ""
+    """One line for people (the service's policy list shows it)."""
+    rule: Name | None = None
+    """The :mod:`~mixagent.agent.baselines` rule of a ``baseline`` card."""
+    params: dict[Name, ParamValue] = Field(default_factory=dict, max_length=32)
+    """The rule's constructor arguments (a ``baseline`` card)."""
+    encoder_version: str = ENCODER_VERSION
+    """The observation encoder the network reads (``trajectories/encoding.py``); the service refuses an unknown one."""
+    action: ActionSpec = Field(default_factory=ActionSpec)
+    """The action map ``(1-ε)·softmax(β·a) + ε·prior`` and its level (field or domain)."""
+    fields: list[Name] | None = Field(default=None, min_length=1, max_length=64)
+    """The fields a field-level network was trained on, in ``DomainSpace.fields`` order."""
+    domains: list[Name] | None = Field(default=None, min_length=1, max_length=1024)
+    """The domains a fixed domain-level network was trained on (it serves exactly those)."""
+    model_file: str | None = None
+    """The network's file inside the artifact folder (ONNX; never a pickle)."""
+    algorithm: str | None = None
+    """How the network was trained, e.g. ``bc/transformer`` (the learner and its encoder)."""
+    objective_range: ObjectiveRange | None = None
+    """The objectives it was trained for; a run asking for another is refused, naming the range."""
+    observation_low: list[float] | None = None
+    """Per observation feature, the smallest value seen in training (the out-of-range guard)."""
+    observation_high: list[float] | None = None
+    """Per observation feature, the largest value seen in training."""
+    training_data: list[TrainingData] = Field(default_factory=list)
+    """The dataset folders it was trained on."""
+    training_data_hash: str | None = None
+    """One hash over the training folders' content hashes."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Training figures (losses, seconds per stage), namespaced like ``loss/bc`` or ``seconds/train``."""
+    created_at: str = ""
+    """When the artifact was written (ISO 8601, UTC)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicyCard:
+        if self.kind == "baseline" and self.rule is None:
+            raise ValueError("rule: a baseline card must name a rule")
+        if self.encoder_version not in ENCODER_VERSIONS:
+            raise ValueError(f"encoder_version: unknown encoder {self.encoder_version!r} "
+                             f"(known: {list(ENCODER_VERSIONS)})")
+        if self.kind == "onnx":
+            if self.model_file is None:
+                raise ValueError("model_file: an onnx card must name its model file")
+            if self.action.level == "field" and self.fields is None:
+                raise ValueError("fields: a field-level onnx card must list the fields it was trained on")
+            if self.action.level == "domain" and self.domains is None:
+                raise ValueError("domains: a domain-level onnx card must list its domains")
+        if (self.observation_low is None) != (self.observation_high is None):
+            raise ValueError("observation_high: give both observation_low and observation_high, or neither")
+        if self.observation_low is not None and self.observation_high is not None:
+            if len(self.observation_low) != len(self.observation_high):
+                raise ValueError(f"observation_high: {len(self.observation_high)} values for "
+                                 f"{len(self.observation_low)} in observation_low")
+            if any(not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi)
+                   for lo, hi in zip(self.observation_low, self.observation_high, strict=True)):
+                raise ValueError("observation_low: every range needs finite low <= high")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def space_problem(self, space: DomainSpace) -> str | None:
+        """Why a run's domain space does not fit this policy, or None when it does."""
+        if self.domains is not None:
+            if list(space.names) != self.domains:
+                return (f"policy {self.ref} was trained on domains {self.domains}, the run's space has domains "
+                        f"{list(space.names)}")
+            return None
+        if self.fields is not None and self.kind == "onnx":
+            if len(space.fields) != len(self.fields) or (SOURCE_FIELD in self.fields) != (SOURCE_FIELD in space.fields):
+                return (f"policy {self.ref} reads {len(self.fields)} fields {self.fields}, the run's space has "
+                        f"{len(space.fields)}: {list(space.fields)}")
+        return None
+
+    def check_space(self, space: DomainSpace) -> None:
+        """Raise :class:`ContractError` when a run's domain space does not fit this policy."""
+        problem = self.space_problem(space)
+        if problem:
+            raise ContractError(f"space: {problem}")
+
+
+def read_card(folder: str | Path) -> PolicyCard:
+    """The card of the artifact in ``folder``; :class:`ArtifactError` naming the file when it is
+    missing, not JSON or not a valid card."""
+    card_path = Path(folder) / CARD_FILE
+    if not card_path.is_file():
+        raise ArtifactError(f"{card_path}: no policy card (an artifact folder holds {CARD_FILE})")
+    try:
+        text = card_path.read_text()
+        json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{card_path}: not valid JSON ({e})") from None
+    try:
+        return PolicyCard.model_validate_json(text)
+    except ValidationError as e:
+        problems = format_validation_errors(e.errors(), root="card")[0]
+        raise ArtifactError(f"{card_path}: invalid card: {problems}") from None

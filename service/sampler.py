@@ -1,5 +1,0 @@
-"""Deprecated: moved to :mod:`mixagent.service.trainer.sampler` (this alias goes away in the next release)."""
-
-from mixagent.service._moved import alias
-
-alias(__name__, "mixagent.service.trainer.sampler")
