@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mixagent.agent.registry import get_family
-from mixagent.agent.runner import Episode, RunnerConfig
+from mixagent.agent.runner import EpisodeSpec, RunnerConfig
 from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import ContractError, Objective, stable_hash
 from mixagent.trajectories.schedules import CONSTANT_GRID
@@ -282,6 +282,6 @@ class EvaluationConfig:
 class SettingPlan:
     """The episodes of one setting and which run serves each (label, objective, seed)."""
 
-    episodes: list[Episode]
+    episodes: list[EpisodeSpec]
     runs: dict[tuple[str, str | None, int], str]
     """``(label, objective key or None for objective-free policies, seed) -> run id``."""

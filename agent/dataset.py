@@ -47,13 +47,13 @@ from mixagent.trajectories.encoding import (
     stage_rewards,
     weights_to_action,
 )
-from mixagent.trajectories.replay import history_prefix
+from mixagent.trajectories.replay import replay
 from mixagent.trajectories.storage import FileStore
 
 __all__ = [
     "DatasetError",
-    "Run",
-    "Episodes",
+    "TrainingRun",
+    "EncodedEpisodes",
     "load_runs",
     "split_runs",
     "draw_objectives",
@@ -68,7 +68,7 @@ class DatasetError(ContractError):
 
 
 @dataclass(frozen=True)
-class Run:
+class TrainingRun:
     """One stored trajectory and the folder (setting) it came from."""
 
     trajectory: Trajectory
@@ -82,7 +82,7 @@ class Run:
 
 
 @dataclass(frozen=True)
-class Episodes:
+class EncodedEpisodes:
     """Encoded episodes, one row per observation: T decisions plus the final observation per episode.
 
     ``episode[i]`` indexes ``sources`` (``(run_id, objective)`` of each episode); ``timeouts`` is True
@@ -108,13 +108,13 @@ class Episodes:
         return np.bincount(self.episode, weights=self.rewards, minlength=self.n_episodes)
 
     @staticmethod
-    def concat(parts: Sequence[Episodes]) -> Episodes:
+    def concat(parts: Sequence[EncodedEpisodes]) -> EncodedEpisodes:
         parts = [p for p in parts if p.n_episodes]
         if not parts:
             raise DatasetError("episodes: no trajectory selected (for behaviour cloning: none is smooth enough "
                                "under bc_max_roughness, or the setting has too few)")
         offsets = np.cumsum([0] + [p.n_episodes for p in parts[:-1]])
-        return Episodes(
+        return EncodedEpisodes(
             np.concatenate([p.observations for p in parts]),
             np.concatenate([p.actions for p in parts]),
             np.concatenate([p.rewards for p in parts]),
@@ -124,10 +124,10 @@ class Episodes:
         )
 
 
-def load_runs(folders: Sequence[str | Path]) -> tuple[list[Run], list[TrainingData]]:
+def load_runs(folders: Sequence[str | Path]) -> tuple[list[TrainingRun], list[TrainingData]]:
     """Every finished record of ``folders`` (a :class:`DatasetError` names a folder without any),
     with one :class:`TrainingData` entry per folder for the policy card."""
-    runs: list[Run] = []
+    runs: list[TrainingRun] = []
     data: list[TrainingData] = []
     if not folders:
         raise DatasetError("--data: at least one dataset folder is needed")
@@ -143,7 +143,7 @@ def load_runs(folders: Sequence[str | Path]) -> tuple[list[Run], list[TrainingDa
             raise DatasetError(f"--data: {folder}: records of {len(hashes)} settings ({sorted(hashes)}); "
                                "a folder is one setting")
         setting_hash = hashes.pop()
-        runs += [Run(s.trajectory, str(path), setting_hash, s.sha256) for s in stored]
+        runs += [TrainingRun(s.trajectory, str(path), setting_hash, s.sha256) for s in stored]
         data.append(TrainingData(folder=path.name, setting_name=stored[0].trajectory.header.setting_name,
                                  setting_hash=setting_hash, trajectories=len(stored),
                                  content_hash=stable_hash(sorted(s.sha256 for s in stored))))
@@ -151,7 +151,7 @@ def load_runs(folders: Sequence[str | Path]) -> tuple[list[Run], list[TrainingDa
     return runs, data
 
 
-def _check_compatible(runs: Sequence[Run]) -> None:
+def _check_compatible(runs: Sequence[TrainingRun]) -> None:
     first = runs[0].trajectory.header
     for r in runs[1:]:
         hd = r.trajectory.header
@@ -166,18 +166,19 @@ def _check_compatible(runs: Sequence[Run]) -> None:
             raise DatasetError(f"--data: {r.folder}/{hd.trajectory_id} has no completed stage")
 
 
-def policy_action_spec(runs: Sequence[Run]) -> ActionSpec:
+def policy_action_spec(runs: Sequence[TrainingRun]) -> ActionSpec:
     """The field-level action map of the training data (its β and ε)."""
     return runs[0].trajectory.header.action.model_copy(update={"level": "field"})
 
 
-def split_runs(runs: Sequence[Run], validation_fraction: float, seed: int) -> tuple[list[Run], list[Run]]:
+def split_runs(runs: Sequence[TrainingRun], validation_fraction: float,
+               seed: int) -> tuple[list[TrainingRun], list[TrainingRun]]:
     """Split by trajectory, per setting: a seeded shuffle, then ``round(n·fraction)`` (at least one
     when a setting has two or more trajectories and the fraction is positive) go to validation."""
     if not 0.0 <= validation_fraction < 1.0:
         raise DatasetError(f"validation_fraction: must be in [0, 1), got {validation_fraction}")
-    train: list[Run] = []
-    val: list[Run] = []
+    train: list[TrainingRun] = []
+    val: list[TrainingRun] = []
     for setting_hash in sorted({r.setting_hash for r in runs}):
         group = sorted((r for r in runs if r.setting_hash == setting_hash), key=lambda r: r.run_id)
         rng = np.random.default_rng(np.random.SeedSequence([seed, int(setting_hash[:8], 16)]))
@@ -190,7 +191,7 @@ def split_runs(runs: Sequence[Run], validation_fraction: float, seed: int) -> tu
     return train, val
 
 
-def draw_objectives(run: Run, copies: int, objective_range: ObjectiveRange, rng: np.random.Generator,
+def draw_objectives(run: TrainingRun, copies: int, objective_range: ObjectiveRange, rng: np.random.Generator,
                     include_own: bool = True) -> list[Objective]:
     """``copies`` objectives for one run: its own (when in range and ``include_own``), then draws."""
     fields = run.trajectory.header.space.fields
@@ -207,26 +208,25 @@ def draw_objectives(run: Run, copies: int, objective_range: ObjectiveRange, rng:
     return out
 
 
-def relabel(run: Run, objectives: Sequence[Objective], spec: ActionSpec,
-            encoder_version: str = ENCODER_VERSION) -> Episodes:
-    """The episodes of ``run`` under each of ``objectives`` (see the module docstring)."""
-    t = run.trajectory
-    hd, h = t.header, t.history
-    n = h.stages
-    actions = np.stack([weights_to_action(w, hd.space, spec) for w in h.weights]).astype(np.float32)
-    actions = np.concatenate([actions, np.zeros((1, actions.shape[1]), np.float32)])
-    prefixes = [history_prefix(h, i) for i in range(n + 1)]
-    obs, rew, timeouts, episode = [], [], [], []
+def relabel(run: TrainingRun, objectives: Sequence[Objective], spec: ActionSpec,
+            encoder_version: str = ENCODER_VERSION) -> EncodedEpisodes:
+    """The episodes of ``run`` under each of ``objectives`` (see the module docstring): each is the
+    run's :func:`~mixagent.trajectories.replay.replay` under that objective, plus its final
+    observation as a zero-action timeout row."""
+    hd, h = run.trajectory.header, run.trajectory.history
+    obs, actions, rew, timeouts, episode = [], [], [], [], []
     for e, objective in enumerate(objectives):
-        obs.append(np.stack([encode(p, hd.horizon, spec, objective, encoder_version) for p in prefixes]))
-        rew.append(np.concatenate([stage_rewards(h, objective), [0.0]]).astype(np.float32))
-        to = np.zeros(n + 1, dtype=bool)
-        to[-1] = True
-        timeouts.append(to)
-        episode.append(np.full(n + 1, e))
-    return Episodes(
+        tr = replay(h, lambda p, o=objective: encode(p, hd.horizon, spec, o, encoder_version),  # type: ignore[misc]
+                    lambda w: weights_to_action(w, hd.space, spec),
+                    lambda full, o=objective: stage_rewards(full, o))  # type: ignore[misc]
+        obs.append(np.concatenate([tr.observations, tr.next_observations[-1:]]))
+        actions.append(np.concatenate([tr.actions, np.zeros((1, tr.actions.shape[1]), np.float32)]))
+        rew.append(np.concatenate([tr.rewards, [0.0]]).astype(np.float32))
+        timeouts.append(np.concatenate([np.zeros(len(tr), bool), [True]]))
+        episode.append(np.full(len(tr) + 1, e))
+    return EncodedEpisodes(
         np.concatenate(obs).astype(np.float32),
-        np.tile(actions, (len(objectives), 1)),
+        np.concatenate(actions).astype(np.float32),
         np.concatenate(rew),
         np.concatenate(timeouts),
         np.concatenate(episode),
@@ -234,11 +234,11 @@ def relabel(run: Run, objectives: Sequence[Objective], spec: ActionSpec,
     )
 
 
-def final_score(run: Run, objective: Objective) -> float:
+def final_score(run: TrainingRun, objective: Objective) -> float:
     return float(balanced_scores(run.trajectory.history, objective)[-1])
 
 
-def roughness(run: Run) -> float:
+def roughness(run: TrainingRun) -> float:
     """Mean absolute change of the target share between consecutive stages (0 for a constant)."""
     h = run.trajectory.history
     rows = [i for i, f in enumerate(h.space.fields) if f != SOURCE_FIELD]
@@ -246,16 +246,16 @@ def roughness(run: Run) -> float:
     return float(np.abs(np.diff(shares)).mean()) if len(shares) > 1 else 0.0
 
 
-def best_copies(runs: Sequence[Run], draws: int, top_fraction: float, objective_range: ObjectiveRange,
+def best_copies(runs: Sequence[TrainingRun], draws: int, top_fraction: float, objective_range: ObjectiveRange,
                 rng: np.random.Generator, spec: ActionSpec, encoder_version: str = ENCODER_VERSION,
-                max_roughness: float = math.inf) -> Episodes:
+                max_roughness: float = math.inf) -> EncodedEpisodes:
     """Behaviour cloning data: per setting, ``draws`` objectives; under each, the top
     ``top_fraction`` of that setting's smooth ``runs`` (:func:`roughness` at most ``max_roughness``)
     by final balanced score (at least one), relabelled with that objective. The paper's "SFT on
     good trajectories", for any objective; a noisy schedule's stage-to-stage jumps are not imitated."""
     if not 0.0 < top_fraction <= 1.0:
         raise DatasetError(f"bc_top_fraction: must be in (0, 1], got {top_fraction}")
-    parts: list[Episodes] = []
+    parts: list[EncodedEpisodes] = []
     for setting_hash in sorted({r.setting_hash for r in runs}):
         group = [r for r in runs if r.setting_hash == setting_hash and roughness(r) <= max_roughness]
         if not group:  # nothing smooth enough in this setting (the caller decides if that is fatal)
@@ -270,17 +270,17 @@ def best_copies(runs: Sequence[Run], draws: int, top_fraction: float, objective_
                 chosen.setdefault(group[i].run_id, []).append(objective)
         by_id = {r.run_id: r for r in group}
         parts += [relabel(by_id[rid], objs, spec, encoder_version) for rid, objs in sorted(chosen.items())]
-    return Episodes.concat(parts)
+    return EncodedEpisodes.concat(parts)
 
 
-def all_copies(runs: Sequence[Run], copies: int, objective_range: ObjectiveRange, rng: np.random.Generator,
-               spec: ActionSpec, encoder_version: str = ENCODER_VERSION) -> Episodes:
+def all_copies(runs: Sequence[TrainingRun], copies: int, objective_range: ObjectiveRange, rng: np.random.Generator,
+               spec: ActionSpec, encoder_version: str = ENCODER_VERSION) -> EncodedEpisodes:
     """Every run relabelled under ``copies`` objectives (offline RL data)."""
-    return Episodes.concat([relabel(r, draw_objectives(r, copies, objective_range, rng), spec, encoder_version)
+    return EncodedEpisodes.concat([relabel(r, draw_objectives(r, copies, objective_range, rng), spec, encoder_version)
                             for r in runs])
 
 
-def to_mdp_dataset(episodes: Episodes) -> Any:
+def to_mdp_dataset(episodes: EncodedEpisodes) -> Any:
     """A d3rlpy ``MDPDataset`` (budget ends as timeouts, no terminals)."""
     from d3rlpy.constants import ActionSpace  # noqa: PLC0415
     from d3rlpy.dataset import MDPDataset  # noqa: PLC0415

@@ -41,7 +41,7 @@ import numpy as np
 from mixagent.agent.catalogue import EvaluationConfig, PolicySpec, SettingPlan, objective_key
 from mixagent.agent.registry import build_policy
 from mixagent.agent.report import best_grid_point, plot_results, summarise_setting, write_report
-from mixagent.agent.runner import Episode, FolderPin, RunnerError, run_episodes
+from mixagent.agent.runner import EpisodeSpec, FolderPin, RunnerError, run_episodes
 from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import Objective, Trajectory, stable_hash
 from mixagent.trajectories.policy import PolicyContext
@@ -88,7 +88,7 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig,
     ctx = PolicyContext(setting.space, setting.cpt.horizon, setting.action, setting.objective)
     compare = cfg.compare_seeds
     select = cfg.select_seeds
-    episodes: dict[str, Episode] = {}
+    episodes: dict[str, EpisodeSpec] = {}
     runs: dict[tuple[str, str | None, int], str] = {}
     for spec in cfg.policies:
         if spec.group == "grid":
@@ -101,7 +101,7 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig,
                 ok = objective_key(o)
                 for seed in seeds:
                     rid = learned_run_id(spec, o, seed, digest)
-                    episodes.setdefault(rid, Episode(rid, "artifact", {"artifact_digest": digest, "objective": ok},
+                    episodes.setdefault(rid, EpisodeSpec(rid, "artifact", {"artifact_digest": digest, "objective": ok},
                                                      seed, index=len(episodes), label=spec.label, objective=o,
                                                      artifact=spec.artifact))
                     runs[(spec.label, ok if spec.per_objective else None, seed)] = rid
@@ -110,7 +110,7 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig,
         key = f"static-{signature[:12]}" if signature else f"{spec.label}-{spec.digest()[:8]}"
         for seed in seeds:
             rid = f"{key}-s{seed}"
-            episodes.setdefault(rid, Episode(rid, spec.policy, {"level": "field", **spec.params}, seed,
+            episodes.setdefault(rid, EpisodeSpec(rid, spec.policy, {"level": "field", **spec.params}, seed,
                                              index=len(episodes), label=spec.label))
             runs[(spec.label, None, seed)] = rid
     return SettingPlan(list(episodes.values()), runs)

@@ -4,7 +4,7 @@
     mixagent trajectories generate ... --workers 2 --threads 1            # a local process pool
     mixagent trajectories generate ... --executor ray [--ray-address auto] # a Ray cluster
 
-The plan is a deterministic list of :class:`~mixagent.agent.runner.Episode`: item i uses family
+The plan is a deterministic list of :class:`~mixagent.agent.runner.EpisodeSpec`: item i uses family
 ``families[i mod F]`` (round-robin, so every prefix of the plan covers the families evenly), seed
 ``SeedSequence([seed, i])``, and schedule parameters drawn from that seed; its trajectory id hashes
 (setting hash, family, parameters, seed). A plan of N items is a prefix of the plan of N' > N
@@ -27,7 +27,7 @@ import numpy as np
 
 from mixagent.agent.registry import draw_params, get_family
 from mixagent.agent.runner import (
-    Episode,
+    EpisodeSpec,
     FolderPin,
     RunnerConfig,
     RunnerError,
@@ -44,7 +44,6 @@ __all__ = [
     "GenerateConfig",
     "GenerateError",
     "GenerateReport",
-    "PlanItem",
     "make_plan",
     "trajectory_id",
     "generate",
@@ -53,8 +52,6 @@ __all__ = [
 GenerateError = RunnerError
 """Generation cannot start or go on (the message says why and names the file)."""
 GenerateReport = RunReport
-PlanItem = Episode
-"""An item of a generation plan is an episode of the runner (its ``policy`` is the family)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +81,7 @@ def trajectory_id(setting_hash: str, family: str, params: dict[str, Any], seed: 
 
 
 def make_plan(setting: Setting, *, n: int, families: Sequence[str] = BUILTIN_FAMILIES, seed: int = 0,
-              level: Level | None = None) -> list[Episode]:
+              level: Level | None = None) -> list[EpisodeSpec]:
     """The first ``n`` items of the deterministic plan for ``setting`` (see the module docstring)."""
     if not families:
         raise GenerateError("families: at least one schedule family is needed")
@@ -99,7 +96,7 @@ def make_plan(setting: Setting, *, n: int, families: Sequence[str] = BUILTIN_FAM
         family = families[i % len(families)]
         s = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         params = draw_params(family, ctx, s, index=i // len(families), level=level)
-        plan.append(Episode(trajectory_id(h, family, params, s), family, params, s, index=i))
+        plan.append(EpisodeSpec(trajectory_id(h, family, params, s), family, params, s, index=i))
     return plan
 
 

@@ -2,7 +2,7 @@
 
 Trajectory generation (behaviour schedules, ``agent/generate.py``) and evaluation (baselines,
 hand schedules and learned policies, ``agent/evaluate.py``) are the same loop: an
-:class:`Episode` names a policy (a ``mixagent.policies`` name and its JSON parameters, or a policy
+:class:`EpisodeSpec` names a policy (a ``mixagent.policies`` name and its JSON parameters, or a policy
 artifact folder), a seed and an objective; :func:`run_episodes` runs every episode of a list that
 its dataset folder does not hold yet and writes each as a trajectory record. A schedule is just a
 policy that ignores the feedback.
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Executor",
-    "Episode",
+    "EpisodeSpec",
     "RunnerConfig",
     "RunnerError",
     "RunReport",
@@ -81,7 +81,7 @@ class RunnerError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Episode:
+class EpisodeSpec:
     """One run to make: ``policy`` (a ``mixagent.policies`` name) with ``params``, or the policy
     artifact in folder ``artifact``, on the runner's setting with ``seed``.
 
@@ -168,7 +168,7 @@ class EpisodeWorker:
         s = self.setting
         return PolicyContext(s.space, s.cpt.horizon, s.action, objective or s.objective)
 
-    def header(self, ep: Episode) -> TrajectoryHeader:
+    def header(self, ep: EpisodeSpec) -> TrajectoryHeader:
         s = self.setting
         return TrajectoryHeader(
             trajectory_id=ep.run_id,
@@ -186,7 +186,7 @@ class EpisodeWorker:
             package_version=self.version,
         )
 
-    def policy(self, ep: Episode) -> MixingPolicy:
+    def policy(self, ep: EpisodeSpec) -> MixingPolicy:
         ctx = self.context(ep.objective)
         if ep.artifact is None:
             return build_policy(ep.policy, ep.params, ctx)
@@ -194,7 +194,7 @@ class EpisodeWorker:
             self._artifacts[ep.artifact] = load_artifact(ep.artifact)[1]
         return self._artifacts[ep.artifact](ctx.space, ctx.horizon, ctx.objective)
 
-    def run(self, ep: Episode, partial_dir: str | None = None) -> dict[str, Any]:
+    def run(self, ep: EpisodeSpec, partial_dir: str | None = None) -> dict[str, Any]:
         """Run one episode; append its stages to ``partial_dir/<id>.jsonl`` when that folder exists
         here (on a remote Ray node it may not). Returns JSON-able trajectory and metadata."""
         t_start = time.perf_counter()
@@ -250,16 +250,17 @@ def _init_worker(setting: dict[str, Any], cache_dir: str | None, threads: int) -
     _WORKER = EpisodeWorker(setting, cache_dir, threads)
 
 
-def _run_in_worker(ep: Episode, partial_dir: str | None) -> dict[str, Any]:
+def _run_in_worker(ep: EpisodeSpec, partial_dir: str | None) -> dict[str, Any]:
     assert _WORKER is not None, "worker not initialised"
     return _WORKER.run(ep, partial_dir)
 
 
-Outcome = tuple[Episode, "dict[str, Any] | Exception"]
+Outcome = tuple[EpisodeSpec, "dict[str, Any] | Exception"]
 """A finished episode with its result, or the exception that ended it (reported, not fatal)."""
 
 
-def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode], partial: str) -> Iterator[Outcome]:
+def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[EpisodeSpec],
+                   partial: str) -> Iterator[Outcome]:
     cache = str(cfg.cache_dir) if cfg.cache_dir else None
     threads = cfg.resolved_threads()
     if cfg.workers <= 1:
@@ -278,7 +279,7 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
     finished = False
     try:
         queue = iter(todo)
-        pending: dict[Any, Episode] = {}
+        pending: dict[Any, EpisodeSpec] = {}
         for ep in queue:  # keep exactly one task per worker in flight, in plan order
             pending[pool.submit(_run_in_worker, ep, partial)] = ep
             if len(pending) >= cfg.workers:
@@ -303,7 +304,8 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode], partial: str) -> Iterator[Outcome]:
+def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[EpisodeSpec],
+                 partial: str) -> Iterator[Outcome]:
     try:
         import ray  # noqa: PLC0415 - the optional `ray` extra
     except ImportError as e:
@@ -320,7 +322,7 @@ def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episode]
         cache = str(cfg.cache_dir) if cfg.cache_dir else None
         actors = [remote_worker.remote(setting, cache, threads) for _ in range(max(cfg.workers, 1))]
         queue = iter(todo)
-        pending: dict[Any, tuple[Any, Episode]] = {}
+        pending: dict[Any, tuple[Any, EpisodeSpec]] = {}
         for actor in actors:
             ep = next(queue, None)
             if ep is not None:
@@ -393,7 +395,7 @@ class FolderPin:
 
 def run_episodes(
     setting: Setting,
-    episodes: Sequence[Episode],
+    episodes: Sequence[EpisodeSpec],
     out: str | Path,
     cfg: RunnerConfig,
     *,

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mixagent.agent.card import PolicyCard
 from mixagent.agent.dataset import (
     DatasetError,
-    Episodes,
+    EncodedEpisodes,
     all_copies,
     best_copies,
     load_runs,
@@ -224,13 +224,13 @@ def _fit(algo: Any, dataset: Any, steps: int, cfg: TrainConfig, evaluators: dict
     return history
 
 
-def _mean_action_error(algo: Any, episodes: Episodes) -> float:
+def _mean_action_error(algo: Any, episodes: EncodedEpisodes) -> float:
     rows = episodes.decision_rows
     pred = algo.predict(episodes.observations[rows])
     return float(np.abs(pred - episodes.actions[rows]).mean())
 
 
-def _fqe_value(algo: Any, val: Episodes, cfg: TrainConfig, progress: bool) -> float:
+def _fqe_value(algo: Any, val: EncodedEpisodes, cfg: TrainConfig, progress: bool) -> float:
     """Fitted Q Evaluation on the validation episodes: the policy's estimated return (final balanced
     score, in B units) from the validation start states."""
     import d3rlpy  # noqa: PLC0415
@@ -252,7 +252,7 @@ def _fqe_value(algo: Any, val: Episodes, cfg: TrainConfig, progress: bool) -> fl
     return float(value) / cfg.reward_scale
 
 
-def _observation_ranges(episodes: Episodes, objectives: ObjectiveRange,
+def _observation_ranges(episodes: EncodedEpisodes, objectives: ObjectiveRange,
                         n_fields: int) -> tuple[list[float], list[float]]:
     """Per-feature ranges of the training observations (all training trajectories, relabelled),
     with the objective slice's λ and field weights widened to the whole trained objective range

@@ -30,7 +30,7 @@ from typing import Any
 _TRAINER = "mixagent.service.trainer"
 TRAINER_NAMES = frozenset({
     "MixagentError", "ServiceUnavailable", "RequestRejected", "AuthError", "RunNotFound", "StepConflict",
-    "Decision", "MixingClient", "MixingRun", "Domain", "DomainSpace", "Feedback", "Objective",
+    "ServedDecision", "MixingClient", "MixingRun", "Domain", "DomainSpace", "Feedback", "Objective",
     "continuation_log_likelihood", "field_scores", "LiveWeightSampler", "MixagentCallback", "MixingTrainer",
     "field_score_metrics",
 })

@@ -10,14 +10,14 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Run", "Decision", "PolicyArtifact", "PolicyCurrent"]
+__all__ = ["Base", "RunRow", "DecisionRow", "PolicyArtifact", "PolicyCurrent"]
 
 
 class Base(DeclarativeBase):
     pass
 
 
-class Run(Base):
+class RunRow(Base):
     """One trainer's run: its domain space, budget and the policy version it is pinned to."""
 
     __tablename__ = "runs"
@@ -44,7 +44,7 @@ class Run(Base):
     """Hash of the creating request's body: a retry with the key must send the same body."""
 
 
-class Decision(Base):
+class DecisionRow(Base):
     """The answer to one feedback: ``seq`` orders a run's decisions; ``(run, step)`` is unique, so a
     retried or racing post can never record a second decision for the same step."""
 
@@ -61,7 +61,7 @@ class Decision(Base):
     weights_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
     served_by_json: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
-    """Like ``Run.initial_served_by_json``, for this decision (a retry answers with the same)."""
+    """Like ``RunRow.initial_served_by_json``, for this decision (a retry answers with the same)."""
 
 
 class PolicyArtifact(Base):

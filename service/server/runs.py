@@ -54,7 +54,7 @@ from mixagent.agent.card import ArtifactError
 from mixagent.agent.onnx_policy import GuardedDecision, decide
 from mixagent.service.server.errors import Conflict, NotFound, Unavailable, Unprocessable
 from mixagent.service.server.metrics import Metrics
-from mixagent.service.server.models import Decision, PolicyArtifact, PolicyCurrent, Run
+from mixagent.service.server.models import DecisionRow, PolicyArtifact, PolicyCurrent, RunRow
 from mixagent.service.server.registry import PolicyEntry, PolicyRegistry, SpaceFallback
 from mixagent.service.server.schemas import FeedbackIn, RunCreate
 from mixagent.trajectories.contract import (
@@ -84,7 +84,7 @@ its dict slot and float object). Set from the server's resident memory: a cached
 decisions x 256 domains adds 43 MB of RSS (``bench/service_memory.py``) against 44 MB estimated;
 tracemalloc counts less (45 B a number at 256 domains, 53 B at 64, plus about 1.6 kB a decision),
 so the estimate is conservative (``tests/service/server/test_memory.py``)."""
-_INSERT_DECISION = insert(Decision.__table__)  # type: ignore[arg-type]
+_INSERT_DECISION = insert(DecisionRow.__table__)  # type: ignore[arg-type]
 MAX_REASON = 500
 """Characters of a fallback reason kept (a domain-level card's reason lists every domain)."""
 
@@ -316,7 +316,7 @@ class RunStore:
         state.history = History(space=space)
         try:
             with self._write_lock, self.sessions() as s:
-                s.add(Run(
+                s.add(RunRow(
                     id=state.id, owner=owner, created_at=state.created_at, space_json=space.model_dump_json(),
                     objective_json=objective.model_dump_json(), meta_json=json.dumps(meta),
                     horizon=req.horizon, interval=req.interval, policy_name=entry.name,
@@ -339,8 +339,8 @@ class RunStore:
     def _created_with(self, owner: str, key: str, request_hash: str | None) -> RunState | None:
         """The run ``owner`` created with ``key`` (None: none yet); 409 when that request had another body."""
         with self.sessions() as s:
-            row = s.execute(select(Run.id, Run.request_hash).where(
-                Run.owner == owner, Run.idempotency_key == key)).first()
+            row = s.execute(select(RunRow.id, RunRow.request_hash).where(
+                RunRow.owner == owner, RunRow.idempotency_key == key)).first()
         if row is None:
             return None
         if row.request_hash != request_hash:
@@ -381,13 +381,13 @@ class RunStore:
     def _load(self, run_id: str, page: tuple[int, int] | None = None) -> RunState | None:
         """The run with all its decisions, or only ``page = (offset, limit)`` of them (by ``seq``)."""
         with self.sessions() as s:
-            row = s.get(Run, run_id)
+            row = s.get(RunRow, run_id)
             if row is None:
                 return None
-            q = select(Decision).where(Decision.run_id == run_id)
+            q = select(DecisionRow).where(DecisionRow.run_id == run_id)
             if page is not None:
-                q = q.where(Decision.seq >= page[0], Decision.seq < page[0] + page[1])
-            rows = s.scalars(q.order_by(Decision.seq)).all()
+                q = q.where(DecisionRow.seq >= page[0], DecisionRow.seq < page[0] + page[1])
+            rows = s.scalars(q.order_by(DecisionRow.seq)).all()
         space = DomainSpace.model_validate_json(row.space_json)
         state = RunState(
             id=row.id, owner=row.owner, created_at=row.created_at, space=space,
@@ -429,7 +429,7 @@ class RunStore:
         """The run with decisions ``offset`` to ``offset + limit - 1`` only, from the database."""
         state = _owned(self._load(run_id, page=(offset, limit)), owner, run_id)
         with self.sessions() as s:
-            total = s.scalar(select(func.count()).where(Decision.run_id == run_id)) or 0
+            total = s.scalar(select(func.count()).where(DecisionRow.run_id == run_id)) or 0
         return RunPage(state=state, total=int(total), offset=offset)
 
     def fresh(self, *, owner: str | None, run_id: str) -> RunState:
@@ -437,17 +437,17 @@ class RunStore:
         self._forget(run_id)
         return self.get(owner=owner, run_id=run_id)
 
-    def list_runs(self, *, owner: str | None, limit: int, offset: int) -> tuple[list[tuple[Run, int]], int]:
+    def list_runs(self, *, owner: str | None, limit: int, offset: int) -> tuple[list[tuple[RunRow, int]], int]:
         with self.sessions() as s:
-            q = select(Run)
+            q = select(RunRow)
             if owner is not None:
-                q = q.where(Run.owner == owner)
+                q = q.where(RunRow.owner == owner)
             total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-            runs = s.scalars(q.order_by(Run.created_at, Run.id).offset(offset).limit(limit)).all()
+            runs = s.scalars(q.order_by(RunRow.created_at, RunRow.id).offset(offset).limit(limit)).all()
             counts = dict(
                 s.execute(
-                    select(Decision.run_id, func.count()).where(Decision.run_id.in_([r.id for r in runs]))
-                    .group_by(Decision.run_id)
+                    select(DecisionRow.run_id, func.count()).where(DecisionRow.run_id.in_([r.id for r in runs]))
+                    .group_by(DecisionRow.run_id)
                 ).all()
             )
         return [(r, int(counts.get(r.id, 0))) for r in runs], int(total)
@@ -457,9 +457,9 @@ class RunStore:
         NotFound names the first that is not."""
         wanted = list(dict.fromkeys(run_ids))
         with self.sessions() as s:
-            q = select(Run.id).where(Run.id.in_(wanted))
+            q = select(RunRow.id).where(RunRow.id.in_(wanted))
             if owner is not None:
-                q = q.where(Run.owner == owner)
+                q = q.where(RunRow.owner == owner)
             found = set(s.scalars(q).all())
         for run_id in wanted:
             if run_id not in found:
@@ -468,15 +468,15 @@ class RunStore:
 
     def run_ids(self, *, owner: str | None) -> list[str]:
         with self.sessions() as s:
-            q = select(Run.id).order_by(Run.created_at, Run.id)
+            q = select(RunRow.id).order_by(RunRow.created_at, RunRow.id)
             if owner is not None:
-                q = q.where(Run.owner == owner)
+                q = q.where(RunRow.owner == owner)
             return list(s.scalars(q).all())
 
     def active_runs(self) -> int:
         with self.sessions() as s:
-            n = select(func.count()).where(Decision.run_id == Run.id).scalar_subquery()
-            return int(s.scalar(select(func.count()).select_from(Run).where(n <= Run.horizon)) or 0)
+            n = select(func.count()).where(DecisionRow.run_id == RunRow.id).scalar_subquery()
+            return int(s.scalar(select(func.count()).select_from(RunRow).where(n <= RunRow.horizon)) or 0)
 
     # ----- policy artifacts ---------------------------------------------------------------------
     def record_artifact(self, entry: PolicyEntry, make_current: bool = True) -> None:

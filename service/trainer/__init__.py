@@ -5,7 +5,7 @@ here (names whose modules need torch or transformers load on first use, so impor
 loads torch)::
 
     from mixagent.service.trainer import (
-        MixingClient, MixingRun, Decision,                 # the HTTP client and the run handle (httpx only)
+        MixingClient, MixingRun, ServedDecision,               # the HTTP client and the run handle (httpx only)
         MixagentError, ServiceUnavailable, RequestRejected, AuthError, RunNotFound, StepConflict,
         DomainSpace, Domain, Feedback, Objective,           # the contract types a trainer builds
         continuation_log_likelihood, field_scores,          # the one field-score definition (numpy)

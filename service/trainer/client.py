@@ -58,7 +58,7 @@ __all__ = [
     "AuthError",
     "RunNotFound",
     "StepConflict",
-    "Decision",
+    "ServedDecision",
     "MixingClient",
     "MixingRun",
 ]
@@ -109,7 +109,7 @@ _REJECTIONS: dict[int, type[RequestRejected]] = {401: AuthError, 403: AuthError,
 
 
 @dataclass(frozen=True)
-class Decision:
+class ServedDecision:
     """The service's answer to one feedback."""
 
     run_id: str
@@ -224,15 +224,15 @@ class MixingClient:
                              attempts=attempts).json()
 
     def post_feedback(self, run_id: str, feedback: Feedback, mixture_id: str | None = None, *,
-                      attempts: int | None = None) -> Decision:
+                      attempts: int | None = None) -> ServedDecision:
         """Report ``feedback``; retried (same step, same payload) until answered."""
         body: dict[str, Any] = feedback.model_dump()
         if mixture_id is not None:
             body["mixture_id"] = mixture_id
         data = self._request("POST", f"/v1/runs/{run_id}/feedback", json=body, attempts=attempts).json()
         optional: dict[str, Any] = {"served_by": None, "warnings": []}
-        return Decision(**{k: data.get(k, optional[k]) if k in optional else data[k]
-                           for k in Decision.__dataclass_fields__})
+        return ServedDecision(**{k: data.get(k, optional[k]) if k in optional else data[k]
+                           for k in ServedDecision.__dataclass_fields__})
 
     def get_run(self, run_id: str, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """The run with history entries ``offset`` to ``offset + limit - 1`` (at most 500 a page;
@@ -318,7 +318,7 @@ class MixingRun:
         """Optimizer steps per decision."""
         self._cond = threading.Condition()
         self._outbox: deque[_Pending] = deque()
-        self._answers: dict[int, Decision] = {}
+        self._answers: dict[int, ServedDecision] = {}
         self._down = False
         self._failures = 0
         self._kick = False
