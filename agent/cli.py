@@ -16,12 +16,12 @@ import numpy as np
 import typer
 
 from mixagent.console import console as _console
+from mixagent.console import fail
 from mixagent.trajectories.environment import START_TOLERANCE
 
 __all__ = ["agent_app", "generate_cmd"]
 
 console = _console()
-err_console = _console(stderr=True)
 agent_app = typer.Typer(help="Train, export and evaluate mixing policies.", no_args_is_help=True)
 
 
@@ -54,16 +54,13 @@ def generate_cmd(
     from mixagent.trajectories.schedules import BUILTIN_FAMILIES  # noqa: PLC0415
 
     if executor not in ("local", "ray"):
-        err_console.print(f"[red]--executor: must be 'local' or 'ray', got {executor!r}[/red]")
-        raise typer.Exit(2)
+        fail(f"--executor: must be 'local' or 'ray', got {executor!r}", 2)
     if level not in ("", "field", "domain"):
-        err_console.print(f"[red]--level: must be 'field' or 'domain', got {level!r}[/red]")
-        raise typer.Exit(2)
+        fail(f"--level: must be 'field' or 'domain', got {level!r}", 2)
     try:
         s = load_setting(setting)
     except SettingError as e:
-        err_console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(e), 2)
     fams = tuple(f.strip() for f in families.split(",") if f.strip()) or BUILTIN_FAMILIES
     cfg = GenerateConfig(
         out=out, n=n, families=fams, seed=seed, level=level or None, workers=workers, threads=threads,  # type: ignore[arg-type]
@@ -73,19 +70,13 @@ def generate_cmd(
     try:
         report = generate(cfg, s)
     except (GenerateError, ContractError) as e:
-        err_console.print(f"[red]{e}[/red]")
-        raise typer.Exit(1) from None
+        fail(str(e), 1)
     per = report.seconds_per_trajectory
     mean = f"; {sum(per) / len(per):.1f} s per trajectory" if per else ""
     console.print(
         f"{report.out}: {report.already_done + report.generated}/{report.planned} planned trajectories finished "
         f"({report.generated} now, {report.already_done} before) in {report.wall_s:.0f} s{mean}"
     )
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]{message}[/red]", highlight=False)
-    raise typer.Exit(code)
 
 
 @agent_app.command("train")
@@ -108,7 +99,7 @@ def train_cmd(
         cfg = load_config(config, encoder=encoder, seed=seed)
         report = train(data, algo, out, cfg, progress=progress)
     except (DatasetError, ContractError) as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
         return
     m = report.metrics
     console.print(f"{out}: {report.card.ref} ({report.algo}, {cfg.encoder}) trained on {report.train_trajectories} "
@@ -138,7 +129,7 @@ def export_cmd(
     quiet_d3rlpy()
     learner_path, card_path = policy / "learner.d3", policy / "card.json"
     if not learner_path.is_file() or not card_path.is_file():
-        _fail(f"{policy}: not a trained policy folder (needs learner.d3 and card.json)", 2)
+        fail(f"{policy}: not a trained policy folder (needs learner.d3 and card.json)", 2)
     card = PolicyCard.model_validate_json(card_path.read_text())
     update = {k: v for k, v in {"name": name, "version": version}.items() if v is not None}
     card = card.model_copy(update={**update, "created_at": ""})
@@ -148,7 +139,7 @@ def export_cmd(
     try:
         card = write_artifact(learner, out, card, probe)
     except ArtifactError as e:
-        _fail(str(e))
+        fail(str(e))
     for extra in ("training.json",):
         if (policy / extra).is_file():
             (out / extra).write_text((policy / extra).read_text())
@@ -200,5 +191,5 @@ def evaluate_cmd(
         )
         evaluate(cfg, run=not report_only)
     except (ContractError, SettingError, RunnerError) as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     console.print(f"report: {out / 'report.md'}; results: {out / 'results.json'}; plots: {out / 'plots'}")

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from mixagent.console import console as _console
+from mixagent.console import fail
 from mixagent.env.setting import SettingError, load_setting
 from mixagent.trajectories.contract import SOURCE_FIELD
 from mixagent.trajectories.encoding import field_shares_to_weights
@@ -40,12 +41,7 @@ def _load(setting: str):  # type: ignore[no-untyped-def]
     try:
         return load_setting(setting)
     except SettingError as e:
-        _error(str(e))
-        raise typer.Exit(2) from None
-
-
-def _error(msg: str) -> None:
-    console.print(msg, style="red", soft_wrap=True, markup=False, highlight=False)
+        fail(str(e), 2)
 
 
 @contextmanager
@@ -59,8 +55,7 @@ def _clear_errors() -> Iterator[None]:
     try:
         yield
     except (SourceError, CorpusError, FileNotFoundError, ValueError) as e:
-        _error(str(e))
-        raise typer.Exit(1) from None
+        fail(str(e), 1)
 
 
 def _say(msg: str) -> None:
@@ -108,8 +103,7 @@ def corpus_show(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) -
     s = _load(setting)
     path = cache_root(cache_dir) / "data" / s.data_hash() / "manifest.json"
     if not path.exists():
-        _error(f"not built yet: run `mixagent corpus build --setting {setting}`")
-        raise typer.Exit(1)
+        fail(f"not built yet: run `mixagent corpus build --setting {setting}`", 1)
     _manifest_table(s, json.loads(path.read_text()))
 
 
@@ -160,8 +154,7 @@ def env_rollout(
     from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415 - torch: only when it runs
 
     if not 0.0 <= target_share <= 1.0:
-        _error(f"--target-share: must be within [0, 1], got {target_share}")
-        raise typer.Exit(2)
+        fail(f"--target-share: must be within [0, 1], got {target_share}", 2)
     s = _load(setting)
     with _clear_errors():
         env = DataMixingEnv(s, cache_dir=cache_dir, progress=True)

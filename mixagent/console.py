@@ -6,8 +6,9 @@ width on a terminal and writes full lines (up to :data:`PIPE_WIDTH` columns) oth
 :func:`typer_width` applies the same rule to typer's own help and usage-error panels.
 
 :func:`missing_extra` turns a ``ModuleNotFoundError`` of an optional dependency into the one line
-that says which extra to install (read from the installed package's metadata). Imports nothing of
-mixagent, so every floor may use it.
+that says which extra to install (read from the installed package's metadata), and
+:func:`fail` is how every command ends with an error. Imports nothing of mixagent, so every floor may
+use it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import re
 import sys
 from functools import cache
 from importlib.metadata import PackageNotFoundError, requires
+from typing import NoReturn
 
+import typer
 from rich.console import Console
 
-__all__ = ["PIPE_WIDTH", "console", "typer_width", "configure_logging", "extra_of", "missing_extra"]
+__all__ = ["PIPE_WIDTH", "console", "fail", "typer_width", "configure_logging", "extra_of", "missing_extra"]
 
 PIPE_WIDTH = 250
 """Columns of a console that does not write to a terminal (no folding of tables in log files)."""
@@ -31,6 +34,13 @@ def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else PIPE_WIDTH
     return Console(stderr=stderr, width=width, soft_wrap=width is not None)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """End a command with ``message`` on stderr, one line in red (never read as rich markup), and exit
+    status ``code``: 2 for a usage error (a bad option or setting), 1 for a failure of the work itself."""
+    console(stderr=True).print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def typer_width() -> int | None:

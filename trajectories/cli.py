@@ -16,11 +16,11 @@ from rich import box
 from rich.table import Table
 
 from mixagent.console import console as _console
+from mixagent.console import fail
 
 __all__ = ["trajectories_app"]
 
 console = _console()
-err_console = _console(stderr=True)
 trajectories_app = typer.Typer(
     help="Generate, validate and inspect datasets of real mixing trajectories.", no_args_is_help=True
 )
@@ -32,8 +32,7 @@ def _need_folder(directory: Path) -> None:
     """Exit 2 with one line when ``directory`` is missing or not a folder."""
     if not directory.is_dir():
         why = "not a folder" if directory.exists() else "no such folder"
-        err_console.print(f"{directory}: {why}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2)
+        fail(f"{directory}: {why}", 2)
 
 
 def _bad(problems: list[str], message: str) -> None:
@@ -68,8 +67,7 @@ def import_cmd(
             card = build_card([summarise(r) for r in store.load_all()])
             write_json_atomic(out / "card.json", card)
     except ContractError as e:  # a bad record or line, or a run of another environment
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
+        fail(str(e))
     for line in report.unfinished:
         typer.echo(f"left out (not finished): {source}: {line}")
     typer.echo(f"{out}: {report.imported} imported, {report.skipped} already there, {len(report.unfinished)} "
@@ -151,18 +149,14 @@ def stats_cmd(
 
     _need_folder(directory)
     if not no_plots and importlib.util.find_spec("matplotlib") is None:  # say so before any work
-        err_console.print("the plots need matplotlib (the train extra): pip install 'mixagent[train]', "
-                          "or pass --no-plots", style="red", markup=False, highlight=False)
-        raise typer.Exit(1)
+        fail("the plots need matplotlib (the train extra): pip install 'mixagent[train]', or pass --no-plots")
     store = FileStore(directory)
     try:
         stored = store.load_all()
     except RecordError as e:
-        err_console.print(f"[red]{e}[/red] (run `mixagent trajectories validate {directory}`)")
-        raise typer.Exit(1) from None
+        fail(f"{e} (run `mixagent trajectories validate {directory}`)", 1)
     if not stored:
-        err_console.print(f"[red]{directory}: no finished trajectories[/red]")
-        raise typer.Exit(1)
+        fail(f"{directory}: no finished trajectories", 1)
     summaries = [summarise(r) for r in stored]
     card = build_card(summaries)
     table = Table(title=f"{directory}: {card['setting_name']} ({card['setting_hash']}), {card['model']}",
@@ -189,8 +183,7 @@ def stats_cmd(
             with store.lock("rewrite the card"):
                 write_json_atomic(directory / "card.json", card)
         except RecordError as e:
-            err_console.print(f"[red]{e}[/red] (a running generator keeps the card up to date itself)")
-            raise typer.Exit(1) from None
+            fail(f"{e} (a running generator keeps the card up to date itself)", 1)
         console.print(f"card written to {directory / 'card.json'}")
     if not no_plots:
         from mixagent.trajectories.plots import plot_dataset  # noqa: PLC0415 - matplotlib: only for plots

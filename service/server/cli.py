@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from mixagent.console import fail
 
 if TYPE_CHECKING:
     from mixagent.service.server.config import Settings
@@ -21,12 +23,6 @@ __all__ = ["serve", "export_runs", "db_app", "APP_FACTORY"]
 
 APP_FACTORY = "mixagent.service.server.main:create_app"
 """What uvicorn runs (``--factory``): it reads its settings from the ``MIXAGENT_*`` environment."""
-
-
-def fail(message: str) -> NoReturn:
-    """End the command with one line on stderr (exit status 2)."""
-    typer.echo(message, err=True)
-    raise typer.Exit(2)
 
 
 def _apply_overrides(**values: object) -> None:
@@ -43,11 +39,11 @@ def _settings() -> Settings:
         from mixagent.service.server.config import Settings  # noqa: PLC0415
         from mixagent.service.server.errors import format_validation_errors  # noqa: PLC0415
     except ModuleNotFoundError as e:
-        fail(f"the service needs its extra ({e.name} is not installed): pip install 'mixagent[service]'")
+        fail(f"the service needs its extra ({e.name} is not installed): pip install 'mixagent[service]'", 2)
     try:
         return Settings()
     except ValidationError as e:
-        fail(f"invalid settings: {format_validation_errors(e.errors(), root='settings')[0]}")
+        fail(f"invalid settings: {format_validation_errors(e.errors(), root='settings')[0]}", 2)
 
 
 def _check_database(s: Settings) -> None:
@@ -57,7 +53,7 @@ def _check_database(s: Settings) -> None:
     try:
         check_database(s)
     except DatabaseUnavailable as e:
-        fail(f"{e} (MIXAGENT_DATABASE_URL / --database-url)")
+        fail(f"{e} (MIXAGENT_DATABASE_URL / --database-url)", 2)
 
 
 def _migrate(s: Settings) -> list[str]:
@@ -69,7 +65,7 @@ def _migrate(s: Settings) -> list[str]:
     try:
         return init_db(engine)
     except SchemaError as e:
-        fail(str(e))
+        fail(str(e), 2)
     finally:
         engine.dispose()
 
@@ -90,12 +86,12 @@ def serve(
     try:
         import uvicorn  # noqa: PLC0415
     except ModuleNotFoundError as e:
-        fail(f"the service needs its extra ({e.name} is not installed): pip install 'mixagent[service]'")
+        fail(f"the service needs its extra ({e.name} is not installed): pip install 'mixagent[service]'", 2)
     from mixagent.service.server.config import DEV_TOKEN  # noqa: PLC0415
     from mixagent.service.server.limits import uvicorn_limits  # noqa: PLC0415
 
     if s.policy_dir is not None and not s.policy_dir.is_dir():
-        fail(f"policy_dir: {str(s.policy_dir)!r} is not a folder (MIXAGENT_POLICY_DIR / --policy-dir)")
+        fail(f"policy_dir: {str(s.policy_dir)!r} is not a folder (MIXAGENT_POLICY_DIR / --policy-dir)", 2)
     _check_database(s)
     applied = _migrate(s)  # here, so a schema problem is one line (each replica's app checks again: a no-op)
     typer.echo(f"mixagent serving on http://{s.host}:{s.port} (OpenAPI at /docs)")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mixagent.service.server.cli import fail
+from mixagent.console import fail
 
 __all__ = ["demo"]
 
@@ -26,8 +26,8 @@ def demo(
     try:
         from mixagent.service.trainer.demo import DemoError, run_demo  # noqa: PLC0415
     except ModuleNotFoundError as e:
-        fail(f"demo needs the service extra ({e.name} is not installed): pip install 'mixagent[all]'")
+        fail(f"demo needs the service extra ({e.name} is not installed): pip install 'mixagent[all]'", 2)
     try:
         run_demo(setting=setting, policy=policy, out=out, seed=seed, cache_dir=cache_dir, echo=typer.echo)
     except DemoError as e:
-        fail(f"demo: {e}")
+        fail(f"demo: {e}", 2)
