@@ -111,7 +111,7 @@ class LossSoftmaxPolicy:
     Before any feedback, and right after the first, the mixture is the prior. Non-positive start
     losses are treated as 1e-8.
 
-    ``relative=False``: the plain heuristic of METHODS.md, ``w_k ∝ softmax(ℓ_k(t) / τ)`` (no prior,
+    ``relative=False``: the plain heuristic of docs/methods.md, ``w_k ∝ softmax(ℓ_k(t) / τ)`` (no prior,
     no reference), which pours the mixture into the hardest domains (in CPT, the new field's).
     """
 

@@ -97,7 +97,7 @@ BASELINE_POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec("loss-softmax-plain", "loss-softmax", {"temperature": 1.0, "relative": False}, "baseline"),
 )
 """The baselines every evaluation compares against (agent/baselines.py; loss-softmax in both forms:
-relative to the start losses with τ = 0.1, the service's default, and METHODS.md's plain
+relative to the start losses with τ = 0.1, the service's default, and docs/methods.md's plain
 ``softmax(ℓ/τ)`` with τ = 1)."""
 HAND_SCHEDULES: tuple[PolicySpec, ...] = (
     PolicySpec("ramp-0.8-0.2", "ramp_down", {"level": "field", "start": 0.8, "end": 0.2, "power": 1.0}, "hand"),

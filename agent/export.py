@@ -1,6 +1,6 @@
 """Export a trained d3rlpy policy as a policy artifact: ``card.json`` + an ONNX network.
 
-d3rlpy's own ONNX export fails on this torch (NOTES.md), so the network is wrapped in a plain
+d3rlpy's own ONNX export (``save_policy('x.onnx')``) fails on torch >= 2.9, so the network is wrapped in a plain
 ``nn.Module`` (observation scaler -> ``impl.predict_best_action`` -> action scaler) and exported with
 the TorchScript-based exporter (``dynamo=False``, a dynamic batch axis). The export is checked
 before anything is written: onnxruntime must give the torch policy's actions to 1e-5 on the given

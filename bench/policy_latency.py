@@ -1,17 +1,19 @@
 """How long one served decision takes: the learned policy (encode + ONNX on one thread + action map
 + range guard) against the rules it competes with, side by side in one process.
 
-    python bench/policy_latency.py [--policy agent/artifacts/agent] [--repeats 2000]
+    python bench/policy_latency.py [--policy agent/artifacts/agent] [--repeats 2000] [--out FILE]
 
 Each policy decides after every feedback of a real 16-stage math-tiny history (the first committed
 trajectory), ``--repeats`` times over, in interleaved rounds so machine noise hits all alike. Prints
-the median and 95th percentile per decision and writes ``bench/results/policy_latency.json``.
+the median and 95th percentile per decision and writes its JSON to ``--out`` (default a temporary
+folder; ``--out bench/results/policy_latency.json`` replaces the committed figures).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ def main() -> int:
     ap.add_argument("--policy", type=Path, default=ROOT / "agent" / "artifacts" / "agent")
     ap.add_argument("--repeats", type=int, default=2000)
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "trajectories" / "math-tiny")
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mixagent-bench" / "policy_latency.json")
     args = ap.parse_args()
 
     from mixagent.agent.baselines import build_baseline
@@ -63,9 +66,11 @@ def main() -> int:
     for k, r in rows.items():
         print(f"{k:<34} {r['median_us']:>10.1f} {r['p95_us']:>10.1f}")
     print(f"learned / uniform (median): {ratio:.1f}x; goal: a learned decision < 1000 µs")
-    out = ROOT / "bench" / "results" / "policy_latency.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"policy": card.ref, "decisions": rows, "learned_over_uniform": ratio,
                                "history_stages": h.stages, "onnx_threads": 1}, indent=1) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Memory of the mixing service under large runs (issue 11, point 4), on loopback.
 
-    python bench/service_memory.py          # ~2 min on 2 shared cores: prints a table, writes JSON
+    python bench/service_memory.py          # ~2 min on 2 shared cores: prints a table, JSON to a temporary folder
     python bench/service_memory.py --runs 4 --decisions 1024 --domains 256 --out bench/results/service_memory.json
 
 Each configuration starts a uvicorn server process (SQLite file, WAL) with a run-cache bound
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--decisions", type=int, default=1024)
     ap.add_argument("--domains", type=int, default=256)
     ap.add_argument("--cache-mb", type=int, nargs="+", default=[32, 256])
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "service_memory.json")
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mixagent-bench" / "service_memory.json")
     a = ap.parse_args()
     from mixagent.service.server.runs import estimate_bytes
 

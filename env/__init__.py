@@ -13,20 +13,10 @@ torch-backed names load on first use.
 
 from typing import Any
 
+from mixagent.env.registration import ENV_ID, register
 from mixagent.env.setting import DEFAULT_SETTING, Setting, SettingError, load_setting
 
 __all__ = ["DEFAULT_SETTING", "Setting", "SettingError", "load_setting", "DataMixingEnv", "ENV_ID", "register"]
-
-ENV_ID = "mixagent/DataMixing-v0"
-
-
-def register() -> None:
-    """Register ``mixagent/DataMixing-v0`` with gymnasium (idempotent)."""
-    import gymnasium  # noqa: PLC0415 - the train extra; importing mixagent.env stays cheap without it
-
-    if ENV_ID not in gymnasium.registry:
-        gymnasium.register(ENV_ID, entry_point="mixagent.env.mixing_env:DataMixingEnv")
-
 
 def __getattr__(name: str) -> Any:
     if name == "DataMixingEnv":

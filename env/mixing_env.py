@@ -22,9 +22,7 @@ from mixagent.trajectories.encoding import (
     observation_size,
 )
 
-__all__ = ["DataMixingEnv", "ENV_ID"]
-
-from mixagent.env import ENV_ID
+__all__ = ["DataMixingEnv"]
 
 
 class DataMixingEnv(gym.Env):

@@ -27,9 +27,10 @@ A record (schema version :data:`~mixagent.trajectories.contract.SCHEMA_VERSION`)
 
 ``sha256`` is the checksum of the trajectory's content (:func:`trajectory_checksum`: canonical JSON
 of header, history and stage wall times), so it does not depend on line formatting. Finalising
-writes the whole record to a temporary sibling, fsyncs it and renames it over ``records/<id>.jsonl.gz``:
-a crash leaves either no record or a complete one. :func:`read_record` rejects a truncated,
-corrupted, foreign-version or mis-named record with a :class:`RecordError` that names the file.
+writes the whole record to a temporary sibling, fsyncs it and hard-links it to ``records/<id>.jsonl.gz``
+(a link never replaces an existing record): a crash leaves either no record or a complete one.
+:func:`read_record` rejects a truncated, corrupted, foreign-version or mis-named record with a
+:class:`RecordError` that names the file.
 """
 
 from __future__ import annotations
@@ -417,7 +418,6 @@ class FileStore:
     """A dataset folder (layout in the module docstring)."""
 
     root: Path
-    _ids: set[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

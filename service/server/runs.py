@@ -1,6 +1,6 @@
 """Runs and their decisions: the rules of the feedback loop, on top of the database.
 
-The rules (ARCHITECTURE.md, "The loop it serves"):
+The rules (docs/architecture.md, "The loop"):
 
 * The first feedback of a run (normally step 0, before training) becomes ``history.feedback[0]``,
   the reference for relative gains. Each feedback is answered with the next weights, which become

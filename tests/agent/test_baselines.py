@@ -84,7 +84,7 @@ def test_loss_softmax_rule():
         LossSoftmaxPolicy(0)
     with pytest.raises(ContractError, match="relative"):
         LossSoftmaxPolicy(0.1, relative="yes")  # type: ignore[arg-type]
-    # the plain form of METHODS.md: softmax(loss / T), no prior, no reference
+    # the plain form of docs/methods.md: softmax(loss / T), no prior, no reference
     plain = LossSoftmaxPolicy(temperature=2.0, relative=False).next_weights(space, h)
     z = np.exp(np.array([2.2, 1.0, 3.2]) / 2.0)
     assert plain.values == pytest.approx((z / z.sum()).tolist())

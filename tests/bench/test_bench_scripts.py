@@ -127,3 +127,50 @@ def test_mixing_quality_reports_every_setting_and_objective(trained, tiny_settin
     for v in variants:
         assert v["curve"] == variants[0]["curve"] and v["share_of_gap_closed"] is None, v["variant"]
     assert (probe / "feedback_probe.png").is_file()
+
+
+def test_env_overhead_times_the_env_against_the_bare_loop(tiny_setting_file, cache_dir, tmp_path):
+    out = tmp_path / "env_overhead.json"
+    run(["bench/env_overhead.py", "--setting", str(tiny_setting_file), "--intervals", "2", "--out", str(out)],
+        cache_dir)
+    data = json.loads(out.read_text())
+    assert data["intervals"] == 2 and len(data["rows"]) == 2
+    assert data["max_abs_loss_diff"] == 0.0  # both sides computed the same training
+    assert data["median_env_step_s"] > 0 and data["median_bare_step_s"] > 0
+
+
+def test_policy_latency_times_the_learned_policy_beside_the_rules(trained, tiny_dataset, cache_dir, tmp_path):
+    out = tmp_path / "latency.json"
+    proc = run(["bench/policy_latency.py", "--policy", str(trained / "policies" / "bc-mlp"), "--repeats", "20",
+                "--data", str(tiny_dataset), "--out", str(out)], cache_dir)
+    data = json.loads(out.read_text())
+    assert {"uniform", "loss-softmax"} <= set(data["decisions"]) and data["learned_over_uniform"] > 0
+    assert all(r["median_us"] > 0 and r["n"] >= 5 for r in data["decisions"].values())
+    assert f"wrote {out}" in proc.stdout
+
+
+def test_heldout_overlap_measures_the_leak_per_domain(tiny_setting_file, tiny_setting, cache_dir, tmp_path):
+    out = tmp_path / "overlap.json"
+    run(["bench/heldout_overlap.py", "--setting", str(tiny_setting_file), "--out", str(out)], cache_dir)
+    data = json.loads(out.read_text())
+    assert [r["domain"] for r in data["domains"]] == list(tiny_setting.space.names)
+    for row in data["domains"]:
+        assert 0.0 <= row["near_duplicate_fraction"] <= 1.0 and row["heldout_docs"] > 0
+
+
+def test_numerics_drift_pretrains_each_variant_and_compares_it(tiny_setting_file, tiny_dataset, cache_dir, tmp_path):
+    out = tmp_path / "drift.json"
+    run(["bench/numerics_drift.py", "--setting", str(tiny_setting_file), "--dataset", str(tiny_dataset),
+         "--out", str(out)], cache_dir)
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"default", "mkl-avx2", "aten+mkl-avx2"}
+    assert rows["default"]["drift_from_oldest_record"] == 0.0  # the dataset was made with this very base
+    assert all(r["drift_from_oldest_record"] >= 0 for r in rows.values())
+
+
+def test_service_memory_drives_a_real_server(cache_dir, tmp_path):
+    out = tmp_path / "memory.json"
+    run(["bench/service_memory.py", "--runs", "1", "--decisions", "8", "--domains", "4", "--cache-mb", "1",
+         "--out", str(out)], cache_dir)
+    [row] = json.loads(out.read_text())["configs"]
+    assert row["cache_mb"] == 1 and row["rss_start_mb"] > 0 and len(row["rss_after_run_mb"]) == 1

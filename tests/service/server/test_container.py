@@ -1,4 +1,4 @@
-"""The service image, built and run with buildah (no Docker engine here; NOTES.md).
+"""The service image, built and run with buildah (no Docker engine on these machines; the README's Deployment section).
 
 Run with ``pytest -m container`` (minutes: a Debian base via debootstrap on first use, then the
 image build downloads the service's wheels). Needs root, buildah, debootstrap and the package
