@@ -42,7 +42,6 @@ from mixagent.trajectories.contract import History
 from mixagent.trajectories.encoding import action_to_weights, balanced_scores
 
 
-
 def bare_interval(model, opt, batches, first_step, cpt, total_steps):  # type: ignore[no-untyped-def]
     """The reference: nothing but the optimizer steps."""
     model.train()
