@@ -205,9 +205,13 @@ class EvaluationConfig:
     """One evaluation: what runs where, and how."""
 
     out: Path
+    """The evaluation folder: every run under ``out/runs/<setting>/`` (resumable), reports beside them."""
     policies: tuple[PolicySpec, ...]
+    """What is compared (:func:`parse_policies`)."""
     settings: tuple[Setting, ...]
+    """Where: every policy runs on every setting."""
     objectives: tuple[Objective, ...] = (Objective(),)
+    """Under which objectives runs are scored (learned policies that read it run once per objective)."""
     seeds: int = 5
     """Comparison seeds (paired across every policy)."""
     first_seed: int = COMPARE_SEED
@@ -223,6 +227,7 @@ class EvaluationConfig:
     point selected for each objective runs on the comparison seeds: the same honest comparison for
     about a third of the grid's cost (the table then shows the grid's selection-seed means only)."""
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    """How the runs are executed (workers, threads, cache)."""
     report_dir: Path | None = None
     """Where ``results.json``, ``report.md`` and ``plots/`` go (default: ``out``). The runs always
     live under ``out/runs/``, so several reports (another agent, other objectives) share one set of

@@ -77,40 +77,55 @@ class DebSource(_Spec):
     """Text inside a Debian package, fetched with ``apt-get download`` and unpacked with ``dpkg -x``."""
 
     kind: Literal["deb"] = "deb"
+    """The source's type tag."""
     package: str = Field(min_length=1)
+    """The Debian package name (its version is recorded in the corpus manifest)."""
     include: tuple[str, ...] = Field(min_length=1, description="globs relative to the unpacked root")
+    """Globs of the files to read, relative to the unpacked package root."""
     reader: Reader = "text"
+    """How a file becomes text: plain, HTML, WordNet's data files, R's lazy-load db, chatterbot YAML."""
 
 
 class PythonStdlibSource(_Spec):
     """The source files of this interpreter's standard library."""
 
     kind: Literal["python_stdlib"] = "python_stdlib"
+    """The source's type tag."""
     include: tuple[str, ...] = ("*.py", "*/*.py")
+    """Globs relative to the standard library folder."""
     exclude: tuple[str, ...] = ("test/*", "*/test/*", "*/tests/*", "idlelib/*", "lib2to3/*")
+    """Globs left out (tests and tools are not library code)."""
 
 
 class LicencesSource(_Spec):
     """Licence texts of the installed system packages (``/usr/share/doc/*/copyright``)."""
 
     kind: Literal["licences"] = "licences"
+    """The source's type tag."""
     root: str = "/usr/share/doc"
+    """The folder whose ``*/copyright`` files are read."""
 
 
 class ChatterbotSource(_Spec):
     """English dialogue from the ``chatterbot-corpus`` wheel (YAML conversations)."""
 
     kind: Literal["chatterbot"] = "chatterbot"
+    """The source's type tag."""
     language: str = "english"
+    """The corpus language folder inside the wheel."""
 
 
 class FilesSource(_Spec):
     """Any local folder of text files (also how tests make a corpus without the network)."""
 
     kind: Literal["files"] = "files"
+    """The source's type tag."""
     root: str
+    """The local folder to read (absolute, or relative to the current folder)."""
     include: tuple[str, ...] = ("**/*",)
+    """Globs of the files to read, relative to ``root``."""
     reader: Reader = "text"
+    """How a file becomes text (as for :class:`DebSource`)."""
 
 
 DomainSource = Annotated[
@@ -123,33 +138,47 @@ class CorpusSpec(_Spec):
     """Where each domain's text comes from and how much of it is kept."""
 
     domains: dict[Name, DomainSource] = Field(min_length=2)
+    """Domain name -> where its text comes from (the order is the domain space's order)."""
     max_train_bytes: PosInt = 2_000_000
     """Per domain: documents are taken in a seeded order until this many train bytes are kept."""
     heldout_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    """Share of each domain's documents that go to held-out evaluation (by document hash)."""
     max_heldout_bytes: PosInt = 200_000
+    """Per domain: the held-out text kept at most."""
     doc_chars: PosInt = 4000
     """Files are cut at blank lines into documents of about this many characters."""
     min_doc_chars: PosInt = 200
+    """Shorter documents are dropped (headers, stubs)."""
 
 
 class TokenizerSpec(_Spec):
+    """How text becomes tokens."""
+
     kind: Literal["bpe", "pretrained"] = "bpe"
     """``bpe``: a byte-level BPE trained on the corpus; ``pretrained``: the checkpoint's tokenizer."""
     vocab_size: Annotated[int, Field(ge=260, le=65535)] = 2048
+    """The BPE's vocabulary size (``bpe`` only)."""
     train_bytes_per_domain: PosInt = 400_000
+    """Training text of the BPE per domain, so that every domain shapes the vocabulary."""
 
 
 class LlamaSpec(_Spec):
     """A Llama-architecture model built from config (random init, then pre-trained on the source field)."""
 
     kind: Literal["llama"] = "llama"
+    """The model's type tag."""
     n_layer: PosInt = 2
+    """Transformer blocks."""
     n_head: PosInt = 4
+    """Attention heads (divides ``d_model``)."""
     n_kv_head: PosInt | None = None
+    """Key/value heads for grouped-query attention; default ``n_head``."""
     d_model: PosInt = 128
+    """Hidden width."""
     d_ff: PosInt | None = None
     """MLP width; default ``4·d_model``."""
     tie_embeddings: bool = True
+    """Share the input embedding and the output projection."""
 
     @model_validator(mode="after")
     def _heads(self) -> LlamaSpec:
@@ -167,17 +196,24 @@ class PretrainedSpec(_Spec):
     """
 
     kind: Literal["pretrained"] = "pretrained"
+    """The model's type tag."""
     path: str = Field(min_length=1)
+    """A local checkpoint folder (or ``smollm2``)."""
     gguf_file: str | None = None
+    """A GGUF file inside ``path`` to load instead of safetensors weights."""
 
 
 class PretrainSpec(_Spec):
     """Pre-training of the base checkpoint on the source field only (0 steps: use the model as is)."""
 
     steps: Annotated[int, Field(ge=0)] = 1500
+    """Optimizer steps of pre-training."""
     lr: PosFloat = 3e-3
+    """Peak learning rate (AdamW, cosine decay after warm-up)."""
     warmup_steps: Annotated[int, Field(ge=0)] = 100
+    """Linear warm-up steps."""
     batch_size: PosInt = 16
+    """Sequences per step (of ``cpt.seq_len`` tokens)."""
 
 
 class CPTSpec(_Spec):
@@ -188,14 +224,23 @@ class CPTSpec(_Spec):
     horizon: PosInt = 16
     """Decisions per episode."""
     batch_size: PosInt = 16
+    """Sequences per optimizer step, each drawn from a domain with the current mixture's weights."""
     seq_len: PosInt = 128
+    """Tokens per sequence."""
     lr: PosFloat = 1e-3
+    """Peak learning rate (AdamW)."""
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """The cosine schedule ends at ``lr · min_lr_ratio`` after ``interval · horizon`` steps."""
     warmup_steps: Annotated[int, Field(ge=0)] = 20
+    """Linear warm-up steps at the start of the run."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    """AdamW weight decay."""
     grad_clip: PosFloat = 1.0
+    """Gradient norm clip."""
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """AdamW β1."""
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    """AdamW β2."""
     threads: Annotated[int, Field(ge=0)] = 0
     """torch intra-op threads; 0 leaves torch's default."""
 
@@ -204,29 +249,42 @@ class EvalSpec(_Spec):
     """Fixed held-out windows: identical across steps, episodes and runs of one setting."""
 
     windows_per_domain: PosInt = 16
+    """Held-out windows per domain (``cpt.seq_len`` tokens each), fixed by the setting's seed."""
     context_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.5
     """Leading share of each window given as context; the score is the log-likelihood of the rest."""
     batch_size: PosInt = 64
+    """Windows per forward pass of the evaluation (speed only; the numbers do not depend on it)."""
 
 
 class Setting(_Spec):
     """One mixing problem: data, fields, model, budget, evaluation, objective and action space."""
 
     name: str = Field(min_length=1)
+    """The setting's name (records and folders are named by it)."""
     description: str = ""
+    """One line for people."""
     seed: int = 0
+    """Seed of everything the setting fixes: document order, splits, evaluation windows, the base."""
     corpus: CorpusSpec
+    """The domains' text."""
     fields: dict[Name, tuple[Name, ...]]
     """Field name -> its domains. ``source`` is the field the base model knows; the rest are targets."""
     priors: dict[Name, PosFloat] = Field(default_factory=dict)
     """Default share per domain (unnamed domains get 1); used for within-field splits and ε-mixing."""
     tokenizer: TokenizerSpec = TokenizerSpec()
+    """How text becomes tokens."""
     model: LlamaSpec | PretrainedSpec = Field(default_factory=LlamaSpec, discriminator="kind")
+    """The proxy model: built from config, or a local pretrained checkpoint."""
     pretrain: PretrainSpec = PretrainSpec()
+    """Pre-training of the base on the source field."""
     cpt: CPTSpec = CPTSpec()
+    """The continual pre-training run of an episode (budget, optimizer, decisions)."""
     eval: EvalSpec = EvalSpec()
+    """The held-out evaluation after every interval."""
     objective: Objective = Objective()
+    """The default objective of runs on this setting (a run may give its own)."""
     action: ActionSpec = ActionSpec()
+    """The action map: level (field or domain), β and ε."""
 
     @model_validator(mode="after")
     def _check(self) -> Setting:

@@ -361,7 +361,9 @@ class Objective(_Frozen):
     field weights. Shared by every method compared in one evaluation."""
 
     spread_penalty: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.5
+    """λ: how much the spread of the fields' gains costs (0: only their weighted mean counts)."""
     field_weights: dict[Name, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+    """``c_f`` per field, normalised to sum 1 (None: equal weights)."""
 
     def check_fields(self, fields: Sequence[str]) -> None:
         """Raise :class:`ContractError` when ``field_weights`` names a field not in ``fields``."""
@@ -435,8 +437,11 @@ class ActionSpec(_Frozen):
     """
 
     level: Level = "field"
+    """One logit per field (spread over a field's domains by their priors) or one per domain."""
     beta: Annotated[float, Field(gt=0, le=20, allow_inf_nan=False)] = 3.0
+    """Softmax temperature of the logits: the largest weight ratio is ``exp(2β)``."""
     epsilon: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.02
+    """Share mixed in by the priors, so every domain keeps a floor."""
 
 
 class TrajectoryHeader(_Frozen):
