@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mixagent.agent.errors import ArtifactError
 from mixagent.trajectories.contract import (
     SOURCE_FIELD,
     ActionSpec,
@@ -34,9 +35,6 @@ CARD_FILE = "card.json"
 
 ParamValue = float | int | str | bool
 
-
-class ArtifactError(ContractError):
-    """A policy artifact that cannot be served; the message names the file and the problem."""
 
 
 class TrainingData(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import numpy as np
 import typer
@@ -18,6 +18,10 @@ import typer
 from mixagent.console import console as _console
 from mixagent.console import fail
 from mixagent.trajectories.environment import START_TOLERANCE
+
+if TYPE_CHECKING:
+    from mixagent.agent.runner import Executor
+    from mixagent.trajectories.contract import Level
 
 __all__ = ["agent_app", "generate_cmd"]
 
@@ -48,7 +52,8 @@ def generate_cmd(
 ) -> None:
     """Run the behaviour schedules of the plan in the real env; resumes an existing folder."""
     # lazy: the runner and the env load only when this command runs (`mixagent --help` stays light)
-    from mixagent.agent.generate import GenerateConfig, GenerateError, generate  # noqa: PLC0415
+    from mixagent.agent.errors import RunnerError  # noqa: PLC0415
+    from mixagent.agent.generate import GenerateConfig, generate  # noqa: PLC0415
     from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.schedules import BUILTIN_FAMILIES  # noqa: PLC0415
@@ -63,13 +68,14 @@ def generate_cmd(
         fail(str(e), 2)
     fams = tuple(f.strip() for f in families.split(",") if f.strip()) or BUILTIN_FAMILIES
     cfg = GenerateConfig(
-        out=out, n=n, families=fams, seed=seed, level=level or None, workers=workers, threads=threads,  # type: ignore[arg-type]
-        executor=executor, ray_address=ray_address or None, cache_dir=cache_dir, progress=progress,  # type: ignore[arg-type]
+        out=out, n=n, families=fams, seed=seed, level=cast("Level | None", level or None), workers=workers,
+        threads=threads, executor=cast("Executor", executor), ray_address=ray_address or None, cache_dir=cache_dir,
+        progress=progress,
         start_tolerance=start_tolerance, adopt_corpus=adopt_corpus,
     )
     try:
         report = generate(cfg, s)
-    except (GenerateError, ContractError) as e:
+    except (RunnerError, ContractError) as e:
         fail(str(e), 1)
     per = report.seconds_per_trajectory
     mean = f"; {sum(per) / len(per):.1f} s per trajectory" if per else ""
@@ -185,9 +191,10 @@ def evaluate_cmd(
         cfg = EvaluationConfig(
             out=out, policies=tuple(parse_policies(policies)), settings=tuple(load_setting(s) for s in settings),
             objectives=tuple(parse_objective(o) for o in (objectives or ["default"])), seeds=seeds,
-            selection_seeds=selection_seeds, reference=reference, grid_compare=grid_compare,  # type: ignore[arg-type]
-            runner=RunnerConfig(workers=workers, threads=threads, executor=executor, cache_dir=cache_dir,  # type: ignore[arg-type]
-                                progress=progress),
+            selection_seeds=selection_seeds, reference=reference,
+            grid_compare=cast(Literal["all", "selected"], grid_compare),  # checked by cfg.check()
+            runner=RunnerConfig(workers=workers, threads=threads, executor=cast("Executor", executor),
+                                cache_dir=cache_dir, progress=progress),
         )
         evaluate(cfg, run=not report_only)
     except (ContractError, SettingError, RunnerError) as e:

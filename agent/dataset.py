@@ -25,16 +25,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mixagent.agent.card import TrainingData
+from mixagent.agent.errors import DatasetError
 from mixagent.trajectories.contract import (
     SOURCE_FIELD,
     ActionSpec,
     ContractError,
+    History,
     Objective,
     ObjectiveRange,
     Trajectory,
@@ -62,9 +65,6 @@ __all__ = [
     "to_mdp_dataset",
 ]
 
-
-class DatasetError(ContractError):
-    """Training data that cannot be used as asked; the message names the folder or field."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,10 @@ def draw_objectives(run: TrainingRun, copies: int, objective_range: ObjectiveRan
     return out
 
 
+def _encode_at(history: History, *, horizon: int, spec: ActionSpec, objective: Objective, version: str) -> np.ndarray:
+    return encode(history, horizon, spec, objective, version)
+
+
 def relabel(run: TrainingRun, objectives: Sequence[Objective], spec: ActionSpec,
             encoder_version: str = ENCODER_VERSION) -> EncodedEpisodes:
     """The episodes of ``run`` under each of ``objectives`` (see the module docstring): each is the
@@ -216,9 +220,8 @@ def relabel(run: TrainingRun, objectives: Sequence[Objective], spec: ActionSpec,
     hd, h = run.trajectory.header, run.trajectory.history
     obs, actions, rew, timeouts, episode = [], [], [], [], []
     for e, objective in enumerate(objectives):
-        tr = replay(h, lambda p, o=objective: encode(p, hd.horizon, spec, o, encoder_version),  # type: ignore[misc]
-                    lambda w: weights_to_action(w, hd.space, spec),
-                    lambda full, o=objective: stage_rewards(full, o))  # type: ignore[misc]
+        tr = replay(h, partial(_encode_at, horizon=hd.horizon, spec=spec, objective=objective, version=encoder_version),
+                    partial(weights_to_action, space=hd.space, spec=spec), partial(stage_rewards, objective=objective))
         obs.append(np.concatenate([tr.observations, tr.next_observations[-1:]]))
         actions.append(np.concatenate([tr.actions, np.zeros((1, tr.actions.shape[1]), np.float32)]))
         rew.append(np.concatenate([tr.rewards, [0.0]]).astype(np.float32))

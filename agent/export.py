@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mixagent.agent.card import CARD_FILE, PolicyCard
+from mixagent.agent.errors import ExportError
 from mixagent.agent.onnx_policy import load_artifact
 
 __all__ = ["MODEL_FILE", "ExportError", "PolicyNet", "export_onnx", "write_artifact"]
@@ -27,9 +28,6 @@ __all__ = ["MODEL_FILE", "ExportError", "PolicyNet", "export_onnx", "write_artif
 MODEL_FILE = "policy.onnx"
 ATOL = 1e-5
 
-
-class ExportError(RuntimeError):
-    """The exported network does not reproduce the trained policy (or cannot be written)."""
 
 
 class PolicyNet(nn.Module):

@@ -42,16 +42,11 @@ from mixagent.trajectories.storage import FileStore
 
 __all__ = [
     "GenerateConfig",
-    "GenerateError",
-    "GenerateReport",
     "make_plan",
     "trajectory_id",
     "generate",
 ]
 
-GenerateError = RunnerError
-"""Generation cannot start or go on (the message says why and names the file)."""
-GenerateReport = RunReport
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,10 +79,10 @@ def make_plan(setting: Setting, *, n: int, families: Sequence[str] = BUILTIN_FAM
               level: Level | None = None) -> list[EpisodeSpec]:
     """The first ``n`` items of the deterministic plan for ``setting`` (see the module docstring)."""
     if not families:
-        raise GenerateError("families: at least one schedule family is needed")
+        raise RunnerError("families: at least one schedule family is needed")
     for f in families:
         if get_family(f).draw is None:
-            raise GenerateError(f"families: {f!r} is a policy, not a behaviour family (it draws no parameters)")
+            raise RunnerError(f"families: {f!r} is a policy, not a behaviour family (it draws no parameters)")
     level = level or setting.action.level
     ctx = PolicyContext(setting.space, setting.cpt.horizon, setting.action, setting.objective)
     h = setting.hash()
@@ -104,11 +99,11 @@ def generate(cfg: GenerateConfig, setting: Setting) -> RunReport:
     """Run (or resume) the plan of ``cfg`` for ``setting``; see the module docstring.
 
     A trajectory that raises is logged and left out (the next run retries it); the others go on,
-    and a :class:`GenerateError` listing the failures ends the run."""
+    and a :class:`RunnerError` listing the failures ends the run."""
     if cfg.n < 0:
-        raise GenerateError(f"--n: must be >= 0, got {cfg.n}")
+        raise RunnerError(f"--n: must be >= 0, got {cfg.n}")
     if cfg.seed < 0:
-        raise GenerateError(f"--seed: must be >= 0, got {cfg.seed}")
+        raise RunnerError(f"--seed: must be >= 0, got {cfg.seed}")
     runner = cfg.runner()
     runner.check()
     level: Level = cfg.level or setting.action.level

@@ -102,7 +102,7 @@ class WindowTransformer(nn.Module):
         return torch.relu(self.norm(h[:, 0]))
 
 
-class _Encoder(Encoder):
+class _Encoder(Encoder):  # type: ignore[misc]  # d3rlpy ships no types: its bases are Any
     def __init__(self, net: WindowTransformer):
         super().__init__()
         self.net = net
@@ -111,7 +111,7 @@ class _Encoder(Encoder):
         return self.net(x)
 
 
-class _EncoderWithAction(EncoderWithAction):
+class _EncoderWithAction(EncoderWithAction):  # type: ignore[misc]  # d3rlpy: untyped base
     def __init__(self, net: WindowTransformer):
         super().__init__()
         self.net = net
@@ -121,7 +121,7 @@ class _EncoderWithAction(EncoderWithAction):
 
 
 @dataclass()
-class WindowTransformerEncoderFactory(EncoderFactory):
+class WindowTransformerEncoderFactory(EncoderFactory):  # type: ignore[misc]  # d3rlpy: untyped base
     """d3rlpy encoder factory of :class:`WindowTransformer` (field-level ``obs-v2`` only).
 
     Args:

@@ -123,8 +123,9 @@ class OnnxPolicy:
         if bad.size == 0:
             return None
         k = int(bad[0])
+        low, high = self.card.observation_low or [], self.card.observation_high or []  # set: _lo is not None
         return (f"observation feature {k} = {obs[k]:.4g} is outside the range seen in training "
-                f"[{self.card.observation_low[k]:.4g}, {self.card.observation_high[k]:.4g}]"  # type: ignore[index]
+                f"[{low[k]:.4g}, {high[k]:.4g}]"
                 + (f" ({bad.size} features)" if bad.size > 1 else ""))
 
     def decide(self, space: DomainSpace, history: History) -> GuardedDecision:

@@ -19,6 +19,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
+from mixagent.agent.errors import RegistryError
 from mixagent.trajectories.contract import ContractError
 from mixagent.trajectories.policy import Level, MixingPolicy, PolicyContext, PolicyFamily
 from mixagent.trajectories.schedules import build_policy as _build
@@ -36,9 +37,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "mixagent.policies"
 
-
-class RegistryError(ContractError):
-    """An unknown policy name, or an entry point that does not load into a family."""
 
 
 def family_of_class(name: str, cls: type[Any]) -> PolicyFamily:

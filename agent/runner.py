@@ -29,7 +29,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tqdm.auto import tqdm
 
 from mixagent import __version__
+from mixagent.agent.errors import RunnerError
 from mixagent.agent.onnx_policy import load_artifact
 from mixagent.agent.registry import build_policy
 from mixagent.trajectories.contract import Objective, Trajectory, TrajectoryHeader
@@ -75,9 +76,6 @@ log = logging.getLogger(__name__)
 
 Executor = Literal["local", "ray"]
 
-
-class RunnerError(RuntimeError):
-    """Episodes cannot start or go on (the message says why and names the file)."""
 
 
 @dataclass(frozen=True)
@@ -260,7 +258,7 @@ Outcome = tuple[EpisodeSpec, "dict[str, Any] | Exception"]
 
 
 def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[EpisodeSpec],
-                   partial: str) -> Iterator[Outcome]:
+                   partial: str) -> Generator[Outcome, None, None]:
     cache = str(cfg.cache_dir) if cfg.cache_dir else None
     threads = cfg.resolved_threads()
     if cfg.workers <= 1:
@@ -291,6 +289,8 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
                 exc = fut.exception()
                 if isinstance(exc, BrokenProcessPool):  # a worker died (OOM kill, segfault): stop here
                     raise RunnerError(f"a worker process died ({exc}); rerun the same command to resume") from exc
+                if exc is not None and not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not ours
+                    raise exc
                 yield ep, exc if exc is not None else fut.result()
                 nxt = next(queue, None)
                 if nxt is not None:
@@ -305,7 +305,7 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
 
 
 def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[EpisodeSpec],
-                 partial: str) -> Iterator[Outcome]:
+                 partial: str) -> Generator[Outcome, None, None]:
     try:
         import ray  # noqa: PLC0415 - the optional `ray` extra
     except ImportError as e:
@@ -415,7 +415,7 @@ def run_episodes(
         raise RunnerError(f"episodes: duplicate run ids {dup[:5]}")
     if Path(out).exists() and not Path(out).is_dir():
         raise RunnerError(f"--out: {out} exists and is not a folder")
-    store = FileStore(out)
+    store = FileStore(Path(out))
     with store.lock("run episodes"):
         # Nothing else writes here while we hold the lock: temporaries and partials are dead.
         for tmp in store.stale_temporaries():

@@ -328,7 +328,7 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
         learner = bc
     if needs_rl:
         kind = "cql" if algo_name in ("cql", "bc+cql") else algo_name
-        learner = make_algo(kind, cfg, n_f, n_f)  # type: ignore[arg-type]
+        learner = make_algo(kind, cfg, n_f, n_f)  # type: ignore[arg-type]  # kind is one of ALGOS, checked above
         dataset = to_mdp_dataset(rl_train)
         learner.build_with_dataset(dataset)
         if bc is not None:  # the paper's SFT -> RL: the actor starts from the BC policy

@@ -35,7 +35,8 @@ def get_lr(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -
 
 def make_optimizer(model: Any, cpt: CPTSpec) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on norms and biases), as in nanoGPT."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in {id(p): p for p in model.parameters()}.values():
         (decay if p.dim() >= 2 else no_decay).append(p)
     return torch.optim.AdamW(
@@ -165,7 +166,7 @@ class CPTBackend:
             group["lr"] = self.lr_at(self.step)
         logits = model(input_ids=batch[:, :-1], use_cache=False).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         torch.nn.utils.clip_grad_norm_(model.parameters(), self.cpt.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -186,7 +187,7 @@ class CPTBackend:
         model = self.model
         model.eval()
         out = []
-        for chunk in self.eval_set.windows.split(self.evaluation.batch_size):
+        for chunk in self.eval_set.windows.split(self.evaluation.batch_size):  # type: ignore[no-untyped-call]  # torch: Tensor.split unannotated
             logits = model(input_ids=chunk[:, :-1], use_cache=False).logits
             nll = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1), reduction="none"

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -19,7 +19,7 @@ from rich.table import Table
 
 from mixagent.console import console as _console
 from mixagent.console import fail
-from mixagent.env.setting import SettingError, load_setting
+from mixagent.env.setting import Setting, SettingError, load_setting
 from mixagent.trajectories.contract import SOURCE_FIELD
 from mixagent.trajectories.encoding import field_shares_to_weights
 
@@ -37,7 +37,7 @@ CacheOpt = Annotated[
 ]
 
 
-def _load(setting: str):  # type: ignore[no-untyped-def]
+def _load(setting: str) -> Setting:
     try:
         return load_setting(setting)
     except SettingError as e:
@@ -74,7 +74,7 @@ def corpus_build(setting: SettingOpt = "math-tiny", cache_dir: CacheOpt = None) 
     console.print(f"data folder: {data.folder}")
 
 
-def _manifest_table(s, manifest) -> None:  # type: ignore[no-untyped-def]
+def _manifest_table(s: Setting, manifest: dict[str, Any]) -> None:
     field_of = {d: f for f, ds in s.fields.items() for d in ds}
     t = Table(
         title=f"corpus {manifest['corpus_hash']} / tokens {manifest['data_hash']} (vocab {manifest['vocab_size']})"
@@ -167,7 +167,7 @@ def env_rollout(
     for col in ("t", "step", *space.fields, "balanced", "train loss", "train s", "eval s"):
         t.add_column(col, justify="right")
 
-    def row(info) -> None:  # type: ignore[no-untyped-def]
+    def row(info: dict[str, Any]) -> None:
         fb = info["feedback"]
         secs = env.last_stage_seconds
         t.add_row(

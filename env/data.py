@@ -94,7 +94,7 @@ def _tokenize(setting: Setting, final: Path, root: Path | None, say: Any) -> Non
                 return [e.ids for e in tok.encode_batch(batch)]
 
         else:
-            hf_tok = load_pretrained_tokenizer(setting.model)  # type: ignore[arg-type]
+            hf_tok = load_pretrained_tokenizer(setting.model)  # type: ignore[arg-type]  # kind "pretrained" implies a PretrainedSpec (setting validator)
             eos_id = hf_tok.eos_token_id if hf_tok.eos_token_id is not None else 0
             vocab = len(hf_tok)
 

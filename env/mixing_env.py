@@ -25,7 +25,7 @@ from mixagent.trajectories.encoding import (
 __all__ = ["DataMixingEnv"]
 
 
-class DataMixingEnv(gym.Env):
+class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     """Choose the domain mixture of a continual pre-training run, one interval at a time.
 
     ## Description

@@ -33,7 +33,7 @@ def quiet_transformers() -> None:
     """No per-load progress bars: episodes reload nothing, but CLIs and tests load often."""
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
 
 
 def resolve_checkpoint(spec: PretrainedSpec) -> tuple[str, str | None]:

@@ -419,7 +419,7 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
             and isinstance(old, dict)
             and v.get("kind", old.get("kind")) == old.get("kind")
         )
-        out[k] = _deep_merge(old, v) if mergeable else v  # type: ignore[arg-type]
+        out[k] = _deep_merge(old, v) if mergeable else v  # type: ignore[arg-type]  # mergeable: both are dicts
     return out
 
 

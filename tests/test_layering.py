@@ -28,7 +28,7 @@ ROOMS = {  # package prefix -> folder
 LEAVES = {"mixagent", "mixagent.console"}
 """The package itself (``__version__``) and the console helpers import nothing of mixagent."""
 SERVER_MAY_USE = {"mixagent.agent", "mixagent.agent.card", "mixagent.agent.onnx_policy", "mixagent.agent.baselines",
-                  "mixagent.agent.registry"}
+                  "mixagent.agent.registry", "mixagent.agent.errors"}
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "mixagent.trajectories": ("mixagent.trajectories",),
@@ -42,6 +42,7 @@ FORBIDDEN_THIRD_PARTY = {
     "mixagent.trajectories": ("torch", "transformers", "d3rlpy", "gymnasium", "fastapi", "sqlalchemy"),
     "mixagent.service.server": ("torch", "transformers", "d3rlpy", "gymnasium"),
     "mixagent.agent.card": ("torch", "d3rlpy", "gymnasium"),
+    "mixagent.agent.errors": ("torch", "d3rlpy", "gymnasium"),
     "mixagent.agent.onnx_policy": ("torch", "d3rlpy", "gymnasium"),
     "mixagent.agent.baselines": ("torch", "d3rlpy", "gymnasium"),
 }

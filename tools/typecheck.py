@@ -4,7 +4,7 @@ mypy cannot follow setuptools' editable-install finder or the ``package-dir`` ma
 ``pyproject.toml``, so this builds the package tree mypy expects from symlinks in a temporary
 folder and checks the named packages there (the configuration is ``[tool.mypy]`` of pyproject.toml):
 
-    python tools/typecheck.py                    # what CI checks: the ground floor, the server, the policies it loads
+    python tools/typecheck.py                    # what CI checks: the whole package, strict
     python tools/typecheck.py mixagent.agent     # any other package
 """
 

@@ -186,7 +186,7 @@ def _policy_public(registry: PolicyRegistry, e: PolicyEntry, current: dict[str, 
     is_current = current.get(e.name) == e.version
     card = e.card
     return PolicyPublic(
-        name=e.name, version=e.version, kind=e.kind, rule=e.rule, params=e.params,  # type: ignore[arg-type]
+        name=e.name, version=e.version, kind=e.kind, rule=e.rule, params=e.params,  # type: ignore[arg-type]  # kind: one of the Literal values by construction
         description=doc, current=is_current, default=e.name == registry.default_name and is_current,
         bundled=e.bundled, encoder_version=card.encoder_version if card else None,
         objective_range=card.objective_range.describe() if card and card.objective_range else None,

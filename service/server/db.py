@@ -145,7 +145,7 @@ def head_revision() -> str:
 def schema_revision(engine: Engine) -> str | None:
     """The database's schema revision (None: no schema recorded: empty, or made before migrations)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()  # type: ignore[no-any-return]
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 def init_db(engine: Engine) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -54,19 +54,19 @@ async def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
 
 
 async def get_store(request: Request) -> RunStore:
-    return request.app.state.store  # type: ignore[no-any-return]
+    return cast(RunStore, request.app.state.store)  # app.state is untyped; main.create_app sets it
 
 
 async def get_registry(request: Request) -> PolicyRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return cast(PolicyRegistry, request.app.state.registry)
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return cast(Settings, request.app.state.settings)
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return cast(Metrics, request.app.state.metrics)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -84,7 +84,7 @@ its dict slot and float object). Set from the server's resident memory: a cached
 decisions x 256 domains adds 43 MB of RSS (``bench/service_memory.py``) against 44 MB estimated;
 tracemalloc counts less (45 B a number at 256 domains, 53 B at 64, plus about 1.6 kB a decision),
 so the estimate is conservative (``tests/service/server/test_memory.py``)."""
-_INSERT_DECISION = insert(DecisionRow.__table__)  # type: ignore[arg-type]
+_INSERT_DECISION = insert(DecisionRow.__table__)  # type: ignore[arg-type]  # __table__ is FromClause to the stubs, a Table at run time
 MAX_REASON = 500
 """Characters of a fallback reason kept (a domain-level card's reason lists every domain)."""
 

@@ -45,7 +45,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -220,8 +220,8 @@ class MixingClient:
         if policy_version is not None:
             body["policy_version"] = policy_version
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        return self._request("POST", "/v1/runs", json=body, headers=headers,  # type: ignore[no-any-return]
-                             attempts=attempts).json()
+        return cast(dict[str, Any], self._request("POST", "/v1/runs", json=body, headers=headers,
+                                                   attempts=attempts).json())
 
     def post_feedback(self, run_id: str, feedback: Feedback, mixture_id: str | None = None, *,
                       attempts: int | None = None) -> ServedDecision:
@@ -238,10 +238,10 @@ class MixingClient:
         """The run with history entries ``offset`` to ``offset + limit - 1`` (at most 500 a page;
         ``next_offset`` says where the next page starts, null on the last)."""
         params = {"offset": offset, "limit": limit}
-        return self._request("GET", f"/v1/runs/{run_id}", params=params).json()  # type: ignore[no-any-return]
+        return cast(dict[str, Any], self._request("GET", f"/v1/runs/{run_id}", params=params).json())
 
     def policies(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/policies").json()["data"]  # type: ignore[no-any-return]
+        return cast(list[dict[str, Any]], self._request("GET", "/v1/policies").json()["data"])
 
     def export_trajectories(self, run_ids: list[str] | None = None) -> list[str]:
         """The trajectory JSON lines of this token's runs."""

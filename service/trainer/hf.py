@@ -188,7 +188,8 @@ class MixingTrainer(Trainer):
         callback = next((c for c in kwargs.get("callbacks") or () if isinstance(c, MixagentCallback)), None)
         if callback is not None:
             _check_eval_dataset(kwargs.get("eval_dataset"), callback.run)
-        super().__init__(*args, **kwargs, **field_score_metrics(context_fraction))
+        kwargs.update(field_score_metrics(context_fraction))
+        super().__init__(*args, **kwargs)
         self._mixing_sampler = train_sampler
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:

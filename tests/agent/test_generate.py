@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from mixagent.agent.generate import GenerateConfig, GenerateError, generate, make_plan
+from mixagent.agent.errors import RunnerError
+from mixagent.agent.generate import GenerateConfig, generate, make_plan
 from mixagent.trajectories.schedules import BUILTIN_FAMILIES
 from mixagent.trajectories.storage import FileStore, RecordError, RecordMeta, read_record
 from tests.conftest import tiny_setting_dict
@@ -63,9 +64,9 @@ def test_rerun_resumes_grows_and_refuses_another_plan(tiny_dataset, tiny_setting
     report = generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
     assert (report.generated, report.already_done) == (1, 9)
     assert all((out / "records" / name).read_bytes() == data for name, data in before.items())
-    with pytest.raises(GenerateError, match=r"generate.json: families"):
+    with pytest.raises(RunnerError, match=r"generate.json: families"):
         generate(GenerateConfig(out=out, n=10, families=("constant",), progress=False), tiny_setting)
-    with pytest.raises(GenerateError, match=r"generate.json: setting_hash"):
+    with pytest.raises(RunnerError, match=r"generate.json: setting_hash"):
         generate(GenerateConfig(out=out, n=10, progress=False), tiny_setting.model_copy(update={"seed": 5}))
 
 
@@ -81,10 +82,10 @@ def test_a_second_generator_is_locked_out(tiny_setting, tmp_path):
 
 
 def test_bad_seed_or_out_is_refused_before_anything_runs(tiny_setting, tmp_path):
-    with pytest.raises(GenerateError, match="--seed: must be >= 0, got -1"):
+    with pytest.raises(RunnerError, match="--seed: must be >= 0, got -1"):
         generate(GenerateConfig(out=tmp_path / "a", n=1, seed=-1, progress=False), tiny_setting)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(GenerateError, match=r"--out: .*file exists and is not a folder"):
+    with pytest.raises(RunnerError, match=r"--out: .*file exists and is not a folder"):
         generate(GenerateConfig(out=tmp_path / "file", n=1, progress=False), tiny_setting)
     assert not (tmp_path / "a").exists()
 
@@ -99,7 +100,7 @@ def test_records_of_another_plan_are_refused(tiny_dataset, tiny_setting, cache_d
     stray = make_trajectory(stages=tiny_setting.cpt.horizon, trajectory_id="constant-ffffffffffff")
     stray = stray.model_copy(update={"header": stray.header.model_copy(update={"setting_hash": tiny_setting.hash()})})
     FileStore(out).write(stray, RecordMeta())
-    with pytest.raises(GenerateError, match=r"constant-ffffffffffff.jsonl.gz: not an item of this folder's plan"):
+    with pytest.raises(RunnerError, match=r"constant-ffffffffffff.jsonl.gz: not an item of this folder's plan"):
         generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
     assert len(FileStore(out).list()) == 10  # nothing generated, nothing removed
 
@@ -123,7 +124,7 @@ def test_a_failing_trajectory_is_reported_and_the_others_still_finish(tiny_setti
     out = tmp_path / "failing"
     cfg = GenerateConfig(out=out, n=3, families=("constant", "exploding_test"), threads=1, cache_dir=cache_dir,
                          progress=False)
-    with pytest.raises(GenerateError,
+    with pytest.raises(RunnerError,
                        match=r"(?s)1 episode\(s\) failed .* \(2 finished now\).*exploding_test-.*blew up"):
         generate(cfg, tiny_setting)
     store = FileStore(out)
@@ -320,17 +321,17 @@ def test_runs_of_another_environment_are_not_added_to_a_folder(tiny_dataset, tin
 
     for stored in store.load_all():  # the folder "was made" by another environment
         restart(stored, 0.25)
-    with pytest.raises(GenerateError, match=r"constant-\w+ starts from another evaluation .* differ by up to 0.25"):
+    with pytest.raises(RunnerError, match=r"constant-\w+ starts from another evaluation .* differ by up to 0.25"):
         generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
     assert len(store.list()) == 9  # the new run was not written
     import multiprocessing
 
-    with pytest.raises(GenerateError, match=r"starts from another evaluation"):  # the same with a pool:
+    with pytest.raises(RunnerError, match=r"starts from another evaluation"):  # the same with a pool:
         generate(GenerateConfig(out=out, n=12, workers=2, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
     assert not multiprocessing.active_children()  # no worker outlives the refused run
     assert len(store.list()) == 9
     restart(store.load_all()[3], 0.5)  # a folder that mixes two environments is refused as it is
-    with pytest.raises(GenerateError, match=r"differ by up to 0.5"):
+    with pytest.raises(RunnerError, match=r"differ by up to 0.5"):
         generate(GenerateConfig(out=out, n=9, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
 
 
@@ -375,9 +376,9 @@ def test_runs_on_other_float_numerics_join_the_folder_and_the_card_tells_them_ap
     for s in store.load_all():  # made "elsewhere", before provenance was recorded
         _rewrite(store, s, shift=0.004, provenance={})
     cfg = GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False)
-    with pytest.raises(GenerateError, match=r"the folder's 9 records predate provenance.*--adopt-corpus"):
+    with pytest.raises(RunnerError, match=r"the folder's 9 records predate provenance.*--adopt-corpus"):
         generate(cfg, tiny_setting)
-    with pytest.raises(GenerateError, match=r"differ by up to 0.004, more than --start-tolerance 0.001"):
+    with pytest.raises(RunnerError, match=r"differ by up to 0.004, more than --start-tolerance 0.001"):
         generate(replace(cfg, adopt_corpus=True, start_tolerance=0.001), tiny_setting)
     assert len(store.list()) == 9
     report = generate(replace(cfg, adopt_corpus=True), tiny_setting)
@@ -398,12 +399,12 @@ def test_runs_on_another_corpus_are_refused_whatever_their_start(tiny_dataset, t
     store = FileStore(out)
     for s in store.load_all():
         _rewrite(store, s, provenance={**s.meta.provenance, "corpus": "0123456789abcdef"})
-    with pytest.raises(GenerateError, match=r"another corpus \(digest \w+\) than the folder's other records "
+    with pytest.raises(RunnerError, match=r"another corpus \(digest \w+\) than the folder's other records "
                                             r"\(0123456789abcdef\)"):
         generate(GenerateConfig(out=out, n=10, threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
     assert len(store.list()) == 9
 
 
 def test_a_negative_start_tolerance_is_refused(tiny_setting, tmp_path):
-    with pytest.raises(GenerateError, match=r"--start-tolerance: must be >= 0, got -1"):
+    with pytest.raises(RunnerError, match=r"--start-tolerance: must be >= 0, got -1"):
         generate(GenerateConfig(out=tmp_path / "x", n=1, start_tolerance=-1.0, progress=False), tiny_setting)

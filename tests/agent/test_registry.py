@@ -87,3 +87,26 @@ def test_a_third_party_package_adds_a_family_by_declaring_an_entry_point(tmp_pat
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1.0"
+
+
+def test_the_learners_errors_form_one_tree():
+    """Everything mixagent.agent refuses is an AgentError, and still the ValueError or RuntimeError
+    callers caught before the tree existed."""
+    from mixagent.agent import errors
+    from mixagent.trajectories.contract import ContractError
+
+    for name in errors.__all__[1:]:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.AgentError), name
+        assert issubclass(cls, ContractError) or issubclass(cls, RuntimeError), name
+    from mixagent.agent.card import ArtifactError
+    from mixagent.agent.dataset import DatasetError
+    from mixagent.agent.registry import RegistryError
+    from mixagent.agent.runner import RunnerError
+
+    assert (ArtifactError, DatasetError, RegistryError, RunnerError) == (
+        errors.ArtifactError, errors.DatasetError, errors.RegistryError, errors.RunnerError)
+    with pytest.raises(errors.AgentError, match="unknown policy or family 'nope'"):
+        from mixagent.agent.registry import get_family
+
+        get_family("nope")

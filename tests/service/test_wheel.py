@@ -220,8 +220,8 @@ def test_the_installed_package_resolves_setting_names_to_its_own_configs(install
     env = _clean_env(MIXAGENT_HOME=str(tmp_path / "cache"))
     r = subprocess.run([mixagent, "corpus", "show", "--setting", "math-tiny"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "not built yet: run `mixagent corpus build --setting math-tiny`" in r.stdout, r
+    assert r.returncode == 1 and "not built yet: run `mixagent corpus build --setting math-tiny`" in r.stderr, r
     r = subprocess.run([mixagent, "corpus", "show", "--setting", "math-tine"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     known = ", ".join(sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
-    assert r.returncode == 2 and f"(known: {known})" in r.stdout, r
+    assert r.returncode == 2 and f"(known: {known})" in r.stderr, r
