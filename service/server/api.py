@@ -199,8 +199,8 @@ def list_policies(_: CallerDep, registry: RegistryDep, store: StoreDep) -> Polic
     """Every loaded policy version; ``current`` marks what new runs get (the same on every replica).
     Artifacts loaded through another replica are loaded here first; ``errors`` names those this
     replica cannot read."""
-    problems = store.sync_policies()
-    current = store.current_versions()
+    problems = store.policies.sync()
+    current = store.policies.current_versions()
     data = [_policy_public(registry, e, current) for e in registry.entries()]
     return PoliciesPublic(data=data, count=len(data), errors=problems)
 
@@ -231,8 +231,8 @@ def load_policy(
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise Unprocessable(f"path: cannot read artifact {body.path!r}: {reason}") from None
     metrics.policies_loaded.inc()
-    store.record_artifact(entry)
-    return _policy_public(registry, entry, store.current_versions())
+    store.policies.record(entry)
+    return _policy_public(registry, entry, store.policies.current_versions())
 
 
 # ===== /v1/trajectories ==========================================================================
@@ -283,7 +283,7 @@ def readyz(registry: RegistryDep, store: StoreDep, settings: SettingsDep) -> JSO
     name = registry.default_name
     why = ""
     try:
-        store.policy_entry(name)
+        store.policies.entry(name)
         loaded = True
     except Exception as e:
         loaded, why = False, str(getattr(e, "detail", e))
@@ -293,7 +293,7 @@ def readyz(registry: RegistryDep, store: StoreDep, settings: SettingsDep) -> JSO
     try:
         with store.sessions() as s:
             s.execute(text("SELECT 1"))
-        problems = store.policy_problems()
+        problems = store.policies.problems()
         if problems:
             loaded, why = False, why or "; ".join(problems)
     except Exception as e:

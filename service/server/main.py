@@ -50,7 +50,7 @@ def open_store(settings: Settings, metrics: Metrics | None = None) -> tuple[RunS
             log.error("policy_dir %s is not a folder; /readyz reports not ready", settings.policy_dir)
     store = RunStore(make_sessionmaker(engine), registry, metrics or Metrics(),
                      cache_bytes=settings.run_cache_mb * 1024 * 1024)
-    refused += store.reload_artifacts()
+    refused += store.policies.sync()
     return store, refused
 
 

@@ -16,15 +16,15 @@ The rules (docs/architecture.md, "The loop"):
   and why (the run's domains do not fit a learned policy, or its observation is outside the ranges
   seen in training). It is stored with the decision, so a retry answers with the same.
 
-Which version of a policy is current is one truth in the shared database (``policy_current``),
-read on every run creation: a load through any replica is what the next run on every replica gets.
-An artifact recorded there (by the admin route of any replica) is loaded here from its recorded
-path when first needed; a replica that cannot read it, or reads other files there, answers 503
-naming the path (and ``/readyz`` says so) rather than serve another version.
+Which version of a policy a new run gets is :mod:`~mixagent.service.server.policy_versions`'s
+business (one truth in the database); a run stays on the version it was created with.
 
 A decision is acknowledged only after its row is committed. Each process caches the state of the
-runs it serves; a decision written meanwhile by another replica surfaces as a unique-key conflict
-on insert, after which the run is reloaded from the database and the rules applied again.
+runs it serves, so any replica or worker continues any run: a cached run that does not know the
+mixture a feedback names (minted by another process), or whose new decision collides with one
+another process wrote meanwhile (a unique-key conflict on insert), is read again from the database
+and the rules are applied to what is there. Only a run read just now can answer "not a mixture of
+this run" (409).
 
 The cache is bounded by memory, not by a count of runs: each run's size is estimated from its
 domains, fields and decisions (:func:`estimate_bytes`, measured in ``tests/service/server/test_memory.py``
@@ -46,15 +46,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mixagent.agent.card import ArtifactError
 from mixagent.agent.onnx_policy import GuardedDecision, decide
-from mixagent.service.server.errors import Conflict, NotFound, Unavailable, Unprocessable
+from mixagent.service.server.errors import Conflict, NotFound, Unprocessable
 from mixagent.service.server.metrics import Metrics
-from mixagent.service.server.models import DecisionRow, PolicyArtifact, PolicyCurrent, RunRow
+from mixagent.service.server.models import DecisionRow, RunRow
+from mixagent.service.server.policy_versions import PolicyVersions
 from mixagent.service.server.registry import PolicyEntry, PolicyRegistry, SpaceFallback
 from mixagent.service.server.schemas import FeedbackIn, RunCreate
 from mixagent.trajectories.contract import (
@@ -275,6 +275,8 @@ class RunStore:
         self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if sqlite else contextlib.nullcontext()
         )
+        self.policies = PolicyVersions(sessions, registry, metrics, self._write_lock)
+        """Which version of each policy is current, and the recorded artifacts (one truth in the database)."""
 
     # ----- create ------------------------------------------------------------------------------
     def create_run(self, *, owner: str, req: RunCreate, idempotency_key: str | None = None) -> tuple[RunState, bool]:
@@ -295,7 +297,7 @@ class RunStore:
         objective = Objective(**(req.objective.model_dump() if req.objective else {}))
         try:
             space = req.space()
-            entry = self.policy_entry(req.policy, req.policy_version)
+            entry = self.policies.entry(req.policy, req.policy_version)
             decider = entry.policy(req.horizon, objective, space)
             if req.initial_weights is not None:
                 initial = Weights.from_raw([req.initial_weights[n] for n in space.names])
@@ -393,7 +395,7 @@ class RunStore:
             id=row.id, owner=row.owner, created_at=row.created_at, space=space,
             objective=Objective.model_validate_json(row.objective_json), meta=json.loads(row.meta_json),
             horizon=row.horizon, interval=row.interval,
-            policy=self.resolve_policy(row.policy_name, row.policy_version),
+            policy=self.policies.resolve(row.policy_name, row.policy_version),
             policy_name=row.policy_name, policy_version=row.policy_version,
             initial_mixture_id=row.initial_mixture_id, initial_weights=_weights_of(row.initial_weights_json),
             initial_served_by=ServedBy.from_json(row.initial_served_by_json),
@@ -413,13 +415,19 @@ class RunStore:
 
     def get(self, *, owner: str | None, run_id: str) -> RunState:
         """The run ``run_id`` of ``owner`` (any owner when None); 404 for others' runs too."""
+        return self._get(owner, run_id)[0]
+
+    def _get(self, owner: str | None, run_id: str) -> tuple[RunState, bool]:
+        """The run and whether it was read from the database just now (not from the cache, which
+        another replica's or worker's writes may have left behind)."""
         with self._cache_lock:
             state = self._cache.get(run_id)
+        loaded = state is None
         if state is None:
             state = self._load(run_id)
             if state is not None:
                 self._remember(state)
-        return _owned(state, owner, run_id)
+        return _owned(state, owner, run_id), loaded
 
     def read(self, *, owner: str | None, run_id: str) -> RunState:
         """The run as the database holds it now, without touching the cache."""
@@ -478,144 +486,26 @@ class RunStore:
             n = select(func.count()).where(DecisionRow.run_id == RunRow.id).scalar_subquery()
             return int(s.scalar(select(func.count()).select_from(RunRow).where(n <= RunRow.horizon)) or 0)
 
-    # ----- policy artifacts ---------------------------------------------------------------------
-    def record_artifact(self, entry: PolicyEntry, make_current: bool = True) -> None:
-        """Remember a loaded artifact (so restarts and other replicas load it again) and, by
-        default, make it the current version of its name for every replica, in one transaction."""
-        assert entry.card is not None and entry.path is not None
-        now = time.time()
-        with self._write_lock, self.engine.begin() as conn:
-            _upsert(conn, PolicyArtifact, {"name": entry.name, "version": entry.version}, {
-                "path": entry.path, "card_json": entry.card.model_dump_json(), "loaded_at": now,
-                "digest": entry.digest})
-            if make_current:
-                _upsert(conn, PolicyCurrent, {"name": entry.name}, {"version": entry.version, "updated_at": now})
-
-    def reload_artifacts(self) -> list[str]:
-        """Load every recorded artifact (at start-up; none becomes current here: the database says
-        which is); returns the messages of the ones this replica cannot load."""
-        with self.sessions() as s:
-            rows = s.scalars(select(PolicyArtifact).order_by(PolicyArtifact.loaded_at)).all()
-        errors = []
-        for row in rows:
-            try:
-                self._load_row(row)
-            except ArtifactError as e:
-                errors.append(str(e))
-                log.error("recorded policy artifact not loaded: %s", e)
-        return errors
-
-    def _load_row(self, row: PolicyArtifact) -> PolicyEntry:
-        """Load a recorded artifact from its path; ArtifactError (naming the path) when this replica
-        cannot read it or its files differ from the ones recorded."""
-        entry = self.registry.find(row.name, row.version)
-        if entry is not None:
-            return entry
-        try:
-            entry = self.registry.load(row.path, make_current=False, expect_digest=row.digest)
-        except ArtifactError as e:
-            raise ArtifactError(f"{row.name}@{row.version} (recorded at {row.path}): {e}") from None
-        except OSError as e:
-            raise ArtifactError(f"{row.name}@{row.version} (recorded at {row.path}): cannot read it here: "
-                                f"{e.strerror or e}") from None
-        if (entry.name, entry.version) != (row.name, row.version):
-            raise ArtifactError(f"{row.name}@{row.version} (recorded at {row.path}): the folder now holds "
-                                f"{entry.ref}")
-        return entry
-
-    def _recorded(self, name: str, version: str) -> PolicyEntry | None:
-        """The loaded entry, else the recorded artifact loaded now (503 when this replica cannot
-        read it), else None (nothing recorded under that name and version)."""
-        entry = self.registry.find(name, version)
-        if entry is not None:
-            return entry
-        with self.sessions() as s:
-            row = s.get(PolicyArtifact, (name, version))
-        if row is None:
-            return None
-        try:
-            return self._load_row(row)
-        except ArtifactError as e:
-            self.metrics.policy_load_failures.inc()
-            raise Unavailable(
-                f"policy: {e}; this replica cannot serve it. Every replica must read the same artifact at "
-                "the same path (mount the policy folder identically) and may then serve it without a restart"
-            ) from None
-
-    def resolve_policy(self, name: str, version: str) -> PolicyEntry | None:
-        """The loaded entry, or the artifact another replica recorded (loaded without making it
-        current here); None when neither can be had (the reason surfaces on the run's next feedback)."""
-        try:
-            return self._recorded(name, version)
-        except Unavailable:
-            return None
-
-    def current_version(self, name: str) -> str | None:
-        """The version of ``name`` new runs get, as the database says (None: it does not say)."""
-        with self.sessions() as s:
-            row = s.get(PolicyCurrent, name)
-            return row.version if row is not None else None
-
-    def current_versions(self) -> dict[str, str]:
-        """Every name's current version: this process's start-up choice overlaid with the database's."""
-        with self.sessions() as s:
-            rows = s.execute(select(PolicyCurrent.name, PolicyCurrent.version)).all()
-        return {**self.registry.current(), **{n: v for n, v in rows}}
-
-    def policy_entry(self, name: str | None, version: str | None = None) -> PolicyEntry:
-        """The entry a new run gets for ``name`` (the default when None) at ``version`` (the current
-        when None). ContractError (422) names an unknown name or version; :class:`Unavailable`
-        (503) when the database names an artifact this replica cannot read."""
-        name = name or self.registry.default_name
-        if version is None:
-            version = self.current_version(name)
-            if version is None:
-                return self.registry.get(name)
-        entry = self._recorded(name, version)
-        return entry if entry is not None else self.registry.get(name, version)
-
-    def sync_policies(self) -> list[str]:
-        """Load the artifacts recorded by other replicas that this one has not loaded yet; returns
-        the messages of those it cannot load (so listings and ``/readyz`` agree across replicas)."""
-        with self.sessions() as s:
-            rows = s.scalars(select(PolicyArtifact).order_by(PolicyArtifact.loaded_at)).all()
-        errors = []
-        for row in rows:
-            if self.registry.find(row.name, row.version) is None:
-                try:
-                    self._load_row(row)
-                except ArtifactError as e:
-                    errors.append(str(e))
-        return errors
-
-    def policy_problems(self) -> list[str]:
-        """Why this replica cannot serve what new runs get: a current version (per the database) it
-        cannot load, a bundled artifact refused at start-up."""
-        problems = [f"bundled policy refused: {m}" for m in self.registry.bundled_refused]
-        with self.sessions() as s:
-            rows = s.execute(select(PolicyCurrent.name, PolicyCurrent.version)).all()
-        for name, version in rows:
-            try:
-                self._recorded(name, version)
-            except Unavailable as e:
-                problems.append(e.detail)
-        return problems
-
     # ----- feedback ----------------------------------------------------------------------------
     def post_feedback(self, *, owner: str, run_id: str, fb: FeedbackIn) -> tuple[RunState, StoredDecision, bool]:
         """Record ``fb`` and decide the next weights; returns (run, decision, replayed)."""
         payload_hash = stable_hash(fb.model_dump())
-        state = self.get(owner=owner, run_id=run_id)
+        state, loaded = self._get(owner, run_id)
         for _attempt in range(3):
             with state.lock:
-                result = self._decide(state, fb, payload_hash)
+                result = self._decide(state, fb, payload_hash, cached=not loaded)
             if result is not None:
                 return state, result[0], result[1]
-            # another writer got there first: reload and apply the rules again
-            state = self.fresh(owner=owner, run_id=run_id)
+            # the cached run is behind the database (another replica or worker wrote, or minted the
+            # mixture the trainer names): read it again and apply the rules to what is there
+            state, loaded = self.fresh(owner=owner, run_id=run_id), True
         raise Conflict(f"step: concurrent writers kept conflicting on run {run_id!r}; retry")
 
-    def _decide(self, state: RunState, fb: FeedbackIn, payload_hash: str) -> tuple[StoredDecision, bool] | None:
+    def _decide(self, state: RunState, fb: FeedbackIn, payload_hash: str,
+                cached: bool) -> tuple[StoredDecision, bool] | None:
+        """The decision for ``fb`` (and whether it is a replay), or None when ``state`` may be behind
+        the database: a ``cached`` state that does not know the mixture ``fb`` names, or an insert
+        that collided with another writer's decision."""
         d = state.by_step().get(fb.step)
         if d is not None:
             if d.payload_hash != payload_hash:
@@ -651,6 +541,8 @@ class RunStore:
         if fb.mixture_id is not None:
             trained = state.mixture(fb.mixture_id)
             if trained is None:
+                if cached:
+                    return None
                 raise Conflict(f"mixture_id: {fb.mixture_id!r} is not a mixture of run {state.id}")
         decider = self._decider(state)
         history = state.history if state.history is not None else state.rebuild_history()
@@ -700,7 +592,7 @@ class RunStore:
         if state.decider is not None:
             return state.decider
         if state.policy is None:
-            state.policy = self._recorded(state.policy_name, state.policy_version)
+            state.policy = self.policies.recorded(state.policy_name, state.policy_version)
             if state.policy is None:
                 raise Conflict(
                     f"policy: run {state.id} is pinned to {state.policy_ref}, which this service has not "
@@ -726,13 +618,3 @@ class RunStore:
                 parts.append(f"{what}: unknown {unknown}")
         return "; ".join(parts) + f" (the run's fields are {list(space.fields)}, domains {list(space.names)})"
 
-
-def _upsert(conn: Connection, model: Any, keys: dict[str, Any], values: dict[str, Any]) -> None:
-    """Insert or update one row by primary key, atomically (two replicas loading at once both win,
-    the later one last)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert  # noqa: PLC0415
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]  # noqa: PLC0415
-    stmt = dialect_insert(model).values(**keys, **values)
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=values))
