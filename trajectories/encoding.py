@@ -234,16 +234,24 @@ def encode(history: History, horizon: int, spec: ActionSpec, objective: Objectiv
     space = history.space
     f = len(space.fields)
     t = len(history.feedback) - 1
-    g = relative_gains(history) * GAIN_SCALE
+    # Only the window is read (the start, the newest W+1 feedbacks and W+1 mixtures), so a decision
+    # costs the same at stage 4000 as at stage 10; row by row these are the numbers
+    # relative_gains(history) and the full list of field shares would give (elementwise maths).
+    fields = space.fields
+    fb = history.feedback
+    base = np.array([fb[0].field_scores[x] for x in fields], dtype=float)
+    scale = np.maximum(np.abs(base), 1e-8)
+    g = {i: (np.array([fb[i].field_scores[x] for x in fields], dtype=float) - base) / scale * GAIN_SCALE
+         for i in range(max(t - WINDOW, 0), t + 1)}
     fm = space.field_matrix()
-    field_shares = [fm @ w.as_array() for w in history.weights[:t]]
     prior_shares = space.field_priors()
+    weights = history.weights
 
     def gain_at(i: int) -> np.ndarray:
         return g[i] if i >= 0 else np.zeros(f)
 
     def shares_at(i: int) -> np.ndarray:
-        return field_shares[i] if 0 <= i < len(field_shares) else prior_shares
+        return fm @ weights[i].as_array() if 0 <= i < min(len(weights), t) else prior_shares
 
     parts = [
         g[t],
@@ -254,9 +262,11 @@ def encode(history: History, horizon: int, spec: ActionSpec, objective: Objectiv
     parts += [gain_at(t - k) for k in range(1, WINDOW + 1)]
     parts += [shares_at(t - 1 - k) for k in range(1, WINDOW + 1)]
     if spec.level == "domain":
-        losses = history.domain_losses()
-        rel = (losses[t] - losses[0]) / np.maximum(np.abs(losses[0]), 1e-8) * GAIN_SCALE
-        last = history.weights[t - 1].as_array() if t > 0 else space.priors()
+        names = space.names
+        first = np.array([fb[0].domain_losses[n] for n in names], dtype=float)
+        now = np.array([fb[t].domain_losses[n] for n in names], dtype=float)
+        rel = (now - first) / np.maximum(np.abs(first), 1e-8) * GAIN_SCALE
+        last = weights[t - 1].as_array() if t > 0 else space.priors()
         parts += [rel, last]
     if version == "obs-v2":
         parts.append(objective_features(g[t] / GAIN_SCALE, space, objective or Objective()))

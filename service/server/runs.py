@@ -189,12 +189,17 @@ class RunState:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     _by_step: dict[int, StoredDecision] = field(default_factory=dict, repr=False)
+    _by_id: dict[str, StoredDecision] = field(default_factory=dict, repr=False)
 
     def by_step(self) -> dict[int, StoredDecision]:
         """Decisions by step (decisions are only ever appended, so new ones are added as they come)."""
+        self._index()
+        return self._by_step
+
+    def _index(self) -> None:
         for d in self.decisions[len(self._by_step):]:
             self._by_step[d.step] = d
-        return self._by_step
+            self._by_id[d.decision_id] = d
 
     @property
     def done(self) -> bool:
@@ -215,10 +220,9 @@ class RunState:
     def mixture(self, mixture_id: str) -> Weights | None:
         if mixture_id == self.initial_mixture_id:
             return self.initial_weights
-        for d in self.decisions:
-            if d.decision_id == mixture_id:
-                return d.weights
-        return None
+        self._index()
+        d = self._by_id.get(mixture_id)
+        return d.weights if d is not None else None
 
     def rebuild_history(self) -> History:
         h = History(space=self.space)

@@ -174,3 +174,14 @@ def test_service_memory_drives_a_real_server(cache_dir, tmp_path):
          "--out", str(out)], cache_dir)
     [row] = json.loads(out.read_text())["configs"]
     assert row["cache_mb"] == 1 and row["rss_start_mb"] > 0 and len(row["rss_after_run_mb"]) == 1
+
+
+def test_decision_cost_serves_a_long_run_for_each_policy(cache_dir, tmp_path):
+    out = tmp_path / "cost.json"
+    proc = run(["bench/decision_cost.py", "--domains", "6", "--horizon", "40", "--policies", "loss-softmax", "uniform",
+                "--out", str(out)], cache_dir)
+    data = json.loads(out.read_text())
+    assert set(data["policies"]) == {"loss-softmax", "uniform"}
+    for row in data["policies"].values():
+        assert row["early_ms"] > 0 and row["late_ms"] > 0 and len(row["served_by"]) == 1
+    assert "load average" in proc.stdout

@@ -205,3 +205,53 @@ def test_obs_v2_appends_the_objective_slice_and_obs_v1_is_the_rest():
     np.testing.assert_allclose(objective_features(np.zeros(2), SPACE, Objective()), [0.5, 0.5, 0.5, 0.5, 0.5])
     with pytest.raises(ContractError, match="unknown encoder 'obs-v9'"):
         encode(h, 8, spec, version="obs-v9")
+
+
+def _full_history_encode(history, horizon, spec, objective, version):  # type: ignore[no-untyped-def]
+    """The encoder as it was before it read only the window: every stage's gains and shares."""
+    from mixagent.trajectories.encoding import GAIN_SCALE, OBS_BOUND, WINDOW, objective_features, relative_gains
+
+    space = history.space
+    f = len(space.fields)
+    t = len(history.feedback) - 1
+    g = relative_gains(history) * GAIN_SCALE
+    fm = space.field_matrix()
+    field_shares = [fm @ w.as_array() for w in history.weights[:t]]
+
+    def gain_at(i):  # type: ignore[no-untyped-def]
+        return g[i] if i >= 0 else np.zeros(f)
+
+    def shares_at(i):  # type: ignore[no-untyped-def]
+        return field_shares[i] if 0 <= i < len(field_shares) else space.field_priors()
+
+    parts = [g[t], g[t] - gain_at(t - 1) if t > 0 else np.zeros(f), shares_at(t - 1), np.array([t / horizon])]
+    parts += [gain_at(t - k) for k in range(1, WINDOW + 1)]
+    parts += [shares_at(t - 1 - k) for k in range(1, WINDOW + 1)]
+    if spec.level == "domain":
+        losses = history.domain_losses()
+        rel = (losses[t] - losses[0]) / np.maximum(np.abs(losses[0]), 1e-8) * GAIN_SCALE
+        parts += [rel, history.weights[t - 1].as_array() if t > 0 else space.priors()]
+    if version == "obs-v2":
+        parts.append(objective_features(g[t] / GAIN_SCALE, space, objective))
+    return np.clip(np.concatenate(parts), -OBS_BOUND, OBS_BOUND).astype(np.float32)
+
+
+@pytest.mark.parametrize("version", ["obs-v1", "obs-v2"])
+@pytest.mark.parametrize("level", ["field", "domain"])
+def test_the_window_encoder_gives_the_full_history_encoders_numbers(level, version):
+    """The encoder reads only the window (so a decision's cost does not grow with the run), and gives
+    exactly what reading every stage gave, at every stage of a long run."""
+    space = DomainSpace.from_fields({"source": ["a", "b", "c"], "math": ["m"], "code": ["k", "j"]},
+                                    {"a": 2.0, "k": 0.5})
+    rng = np.random.default_rng(7)
+    h = History(space=space)
+    spec = ActionSpec(level=level)
+    objective = Objective(spread_penalty=0.3, field_weights={"source": 1.0, "math": 2.0, "code": 1.5})
+    for t in range(40):
+        h.record_feedback(Feedback(step=t, tokens_seen=t,
+                                   field_scores={f: float(-3 + rng.normal(0, 0.1) + 0.01 * t) for f in space.fields},
+                                   domain_losses={d: float(2 + rng.normal(0, 0.1)) for d in space.names}))
+        for horizon in (16, 64):
+            np.testing.assert_array_equal(encode(h, horizon, spec, objective, version),
+                                          _full_history_encode(h, horizon, spec, objective, version))
+        h.record_weights(Weights.from_raw(rng.dirichlet(np.ones(space.size))))
