@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     several replicas (``postgres://`` and ``postgresql://`` are read as that)."""
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     """NORMAL (WAL) survives a killed process; FULL also survives power loss, at an fsync per commit."""
+    sqlite_wal_limit_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 64
+    """The SQLite WAL file stays below this: past half of it the next checkpoint (every second) is a
+    TRUNCATE, which empties it (writers wait for it, typically milliseconds)."""
     tokens: str = DEV_TOKEN
     """Comma-separated bearer tokens allowed to create and drive runs."""
     admin_tokens: str = ""

@@ -65,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.policy_load_failures.inc()
     metrics.track_active_runs(store.active_runs)
     engine = store.engine
-    checkpointer = Checkpointer(engine).start() if engine.dialect.name == "sqlite" else None
+    checkpointer = (Checkpointer(engine, wal_limit_bytes=settings.sqlite_wal_limit_mb * 1_000_000,
+                                 write_lock=store.write_lock).start()
+                    if engine.dialect.name == "sqlite" else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

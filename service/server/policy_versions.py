@@ -33,7 +33,7 @@ class PolicyVersions:
     """The current version of each policy name and the recorded artifacts, over the database."""
 
     def __init__(self, sessions: sessionmaker[Session], registry: PolicyRegistry, metrics: Metrics,
-                 write_lock: threading.Lock | contextlib.nullcontext[None]):
+                 write_lock: threading.Lock | None):
         self.sessions = sessions
         self.registry = registry
         self.metrics = metrics
@@ -44,7 +44,7 @@ class PolicyVersions:
         default, make it the current version of its name for every replica, in one transaction."""
         assert entry.card is not None and entry.path is not None
         now = time.time()
-        with self._write_lock, self.sessions.kw["bind"].begin() as conn:
+        with self._write_lock or contextlib.nullcontext(), self.sessions.kw["bind"].begin() as conn:
             _upsert(conn, PolicyArtifact, {"name": entry.name, "version": entry.version}, {
                 "path": entry.path, "card_json": entry.card.model_dump_json(), "loaded_at": now,
                 "digest": entry.digest})

@@ -276,10 +276,9 @@ class RunStore:
         than the two thread-pool hops a sync route costs. PostgreSQL writes go to the thread pool."""
         # SQLite has one writer; its busy handler sleeps in steps of up to 100 ms when writers
         # collide, so writers of this process queue on a lock instead.
-        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if sqlite else contextlib.nullcontext()
-        )
-        self.policies = PolicyVersions(sessions, registry, metrics, self._write_lock)
+        self.write_lock: threading.Lock | None = threading.Lock() if sqlite else None
+        """This process's SQLite writers queue here (and the WAL checkpointer takes it to truncate)."""
+        self.policies = PolicyVersions(sessions, registry, metrics, self.write_lock)
         """Which version of each policy is current, and the recorded artifacts (one truth in the database)."""
 
     # ----- create ------------------------------------------------------------------------------
@@ -321,7 +320,7 @@ class RunStore:
         )
         state.history = History(space=space)
         try:
-            with self._write_lock, self.sessions() as s:
+            with self.write_lock or contextlib.nullcontext(), self.sessions() as s:
                 s.add(RunRow(
                     id=state.id, owner=owner, created_at=state.created_at, space_json=space.model_dump_json(),
                     objective_json=objective.model_dump_json(), meta_json=json.dumps(meta),
@@ -571,7 +570,7 @@ class RunStore:
         try:
             # A Core insert of a cached statement on a plain connection: the ORM's unit of work and
             # statement building cost several times the write itself on this hot path.
-            with self._write_lock, self.engine.begin() as conn:
+            with self.write_lock or contextlib.nullcontext(), self.engine.begin() as conn:
                 conn.execute(_INSERT_DECISION, {
                     "run_id": state.id, "seq": stored.seq, "step": stored.step, "decision_id": stored.decision_id,
                     "payload_hash": payload_hash, "feedback_json": feedback.model_dump_json(),
