@@ -63,7 +63,7 @@ def _migrate(s: Settings) -> list[str]:
 
     engine = make_engine(s)
     try:
-        return init_db(engine)
+        return init_db(engine, on_wait=lambda note: typer.echo(note, err=True))
     except SchemaError as e:
         fail(str(e), 2)
     finally:
@@ -145,6 +145,67 @@ def db_upgrade(database_url: DatabaseOpt = None) -> None:
         typer.echo(f"{s.database_display}: upgraded to {head_revision()} (applied: {', '.join(applied)})")
     else:
         typer.echo(f"{s.database_display}: already at {head_revision()}, nothing to apply")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="The revision to go back to (e.g. 0002), or 'base' (no tables).")],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Undo migrations down to REVISION, to run an older release on this database. A downgrade can drop
+    columns and tables with their data (each migration's downgrade says which): export first."""
+    _apply_overrides(database_url=database_url)
+    s = _settings()
+    _check_database(s)
+    from mixagent.service.server.db import SchemaError, downgrade_db, make_engine  # noqa: PLC0415
+
+    engine = make_engine(s)
+    try:
+        undone = downgrade_db(engine, revision, on_wait=lambda note: typer.echo(note, err=True))
+    except SchemaError as e:
+        fail(str(e), 2)
+    finally:
+        engine.dispose()
+    if undone:
+        typer.echo(f"{s.database_display}: downgraded to {revision} (undone: {', '.join(undone)})")
+    else:
+        typer.echo(f"{s.database_display}: already at {revision}, nothing to undo")
+
+
+@db_app.command("prune")
+def db_prune(
+    finished_before: Annotated[str, typer.Option(
+        help="Delete the runs that finished before this date (ISO 8601: 2026-12-01 or 2026-12-01T12:00; UTC "
+             "unless it says otherwise). Runs still expecting feedback are kept.")],
+    export: Annotated[Path | None, typer.Option(
+        help="First write the deleted runs to this JSON Lines file, as trajectories (like export-runs).")] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Retention: delete finished runs older than a date, exporting them first with --export, so the
+    data flywheel loses nothing (`mixagent trajectories import FILE --out DIR` reads the export)."""
+    import datetime as dt  # noqa: PLC0415
+
+    try:
+        when = dt.datetime.fromisoformat(finished_before)
+    except ValueError:
+        fail(f"--finished-before: {finished_before!r} is not an ISO 8601 date or date-time (e.g. 2026-12-01)", 2)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    _apply_overrides(database_url=database_url)
+    s = _settings()
+    _check_database(s)
+    from mixagent.service.server.main import open_store  # noqa: PLC0415
+    from mixagent.service.server.retention import prune  # noqa: PLC0415
+
+    _migrate(s)
+    store, _ = open_store(s)
+    try:
+        report = prune(store, when.timestamp(), export)
+    finally:
+        store.engine.dispose()
+    saved = f"; {report.exported} exported to {export} first" if export is not None else ""
+    typer.echo(f"{s.database_display}: deleted {report.runs} runs finished before {when.isoformat()} "
+               f"({report.decisions} decisions){saved}")
 
 
 @db_app.command("current")

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,13 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from mixagent.service.server.config import Settings
 
-__all__ = ["make_engine", "init_db", "make_sessionmaker", "Checkpointer", "check_database", "DatabaseUnavailable",
-           "SchemaError", "head_revision", "schema_revision", "migrations_dir", "BASELINE"]
+__all__ = ["make_engine", "init_db", "downgrade_db", "make_sessionmaker", "Checkpointer", "check_database",
+           "DatabaseUnavailable", "SchemaError", "head_revision", "schema_revision", "migrations_dir", "BASELINE"]
 
 CONNECT_TIMEOUT_S = 5
 WAL_LIMIT_MB = 64
@@ -186,38 +187,131 @@ def schema_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def init_db(engine: Engine) -> list[str]:
+LOCK_POLL_S = 2.0
+"""How long one attempt of a migration waits for a lock before it says what it waits for and tries again."""
+
+WaitNote = Callable[[str], None]
+"""Told, once per attempt that found a lock taken, what a migration waits for."""
+
+
+def _blockers(conn: Connection) -> str:
+    """Who holds what a migration needs (PostgreSQL): the other sessions holding locks on this
+    database's tables, by pid, state and their last statement."""
+    rows = conn.execute(text(
+        "SELECT DISTINCT a.pid, a.state, left(coalesce(a.query, ''), 80) AS query, c.relname "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid LEFT JOIN pg_class c ON c.oid = l.relation "
+        "WHERE l.granted AND a.pid <> pg_backend_pid() AND a.datname = current_database() "
+        "AND (c.relname IS NULL OR c.relname NOT LIKE 'pg_%') ORDER BY a.pid")).all()
+    if not rows:
+        return "another session (it has finished by now)"
+    return "; ".join(f"pid {r.pid} ({r.state}{', table ' + r.relname if r.relname else ''}: {r.query!r})"
+                     for r in rows[:5])
+
+
+def _migrate(engine: Engine, target: str, on_wait: WaitNote | None, down: bool = False) -> list[str]:
+    """Move the schema to ``target`` in one transaction under the schema lock, retrying (and saying
+    what it waits for) while another session holds a lock it needs; returns the revisions applied
+    (upgrade, oldest first) or undone (downgrade, newest first)."""
+    script = ScriptDirectory(str(migrations_dir()))
+    head = script.get_current_head()
+    while True:
+        try:
+            return _migrate_once(engine, script, head, target, down)
+        except OperationalError as e:
+            text_ = str(getattr(e, "orig", e)).lower()
+            if "lock" not in text_ and "busy" not in text_:
+                raise
+            if engine.dialect.name == "postgresql":
+                with engine.connect() as conn:
+                    who = _blockers(conn)
+                note = f"database: waiting for a lock the migration needs, held by {who}"
+            else:
+                note = ("database: waiting for the SQLite write lock, held by another process (a running "
+                        "server or another migration)")
+            log.warning("%s", note)
+            if on_wait is not None:
+                on_wait(note)
+
+
+def _migrate_once(engine: Engine, script: ScriptDirectory, head: str | None, target: str, down: bool) -> list[str]:
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(LOCK_POLL_S * 1000)}")
+            # A batch migration rebuilds a table (copy, drop, rename), which foreign keys would refuse
+            # for a referenced one: they are off for the migration (set outside the transaction, where
+            # SQLite honours it), checked before it commits, and on again for this pooled connection.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()  # ends SQLAlchemy's autobegun transaction (pysqlite sent no BEGIN for a PRAGMA)
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{int(LOCK_POLL_S * 1000)}ms'"))
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+                elif sqlite:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return _migrate_in(conn, script, head, target, down)
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+                conn.commit()
+
+
+def _migrate_in(conn: Connection, script: ScriptDirectory, head: str | None, target: str, down: bool) -> list[str]:
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None and inspect(conn).has_table("runs"):
+        log.warning("database: made before migrations; adopting it as schema revision %s", BASELINE)
+        command.stamp(_alembic(conn), BASELINE)
+        current = BASELINE
+    try:
+        if down:
+            steps = [r.revision for r in script.iterate_revisions(current, target)]
+            if steps and target != "base" and steps[-1] == target:
+                steps = steps[:-1]
+        else:
+            steps = [r.revision for r in script.iterate_revisions(target, current)][::-1]
+    except (CommandError, RevisionError):
+        raise SchemaError(
+            f"database: schema revision {current!r} is not one this release of mixagent knows (its newest is "
+            f"{head!r}): the database was made by a newer release; run that release, or point "
+            "MIXAGENT_DATABASE_URL at another database") from None
+    if steps:
+        log.warning("database: %s the schema from %s to %s", "downgrading" if down else "upgrading",
+                    current or "empty", target)
+        (command.downgrade if down else command.upgrade)(_alembic(conn), target)
+    if conn.dialect.name == "sqlite":
+        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise SchemaError(f"database: the migration to {target} would break {len(broken)} foreign key(s) "
+                              f"(first: {broken[0]}); nothing was changed")
+    return steps
+
+
+def init_db(engine: Engine, on_wait: WaitNote | None = None) -> list[str]:
     """Bring the database's schema to this release's (Alembic migrations, in one transaction); returns
     the revisions applied, oldest first (empty: it was current).
 
     An empty database gets every migration; a database made by a release before migrations (its
     tables, no ``alembic_version``) is stamped :data:`BASELINE` first. Replicas starting together take
     turns: on PostgreSQL under an advisory lock held for the transaction, on SQLite under the write
-    lock (``BEGIN IMMEDIATE``). Data are kept. A database whose revision this release does not know
-    (made by a newer release) is refused with :class:`SchemaError`, untouched."""
-    script = ScriptDirectory(str(migrations_dir()))
-    head = script.get_current_head()
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
-        elif conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        current = MigrationContext.configure(conn).get_current_revision()
-        if current is None and inspect(conn).has_table("runs"):
-            log.warning("database: made before migrations; adopting it as schema revision %s", BASELINE)
-            command.stamp(_alembic(conn), BASELINE)
-            current = BASELINE
-        try:
-            pending = [r.revision for r in script.iterate_revisions(head, current)][::-1]
-        except (CommandError, RevisionError):
-            raise SchemaError(
-                f"database: schema revision {current!r} is not one this release of mixagent knows (its newest is "
-                f"{head!r}): the database was made by a newer release; run that release, or point "
-                "MIXAGENT_DATABASE_URL at another database") from None
-        if pending:
-            log.warning("database: upgrading the schema from %s to %s", current or "empty", head)
-            command.upgrade(_alembic(conn), "head")
-    return pending
+    lock (``BEGIN IMMEDIATE``). While another session holds a lock the migration needs (a running
+    server's transaction on a table, another start-up), it says so every :data:`LOCK_POLL_S`
+    (``on_wait``, and the log), naming the sessions on PostgreSQL, and tries again. Data are kept. A
+    database whose revision this release does not know (made by a newer release) is refused with
+    :class:`SchemaError`, untouched."""
+    return _migrate(engine, "head", on_wait)
+
+
+def downgrade_db(engine: Engine, revision: str, on_wait: WaitNote | None = None) -> list[str]:
+    """Undo migrations down to ``revision`` (a revision id, or ``base`` for an empty schema), in one
+    transaction under the same locks as :func:`init_db`; returns the revisions undone, newest first.
+    A downgrade can drop columns and tables, with their data (each revision's ``downgrade`` says)."""
+    known = {r.revision for r in ScriptDirectory(str(migrations_dir())).walk_revisions()}
+    if revision != "base" and revision not in known:
+        raise SchemaError(f"revision: {revision!r} is not a revision of this release (known: base, "
+                          f"{', '.join(sorted(known))})")
+    return _migrate(engine, revision, on_wait, down=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

@@ -373,7 +373,8 @@ class RunStore:
                 old, _ = self._cache.popitem(last=False)
                 self._cache_total -= self._cached_bytes.pop(old)
 
-    def _forget(self, run_id: str) -> None:
+    def forget(self, run_id: str) -> None:
+        """Drop ``run_id`` from this process's cache (its next use reads the database)."""
         with self._cache_lock:
             self._cache.pop(run_id, None)
             self._cache_total -= self._cached_bytes.pop(run_id, 0)
@@ -445,7 +446,7 @@ class RunStore:
 
     def fresh(self, *, owner: str | None, run_id: str) -> RunState:
         """Like :meth:`get` but read from the database (another replica may have written)."""
-        self._forget(run_id)
+        self.forget(run_id)
         return self.get(owner=owner, run_id=run_id)
 
     def list_runs(self, *, owner: str | None, limit: int, offset: int) -> tuple[list[tuple[RunRow, int]], int]:
@@ -557,10 +558,10 @@ class RunStore:
             weights = decision.weights
             history.record_weights(weights)
         except ContractError as e:
-            self._forget(state.id)
+            self.forget(state.id)
             raise Unprocessable(str(e)) from None
         except BaseException:
-            self._forget(state.id)
+            self.forget(state.id)
             raise
         stored = StoredDecision(
             seq=len(state.decisions), step=fb.step, decision_id=uuid.uuid4().hex, payload_hash=payload_hash,
@@ -578,10 +579,10 @@ class RunStore:
                     "created_at": stored.created_at, "served_by_json": stored.served_by.to_json(),
                 })
         except IntegrityError:
-            self._forget(state.id)
+            self.forget(state.id)
             return None
         except BaseException:
-            self._forget(state.id)
+            self.forget(state.id)
             raise
         state.decisions.append(stored)
         self._remember(state)  # its size grew

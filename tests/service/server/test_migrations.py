@@ -210,3 +210,58 @@ def test_the_db_commands_upgrade_and_say_where_a_database_stands(db_settings):
     assert res.exit_code == 0 and f"already at {head_revision()}" in res.output, res.output
     res = runner.invoke(app, ["db", "current", *url])
     assert f"schema revision: {head_revision()} (this release's newest)" in res.output
+
+
+def test_db_downgrade_goes_back_and_upgrade_forward_again_keeping_the_runs(db_settings):
+    from mixagent.cli import app
+
+    with TestClient(create_app(db_settings)) as c:  # a real run on the newest schema
+        rid = c.post("/v1/runs", json=run_body(), headers=auth()).json()["run_id"]
+        assert c.post(f"/v1/runs/{rid}/feedback", json=feedback_body(0), headers=auth()).status_code == 200
+    runner = CliRunner()
+    url = ["--database-url", db_settings.database_url]
+    res = runner.invoke(app, ["db", "downgrade", "0002", *url])
+    assert res.exit_code == 0 and "downgraded to 0002 (undone: 0003)" in res.output, res.output
+    engine = sa.create_engine(db_settings.database_url)
+    try:
+        assert schema_revision(engine) == "0002"
+        assert "idempotency_key" not in {c["name"] for c in sa.inspect(engine).get_columns("runs")}
+    finally:
+        engine.dispose()
+    res = runner.invoke(app, ["db", "downgrade", "0002", *url])
+    assert res.exit_code == 0 and "already at 0002" in res.output, res.output
+    res = runner.invoke(app, ["db", "downgrade", "0009", *url])
+    assert res.exit_code == 2 and "revision: '0009' is not a revision of this release" in res.output, res.output
+    res = runner.invoke(app, ["db", "upgrade", *url])
+    assert res.exit_code == 0 and "applied: 0003" in res.output, res.output
+    with TestClient(create_app(db_settings)) as c:  # the run survived the round trip
+        assert c.get(f"/v1/runs/{rid}", headers=auth()).json()["decisions"] == 1
+
+
+def test_db_upgrade_says_which_session_holds_the_lock_it_waits_for(pg_url, tmp_path):
+    """A running server's open transaction on a table blocks the ALTER of a migration: the command
+    names the session it waits for (instead of hanging silently), then finishes once it is gone."""
+    import subprocess
+    import sys
+    import time
+
+    engine = sa.create_engine(pg_url)
+    init_db(engine)
+    from mixagent.service.server.db import downgrade_db
+
+    downgrade_db(engine, "0002")
+    holder = engine.connect()
+    holder.exec_driver_sql("BEGIN")
+    holder.exec_driver_sql("LOCK TABLE runs IN ACCESS SHARE MODE")  # what a long read holds
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", "from mixagent.cli import app; app()", "db", "upgrade",
+                                 "--database-url", pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(5)
+        assert proc.poll() is None  # still waiting
+    finally:
+        holder.rollback()
+        holder.close()
+    out, err = proc.communicate(timeout=60)
+    engine.dispose()
+    assert proc.returncode == 0 and "upgraded to 0003" in out, (out, err)
+    assert "waiting for a lock the migration needs, held by pid" in err and "table runs" in err, err
