@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.conftest import TOKEN, auth, run_body
+from tests.service.conftest import auth, run_body
 from tests.service.replica import Replica
 
 DURATION_S = 60
