@@ -26,6 +26,8 @@ Every mixture is projected onto the image of the action map of its level,
 | ``switch_target_first`` | ``hi`` for ``t < τ``, then ``lo`` (target first, replay last)         |
 | ``switch_replay_first`` | ``lo`` for ``t < τ``, then ``hi``                                     |
 | ``cycle``             | sine/square/triangle wave between ``lo`` and ``hi``, period ``P``      |
+| ``dirichlet_ramp``    | from one ``Dirichlet(s·prior)`` mixture to another, ``w_t = (1-u_t)·a +  |
+|                       | u_t·b`` with ``u_t = (t/(T-1))^p``: mixtures that move within fields  |
 | ``static_dirichlet``  | one constant mixture ``w ~ Dirichlet(s·prior)``, ``s/n`` log-uniform in |
 |                       | [0.1, 10]; every 11th draw a near-corner ``m`` on one unit (RegMix's data) |
 
@@ -81,6 +83,7 @@ __all__ = [
     "DIRICHLET",
     "LOGIT_WALK",
     "STATIC_DIRICHLET",
+    "DIRICHLET_RAMP",
 ]
 
 CONSTANT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -345,6 +348,27 @@ STATIC_DIRICHLET = PolicyFamily(
     _static_dirichlet,
     _draw_static_dirichlet,
     "one constant Dirichlet(s·prior) mixture per run, s over a log range, plus near-corners",
+)
+
+def _dirichlet_ramp(ctx: PolicyContext, p: dict[str, Any]) -> StaticSchedule:
+    """From one Dirichlet mixture to another along ``u_t = (t/(T-1))^power`` (projected per stage)."""
+    level: Level = p.get("level", "field")
+    rng = np.random.default_rng(p["seed"])
+    alpha = float(p["concentration"]) * ctx.units(level) * ctx.unit_priors(level) / ctx.unit_priors(level).sum()
+    a, b = rng.dirichlet(alpha), rng.dirichlet(alpha)
+    u = _progress(ctx.horizon) ** float(p["power"])
+    return StaticSchedule(np.array([_project(ctx, level, (1 - x) * a + x * b) for x in u]), "dirichlet_ramp")
+
+
+DIRICHLET_RAMP = PolicyFamily(
+    "dirichlet_ramp",
+    _dirichlet_ramp,
+    lambda ctx, rng, k: {
+        "concentration": round(float(np.exp(rng.uniform(math.log(0.3), math.log(10.0)))), 4),
+        "power": round(float(np.exp(rng.uniform(math.log(0.5), math.log(2.0)))), 4),
+        "seed": int(rng.integers(2**31)),
+    },
+    "a ramp from one Dirichlet(s·prior) mixture to another (moves within fields over the run)",
 )
 
 SCHEDULE_FAMILIES: dict[str, PolicyFamily] = {

@@ -174,3 +174,17 @@ def test_static_dirichlet_is_one_constant_mixture_per_run_with_a_corner_every_el
         np.testing.assert_allclose(rest, rest[0], rtol=0.05)  # the rest in prior proportion
     _, field = static(CORNER_EVERY - 1, level="field")  # at field level a corner is one field
     assert field[0, :3].sum() == pytest.approx(_draw_params(STATIC_DIRICHLET, CTX, 5, 10, "field")["mass"], abs=0.02)
+
+
+def test_dirichlet_ramp_moves_from_one_mixture_to_another_within_fields():
+    from mixagent.trajectories.schedules import DIRICHLET_RAMP
+
+    p = _draw_params(DIRICHLET_RAMP, CTX, 11, 0, "domain")
+    m = build_policy(DIRICHLET_RAMP, p, CTX).matrix
+    assert m.shape == (16, SPACE.size) and {"concentration", "power", "seed"} <= set(p)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0)
+    assert np.abs(m[0] - m[-1]).sum() > 0.05  # it moves
+    # it travels towards the last mixture (up to the projection onto the action map's image)
+    to_end = np.abs(m - m[-1]).sum(axis=1)
+    assert to_end[0] > to_end[8] > to_end[-1] == 0
+    np.testing.assert_array_equal(m, build_policy(DIRICHLET_RAMP, p, CTX).matrix)
