@@ -164,8 +164,12 @@ def read_card(folder: str | Path) -> PolicyCard:
         json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{card_path}: not valid JSON ({e})") from None
+    except RecursionError:  # json gives up on deep nesting this way, not with a JSONDecodeError
+        raise ArtifactError(f"{card_path}: not a policy card (JSON nested too deeply to read)") from None
     try:
         return PolicyCard.model_validate_json(text)
+    except RecursionError:
+        raise ArtifactError(f"{card_path}: not a policy card (JSON nested too deeply to read)") from None
     except ValidationError as e:
         problems = format_validation_errors(e.errors(), root="card")[0]
         raise ArtifactError(f"{card_path}: invalid card: {problems}") from None

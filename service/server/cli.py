@@ -56,6 +56,29 @@ def _check_database(s: Settings) -> None:
         fail(f"{e} (MIXAGENT_DATABASE_URL / --database-url)", 2)
 
 
+def _check_default_policy(s: Settings) -> None:
+    """Refuse to start (one line, exit 2) when MIXAGENT_POLICY_DIR holds a card that cannot be loaded
+    (the operator put it there to be served), or the default policy is none this service has: not a
+    built-in, not in the bundle or the policy folder, not recorded in the database."""
+    from mixagent.service.server.main import open_store  # noqa: PLC0415
+    from mixagent.service.server.registry import PolicyRegistry  # noqa: PLC0415
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+
+    if s.policy_dir is not None:
+        refused = PolicyRegistry(fallback=s.fallback_policy).load_dir(s.policy_dir)
+        if refused:
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            fail(f"policy_dir: {refused[0]}{more} (MIXAGENT_POLICY_DIR / --policy-dir)", 2)
+    store, _ = open_store(s)
+    try:
+        store.policies.entry(None)
+    except ContractError as e:
+        fail(f"default_policy: {s.default_policy or store.registry.default_name!r} cannot be served: {e} "
+             "(MIXAGENT_DEFAULT_POLICY / --default-policy)", 2)
+    finally:
+        store.engine.dispose()
+
+
 def _migrate(s: Settings) -> list[str]:
     """Bring the database's schema to this release's (the revisions applied); a database this release
     cannot serve (made by a newer one) is one line."""
@@ -94,6 +117,7 @@ def serve(
         fail(f"policy_dir: {str(s.policy_dir)!r} is not a folder (MIXAGENT_POLICY_DIR / --policy-dir)", 2)
     _check_database(s)
     applied = _migrate(s)  # here, so a schema problem is one line (each replica's app checks again: a no-op)
+    _check_default_policy(s)
     typer.echo(f"mixagent serving on http://{s.host}:{s.port} (OpenAPI at /docs)")
     typer.echo(f"  database: {s.database_display}" + (f" (schema upgraded: {', '.join(applied)})" if applied else ""))
     if DEV_TOKEN in s.token_list:

@@ -302,11 +302,13 @@ class RunStore:
             space = req.space()
             entry = self.policies.entry(req.policy, req.policy_version)
             decider = entry.policy(req.horizon, objective, space)
+            # the policy's own first decision even when the trainer chose the initial mixture: a policy
+            # that cannot act on this space is refused now, not at every feedback after a 201
+            first = decide(decider, space, History(space=space))
             if req.initial_weights is not None:
                 initial = Weights.from_raw([req.initial_weights[n] for n in space.names])
                 served = TRAINER_CHOSE
             else:
-                first = decide(decider, space, History(space=space))
                 initial, served = first.weights, ServedBy.of(first)
         except ContractError as e:
             raise Unprocessable(str(e)) from None

@@ -245,3 +245,32 @@ def test_a_lost_database_is_503_not_500(client, app, monkeypatch):
     r = client.get("/v1/runs", headers=auth())
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json() == {"detail": "database: unavailable, retry later"}
+
+
+def test_a_deeply_nested_card_is_a_422_and_the_connection_stays_usable(server, settings):
+    """json gives up on deep nesting with a RecursionError, which was a 500 (and reset the next request)."""
+    import http.client
+
+    folder = settings.policy_dir / "deep"
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text("{\"a\": " * 50_000 + "1" + "}" * 50_000)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(2):  # the same keep-alive connection, twice
+            conn.request("POST", "/v1/policies/load", body=json.dumps({"path": "deep"}),
+                         headers={**auth(ADMIN), "Content-Type": "application/json"})
+            r = conn.getresponse()
+            detail = json.loads(r.read())["detail"]
+            assert r.status == 422 and "nested too deeply" in detail, detail
+    finally:
+        conn.close()
+
+
+def test_initial_weights_do_not_skip_the_policys_space_check(client):
+    """fixed-target-share cannot act on a space without a target field: refused at creation (was 201,
+    then a 422 at every feedback)."""
+    source_only = [{"name": "a", "field": "source"}, {"name": "b", "field": "source"}]
+    r = client.post("/v1/runs", json=run_body(domains=source_only, policy="fixed-target-share",
+                                              initial_weights={"a": 0.5, "b": 0.5}), headers=auth())
+    assert r.status_code == 422, r.text
+    assert "target" in r.json()["detail"]

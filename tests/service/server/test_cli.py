@@ -130,3 +130,22 @@ def test_piped_output_is_not_cut(env, tmp_path, settings):
     res = _run("export-runs", str(out), "--database-url", settings.database_url)
     assert res.exit_code == 0, res.output
     assert f"wrote 1 trajectories to {out}\n" in res.output
+
+
+def test_an_unknown_default_policy_is_refused_at_start(env, tmp_path):
+    _one_line_error(_run("serve", "--default-policy", "nope", "--database-url", f"sqlite:///{tmp_path / 'a.db'}"),
+                    "default_policy: 'nope' cannot be served: policy: unknown policy 'nope'",
+                    "(MIXAGENT_DEFAULT_POLICY / --default-policy)")
+    assert env == []  # nothing started
+    res = _run("serve", "--default-policy", "prior", "--database-url", f"sqlite:///{tmp_path / 'b.db'}")
+    assert res.exit_code == 0 and len(env) == 1, res.output
+
+
+def test_a_deeply_nested_card_in_the_policy_folder_is_one_line_not_a_traceback(env, tmp_path):
+    folder = tmp_path / "policies" / "deep"
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text("[" * 100_000 + "]" * 100_000)
+    _one_line_error(_run("serve", "--policy-dir", str(tmp_path / "policies"),
+                         "--database-url", f"sqlite:///{tmp_path / 'a.db'}"),
+                    "card.json: not a policy card (JSON nested too deeply to read)")
+    assert env == []
