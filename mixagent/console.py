@@ -81,11 +81,11 @@ def extra_of(module: str) -> str | None:
     return _extras().get(module.split(".")[0])
 
 
-def missing_extra(error: ModuleNotFoundError) -> str | None:
+def missing_extra(error: ModuleNotFoundError, what: str = "this command") -> str | None:
     """One line saying what to install when ``error`` is about a module of an extra, else ``None``
     (a missing module that no extra provides is a bug, and keeps its traceback)."""
     name = (error.name or "").split(".")[0]
     extra = extra_of(name) if name else None
     if extra is None:
         return None
-    return f"this command needs the {extra} extra ({name} is not installed): pip install 'mixagent[{extra}]'"
+    return f"{what} needs the {extra} extra ({name} is not installed): pip install 'mixagent[{extra}]'"

@@ -22,6 +22,16 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# the run and page limits of the wire schemas, restated in the OpenAPI text below
+from mixagent.service.server.schemas import (
+    MAX_DOMAINS,
+    MAX_FIELDS,
+    MAX_HORIZON,
+    MAX_PAGE,
+    MAX_PATH_PART_BYTES,
+    MAX_QUERY_RUN_IDS,
+)
+
 __all__ = [
     "MAX_URL_BYTES",
     "MAX_HEADERS",
@@ -42,8 +52,10 @@ LIMITS_DOC = f"""**Limits.** Path and query string: {MAX_URL_BYTES // 1024} KiB 
 {MAX_HEADERS} lines and {MAX_HEADER_BYTES // 1024} KiB of names and values (431). Body: \
 `MIXAGENT_MAX_BODY_BYTES`, 256 KiB by default (413). These answers are JSON `{{"detail": ...}}` naming \
 the limit. A request line of {SERVER_MAX_HEAD_BYTES // 1024} KiB or more is refused by the HTTP server \
-itself (400, plain text, connection closed). Runs: at most 256 domains, 32 fields, a horizon of \
-4096 decisions; `GET /v1/runs/{{id}}` returns at most 1000 history entries a page."""
+itself (400, plain text, connection closed). Runs: at most {MAX_DOMAINS} domains, {MAX_FIELDS} fields, a \
+horizon of {MAX_HORIZON} decisions; `GET /v1/runs/{{id}}` returns at most {MAX_PAGE} history entries a page; \
+`GET /v1/trajectories` takes at most {MAX_QUERY_RUN_IDS} `run_id`s (what fits the URL limit); a part of an \
+artifact path is at most {MAX_PATH_PART_BYTES} bytes (the file system's limit)."""
 
 
 def uvicorn_limits() -> dict[str, Any]:

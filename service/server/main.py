@@ -33,6 +33,27 @@ the first decision), train on the returned weights until the next evaluation, an
 {LIMITS_DOC}"""
 
 
+DOCS_ASSETS = "/docs-static"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) from assets inside the installed package (``swagger-ui-bundle``), not a
+    CDN: the page works on a machine without internet. ReDoc, which has no packaged assets, is off."""
+    from fastapi.openapi.docs import get_swagger_ui_html  # noqa: PLC0415
+    from fastapi.responses import HTMLResponse  # noqa: PLC0415
+    from fastapi.staticfiles import StaticFiles  # noqa: PLC0415
+    from swagger_ui_bundle import swagger_ui_path  # noqa: PLC0415
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="mixagent API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
 def open_store(settings: Settings, metrics: Metrics | None = None) -> tuple[RunStore, list[str]]:
     """The database (its schema migrated to this release's), the policy registry (built-ins, bundled
     artifacts, the policy folder, artifacts recorded in the database) and the run store on top;
@@ -76,7 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             checkpointer.stop()
         engine.dispose()
 
-    app = FastAPI(title="mixagent", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="mixagent", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    _offline_docs(app)
     app.state.settings = settings
     app.state.registry = store.registry
     app.state.store = store

@@ -18,8 +18,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 
-from mixagent.service.server.errors import format_validation_errors
-from mixagent.trajectories.contract import Domain, DomainSpace, Name, Objective
+from mixagent.trajectories.contract import Domain, DomainSpace, Name, Objective, format_validation_errors
 
 __all__ = [
     "Name",
@@ -61,6 +60,9 @@ MAX_HORIZON = 4096
 MAX_RUN_VALUES = 2**18
 """``horizon × domains`` of a run (e.g. 1024 decisions × 256 domains, 4096 × 64): bounds the memory
 one cached run takes (about 44 MB at the bound, :func:`mixagent.service.server.runs.estimate_bytes`)."""
+MAX_QUERY_RUN_IDS = 192
+"""``run_id`` parameters one query may repeat: 192 x ``run_id=<32 hex>&`` (40 bytes) is 7,680 bytes,
+within the 8 KiB URL limit (``limits.MAX_URL_BYTES``) with room for the path."""
 MAX_PAGE = 500
 """History entries in one ``GET /v1/runs/{id}`` answer (at 256 domains, about 8 MB)."""
 MAX_STEP = 2**53
@@ -337,7 +339,8 @@ class RunQuery(_Query):
 
 class TrajectoriesQuery(_Query):
     run_id: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        default=None, max_length=1000, description="Only these runs."
+        default=None, max_length=MAX_QUERY_RUN_IDS,
+        description=f"Only these runs (at most {MAX_QUERY_RUN_IDS}: what fits the 8 KiB URL limit)."
     )
     finished_only: bool = Field(default=False, description="Skip runs that still expect feedback.")
 

@@ -32,8 +32,21 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformers import EvalPrediction, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from mixagent.console import missing_extra
+
+try:
+    import torch
+    from transformers import (
+        EvalPrediction,
+        Trainer,
+        TrainerCallback,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
+except ModuleNotFoundError as e:  # torch and transformers come with the train extra
+    raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.hf") or str(e), name=e.name) from e
 
 from mixagent.service.trainer.client import MixingRun
 from mixagent.service.trainer.scores import CONTEXT_FRACTION, IGNORE_INDEX, continuation_log_likelihood, field_scores

@@ -27,7 +27,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+
+from mixagent.console import missing_extra
+
+try:
+    from torch.utils.data import Sampler
+except ModuleNotFoundError as e:  # torch comes with the train extra
+    raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.sampler") or str(e), name=e.name) from e
 
 __all__ = ["LiveWeightSampler"]
 

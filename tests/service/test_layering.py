@@ -93,3 +93,13 @@ def test_the_trainer_surface_names_resolve_lazily():
         MixingClient, LiveWeightSampler, MixagentCallback)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         trainer.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize(("module", "missing"), [("mixagent.service.trainer.sampler", "torch"),
+                                                 ("mixagent.service.trainer.hf", "torch"),
+                                                 ("mixagent.service.trainer.hf", "transformers")])
+def test_the_torch_parts_of_the_trainer_side_name_the_extra_to_install(module, missing):
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
+            f"try:\n    import {module}\nexcept ModuleNotFoundError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert f"{module} needs the train extra ({missing} is not installed): pip install 'mixagent[train]'" in out, out

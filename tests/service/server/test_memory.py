@@ -45,7 +45,7 @@ def test_the_estimate_covers_what_a_cached_run_really_takes(tmp_path, k, decisio
         with_run = tracemalloc.get_traced_memory()[0] - base
         run_id, estimate = run.id, run.nbytes
         del run
-        store._forget(run_id)
+        store.forget(run_id)
         gc.collect()
         cached = with_run - (tracemalloc.get_traced_memory()[0] - base)
     finally:

@@ -184,3 +184,12 @@ def test_a_page_of_a_large_run_is_small(client):
     assert len(r.json()["history"]) == 100 and r.json()["next_offset"] == 100
     per_entry = len(r.content) / 100
     assert per_entry * 500 < 10_000_000  # the largest page (500 entries at 256 domains) stays under 10 MB
+
+
+def test_the_api_docs_load_without_internet(client):
+    """/docs is Swagger UI from assets in the installed package, not a CDN (blank offline before)."""
+    html = client.get("/docs").text
+    assert "/docs-static/swagger-ui-bundle.js" in html and "cdn.jsdelivr" not in html and "unpkg" not in html
+    js = client.get("/docs-static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert client.get("/docs-static/swagger-ui.css").status_code == 200
