@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mixagent.env.cache import atomic_dir, build_lock, cache_root, write_json_atomic
 from mixagent.env.setting import Setting
@@ -141,8 +142,10 @@ def _build(setting: Setting, final: Path, root: Path | None, say: Progress) -> P
     t0 = time.time()
     seen: set[str] = set()
     entries = []
-    with atomic_dir(final) as tmp:
-        for name in setting.corpus.domains:
+    with atomic_dir(final) as tmp, tqdm(list(setting.corpus.domains), desc=f"corpus {setting.name}", unit="domain",
+                                        dynamic_ncols=True) as bar:
+        for name in bar:  # fetching and extracting a package takes seconds each: show which one
+            bar.set_postfix_str(name)
             train, heldout, meta = _collect_domain(name, setting, cache_root(root), seen, say)
             _write_jsonl(tmp / f"{name}.train.jsonl", train)
             _write_jsonl(tmp / f"{name}.heldout.jsonl", heldout)

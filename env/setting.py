@@ -427,7 +427,9 @@ _REPLACED_WHOLE = {"fields", "priors"}
 
 
 def _read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A setting may say ``extends: other.yaml`` (relative to itself) and override only what differs."""
+    """A setting may say ``extends: other.yaml`` and override only what differs. ``other.yaml`` is
+    looked for next to the file, then among the packaged settings (``configs/``), so a user's own
+    file anywhere can extend ``math-tiny.yaml`` (or ``math-tiny``)."""
     path = path.resolve()
     if path in seen:
         raise SettingError(f"{path}: 'extends' forms a cycle through {[str(p) for p in seen]}")
@@ -439,7 +441,12 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any
         raise SettingError(f"{path}: extends: expected a file name, got {parent!r}")
     target = path.parent / parent
     if not target.exists():
-        raise SettingError(f"{path}: extends: {parent!r}: no such file ({target.resolve()})")
+        packaged = CONFIGS_DIR / (parent if parent.endswith((".yaml", ".yml", ".toml")) else f"{parent}.yaml")
+        if "/" in parent or not packaged.exists():
+            known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+            raise SettingError(f"{path}: extends: {parent!r}: no such file next to it ({target.resolve()}) nor a "
+                               f"packaged setting (known: {known})")
+        target = packaged
     return _deep_merge(_read_with_extends(target, (*seen, path)), data)
 
 

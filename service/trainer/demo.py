@@ -34,6 +34,7 @@ import numpy as np
 from mixagent.service.server.config import Settings
 from mixagent.service.server.export import export_trajectories, write_jsonl
 from mixagent.service.server.main import create_app
+from mixagent.service.server.registry import PolicyRegistry, bundled_dir
 from mixagent.service.trainer.client import MixingClient
 from mixagent.trajectories.contract import ContractError, Feedback, History, Weights
 
@@ -126,23 +127,24 @@ def run_demo(
     except ModuleNotFoundError as e:
         raise DemoError(f"needs the train extra ({e.name} is not installed): pip install 'mixagent[all]'") from None
 
+    try:  # first: a bad setting writes nothing (no --out folder, no demo.db)
+        the_setting = load_setting(setting)
+    except SettingError as e:
+        raise DemoError(f"--setting: {e}") from None
+    registry = PolicyRegistry()  # the built-ins and the bundle, as the demo's service will have them
+    registry.load_dir(bundled_dir(), bundled=True)
+    by_default = policy is None
+    policy = policy or registry.default_name
+    try:  # before minutes of loading: an unknown policy is one line now, not a traceback later
+        registry.get(policy)
+    except ContractError as e:
+        raise DemoError(f"--policy: {str(e).removeprefix('policy: ')}") from None
     out.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     db = out / "demo.db"
     db.unlink(missing_ok=True)
-    settings = Settings(database_url=f"sqlite:///{db}", tokens=token)
-    app = create_app(settings)
-    by_default = policy is None
-    policy = policy or app.state.registry.default_name
-    try:  # before minutes of loading: an unknown policy is one line now, not a traceback later
-        app.state.registry.get(policy)
-    except ContractError as e:
-        raise DemoError(f"--policy: {str(e).removeprefix('policy: ')}") from None
+    app = create_app(Settings(database_url=f"sqlite:///{db}", tokens=token))
     echo(f"policy: {policy}" + (" (the service's default)" if by_default else ""))
-    try:
-        the_setting = load_setting(setting)
-    except SettingError as e:
-        raise DemoError(f"--setting: {e}") from None
     echo(f"loading setting {the_setting.name} (corpus, tokenizer and base model are built and cached on first use)")
     env = DataMixingEnv(the_setting, cache_dir=cache_dir, progress=True)
     s = env.setting

@@ -87,3 +87,12 @@ def test_domain_without_heldout_documents_is_an_error(tmp_path, corpus_root):
     d["corpus"]["domains"]["tgt_b"] = {"kind": "files", "root": str(one)}
     with pytest.raises(CorpusError, match="domain tgt_b"):
         build_corpus(load_setting(d), tmp_path / "cache")
+
+
+def test_a_corpus_build_shows_its_progress_per_domain(tiny_setting_file, tmp_path):
+    """Fetching and extracting takes seconds per domain (~80 s for math-tiny): the build says which."""
+    from tests.conftest import run_mixagent
+
+    r = run_mixagent("corpus", "build", "--setting", str(tiny_setting_file), env={"MIXAGENT_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert "corpus synthetic-tiny" in r.stderr and "domain" in r.stderr, r.stderr

@@ -162,4 +162,18 @@ def test_a_missing_extends_target_says_it_came_from_extends_and_names_both_files
     child.write_text("extends: gone.yaml\nname: child\n")
     with pytest.raises(SettingError) as err:
         load_setting(child)
-    assert str(err.value) == f"{child}: extends: 'gone.yaml': no such file ({tmp_path / 'gone.yaml'})"
+    assert str(err.value).startswith(f"{child}: extends: 'gone.yaml': no such file next to it "
+                                     f"({tmp_path / 'gone.yaml'}) nor a packaged setting (known: code-tiny, ")
+
+
+def test_a_users_own_file_anywhere_extends_a_packaged_setting(tmp_path):
+    from mixagent.env.setting import CONFIGS_DIR
+
+    for parent in ("math-tiny.yaml", "math-tiny"):
+        mine = tmp_path / "elsewhere" / f"mine-{parent}.yaml"
+        mine.parent.mkdir(exist_ok=True)
+        mine.write_text(f"extends: {parent}\nname: mine\ncpt: {{horizon: 8}}\n")
+        s = load_setting(mine)
+        base = load_setting(CONFIGS_DIR / "math-tiny.yaml")
+        assert (s.name, s.cpt.horizon, s.cpt.interval) == ("mine", 8, base.cpt.interval)
+        assert s.space == base.space

@@ -40,16 +40,16 @@ def test_demo_runs_a_served_episode_against_uniform(tiny_setting_file, tiny_back
     assert not (out / "weights.png").exists() and not (out / "uniform.png").exists()
 
 
-def test_an_unknown_policy_is_refused_before_anything_is_loaded(tmp_path):
-    """The setting does not even exist: the policy is checked first, in one line."""
+def test_an_unknown_policy_is_refused_before_anything_is_loaded_or_written(tiny_setting_file, tmp_path):
     from mixagent.cli import app
 
-    res = CliRunner().invoke(app, ["demo", "--policy", "nosuch", "--setting", str(tmp_path / "none.yaml"),
+    res = CliRunner().invoke(app, ["demo", "--policy", "nosuch", "--setting", str(tiny_setting_file),
                                    "--out", str(tmp_path / "out")])
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("demo: --policy: unknown policy 'nosuch'; known: [")
     assert "loss-softmax" in lines[0]
+    assert not (tmp_path / "out").exists()  # no folder, no demo.db
 
 
 def test_the_default_policy_is_the_services_and_a_missing_setting_is_one_line(tmp_path, monkeypatch):
@@ -61,10 +61,14 @@ def test_the_default_policy_is_the_services_and_a_missing_setting_is_one_line(tm
     default = open_store(make_settings(tmp_path))[0].registry.default_name
     res = CliRunner().invoke(app, ["demo", "--setting", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert lines[0] == f"policy: {default} (the service's default)"
-    assert lines[1] == f"demo: --setting: {tmp_path / 'none.yaml'}: cannot read setting (No such file or directory)"
-    assert len(lines) == 2
+    lines = res.output.strip().splitlines()  # the setting is checked first: nothing is written
+    assert lines == [f"demo: --setting: {tmp_path / 'none.yaml'}: cannot read setting (No such file or directory)"]
+    assert not (tmp_path / "out").exists()
+    from mixagent.service.trainer.demo import DemoError, run_demo
+
+    with pytest.raises(DemoError, match="--setting: "):  # the same through the function
+        run_demo(setting=str(tmp_path / "none.yaml"), out=tmp_path / "out2")
+    assert not (tmp_path / "out2").exists() and default
     help_text = CliRunner().invoke(app, ["demo", "--help"]).output
     assert "fixed-target-share" not in help_text and "bundled agent" in help_text
 
