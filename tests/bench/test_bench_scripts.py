@@ -185,3 +185,16 @@ def test_decision_cost_serves_a_long_run_for_each_policy(cache_dir, tmp_path):
     for row in data["policies"].values():
         assert row["early_ms"] > 0 and row["late_ms"] > 0 and len(row["served_by"]) == 1
     assert "load average" in proc.stdout
+
+
+def test_service_load_runs_every_phase_against_real_servers(cache_dir, tmp_path):
+    out = tmp_path / "load.json"
+    proc = run(["bench/service_load.py", "--runs", "3", "--saturation-runs", "2", "--duration", "1.5", "--rate", "2",
+                "--policy", "loss-softmax", "--out", str(out)], cache_dir)
+    data = json.loads(out.read_text())
+    for phase in ("saturation_bare", "saturation_service", "paced_bare", "paced_service"):
+        assert data[phase]["requests"] > 0 and data[phase]["errors"] == 0, (phase, data[phase])
+    k = data["kill9"]
+    assert k["acknowledged_before_kill"] > 0 and k["lost_acknowledged"] == 0 and k["runs_resumed_after_restart"] == k["runs"]
+    assert set(data["checks"]) >= {"paced_p99_under_20ms", "throughput_at_least_0.7_of_bare", "zero_lost_after_kill9"}
+    assert "load average" in proc.stdout
