@@ -195,6 +195,7 @@ def test_service_load_runs_every_phase_against_real_servers(cache_dir, tmp_path)
     for phase in ("saturation_bare", "saturation_service", "paced_bare", "paced_service"):
         assert data[phase]["requests"] > 0 and data[phase]["errors"] == 0, (phase, data[phase])
     k = data["kill9"]
-    assert k["acknowledged_before_kill"] > 0 and k["lost_acknowledged"] == 0 and k["runs_resumed_after_restart"] == k["runs"]
+    assert k["acknowledged_before_kill"] > 0 and k["lost_acknowledged"] == 0
+    assert k["runs_resumed_after_restart"] == k["runs"]
     assert set(data["checks"]) >= {"paced_p99_under_20ms", "throughput_at_least_0.7_of_bare", "zero_lost_after_kill9"}
     assert "load average" in proc.stdout
