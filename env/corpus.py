@@ -142,8 +142,9 @@ def _build(setting: Setting, final: Path, root: Path | None, say: Progress) -> P
     t0 = time.time()
     seen: set[str] = set()
     entries = []
+    # A bar on a terminal (off when stderr is piped: the command prints a line per domain there)
     with atomic_dir(final) as tmp, tqdm(list(setting.corpus.domains), desc=f"corpus {setting.name}", unit="domain",
-                                        dynamic_ncols=True) as bar:
+                                        dynamic_ncols=True, disable=None) as bar:
         for name in bar:  # fetching and extracting a package takes seconds each: show which one
             bar.set_postfix_str(name)
             train, heldout, meta = _collect_domain(name, setting, cache_root(root), seen, say)

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -63,6 +64,28 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 """A domain, field, policy or trajectory name: 1-64 letters, digits, ``_``, ``.``, ``-``."""
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+class _SpaceArrays:
+    """A space's derived arrays, computed once. Compared by identity, so a space that has them
+    still equals (by its fields) one that does not yet."""
+
+    __slots__ = ("field_matrix", "field_priors", "priors")
+
+    def __init__(self, space: DomainSpace):
+        p = np.array([d.prior for d in space.domains], dtype=np.float64)
+        self.priors = _read_only(p / p.sum())
+        fields = space.fields
+        m = np.zeros((len(fields), space.size))
+        for k, d in enumerate(space.domains):
+            m[fields.index(d.field), k] = 1.0
+        self.field_matrix = _read_only(m)
+        self.field_priors = _read_only(m @ self.priors)
 
 
 class ContractError(ValueError):
@@ -154,11 +177,14 @@ class DomainSpace(_Frozen):
             )
         )
 
-    @property
+    # A space is frozen, and every decision asks it for its names, fields and matrices (the encoder,
+    # the action map, validation): each is computed once per space object and handed out read-only.
+
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.domains)
 
-    @property
+    @cached_property
     def fields(self) -> tuple[str, ...]:
         """Field names in order of first appearance (the source field first when present)."""
         seen = list(dict.fromkeys(d.field for d in self.domains))
@@ -172,20 +198,20 @@ class DomainSpace(_Frozen):
         return len(self.domains)
 
     def priors(self) -> np.ndarray:
-        """Domain priors normalised to sum 1."""
-        p = np.array([d.prior for d in self.domains], dtype=np.float64)
-        return p / p.sum()
+        """Domain priors normalised to sum 1 (a read-only array)."""
+        return self._arrays.priors
 
     def field_matrix(self) -> np.ndarray:
-        """0/1 matrix ``M[f, k]``: domain k belongs to field f (so ``M @ w`` gives field shares)."""
-        fields = self.fields
-        m = np.zeros((len(fields), self.size))
-        for k, d in enumerate(self.domains):
-            m[fields.index(d.field), k] = 1.0
-        return m
+        """0/1 matrix ``M[f, k]``: domain k belongs to field f (so ``M @ w`` gives field shares; read-only)."""
+        return self._arrays.field_matrix
 
     def field_priors(self) -> np.ndarray:
-        return self.field_matrix() @ self.priors()
+        """Field shares of the priors (a read-only array)."""
+        return self._arrays.field_priors
+
+    @cached_property
+    def _arrays(self) -> _SpaceArrays:
+        return _SpaceArrays(self)
 
     def domains_of(self, field: str) -> tuple[str, ...]:
         return tuple(d.name for d in self.domains if d.field == field)
