@@ -14,6 +14,7 @@ from mixagent.service.server.api import ROUTERS
 from mixagent.service.server.config import DEV_TOKEN, Settings
 from mixagent.service.server.db import Checkpointer, init_db, make_engine, make_sessionmaker
 from mixagent.service.server.errors import install_error_handlers
+from mixagent.service.server.gc_pauses import GcFreezer
 from mixagent.service.server.limits import LIMITS_DOC, BodyLimitMiddleware, RequestLimitMiddleware
 from mixagent.service.server.methods import OptionsMiddleware
 from mixagent.service.server.metrics import Metrics, MetricsMiddleware
@@ -92,7 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        freezer = GcFreezer(settings.gc_freeze_s).start() if settings.gc_freeze_s > 0 else None
         yield
+        if freezer is not None:
+            freezer.stop()
         if checkpointer is not None:
             checkpointer.stop()
         engine.dispose()
