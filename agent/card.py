@@ -28,6 +28,7 @@ from mixagent.trajectories.contract import (
     format_validation_errors,
 )
 from mixagent.trajectories.encoding import ENCODER_VERSION, ENCODER_VERSIONS
+from mixagent.trajectories.tokens import TOKEN_ENCODER_VERSIONS
 
 __all__ = ["CARD_FILE", "ArtifactError", "TrainingData", "PolicyCard", "read_card"]
 
@@ -95,6 +96,17 @@ class PolicyCard(BaseModel):
     """Per observation feature, the smallest value seen in training (the out-of-range guard)."""
     observation_high: list[float] | None = None
     """Per observation feature, the largest value seen in training."""
+    token_low: list[float] | None = None
+    """A domain-set card (``dom-v1``): per domain-token feature (not per domain), the smallest value
+    seen in training."""
+    token_high: list[float] | None = None
+    """A domain-set card: per domain-token feature, the largest value seen in training."""
+    run_low: list[float] | None = None
+    """A domain-set card: per run-token feature, the smallest value seen in training."""
+    run_high: list[float] | None = None
+    """A domain-set card: per run-token feature, the largest value seen in training."""
+    max_domains: int | None = Field(default=None, ge=1, le=4096)
+    """A domain-set card serves any space of up to this many domains (a larger one goes to the fallback)."""
     training_data: list[TrainingData] = Field(default_factory=list)
     """The dataset folders it was trained on."""
     training_data_hash: str | None = None
@@ -108,10 +120,18 @@ class PolicyCard(BaseModel):
     def _check(self) -> PolicyCard:
         if self.kind == "baseline" and self.rule is None:
             raise ValueError("rule: a baseline card must name a rule")
-        if self.encoder_version not in ENCODER_VERSIONS:
-            raise ValueError(f"encoder_version: unknown encoder {self.encoder_version!r} "
-                             f"(known: {list(ENCODER_VERSIONS)})")
-        if self.kind == "onnx":
+        known = (*ENCODER_VERSIONS, *TOKEN_ENCODER_VERSIONS)
+        if self.encoder_version not in known:
+            raise ValueError(f"encoder_version: unknown encoder {self.encoder_version!r} (known: {list(known)})")
+        if self.kind == "onnx" and self.domain_set:
+            if self.action.level != "domain":
+                raise ValueError("action: a domain-set card (dom-v1) acts at domain level")
+            if self.max_domains is None:
+                raise ValueError("max_domains: a domain-set card says how many domains it serves at most")
+            for low, high, what in ((self.token_low, self.token_high, "token"), (self.run_low, self.run_high, "run")):
+                if (low is None) != (high is None) or (low is not None and high is not None and len(low) != len(high)):
+                    raise ValueError(f"{what}_high: give {what}_low and {what}_high of one length, or neither")
+        elif self.kind == "onnx":
             if self.model_file is None:
                 raise ValueError("model_file: an onnx card must name its model file")
             if self.action.level == "field" and self.fields is None:
@@ -133,8 +153,20 @@ class PolicyCard(BaseModel):
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
+    @property
+    def domain_set(self) -> bool:
+        """A network over per-domain tokens (``dom-v1``) that serves any domain space up to ``max_domains``."""
+        return self.encoder_version in TOKEN_ENCODER_VERSIONS
+
     def space_problem(self, space: DomainSpace) -> str | None:
         """Why a run's domain space does not fit this policy, or None when it does."""
+        if self.domain_set:
+            if self.max_domains is not None and space.size > self.max_domains:
+                return (f"policy {self.ref} serves spaces of up to {self.max_domains} domains, the run's space has "
+                        f"{space.size}")
+            if SOURCE_FIELD not in space.fields:
+                return f"policy {self.ref} needs a '{SOURCE_FIELD}' field, the run's space has {list(space.fields)}"
+            return None
         if self.domains is not None:
             if list(space.names) != self.domains:
                 return (f"policy {self.ref} was trained on domains {self.domains}, the run's space has domains "

@@ -92,23 +92,27 @@ def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Policy folder to write (card.json, policy.onnx, ...).")],
     config: Annotated[Path | None, typer.Option(help="YAML/JSON file of TrainConfig fields.")] = None,
     encoder: Annotated[str | None, typer.Option(help="mlp | transformer (overrides the config).")] = None,
+    level: Annotated[str | None, typer.Option(
+        help="field | domain: 'domain' trains the domain-set agent, one artifact for any domain space "
+             "(bc only; overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """Train a mixing policy offline (d3rlpy) on real trajectories and export it as an artifact."""
+    """Train a mixing policy offline on real trajectories and export it as an artifact (field level:
+    d3rlpy; domain level: the domain-set network in torch)."""
     # lazy: d3rlpy and torch (the train extra) load only when this command runs
     from mixagent.agent.dataset import DatasetError  # noqa: PLC0415
     from mixagent.agent.train import load_config, train  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
 
     try:
-        cfg = load_config(config, encoder=encoder, seed=seed)
+        cfg = load_config(config, encoder=encoder, level=level, seed=seed)
         report = train(data, algo, out, cfg, progress=progress)
     except (DatasetError, ContractError) as e:
         fail(str(e), 2)
         return
     m = report.metrics
-    console.print(f"{out}: {report.card.ref} ({report.algo}, {cfg.encoder}) trained on {report.train_trajectories} "
+    console.print(f"{out}: {report.card.ref} ({report.card.algorithm}) trained on {report.train_trajectories} "
                   f"trajectories ({report.train_transitions} transitions), "
                   f"validated on {report.validation_trajectories}",
                   highlight=False)

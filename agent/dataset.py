@@ -147,7 +147,9 @@ def load_runs(folders: Sequence[str | Path]) -> tuple[list[TrainingRun], list[Tr
         data.append(TrainingData(folder=path.name, setting_name=stored[0].trajectory.header.setting_name,
                                  setting_hash=setting_hash, trajectories=len(stored),
                                  content_hash=stable_hash(sorted(s.sha256 for s in stored))))
-    _check_compatible(runs)
+    for r in runs:
+        if r.trajectory.history.stages < 1:
+            raise DatasetError(f"--data: {r.folder}/{r.run_id} has no completed stage")
     return runs, data
 
 
@@ -162,12 +164,12 @@ def _check_compatible(runs: Sequence[TrainingRun]) -> None:
             raise DatasetError(f"--data: {r.folder} maps actions with beta={hd.action.beta}, "
                                f"epsilon={hd.action.epsilon}; "
                                f"{runs[0].folder} with beta={first.action.beta}, epsilon={first.action.epsilon}")
-        if r.trajectory.history.stages < 1:
-            raise DatasetError(f"--data: {r.folder}/{hd.trajectory_id} has no completed stage")
 
 
 def policy_action_spec(runs: Sequence[TrainingRun]) -> ActionSpec:
-    """The field-level action map of the training data (its β and ε)."""
+    """The field-level action map of the training data (its β and ε); a :class:`DatasetError` when
+    the folders cannot train one field-level policy (other numbers of fields, other action maps)."""
+    _check_compatible(runs)
     return runs[0].trajectory.header.action.model_copy(update={"level": "field"})
 
 

@@ -7,7 +7,10 @@ network and probes the policy once on a synthetic history before handing out a f
 * ``baseline``: the card names a built-in rule of :mod:`mixagent.agent.baselines` and its parameters
   (e.g. a tuned fixed target share), so a tuned baseline ships and hot-swaps like a learned policy;
 * ``onnx``: a network ``obs -> action`` over a versioned encoder of
-  :mod:`mixagent.trajectories.encoding`, run with onnxruntime (imported lazily; no torch).
+  :mod:`mixagent.trajectories.encoding`, run with onnxruntime (imported lazily; no torch);
+* ``onnx`` over domain tokens (``dom-v1``, :mod:`mixagent.trajectories.tokens`): a network
+  ``(tokens, run, mask, prior) -> weights`` that reads any domain space up to the card's
+  ``max_domains`` (:class:`OnnxSetPolicy`).
 
 A learned policy knows where it was trained: the objectives it saw (a run asking for another one is
 refused, the message names the range), the number of fields, and the range of every observation
@@ -35,12 +38,14 @@ from mixagent.trajectories.contract import (
 )
 from mixagent.trajectories.encoding import action_size, action_to_weights, encode, observation_size
 from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
+from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, encode_tokens
 
 __all__ = [
     "DEFAULT_FALLBACK",
     "OBS_MARGIN",
     "GuardedDecision",
     "OnnxPolicy",
+    "OnnxSetPolicy",
     "decide",
     "load_artifact",
     "probe_policy",
@@ -83,7 +88,67 @@ def _first_feedback(space: DomainSpace) -> History:
     return History(space=space, feedback=[fb])
 
 
-class OnnxPolicy:
+class TrainingRange:
+    """Per feature, the range seen in training widened by :data:`OBS_MARGIN`; :meth:`problem` says
+    which feature of an observation (a vector, or rows of one per domain) falls outside."""
+
+    def __init__(self, low: list[float], high: list[float], names: list[str] | None = None):
+        self.low, self.high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+        pad = np.where(self.high > self.low, OBS_MARGIN * (self.high - self.low), 0.05)
+        self._lo, self._hi = self.low - pad, self.high + pad
+        self.names = names
+
+    def problem(self, x: np.ndarray, what: str = "observation", rows: tuple[str, ...] = ()) -> str | None:
+        bad = np.argwhere((x < self._lo) | (x > self._hi))
+        if bad.size == 0:
+            return None
+        first = tuple(int(i) for i in bad[0])
+        k = first[-1]
+        feature = self.names[k] if self.names else str(k)
+        where = f" of domain {rows[first[0]]!r}" if rows and len(first) == 2 else ""
+        return (f"{what} feature {feature}{where} = {x[first]:.4g} is outside the range seen in training "
+                f"[{self.low[k]:.4g}, {self.high[k]:.4g}]" + (f" ({len(bad)} values)" if len(bad) > 1 else ""))
+
+
+def _fallback_decision(fallback: MixingPolicy, space: DomainSpace, history: History, reason: str) -> GuardedDecision:
+    weights = fallback.next_weights(space, history) if history.feedback else fallback.initial_weights(space)
+    return GuardedDecision(weights, fallback=fallback.name, reason=reason)
+
+
+class _GuardedNetwork:
+    """What every learned policy shares: the card, the run's horizon and objective, the session and
+    the guard. :meth:`decide` asks the card whether the space fits, then :meth:`_learned` for the
+    network's mixture or the reason it cannot give one; either way the fallback fills in."""
+
+    def __init__(self, session: Any, card: PolicyCard, horizon: int, objective: Objective,
+                 fallback: MixingPolicy):
+        self.name = card.name
+        self.card = card
+        self.horizon = horizon
+        self.objective = objective
+        self.fallback = fallback
+        self._session = session
+
+    def _learned(self, space: DomainSpace, history: History) -> Weights | str:
+        raise NotImplementedError
+
+    def decide(self, space: DomainSpace, history: History) -> GuardedDecision:
+        problem = self.card.space_problem(space)
+        if problem is None:
+            got = self._learned(space, history if history.feedback else _first_feedback(space))
+            if isinstance(got, Weights):
+                return GuardedDecision(got)
+            problem = got
+        return _fallback_decision(self.fallback, space, history, problem)
+
+    def initial_weights(self, space: DomainSpace) -> Weights:
+        return self.decide(space, History(space=space)).weights
+
+    def next_weights(self, space: DomainSpace, history: History) -> Weights:
+        return self.decide(space, history).weights
+
+
+class OnnxPolicy(_GuardedNetwork):
     """A learned policy exported to ONNX: ``action = net(encode(history, horizon, objective))``
     mapped to weights by ``(1-ε)·softmax(β·a) + ε·prior`` (the card's :class:`ActionSpec`).
 
@@ -94,20 +159,10 @@ class OnnxPolicy:
 
     def __init__(self, session: Any, card: PolicyCard, horizon: int, objective: Objective,
                  fallback: MixingPolicy):
-        self.name = card.name
-        self.card = card
-        self.horizon = horizon
-        self.objective = objective
-        self.fallback = fallback
-        self._session = session
+        super().__init__(session, card, horizon, objective, fallback)
         self._input = session.get_inputs()[0].name
-        if card.observation_low is not None and card.observation_high is not None:
-            lo, hi = np.asarray(card.observation_low), np.asarray(card.observation_high)
-            pad = np.where(hi > lo, OBS_MARGIN * (hi - lo), 0.05)
-            self._lo: np.ndarray | None = lo - pad
-            self._hi: np.ndarray | None = hi + pad
-        else:
-            self._lo = self._hi = None
+        self._range = (TrainingRange(card.observation_low, card.observation_high)
+                       if card.observation_low is not None and card.observation_high is not None else None)
 
     def observation(self, history: History) -> np.ndarray:
         return encode(history, self.horizon, self.card.action, self.objective, self.card.encoder_version)
@@ -116,37 +171,52 @@ class OnnxPolicy:
         (action,) = self._session.run(None, {self._input: obs[None, :].astype(np.float32)})[:1]
         return np.asarray(action, dtype=np.float64)[0]
 
-    def _out_of_range(self, obs: np.ndarray) -> str | None:
-        if self._lo is None or self._hi is None:
-            return None
-        bad = np.flatnonzero((obs < self._lo) | (obs > self._hi))
-        if bad.size == 0:
-            return None
-        k = int(bad[0])
-        low, high = self.card.observation_low or [], self.card.observation_high or []  # set: _lo is not None
-        return (f"observation feature {k} = {obs[k]:.4g} is outside the range seen in training "
-                f"[{low[k]:.4g}, {high[k]:.4g}]"
-                + (f" ({bad.size} features)" if bad.size > 1 else ""))
+    def _learned(self, space: DomainSpace, history: History) -> Weights | str:
+        obs = self.observation(history)
+        problem = self._range.problem(obs) if self._range is not None else None
+        return problem or action_to_weights(self.act(obs), space, self.card.action)
 
-    def decide(self, space: DomainSpace, history: History) -> GuardedDecision:
-        problem = self.card.space_problem(space)
-        if problem is None:
-            obs = self.observation(history if history.feedback else _first_feedback(space))
-            problem = self._out_of_range(obs)
-            if problem is None:
-                return GuardedDecision(action_to_weights(self.act(obs), space, self.card.action))
-        weights = (self.fallback.next_weights(space, history) if history.feedback
-                   else self.fallback.initial_weights(space))
-        return GuardedDecision(weights, fallback=self.fallback.name, reason=problem)
 
-    def initial_weights(self, space: DomainSpace) -> Weights:
-        return self.decide(space, History(space=space)).weights
+class OnnxSetPolicy(_GuardedNetwork):
+    """A domain-level policy over per-domain tokens (``dom-v1``): ``weights = net(tokens, run, mask,
+    prior)``, the network computing ``(1-ε)·softmax(z) + ε·prior`` itself, so that the service and
+    the trainer share one definition of the mixture (:mod:`mixagent.agent.set_policy`).
 
-    def next_weights(self, space: DomainSpace, history: History) -> Weights:
-        return self.decide(space, history).weights
+    One artifact serves every space of up to ``card.max_domains`` domains with a source field; a
+    larger space, or a token or run feature outside the card's training ranges (beyond
+    :data:`OBS_MARGIN`), gets the ``fallback`` baseline's decision, marked in :meth:`decide`."""
+
+    def __init__(self, session: Any, card: PolicyCard, horizon: int, objective: Objective,
+                 fallback: MixingPolicy):
+        super().__init__(session, card, horizon, objective, fallback)
+        self._tokens = (TrainingRange(card.token_low, card.token_high, list(DOMAIN_FEATURES))
+                        if card.token_low is not None and card.token_high is not None else None)
+        self._run = (TrainingRange(card.run_low, card.run_high, list(RUN_FEATURES))
+                     if card.run_low is not None and card.run_high is not None else None)
+
+    def weights(self, tokens: np.ndarray, run: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """The network's mixture for one observation (``tokens [K, D]``, ``run [R]``)."""
+        feeds = {"tokens": tokens[None].astype(np.float32), "run": run[None].astype(np.float32),
+                 "mask": np.ones((1, tokens.shape[0]), np.float32), "prior": prior[None].astype(np.float32)}
+        (w,) = self._session.run(None, feeds)[:1]
+        return np.asarray(w, dtype=np.float64)[0]
+
+    def _learned(self, space: DomainSpace, history: History) -> Weights | str:
+        tokens, run = encode_tokens(history, self.horizon, self.objective, self.card.encoder_version)
+        problem = ((self._tokens.problem(tokens, "token", space.names) if self._tokens is not None else None)
+                   or (self._run.problem(run, "run") if self._run is not None else None))
+        if problem is not None:
+            return problem
+        w = self.weights(tokens, run, space.priors())
+        if not (np.isfinite(w).all() and w.min() >= 0 and w.sum() > 0):
+            return "the network returned a mixture that is not finite and non-negative"
+        return Weights.from_raw(w)
 
 
 def _probe_space(card: PolicyCard) -> DomainSpace:
+    if card.domain_set:  # any space: three source domains and two target ones
+        return DomainSpace.from_fields({"source": ["source_a", "source_b", "source_c"],
+                                        "target": ["target_a", "target_b"]})
     if card.domains is not None:
         fields = card.fields or ["source"]
         return DomainSpace.from_fields({fields[0]: card.domains})
@@ -193,6 +263,23 @@ def _load_onnx(folder: Path, card: PolicyCard, fallback: MixingPolicy) -> Policy
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors for corrupt models
         raise ArtifactError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+    if card.domain_set:
+        _check_set_io(path, folder, card, session)
+    else:
+        _check_vector_io(path, folder, card, session)
+    objectives = card.objective_range
+
+    def factory(space: DomainSpace, horizon: int, objective: Objective | None = None) -> MixingPolicy:
+        objective = objective or Objective()
+        if objectives is not None:
+            objectives.check(objective, space, card.ref)
+        policy = OnnxSetPolicy if card.domain_set else OnnxPolicy
+        return policy(session, card, horizon, objective, fallback)
+
+    return factory
+
+
+def _check_vector_io(path: Path, folder: Path, card: PolicyCard, session: Any) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     space = _probe_space(card)
     n_obs = observation_size(space, card.action, card.encoder_version)
@@ -207,15 +294,19 @@ def _load_onnx(folder: Path, card: PolicyCard, fallback: MixingPolicy) -> Policy
     if card.observation_low is not None and len(card.observation_low) != n_obs:
         raise ArtifactError(f"{folder / CARD_FILE}: observation_low has {len(card.observation_low)} values, the "
                             f"network reads {n_obs} features")
-    objectives = card.objective_range
 
-    def factory(space: DomainSpace, horizon: int, objective: Objective | None = None) -> MixingPolicy:
-        objective = objective or Objective()
-        if objectives is not None:
-            objectives.check(objective, space, card.ref)
-        return OnnxPolicy(session, card, horizon, objective, fallback)
 
-    return factory
+def _check_set_io(path: Path, folder: Path, card: PolicyCard, session: Any) -> None:
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    want = {"tokens": len(DOMAIN_FEATURES), "run": len(RUN_FEATURES), "mask": None, "prior": None}
+    if set(inputs) != set(want) or any(n is not None and inputs[k][-1] != n for k, n in want.items()):
+        raise ArtifactError(f"{path}: expected inputs tokens [1, K, {len(DOMAIN_FEATURES)}], run "
+                            f"[1, {len(RUN_FEATURES)}], mask [1, K] and prior [1, K] (encoder "
+                            f"{card.encoder_version}), got {inputs}: the card does not match the network")
+    for low, what, n in ((card.token_low, "token_low", len(DOMAIN_FEATURES)),
+                         (card.run_low, "run_low", len(RUN_FEATURES))):
+        if low is not None and len(low) != n:
+            raise ArtifactError(f"{folder / CARD_FILE}: {what} has {len(low)} values, the network reads {n} features")
 
 
 def load_artifact(folder: str | Path, fallback: str = DEFAULT_FALLBACK) -> tuple[PolicyCard, PolicyFactory]:

@@ -39,7 +39,7 @@ from mixagent.agent.dataset import (
     split_runs,
     to_mdp_dataset,
 )
-from mixagent.trajectories.contract import ObjectiveRange, format_validation_errors, stable_hash
+from mixagent.trajectories.contract import Level, ObjectiveRange, format_validation_errors, stable_hash
 from mixagent.trajectories.encoding import ENCODER_VERSION, layout
 
 __all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "train"]
@@ -78,6 +78,10 @@ class TrainConfig(BaseModel):
     """Behaviour cloning imitates only trajectories whose target share moves by at most this much
     per stage on average (constants, ramps, switches, slow walks): the per-stage jumps of random
     schedules carry nothing to copy, and noise between stages lowers B."""
+    level: Level = "field"
+    """``field``: a d3rlpy policy over the fixed-width ``obs-v*`` observation of one number of fields;
+    ``domain``: the domain-set network over ``dom-v1`` tokens (``agent/set_policy.py``, behaviour
+    cloning only), one artifact for any domain space. ``encoder`` and ``hidden_units`` are ignored there."""
     encoder: Literal["mlp", "transformer"] = "mlp"
     """Network: d3rlpy's MLP, or a 2-layer Transformer over the windowed history (agent/networks.py)."""
     hidden_units: tuple[int, ...] = (128, 128)
@@ -273,16 +277,24 @@ def _observation_ranges(episodes: EncodedEpisodes, objectives: ObjectiveRange,
 def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: TrainConfig | None = None,
           progress: bool = True) -> TrainReport:
     """Train ``algo_name`` on the dataset folders ``data`` and write the policy artifact to ``out``
-    (``card.json``, ``policy.onnx``, ``training.json`` and the d3rlpy learner ``learner.d3``)."""
+    (``card.json``, ``policy.onnx``, ``training.json`` and the d3rlpy learner ``learner.d3``); at
+    ``cfg.level == "domain"`` the domain-set agent (:func:`~mixagent.agent.set_policy.train_set_policy`)."""
     import d3rlpy  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
     from mixagent.agent.export import write_artifact  # noqa: PLC0415
 
-    quiet_d3rlpy()
     cfg = cfg or TrainConfig()
     if algo_name not in ALGOS:
         raise DatasetError(f"--algo: must be one of {list(ALGOS)}, got {algo_name!r}")
+    if cfg.level == "domain":
+        if algo_name != "bc":
+            raise DatasetError(f"--algo: the domain-level agent trains by behaviour cloning ('bc') only, got "
+                               f"{algo_name!r}")
+        from mixagent.agent.set_policy import train_set_policy  # noqa: PLC0415
+
+        return train_set_policy(data, out, cfg, progress)
+    quiet_d3rlpy()
     out = Path(out)
     t_all = time.perf_counter()
     torch.set_num_threads(cfg.threads)
