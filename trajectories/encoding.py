@@ -25,6 +25,14 @@ Observation (field level, F fields, window W = :data:`WINDOW`), all clipped to `
 slice*, so one policy serves any objective: the run's objective reaches the network as features,
 and training relabels rewards under many objectives (``agent/dataset.py``).
 
+``dom-v1`` (:mod:`mixagent.trajectories.tokens`) is the per-domain observation of the domain-set
+agent: instead of one vector of fixed width, one token per domain, so one network reads any number
+of domains. Per domain: whether it is a source domain, its relative loss change since the start and
+over the last stage, ``log(K·w)`` of its share in the newest mixture and the W before it, its
+field's share, gain, objective weight and ``∂B/∂g_f``; per run: progress, ``λ``, the mean and spread
+of the field gains. Its table and the reasons for each choice (no number of domains, no prior) are
+in that module.
+
 ``g_f(t) = (s_f(t) - s_f(0)) / |s_f(0)|`` with ``s_f`` the mean per-token log-likelihood, so the
 features are scale-free across models and corpora. Gains are multiplied by :data:`GAIN_SCALE` so
 that typical values are O(1).

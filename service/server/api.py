@@ -137,7 +137,10 @@ def get_run(run_id: RunId, caller: CallerDep, store: StoreDep, q: Annotated[RunQ
         policy_version=state.policy_version, horizon=state.horizon, interval=state.interval,
         decisions=page.total, done=page.total >= state.horizon + 1, offset=page.offset,
         next_offset=end if end < page.total else None,
-        domains=[DomainPublic(name=d.name, field=d.field, prior=d.prior) for d in state.space.domains],
+        domains=[DomainPublic(name=d.name, field=d.field, prior=d.prior,
+                              min_share=state.bounds.min_share.get(d.name) if state.bounds else None,
+                              max_share=state.bounds.max_share.get(d.name) if state.bounds else None)
+                 for d in state.space.domains],
         setting_name=str(state.meta.get("setting_name", "")), model=str(state.meta.get("model", "")),
         seed=int(state.meta.get("seed", 0)),
         initial_mixture_id=state.initial_mixture_id, initial_weights=state.initial_weights.as_dict(state.space),

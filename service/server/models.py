@@ -42,6 +42,9 @@ class RunRow(Base):
     """The ``Idempotency-Key`` header of the creating request (unique per owner; NULL: none sent)."""
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
     """Hash of the creating request's body: a retry with the key must send the same body."""
+    bounds_json: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    """``{"min_share": {domain: x}, "max_share": {domain: y}}`` every decision is projected onto
+    (NULL: no bounds, and in rows written before bounds existed)."""
 
 
 class DecisionRow(Base):

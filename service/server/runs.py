@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -57,6 +57,7 @@ from mixagent.service.server.models import DecisionRow, RunRow
 from mixagent.service.server.policy_versions import PolicyVersions
 from mixagent.service.server.registry import PolicyEntry, PolicyRegistry, SpaceFallback
 from mixagent.service.server.schemas import FeedbackIn, RunCreate
+from mixagent.trajectories.bounds import ShareBounds
 from mixagent.trajectories.contract import (
     ContractError,
     DomainSpace,
@@ -166,6 +167,11 @@ class RunPage:
     offset: int
 
 
+
+def _bounded(decision: GuardedDecision, bounds: ShareBounds | None) -> GuardedDecision:
+    """The decision with its mixture projected onto the run's share bounds (unchanged without any)."""
+    return decision if bounds is None else replace(decision, weights=bounds.project(decision.weights))
+
 @dataclass
 class RunState:
     id: str
@@ -177,6 +183,8 @@ class RunState:
     horizon: int
     interval: int
     policy: PolicyEntry | None
+    bounds: ShareBounds | None
+    """Per-domain share bounds every decision is projected onto (None: none)."""
     policy_name: str
     policy_version: str
     initial_mixture_id: str
@@ -304,7 +312,8 @@ class RunStore:
             decider = entry.policy(req.horizon, objective, space)
             # the policy's own first decision even when the trainer chose the initial mixture: a policy
             # that cannot act on this space is refused now, not at every feedback after a 201
-            first = decide(decider, space, History(space=space))
+            bounds = req.bounds()
+            first = _bounded(decide(decider, space, History(space=space)), bounds)
             if req.initial_weights is not None:
                 initial = Weights.from_raw([req.initial_weights[n] for n in space.names])
                 served = TRAINER_CHOSE
@@ -315,7 +324,7 @@ class RunStore:
         meta = {"setting_name": req.setting_name, "model": req.model, "seed": req.seed}
         state = RunState(
             id=uuid.uuid4().hex, owner=owner, created_at=time.time(), space=space, objective=objective,
-            meta=meta, horizon=req.horizon, interval=req.interval, policy=entry,
+            meta=meta, horizon=req.horizon, interval=req.interval, policy=entry, bounds=bounds,
             policy_name=entry.name, policy_version=entry.version,
             initial_mixture_id=uuid.uuid4().hex, initial_weights=initial, initial_served_by=served,
             decider=decider,
@@ -330,6 +339,7 @@ class RunStore:
                     policy_version=entry.version, initial_mixture_id=state.initial_mixture_id,
                     initial_weights_json=_weights_json(initial), initial_served_by_json=served.to_json(),
                     idempotency_key=idempotency_key, request_hash=request_hash,
+                    bounds_json=json.dumps(bounds.to_json()) if bounds is not None else None,
                 ))
                 s.commit()
         except IntegrityError:
@@ -402,6 +412,7 @@ class RunStore:
             objective=Objective.model_validate_json(row.objective_json), meta=json.loads(row.meta_json),
             horizon=row.horizon, interval=row.interval,
             policy=self.policies.resolve(row.policy_name, row.policy_version),
+            bounds=ShareBounds.from_json(space, json.loads(row.bounds_json)) if row.bounds_json else None,
             policy_name=row.policy_name, policy_version=row.policy_version,
             initial_mixture_id=row.initial_mixture_id, initial_weights=_weights_of(row.initial_weights_json),
             initial_served_by=ServedBy.from_json(row.initial_served_by_json),
@@ -556,7 +567,7 @@ class RunStore:
             if history.weights and trained is not None:
                 history.weights[-1] = trained
             history.record_feedback(feedback)
-            decision = decide(decider, state.space, history)
+            decision = _bounded(decide(decider, state.space, history), state.bounds)
             weights = decision.weights
             history.record_weights(weights)
         except ContractError as e:

@@ -18,7 +18,15 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 
-from mixagent.trajectories.contract import Domain, DomainSpace, Name, Objective, format_validation_errors
+from mixagent.trajectories.bounds import ShareBounds
+from mixagent.trajectories.contract import (
+    ContractError,
+    Domain,
+    DomainSpace,
+    Name,
+    Objective,
+    format_validation_errors,
+)
 
 __all__ = [
     "Name",
@@ -123,6 +131,11 @@ class DomainIn(_In):
     name: Name
     field: Name
     prior: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)] = 1.0
+    min_share: Annotated[float | None, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        default=None, description="The smallest share any decision of the run may give this domain (every "
+        "policy's mixture is projected onto the bounds; bounds no mixture meets together are a 422).")
+    max_share: Annotated[float | None, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        default=None, description="The largest share any decision of the run may give this domain.")
 
 
 class ObjectiveIn(_In):
@@ -175,6 +188,10 @@ class RunCreate(_In):
             raise ValueError(f"domains: {len(fields)} fields, at most {MAX_FIELDS}")
         if self.objective is not None:
             Objective.model_validate(self.objective.model_dump()).check_fields(space.fields)
+        try:
+            self.bounds()
+        except ContractError as e:
+            raise ValueError(f"domains: {e}") from None
         if self.initial_weights is not None:
             missing = sorted(set(space.names) - set(self.initial_weights))
             unknown = sorted(set(self.initial_weights) - set(space.names))
@@ -187,6 +204,12 @@ class RunCreate(_In):
 
     def space(self) -> DomainSpace:
         return DomainSpace(domains=tuple(Domain(name=d.name, field=d.field, prior=d.prior) for d in self.domains))
+
+    def bounds(self) -> ShareBounds | None:
+        """The run's per-domain share bounds (None: none set); ContractError naming contradictory ones."""
+        low = {d.name: d.min_share for d in self.domains if d.min_share is not None}
+        high = {d.name: d.max_share for d in self.domains if d.max_share is not None}
+        return ShareBounds(self.space(), low, high) if low or high else None
 
 
 class ServedByPublic(_Out):
@@ -290,6 +313,8 @@ class DomainPublic(_Out):
     name: str
     field: str
     prior: float
+    min_share: float | None = None
+    max_share: float | None = None
 
 
 class RunSummary(_Out):

@@ -49,7 +49,8 @@ from typing import Any, cast
 
 import httpx
 
-from mixagent.trajectories.contract import DomainSpace, Feedback
+from mixagent.trajectories.bounds import ShareBounds
+from mixagent.trajectories.contract import DomainSpace, Feedback, Weights
 
 __all__ = [
     "MixagentError",
@@ -200,17 +201,22 @@ class MixingClient:
         policy_version: str | None = None,
         idempotency_key: str | None = None,
         attempts: int | None = None,
+        bounds: ShareBounds | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         """Create a run (``extra``: ``setting_name``, ``model``, ``seed``, ``objective``,
-        ``initial_weights``). ``horizon`` counts *decisions*: the run takes ``horizon + 1`` feedbacks
-        (step 0, then one per stage), not optimizer steps.
+        ``initial_weights``); ``bounds``: the smallest and largest share per domain that every
+        decision of the run meets (the service projects each policy's mixture onto them).
+        ``horizon`` counts *decisions*: the run takes ``horizon + 1`` feedbacks (step 0, then one
+        per stage), not optimizer steps.
 
         Retried like every request, with one ``Idempotency-Key`` (a fresh UUID unless given) on
         every attempt: an attempt whose answer was lost has created the run, and the retry answers
         with that run (``replayed``) instead of creating a second one."""
         body: dict[str, Any] = {
-            "domains": [d.model_dump() for d in space.domains],
+            "domains": [{**d.model_dump(), **({"min_share": bounds.min_share.get(d.name),
+                                                "max_share": bounds.max_share.get(d.name)} if bounds else {})}
+                        for d in space.domains],
             "horizon": horizon,
             "interval": interval,
             **extra,
@@ -305,13 +311,13 @@ class MixingRun:
         self.initial_mixture_id: str | None = None
         self.mixture_id: str | None = None
         """The id of the weights :meth:`report` last returned (None: the priors of a run started offline)."""
-        self._weights: dict[str, float] = dict(zip(space.names, space.priors().tolist(), strict=True))
+        self._create = dict(create or {})
+        self._weights: dict[str, float] = self._weights_of_priors()
         self.served_by: dict[str, Any] | None = None
         """Who chose the current weights (the run's policy, or its fallback baseline and why)."""
         self.done = False
         self.missed: list[int] = []
         """Steps whose decision did not come in time (their feedback is still delivered)."""
-        self._create = dict(create or {})
         self.horizon: int | None = self._create.get("horizon")
         """Decisions of the run: it takes ``horizon + 1`` feedbacks (not optimizer steps)."""
         self.interval: int | None = self._create.get("interval")
@@ -485,7 +491,11 @@ class MixingRun:
             self._cond.notify_all()
 
     def _weights_of_priors(self) -> dict[str, float]:
-        return dict(zip(self.space.names, self.space.priors().tolist(), strict=True))
+        """What a run started offline trains on: the priors, projected onto the run's share bounds."""
+        bounds: ShareBounds | None = self._create.get("bounds")
+        if bounds is None:
+            return dict(zip(self.space.names, self.space.priors().tolist(), strict=True))
+        return bounds.project(Weights.from_raw(self.space.priors())).as_dict(self.space)
 
     def _server_says_done(self) -> bool:
         assert self.run_id is not None

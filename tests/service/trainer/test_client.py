@@ -210,3 +210,25 @@ def test_a_rejected_feedback_is_raised_at_the_report(server):
         run.report(fb(20))  # the run goes on
         assert [h["step"] for h in client.get_run(run.run_id)["history"]] == [10, 20]
         run.close()
+
+
+def test_share_bounds_reach_the_service_through_the_client(server):
+    from mixagent.trajectories.bounds import ShareBounds
+
+    with MixingClient(server.url, TOKEN) as client:
+        run = client.start_run(SPACE, horizon=2, interval=10, policy="loss-softmax",
+                               bounds=ShareBounds(SPACE, low={"proofs": 0.3}, high={"web": 0.5}))
+        assert run.weights_array() == pytest.approx([0.5, 0.2, 0.3])  # priors 0.6/0.2/0.2 projected
+        for step in (0, 10, 20):
+            run.report(fb(step))
+            assert run.weights["web"] <= 0.5 + 1e-9 and run.weights["proofs"] >= 0.3 - 1e-9
+        assert client.get_run(run.run_id)["domains"][0]["max_share"] == 0.5
+
+
+def test_a_run_started_offline_trains_on_the_priors_projected_onto_its_bounds():
+    from mixagent.trajectories.bounds import ShareBounds
+
+    with MixingClient(f"http://127.0.0.1:{free_port()}", TOKEN, backoff_s=0.01, max_backoff_s=0.05) as client:
+        run = client.start_run(SPACE, horizon=2, interval=10, bounds=ShareBounds(SPACE, high={"web": 0.4}))
+        assert not run.attached and run.weights == pytest.approx({"web": 0.4, "code": 0.3, "proofs": 0.3})
+        run.close()
