@@ -40,6 +40,7 @@ __all__ = [
     "summarise_setting",
     "write_report",
     "plot_results",
+    "plot_domain_schedules",
 ]
 
 
@@ -123,11 +124,21 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
                   for s in compare if (label, run_key, s) in plan.runs]
         return np.mean(series, axis=0).tolist() if series else None
 
+    def mean_weights(label: str, run_key: str | None) -> list[list[float]] | None:
+        series = [trajectories[plan.runs[(label, run_key, s)]].history.weight_matrix()
+                  for s in compare if (label, run_key, s) in plan.runs]
+        return np.mean(series, axis=0).tolist() if series else None
+
     def complete(spec: PolicySpec, o: Objective, seeds: list[int]) -> bool:
         return all((spec.label, spec.run_key(o), s) in plan.runs for s in seeds)
 
     out["target_share"] = {spec.label: sh for spec in cfg.policies
                            if (sh := mean_share(spec.label, spec.run_key(cfg.objectives[0]))) is not None}
+    out["domains"] = [{"name": d.name, "field": d.field} for d in setting.space.domains]
+    out["domain_weights"] = {  # the K-dimensional schedule: per policy (and objective, if it reads one)
+        spec.label: {objective_key(o): w for o in (cfg.objectives if spec.per_objective else cfg.objectives[:1])
+                     if (w := mean_weights(spec.label, spec.run_key(o))) is not None}
+        for spec in cfg.policies}
     out["learned_share_by_objective"] = {  # closed loop: does the share move with the objective?
         spec.label: {objective_key(o): mean_share(spec.label, spec.run_key(o))
                      for o in cfg.objectives if complete(spec, o, compare)}
@@ -288,12 +299,57 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
     return text
 
 
+def plot_domain_schedules(res: dict[str, Any], out: Path, objective: str | None = None) -> Path | None:
+    """One stacked area of domain weights over decisions per policy (the mean over comparison seeds):
+    source domains in blues, target domains in oranges; a policy that reads the objective is drawn
+    under ``objective`` (default: the first evaluated). Grid points other than the selected ones
+    are left out."""
+    plt = pyplot()
+    from matplotlib import colormaps  # noqa: PLC0415
+
+    domains = res.get("domains") or []
+    chosen = {r.get("selected_grid") for r in res["objectives"].values()} | {
+        r.get("best_hand") for r in res["objectives"].values()}
+    panels = []
+    for label, by_objective in res.get("domain_weights", {}).items():
+        if (label.startswith("grid-") and label not in chosen) or not by_objective:
+            continue
+        key = objective if objective in by_objective else next(iter(by_objective))
+        panels.append((label, key, np.asarray(by_objective[key])))
+    if not domains or not panels:
+        return None
+    source = [i for i, d in enumerate(domains) if d["field"] == "source"]
+    target = [i for i, d in enumerate(domains) if d["field"] != "source"]
+    colours: list[Any] = [None] * len(domains)
+    for idx, cmap in ((source, "Blues"), (target, "Oranges")):
+        for j, i in enumerate(idx):
+            colours[i] = colormaps[cmap](0.3 + 0.6 * j / max(len(idx) - 1, 1))
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.8), squeeze=False, sharey=True)
+    for ax, (label, key, w) in zip(axes.flat, panels, strict=False):
+        ax.stackplot(np.arange(w.shape[0]), w.T, colors=colours, linewidth=0)
+        ax.set(title=f"{label} ({key})" if len(res["domain_weights"][label]) > 1 else label, xlim=(0, w.shape[0] - 1),
+               ylim=(0, 1), xlabel="decision")
+        ax.title.set_fontsize(8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colours], [d["name"] for d in domains],
+               loc="lower center", ncol=min(8, len(domains)), fontsize=7)
+    fig.suptitle(f"{res['setting']}: domain weights per policy (mean over comparison seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    return save_figure(fig, out / f"{res['setting']}-domain-weights.png")
+
+
 def plot_results(results: list[dict[str, Any]], out: Path) -> list[Path]:
     plt = pyplot()
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for res in results:
+        stacked = plot_domain_schedules(res, out)
+        if stacked is not None:
+            paths.append(stacked)
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for label, series in res["target_share"].items():
             grid = label.startswith("grid-")

@@ -18,35 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mixagent.env.cache import cache_root
 from mixagent.env.corpus import corpus_dir, read_documents
+from mixagent.env.near_duplicates import containments, shingles
 from mixagent.env.setting import load_setting
-
-WORD = re.compile(r"\w+")
-
-
-def shingles(text: str, k: int) -> set[str]:
-    words = WORD.findall(text.lower())
-    return {" ".join(words[i : i + k]) for i in range(max(1, len(words) - k + 1))}
-
-
-def containments(train: list[set[str]], heldout: list[set[str]]) -> list[float]:
-    """For each held-out shingle set, max over train documents of |h ∩ t| / |h| (inverted index)."""
-    index: dict[str, list[int]] = {}
-    for i, t in enumerate(train):
-        for g in t:
-            index.setdefault(g, []).append(i)
-    out = []
-    for h in heldout:
-        hits = Counter(i for g in h for i in index.get(g, ()))
-        out.append(max(hits.values(), default=0) / max(len(h), 1))
-    return out
 
 
 def main() -> None:

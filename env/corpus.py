@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mixagent.env.cache import atomic_dir, build_lock, cache_root, write_json_atomic
+from mixagent.env.near_duplicates import containments, shingles
 from mixagent.env.setting import Setting
 from mixagent.env.sources import open_source, read_text_file, split_documents
 
@@ -110,19 +111,26 @@ def _collect_domain(
                 elif train_bytes < spec.max_train_bytes:
                     train.append(doc)
                     train_bytes += size
+    near = 0
+    if spec.heldout_near_duplicates is not None and heldout:
+        scores = containments([shingles(d) for d in train], [shingles(d) for d in heldout])
+        kept = [d for d, c in zip(heldout, scores, strict=True) if c < spec.heldout_near_duplicates]
+        near = len(heldout) - len(kept)
+        heldout = kept
     if not train or not heldout:
         raise CorpusError(
             f"domain {name}: source {info.origin} gave {len(train)} train and {len(heldout)} "
             "held-out documents; it needs at least one of each"
         )
     say(f"{name}: {len(train)} train / {len(heldout)} held-out docs, {train_bytes:,} train bytes, "
-        f"{dups} duplicates dropped")
+        f"{dups} duplicates dropped" + (f", {near} held-out near-duplicates of train dropped" if near else ""))
     meta = {
         "source_kind": info.kind,
         "source": info.origin,
         "version": info.version,
         "files_available": len(info.files),
         "duplicates_dropped": dups,
+        **({"heldout_near_duplicates_dropped": near} if spec.heldout_near_duplicates is not None else {}),
     }
     return train, heldout, meta
 
@@ -166,7 +174,7 @@ def _build(setting: Setting, final: Path, root: Path | None, say: Progress) -> P
             tmp / "manifest.json",
             {
                 "corpus_hash": setting.corpus_hash(),
-                "spec": setting.corpus.model_dump(),
+                "spec": setting.corpus.identity(),
                 "domains": entries,
                 "build_seconds": round(time.time() - t0, 1),
             },

@@ -149,6 +149,16 @@ class CorpusSpec(_Spec):
     """Files are cut at blank lines into documents of about this many characters."""
     min_doc_chars: PosInt = 200
     """Shorter documents are dropped (headers, stubs)."""
+    heldout_near_duplicates: Annotated[float, Field(gt=0, le=1)] | None = None
+    """A held-out document that shares at least this share of its word 5-grams with its domain's
+    training text is dropped (a near-duplicate: a licence with another year, a repeated
+    conversation), so held-out losses measure generalisation, not memory (``env/near_duplicates.py``).
+    None: exact deduplication only (the frozen settings, whose hashes do not change)."""
+
+    def identity(self) -> dict[str, Any]:
+        """What the corpus hash reads: every value, leaving out an unset near-duplicate threshold so
+        that settings made before it existed keep their hashes."""
+        return self.model_dump(exclude={"heldout_near_duplicates"} if self.heldout_near_duplicates is None else None)
 
 
 class TokenizerSpec(_Spec):
@@ -345,7 +355,7 @@ class Setting(_Spec):
     def corpus_hash(self) -> str:
         """Domain sources and caps, *in order* (cross-domain dedup keeps a document in the first)."""
         return stable_hash(
-            {"v": CORPUS_CODE_VERSION, "order": list(self.corpus.domains), "corpus": self.corpus.model_dump()}
+            {"v": CORPUS_CODE_VERSION, "order": list(self.corpus.domains), "corpus": self.corpus.identity()}
         )
 
     def data_hash(self) -> str:
@@ -383,7 +393,8 @@ class Setting(_Spec):
         """Everything that decides an episode's numbers: the setting's values and the code
         versions behind its corpus, tokens and base model (so a trajectory's ``setting_hash``
         changes when they do)."""
-        return stable_hash({"setting": self.model_dump(exclude={"description"}), "base": self.base_hash()})
+        values = self.model_dump(exclude={"description"}) | {"corpus": self.corpus.identity()}
+        return stable_hash({"setting": values, "base": self.base_hash()})
 
 
 def _read_document(path: Path) -> dict[str, Any]:

@@ -199,3 +199,16 @@ def test_service_load_runs_every_phase_against_real_servers(cache_dir, tmp_path)
     assert k["runs_resumed_after_restart"] == k["runs"]
     assert set(data["checks"]) >= {"paced_p99_under_20ms", "throughput_at_least_0.7_of_bare", "zero_lost_after_kill9"}
     assert "load average" in proc.stdout
+
+
+def test_suite_runs_pools_and_plots_the_k_dimensional_schedules(tiny_setting_file, cache_dir, tmp_path):
+    out = run(["bench/suite.py", "--settings", str(tiny_setting_file), "--seeds", "2", "--selection-seeds", "1",
+               "--only", "agent-v2", "grid-0.0", "grid-1.0", "--workers", "1", "--out", str(tmp_path / "suite"),
+               "--results", str(tmp_path)], cache_dir)
+    data = json.loads((tmp_path / "suite.json").read_text())
+    v = data["verdicts"]["agent-v2"]
+    assert data["seeds"] == [1000, 1001] and data["selection_seeds"] == [2000]
+    assert v["complete"] and len(v["pooled"]["uniform"]["cells"]) == 3  # one setting x three objectives
+    assert v["pooled"]["uniform"]["seeds"] == 2 and "goal" in out.stdout
+    assert (tmp_path / "suite" / "plots" / "synthetic-tiny-domain-weights.png").is_file()
+    assert "## agent-v2" in (tmp_path / "suite.md").read_text()

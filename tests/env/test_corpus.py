@@ -104,3 +104,43 @@ def test_a_corpus_build_shows_its_progress_per_domain(tiny_setting, tmp_path, mo
     shown = screen.getvalue()
     assert f"corpus {tiny_setting.name}" in shown and f"{len(tiny_setting.space.names)}/" in shown, shown
     assert all(name in shown for name in tiny_setting.space.names)
+
+
+def test_near_duplicates_of_training_text_are_kept_out_of_held_out(tmp_path, corpus_root):
+    """Each src_a file gets a copy with one word changed per paragraph (a licence with another year):
+    exact dedup keeps both, so copies land on both sides of the split; with the threshold set no
+    held-out document shares half of its 5-grams with one training document."""
+    from mixagent.env.near_duplicates import containments, shingles
+
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus_root, root)
+    for f in sorted((root / "src_a").glob("doc*.txt")):
+        paras = f.read_text().split("\n\n")
+        (root / "src_a" / f"copy-{f.name}").write_text("\n\n".join(f"year {i} " + p for i, p in enumerate(paras)))
+
+    def leak(threshold: float | None) -> tuple[float, dict]:
+        d = tiny_setting_dict(root)
+        d["corpus"] = {**d["corpus"], "max_train_bytes": 400_000, "max_heldout_bytes": 400_000}
+        if threshold is not None:
+            d["corpus"]["heldout_near_duplicates"] = threshold
+        setting = load_setting(d)
+        folder = build_corpus(setting, tmp_path / f"cache-{threshold}")
+        train = [shingles(x) for x in read_documents(folder / "src_a.train.jsonl")]
+        held = [shingles(x) for x in read_documents(folder / "src_a.heldout.jsonl")]
+        entry = next(e for e in json.loads((folder / "manifest.json").read_text())["domains"] if e["domain"] == "src_a")
+        return max(containments(train, held)), entry
+
+    worst, entry = leak(None)
+    assert worst >= 0.5 and "heldout_near_duplicates_dropped" not in entry
+    worst, entry = leak(0.5)
+    assert worst < 0.5 and entry["heldout_near_duplicates_dropped"] > 0
+
+
+def test_an_unset_near_duplicate_threshold_leaves_the_setting_hash_alone(corpus_root):
+    base = load_setting(tiny_setting_dict(corpus_root))
+    d = tiny_setting_dict(corpus_root)
+    d["corpus"] = {**d["corpus"], "heldout_near_duplicates": 0.5}
+    strict = load_setting(d)
+    assert "heldout_near_duplicates" not in base.corpus.identity()
+    assert strict.hash() != base.hash() and strict.corpus_hash() != base.corpus_hash()
+    assert load_setting("math-tiny").hash() == "a0b1b781e52bace1"  # the frozen dataset's setting

@@ -1,0 +1,97 @@
+"""The benchmark suite (agent/suite.py): every method against the fixed baselines on two settings no
+training touches, λ ∈ {0, 0.5, 0.9}, paired seeds 1000–1009.
+
+    python bench/suite.py                                              # the baselines alone (resumes)
+    python bench/suite.py --candidates agent-domain=runs/policies/domain regmix=runs/policies/regmix
+    python bench/suite.py --report-only --allow-missing                # an interim report
+
+Every run is a trajectory record under ``bench/results/suite/runs/<setting>/`` (commit them: a rerun
+resumes, and a new candidate reuses every baseline run, since a run's id is its policy and seed).
+Per setting the harness writes ``bench/results/suite/{results.json,report.md,plots/}`` (the
+stacked-area domain schedules are ``plots/<setting>-domain-weights.png``); the suite's own pooled
+verdicts go to ``bench/results/suite.md`` and ``suite.json`` and are printed.
+
+Cost: a setting is ~153 baseline runs (uniform, prior, loss-softmax and the three hand schedules
+once per seed; agent@v2 once per seed and objective; the 11 constants on 3 selection seeds, then the
+selected ones on the comparison seeds) of ~2.3 CPU-minutes, about 6 CPU-hours, plus 30 runs per
+objective-reading candidate (~1.2 CPU-hours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "suite"
+
+
+def main() -> int:
+    from mixagent.agent.suite import SUITE_SEEDS, SUITE_SELECTION_SEEDS, SUITE_SETTINGS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--candidates", nargs="*", default=[], metavar="[LABEL=]ARTIFACT_DIR",
+                    help="the methods judged (artifact folders or mixagent.policies names)")
+    ap.add_argument("--settings", nargs="+", default=list(SUITE_SETTINGS),
+                    help="only for a smoke test: the suite is its own two settings")
+    ap.add_argument("--seeds", type=int, default=SUITE_SEEDS, help="only for a smoke test")
+    ap.add_argument("--selection-seeds", type=int, default=SUITE_SELECTION_SEEDS, help="only for a smoke test")
+    ap.add_argument("--only", nargs="+", metavar="LABEL", help="only for a smoke test: keep these policies")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT, help="the run store and the harness reports")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
+                    help="where suite.md and suite.json go")
+    ap.add_argument("--report-only", action="store_true", help="report on the runs already made")
+    ap.add_argument("--allow-missing", action="store_true", help="with --report-only: an interim report")
+    args = ap.parse_args()
+
+    from dataclasses import replace
+
+    from mixagent.agent.evaluate import evaluate
+    from mixagent.agent.runner import RunnerConfig, RunnerError
+    from mixagent.agent.suite import suite_config, suite_markdown, suite_verdict
+    from mixagent.console import configure_logging
+
+    configure_logging(not sys.stderr.isatty())
+    runner = RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty())
+    cfg = suite_config(args.out, args.candidates, runner, args.settings, args.seeds, args.selection_seeds)
+    if args.only:
+        cfg = replace(cfg, policies=tuple(p for p in cfg.policies if p.label in {*args.only, "uniform"}))
+    candidates = [p.label for p in cfg.policies[:len(args.candidates)]]
+    done = []
+    for setting in cfg.settings:  # one setting at a time: each finished one is reported at once
+        try:
+            evaluate(replace(cfg, settings=(setting,)), run=not args.report_only, allow_missing=args.allow_missing)
+            done.append(setting)
+        except RunnerError as e:
+            print(f"{setting.name}: {e}", file=sys.stderr)
+    if not done:
+        return 1
+    results = evaluate(replace(cfg, settings=tuple(done)), run=False, allow_missing=args.allow_missing)
+    methods = candidates or ["agent-v2"]  # with no candidate: how the bundled agent fares
+    verdicts = {m: suite_verdict(results, m) for m in methods}
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "suite.md").write_text(suite_markdown(results, methods))
+    (args.results / "suite.json").write_text(json.dumps({
+        "settings": [s.name for s in done], "seeds": cfg.compare_seeds, "selection_seeds": cfg.select_seeds,
+        "objectives": [o.model_dump() for o in cfg.objectives], "verdicts": verdicts,
+        "rollout_seconds": {r["setting"]: r["rollout_seconds"] for r in results},
+    }, indent=1) + "\n")
+    print(f"{'method':<16} {'against':<14} {'pooled diff':>11} {'95% CI':>21} {'worst cell hi':>14}")
+    for m, v in verdicts.items():
+        for role, row in v["pooled"].items():
+            if "diff" not in row:
+                print(f"{m:<16} {role:<14} {'—':>11}")
+                continue
+            print(f"{m:<16} {role:<14} {row['diff']:>+11.4f} [{row['lo']:+.4f}, {row['hi']:+.4f}] "
+                  f"{row['worst_cell']['hi']:>+14.4f}")
+        print(f"{m:<16} goal {'met' if v['met'] else 'not met'}: " + ", ".join(
+            f"{k} {'yes' if ok else 'no'}" for k, ok in v["goals"].items()))
+    print(f"wrote {args.results / 'suite.md'} and suite.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
