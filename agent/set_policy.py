@@ -39,15 +39,13 @@ from mixagent.agent.card import CARD_FILE, PolicyCard
 from mixagent.agent.dataset import DatasetError, TrainingRun, final_score, load_runs, split_runs
 from mixagent.agent.errors import ExportError
 from mixagent.agent.train import TrainConfig, TrainReport
-from mixagent.trajectories.contract import ActionSpec, Objective, ObjectiveRange, stable_hash
+from mixagent.trajectories.contract import MAX_DOMAINS, ActionSpec, Objective, ObjectiveRange, stable_hash
 from mixagent.trajectories.replay import history_prefix
 from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, TOKEN_ENCODER_VERSION, encode_tokens
 
 __all__ = ["DomainSetNet", "MixtureNet", "SetExamples", "set_examples", "mixture_roughness", "train_set_policy",
-           "MAX_DOMAINS", "EXPORT_ATOL"]
+           "EXPORT_ATOL"]
 
-MAX_DOMAINS = 256
-"""The largest domain space the domain-level card serves (the service's own maximum)."""
 
 
 class _Block(nn.Module):

@@ -279,21 +279,21 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     """Train ``algo_name`` on the dataset folders ``data`` and write the policy artifact to ``out``
     (``card.json``, ``policy.onnx``, ``training.json`` and the d3rlpy learner ``learner.d3``); at
     ``cfg.level == "domain"`` the domain-set agent (:func:`~mixagent.agent.set_policy.train_set_policy`)."""
-    import d3rlpy  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-
-    from mixagent.agent.export import write_artifact  # noqa: PLC0415
-
     cfg = cfg or TrainConfig()
     if algo_name not in ALGOS:
         raise DatasetError(f"--algo: must be one of {list(ALGOS)}, got {algo_name!r}")
-    if cfg.level == "domain":
+    if cfg.level == "domain":  # plain torch: d3rlpy is not even imported
         if algo_name != "bc":
             raise DatasetError(f"--algo: the domain-level agent trains by behaviour cloning ('bc') only, got "
                                f"{algo_name!r}")
         from mixagent.agent.set_policy import train_set_policy  # noqa: PLC0415
 
         return train_set_policy(data, out, cfg, progress)
+    import d3rlpy  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from mixagent.agent.export import write_artifact  # noqa: PLC0415
+
     quiet_d3rlpy()
     out = Path(out)
     t_all = time.perf_counter()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "SCHEMA_VERSION",
     "WEIGHT_FLOOR",
+    "MAX_DOMAINS",
     "SOURCE_FIELD",
     "REBUILD_ATOL",
     "Level",
@@ -46,6 +47,10 @@ SCHEMA_VERSION: Literal[1] = 1
 
 WEIGHT_FLOOR = 1e-4
 """Smallest share any domain may get: keeps every domain observable and log-weights finite."""
+
+MAX_DOMAINS = 256
+"""The most domains a served run may have (The Pile has 22, SlimPajama 7; 256 leaves room for
+clustered corpora), and so the most the domain-level agent is made to serve."""
 
 SOURCE_FIELD = "source"
 """The field a base model was pre-trained on; every other field is a target field."""

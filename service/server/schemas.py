@@ -20,6 +20,7 @@ from pydantic.json_schema import JsonSchemaValue
 
 from mixagent.trajectories.bounds import ShareBounds
 from mixagent.trajectories.contract import (
+    MAX_DOMAINS,
     ContractError,
     Domain,
     DomainSpace,
@@ -60,8 +61,6 @@ __all__ = [
     "MAX_STEP",
 ]
 
-MAX_DOMAINS = 256
-"""Domains of a run (The Pile has 22, SlimPajama 7; 256 leaves room for clustered corpora)."""
 MAX_FIELDS = 32
 MAX_HORIZON = 4096
 """Decisions of a run: a decision every 25 optimizer steps of a 100k-step run, with room to spare."""

@@ -207,3 +207,12 @@ def test_the_service_serves_a_forty_domain_run_with_the_domain_agent(artifact, t
             assert list(d["weights"].values()) == pytest.approx(want.weights.values, abs=1e-6)
             assert sum(d["weights"].values()) == pytest.approx(1.0, abs=1e-9)
             history.record_weights(want.weights)
+        # a space the card cannot serve (no source field) goes to the fallback, and /metrics counts it
+        odd = {**body, "domains": [{"name": "a", "field": "code"}, {"name": "b", "field": "math"}]}
+        run = client.post("/v1/runs", json=odd, headers=auth()).json()
+        assert run["served_by"]["fallback"] == "uniform" and "needs a 'source' field" in run["served_by"]["reason"]
+        metric = 'mixagent_fallback_decisions_total{policy="agent-domain@test",reason="space"} 1.0'
+        assert metric in client.get("/metrics").text
+        too_big = {**body, "domains": [{"name": f"d{k}", "field": "source" if k else "target"} for k in range(257)]}
+        r = client.post("/v1/runs", json=too_big, headers=auth())
+        assert r.status_code == 422 and "256" in r.json()["detail"]
