@@ -216,3 +216,21 @@ def test_the_service_serves_a_forty_domain_run_with_the_domain_agent(artifact, t
         too_big = {**body, "domains": [{"name": f"d{k}", "field": "source" if k else "target"} for k in range(257)]}
         r = client.post("/v1/runs", json=too_big, headers=auth())
         assert r.status_code == 422 and "256" in r.json()["detail"]
+
+
+def test_the_cli_trains_the_domain_agent_and_refuses_bad_options_in_one_line(tmp_path):
+    from tests.conftest import run_mixagent
+
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text("bc_steps: 20\nbc_objective_draws: 2\nbatch_size: 32\ntransformer_d_model: 16\n")
+    out = run_mixagent("agent", "train", "--level", "domain", "--algo", "bc", "--data", str(STATIC), "--out",
+                       str(tmp_path / "p"), "--config", str(cfg), "--no-progress")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(bc/domain-set) trained on" in out.stdout and (tmp_path / "p" / "policy.onnx").is_file()
+    assert "d3rlpy" not in out.stderr and "Gym" not in out.stderr  # plain torch: d3rlpy is never imported
+    bad = run_mixagent("agent", "train", "--level", "tokens", "--algo", "bc", "--data", str(STATIC), "--out",
+                       str(tmp_path / "q"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "level" in bad.stderr
+    cql = run_mixagent("agent", "train", "--level", "domain", "--algo", "cql", "--data", str(STATIC), "--out",
+                       str(tmp_path / "r"))
+    assert cql.returncode == 2 and "behaviour cloning ('bc') only" in cql.stderr
