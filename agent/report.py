@@ -27,7 +27,15 @@ from mixagent.agent.catalogue import (
 from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import Objective, Trajectory
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
-from mixagent.trajectories.plots import pyplot, save_figure, target_share
+from mixagent.trajectories.plots import (
+    domain_colours,
+    domain_figure,
+    domain_legend,
+    pyplot,
+    save_figure,
+    stack_domain_weights,
+    target_share,
+)
 
 __all__ = [
     "mean_interval",
@@ -304,9 +312,6 @@ def plot_domain_schedules(res: dict[str, Any], out: Path, objective: str | None 
     source domains in blues, target domains in oranges; a policy that reads the objective is drawn
     under ``objective`` (default: the first evaluated). Grid points other than the selected ones
     are left out."""
-    plt = pyplot()
-    from matplotlib import colormaps  # noqa: PLC0415
-
     domains = res.get("domains") or []
     chosen = {r.get("selected_grid") for r in res["objectives"].values()} | {
         r.get("best_hand") for r in res["objectives"].values()}
@@ -318,26 +323,14 @@ def plot_domain_schedules(res: dict[str, Any], out: Path, objective: str | None 
         panels.append((label, key, np.asarray(by_objective[key])))
     if not domains or not panels:
         return None
-    source = [i for i, d in enumerate(domains) if d["field"] == "source"]
-    target = [i for i, d in enumerate(domains) if d["field"] != "source"]
-    colours: list[Any] = [None] * len(domains)
-    for idx, cmap in ((source, "Blues"), (target, "Oranges")):
-        for j, i in enumerate(idx):
-            colours[i] = colormaps[cmap](0.3 + 0.6 * j / max(len(idx) - 1, 1))
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.8), squeeze=False, sharey=True)
+    colours = domain_colours([d["field"] for d in domains])
+    fig, axes, bottom = domain_figure(len(panels), len(domains))
     for ax, (label, key, w) in zip(axes.flat, panels, strict=False):
-        ax.stackplot(np.arange(w.shape[0]), w.T, colors=colours, linewidth=0)
-        ax.set(title=f"{label} ({key})" if len(res["domain_weights"][label]) > 1 else label, xlim=(0, w.shape[0] - 1),
-               ylim=(0, 1), xlabel="decision")
-        ax.title.set_fontsize(8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colours], [d["name"] for d in domains],
-               loc="lower center", ncol=min(8, len(domains)), fontsize=7)
+        stack_domain_weights(ax, w, colours)
+        ax.set_title(f"{label} ({key})" if len(res["domain_weights"][label]) > 1 else label, fontsize=8)
+    domain_legend(fig, [d["name"] for d in domains], colours, axes.shape[1])
     fig.suptitle(f"{res['setting']}: domain weights per policy (mean over comparison seeds)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
     return save_figure(fig, out / f"{res['setting']}-domain-weights.png")
 
 

@@ -9,7 +9,7 @@ contract stays importable without it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,11 +221,52 @@ def plot_comparison(runs: Mapping[str, History], path: str | Path, objective: Ob
     return save_figure(comparison_figure(runs, objective, title), path)
 
 
+def domain_colours(fields: Sequence[str]) -> list[Any]:
+    """One colour per domain (``fields``: each domain's field): source domains in blues, the
+    others in oranges, light to dark in the space's order."""
+    from matplotlib import colormaps  # noqa: PLC0415
+
+    source = [i for i, f in enumerate(fields) if f == SOURCE_FIELD]
+    other = [i for i, f in enumerate(fields) if f != SOURCE_FIELD]
+    colours: list[Any] = [None] * len(fields)
+    for idx, cmap in ((source, "Blues"), (other, "Oranges")):
+        for j, i in enumerate(idx):
+            colours[i] = colormaps[cmap](0.3 + 0.6 * j / max(len(idx) - 1, 1))
+    return colours
+
+
+def stack_domain_weights(ax: Any, weights: np.ndarray, colours: Sequence[Any]) -> None:
+    """The K-dimensional schedule ``weights [T, K]`` as a stacked area over decisions."""
+    ax.stackplot(np.arange(weights.shape[0]), weights.T, colors=colours, linewidth=0)
+    ax.set(xlim=(0, max(weights.shape[0] - 1, 1)), ylim=(0, 1), xlabel="decision")
+
+
+def domain_figure(panels: int, domains: int) -> tuple[Any, Any, float]:
+    """A grid of up to 3 stacked-area panels per row, with room below for a legend of ``domains``
+    entries; returns the figure, the axes and the bottom of the panels' area (for tight_layout)."""
+    plt = pyplot()
+    cols = min(3, max(panels, 1))
+    rows = (panels + cols - 1) // cols
+    legend_rows = -(-domains // (4 * cols))
+    height = 3.0 * rows + 0.3 + 0.22 * legend_rows
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height), squeeze=False, sharey=True)
+    for ax in list(axes.flat)[panels:]:
+        ax.axis("off")
+    return fig, axes, (0.22 * legend_rows + 0.1) / height
+
+
+def domain_legend(fig: Any, names: Sequence[str], colours: Sequence[Any], columns: int) -> None:
+    plt = pyplot()
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colours], list(names), loc="lower center",
+               ncol=min(len(names), 4 * columns), fontsize=7, frameon=False)
+
+
 def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Path]:
-    """Three figures of a dataset, grouped by schedule family: ``weight_schedules.png`` (target
+    """The figures of a dataset, grouped by schedule family: ``weight_schedules.png`` (target
     share per stage of every trajectory), ``field_scores.png`` (each field's relative score gain per
-    stage: family means, thin lines per trajectory) and ``final_scores.png`` (distribution of the
-    final balanced score per family)."""
+    stage: family means, thin lines per trajectory), ``final_scores.png`` (distribution of the
+    final balanced score per family) and, for domain-level data, ``domain_weights.png`` (each
+    family's mean domain weights as a stacked area)."""
     plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,4 +322,17 @@ def plot_dataset(trajectories: list[Trajectory], out_dir: str | Path) -> list[Pa
     ax.set(title="final balanced score per schedule family", ylabel=f"B_T ({HIGHER_IS_BETTER})")
     fig.tight_layout()
     paths.append(save_figure(fig, out / "final_scores.png", dpi=100))
+
+    if any(t.header.action.level == "domain" for t in trajectories):  # the K-dimensional schedules
+        space = trajectories[0].history.space
+        colours = domain_colours([d.field for d in space.domains])
+        fig, axes, bottom = domain_figure(len(names), space.size)
+        for ax, name in zip(axes.flat, names, strict=False):
+            mats = [t.history.weight_matrix() for t in groups[name] if t.history.weights]
+            n = min(len(m) for m in mats)
+            stack_domain_weights(ax, np.mean([m[:n] for m in mats], axis=0), colours)
+            ax.set_title(f"{name}: mean domain weights (n={len(mats)})", fontsize=8)
+        domain_legend(fig, space.names, colours, axes.shape[1])
+        fig.tight_layout(rect=(0, bottom, 1, 1))
+        paths.append(save_figure(fig, out / "domain_weights.png", dpi=100))
     return paths

@@ -1,5 +1,6 @@
 import gzip
 import shutil
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -44,6 +45,16 @@ def test_stats_prints_the_family_table_and_writes_plots(tiny_dataset, tmp_path):
     assert "dirichlet: each stage draws its mixture from Dirichlet(α·n·prior), whose mean is the prior" in text
     for name in ("weight_schedules.png", "field_scores.png", "final_scores.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+    assert not (tmp_path / "plots" / "domain_weights.png").exists()  # field-level data: no K-dimensional view
+
+
+def test_stats_of_domain_level_data_draws_each_familys_domain_weights(tmp_path):
+    folder = Path(__file__).resolve().parents[2] / "data" / "trajectories" / "math-tiny-domain"
+    r = runner.invoke(app, ["trajectories", "stats", str(folder), "--plots", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    for fam in ("dirichlet_ramp", "noisy_loss_softmax", "logit_walk"):
+        assert fam in r.output
+    assert (tmp_path / "domain_weights.png").stat().st_size > 10_000
 
 
 def test_generate_rejects_a_bad_setting_naming_file_and_field(tmp_path):
