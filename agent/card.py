@@ -70,8 +70,10 @@ class PolicyCard(BaseModel):
     """The policy's name, as runs ask for it (``"agent"``)."""
     version: Name
     """Its version; the service serves the newest loaded one unless a run pins another."""
-    kind: Literal["baseline", "onnx"]
-    """``baseline``: a built-in rule with tuned ``params``; ``onnx``: a learned network in ``model_file``."""
+    kind: Literal["baseline", "onnx", "mixture"]
+    """``baseline``: a built-in rule with tuned ``params``; ``onnx``: a learned network in ``model_file``;
+    ``mixture``: one static mixture per objective over ``domains``, chosen offline (``model_file``
+    names the ``mixtures.json`` table, :mod:`mixagent.agent.static_mixture`)."""
     description: str = ""
     """One line for people (the service's policy list shows it)."""
     rule: Name | None = None
@@ -123,6 +125,10 @@ class PolicyCard(BaseModel):
         known = (*ENCODER_VERSIONS, *TOKEN_ENCODER_VERSIONS)
         if self.encoder_version not in known:
             raise ValueError(f"encoder_version: unknown encoder {self.encoder_version!r} (known: {list(known)})")
+        if self.kind in ("onnx", "mixture") and self.model_file is None:
+            raise ValueError(f"model_file: an {self.kind} card must name its model file")
+        if self.kind == "mixture" and self.domains is None:
+            raise ValueError("domains: a mixture card must list the domains its mixtures are over")
         if self.kind == "onnx" and self.domain_set:
             if self.action.level != "domain":
                 raise ValueError("action: a domain-set card (dom-v1) acts at domain level")
@@ -132,8 +138,6 @@ class PolicyCard(BaseModel):
                 if (low is None) != (high is None) or (low is not None and high is not None and len(low) != len(high)):
                     raise ValueError(f"{what}_high: give {what}_low and {what}_high of one length, or neither")
         elif self.kind == "onnx":
-            if self.model_file is None:
-                raise ValueError("model_file: an onnx card must name its model file")
             if self.action.level == "field" and self.fields is None:
                 raise ValueError("fields: a field-level onnx card must list the fields it was trained on")
             if self.action.level == "domain" and self.domains is None:

@@ -120,6 +120,35 @@ def train_cmd(
     console.print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items())), highlight=False)
 
 
+@agent_app.command("regmix")
+def regmix_cmd(
+    data: Annotated[list[Path], typer.Option("--data", help="Dataset folder(s) holding static runs of one space.")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact folder to write (card.json, mixtures.json, ...).")],
+    name: Annotated[str, typer.Option(help="Policy name in the card.")] = "regmix",
+    version: Annotated[str, typer.Option(help="Policy version in the card.")] = "v1",
+    candidates: Annotated[int, typer.Option(help="Dirichlet candidates scored per objective.")] = 100_000,
+    top: Annotated[int, typer.Option(help="The best predicted candidates averaged into the mixture.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the fits and the candidates.")] = 0,
+) -> None:
+    """Fit RegMix (LightGBM over static proxy runs) and write its static-mixture artifact."""
+    # lazy: lightgbm (the methods extra) loads only when this command runs
+    from mixagent.agent.dataset import DatasetError  # noqa: PLC0415
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+
+    if candidates < top or top < 1:
+        fail(f"--top: must be between 1 and --candidates ({candidates}), got {top}", 2)
+    try:
+        from mixagent.agent.regmix import fit_regmix  # noqa: PLC0415
+
+        card = fit_regmix(data, out, name, version, candidates, top, seed)
+    except ImportError as e:
+        fail(f"regmix: {e.name or 'lightgbm'} is not installed (pip install 'mixagent[methods]')", 2)
+    except (DatasetError, ContractError) as e:
+        fail(str(e), 2)
+    console.print(f"{out}: {card.ref} ({card.algorithm}) fitted on {card.metrics['data/static_runs']:.0f} static "
+                  f"runs in {card.metrics['seconds/fit']:.1f} s", highlight=False)
+
+
 @agent_app.command("export")
 def export_cmd(
     policy: Annotated[Path, typer.Argument(help="A trained policy folder (holds learner.d3 and card.json).")],

@@ -214,6 +214,10 @@ class OnnxSetPolicy(_GuardedNetwork):
 
 
 def _probe_space(card: PolicyCard) -> DomainSpace:
+    if card.kind == "mixture" and card.domains is not None:  # its own domains, in two fields
+        half = max(1, len(card.domains) - 2)
+        return DomainSpace.from_fields({"source": card.domains[:half], "target": card.domains[half:]}
+                                       if len(card.domains) > 1 else {"source": card.domains})
     if card.domain_set:  # any space: three source domains and two target ones
         return DomainSpace.from_fields({"source": ["source_a", "source_b", "source_c"],
                                         "target": ["target_a", "target_b"]})
@@ -245,13 +249,38 @@ def probe_policy(policy: MixingPolicy, space: DomainSpace, stages: int = 3) -> N
         history.record_weights(w)
 
 
-def _load_onnx(folder: Path, card: PolicyCard, fallback: MixingPolicy) -> PolicyFactory:
-    assert card.model_file is not None
+def _model_path(folder: Path, card: PolicyCard) -> Path:
+    assert card.model_file is not None  # the card's validator: onnx and mixture cards name one
     path = (folder / card.model_file).resolve()
     if folder.resolve() not in path.parents:
         raise ArtifactError(f"{folder / CARD_FILE}: model_file {card.model_file!r} lies outside the artifact")
     if not path.is_file():
         raise ArtifactError(f"{path}: model file named by the card does not exist")
+    return path
+
+
+def _load_mixture(folder: Path, card: PolicyCard) -> PolicyFactory:
+    from mixagent.agent.static_mixture import StaticMixturePolicy, read_mixture_table  # noqa: PLC0415
+
+    path = _model_path(folder, card)
+    try:
+        table = read_mixture_table(path)
+    except ContractError as e:
+        raise ArtifactError(str(e)) from None
+    if table.domains != card.domains:
+        raise ArtifactError(f"{path}: the table is over domains {table.domains}, the card names {card.domains}")
+
+    def factory(space: DomainSpace, horizon: int, objective: Objective | None = None) -> MixingPolicy:
+        objective = objective or Objective()
+        if card.objective_range is not None:
+            card.objective_range.check(objective, space, card.ref)
+        return StaticMixturePolicy(card.name, table, objective)
+
+    return factory
+
+
+def _load_onnx(folder: Path, card: PolicyCard, fallback: MixingPolicy) -> PolicyFactory:
+    path = _model_path(folder, card)
     try:
         import onnxruntime as ort  # noqa: PLC0415
     except ImportError as e:  # pragma: no cover - service extra missing
@@ -325,13 +354,16 @@ def load_artifact(folder: str | Path, fallback: str = DEFAULT_FALLBACK) -> tuple
     folder = Path(folder)
     card_path = folder / CARD_FILE
     card = read_card(folder)
-    if card.kind == "baseline":
+    factory: PolicyFactory
+    if card.kind == "mixture":
+        factory = _load_mixture(folder, card)
+    elif card.kind == "baseline":
         assert card.rule is not None
         try:
             policy = build_baseline(card.rule, card.params)
         except ContractError as e:
             raise ArtifactError(f"{card_path}: {e}") from None
-        factory: PolicyFactory = lambda space, horizon, objective=None: policy  # noqa: E731
+        factory = lambda space, horizon, objective=None: policy  # noqa: E731
     else:
         try:
             fallback_policy = build_baseline(fallback)

@@ -378,7 +378,7 @@ class RunsPublic(_Out):
 class PolicyPublic(_Out):
     name: str
     version: str
-    kind: Literal["builtin", "baseline", "onnx"]
+    kind: Literal["builtin", "baseline", "onnx", "mixture"]
     rule: str | None
     params: dict[str, float | int | str | bool]
     description: str

@@ -212,3 +212,11 @@ def test_suite_runs_pools_and_plots_the_k_dimensional_schedules(tiny_setting_fil
     assert v["pooled"]["uniform"]["seeds"] == 2 and "goal" in out.stdout
     assert (tmp_path / "suite" / "plots" / "synthetic-tiny-domain-weights.png").is_file()
     assert "## agent-v2" in (tmp_path / "suite.md").read_text()
+
+
+def test_regmix_curve_prints_and_writes_its_learning_curve(cache_dir, tmp_path):
+    out = run(["bench/regmix_curve.py", "--sizes", "24", "48", "--repeats", "2", "--lambdas", "0.5",
+               "--out", str(tmp_path)], cache_dir)
+    data = json.loads((tmp_path / "regmix_curve.json").read_text())
+    assert data["static_runs"] == 140 and [r["runs"] for r in data["curves"]["lam0.5"]] == [24, 48]
+    assert "lam0.5" in out.stdout and (tmp_path / "regmix_curve.png").is_file()
