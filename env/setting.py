@@ -121,7 +121,8 @@ class FilesSource(_Spec):
     kind: Literal["files"] = "files"
     """The source's type tag."""
     root: str
-    """The local folder to read (absolute, or relative to the current folder)."""
+    """The local folder to read: absolute, or relative to the setting file (to the current folder for
+    a setting given as a mapping)."""
     include: tuple[str, ...] = ("**/*",)
     """Globs of the files to read, relative to ``root``."""
     reader: Reader = "text"

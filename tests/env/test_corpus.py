@@ -144,3 +144,18 @@ def test_an_unset_near_duplicate_threshold_leaves_the_setting_hash_alone(corpus_
     assert "heldout_near_duplicates" not in base.corpus.identity()
     assert strict.hash() != base.hash() and strict.corpus_hash() != base.corpus_hash()
     assert load_setting("math-tiny").hash() == "a0b1b781e52bace1"  # the frozen dataset's setting
+
+
+def test_the_own_corpus_example_builds_from_local_folders(tmp_path):
+    """configs/example-own-corpus.yaml (docs/own-corpus.md): four domains from this repository's own
+    folders, resolved relative to the setting file, with the near-duplicate-aware split."""
+    from pathlib import Path
+
+    setting = load_setting(Path(__file__).resolve().parents[2] / "configs" / "example-own-corpus.yaml")
+    assert list(setting.space.names) == ["docs", "agent", "service", "tests"]
+    assert setting.space.priors() == pytest.approx([1 / 6, 2 / 6, 2 / 6, 1 / 6])
+    folder = build_corpus(setting, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    by = {e["domain"]: e for e in manifest["domains"]}
+    assert by["agent"]["source"].endswith("/agent") and by["tests"]["heldout_docs"] > 0
+    assert all("heldout_near_duplicates_dropped" in e for e in by.values())
