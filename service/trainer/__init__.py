@@ -9,13 +9,14 @@ loads torch)::
         MixagentError, ServiceUnavailable, RequestRejected, AuthError, RunNotFound, StepConflict,
         DomainSpace, Domain, Feedback, Objective,           # the contract types a trainer builds
         continuation_log_likelihood, field_scores,          # the one field-score definition (numpy)
-        LiveWeightSampler,                                  # needs torch
+        LiveWeightSampler, LiveMixtureDataset,              # need torch (the second: a `datasets` mixture)
         MixagentCallback, MixingTrainer, field_score_metrics,  # need transformers
     )
 
 Modules: ``client`` (HTTP client, retries, typed errors, the background reporter), ``scores`` (the
 field score), ``sampler`` (a torch ``Sampler`` whose weights change while a ``DataLoader``
-iterates), ``hf`` (Hugging Face ``Trainer`` integration), ``demo`` (a real CPT episode in
+iterates), ``hf_datasets`` (a live-weighted mixture of Hugging Face ``datasets`` sources, with an
+exact-resume state), ``hf`` (Hugging Face ``Trainer`` integration), ``demo`` (a real CPT episode in
 ``mixagent.env`` against an in-process server; the one module here that imports the server and the
 env). ``mixagent.service`` forwards the same names.
 
@@ -33,8 +34,8 @@ from mixagent.service.trainer.client import *  # noqa: F403 - the client is the 
 from mixagent.service.trainer.scores import continuation_log_likelihood, field_scores
 from mixagent.trajectories.contract import Domain, DomainSpace, Feedback, Objective
 
-_LAZY = {"LiveWeightSampler": "sampler", "MixagentCallback": "hf", "MixingTrainer": "hf",
-         "field_score_metrics": "hf"}
+_LAZY = {"LiveWeightSampler": "sampler", "LiveMixtureDataset": "hf_datasets", "MixagentCallback": "hf",
+         "MixingTrainer": "hf", "field_score_metrics": "hf"}
 """Names whose modules import torch / transformers: imported on first use."""
 
 __all__ = [*_client.__all__, "Domain", "DomainSpace", "Feedback", "Objective", "continuation_log_likelihood",

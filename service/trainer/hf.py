@@ -53,7 +53,7 @@ from mixagent.service.trainer.scores import CONTEXT_FRACTION, IGNORE_INDEX, cont
 from mixagent.trajectories.contract import Feedback
 
 if TYPE_CHECKING:
-    from mixagent.service.trainer.sampler import LiveWeightSampler
+    from mixagent.service.trainer.sampler import LiveWeights
 
 __all__ = ["MixagentCallback", "MixingTrainer", "field_score_metrics", "CONTINUATION_METRIC"]
 
@@ -97,7 +97,7 @@ class MixagentCallback(TrainerCallback):
     ``tokens_per_step``: the tokens of one optimizer step, used when the Trainer does not count them
     (``include_num_input_tokens_seen``)."""
 
-    def __init__(self, run: MixingRun, sampler: LiveWeightSampler | None = None, tokens_per_step: int = 0):
+    def __init__(self, run: MixingRun, sampler: LiveWeights | None = None, tokens_per_step: int = 0):
         self.run = run
         self.sampler = sampler
         self.tokens_per_step = tokens_per_step

@@ -25,6 +25,7 @@ accelerate).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -35,7 +36,32 @@ try:
 except ModuleNotFoundError as e:  # torch comes with the train extra
     raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.sampler") or str(e), name=e.name) from e
 
-__all__ = ["LiveWeightSampler"]
+__all__ = ["LiveWeightSampler", "LiveWeights", "normalise_weights"]
+
+
+class LiveWeights(Protocol):
+    """What the trainer-side integrations put the served weights into (the sampler, the
+    ``datasets`` mixture): the next examples drawn follow them."""
+
+    def set_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None: ...
+
+
+def normalise_weights(weights: Mapping[str, float] | Sequence[float], names: Sequence[str]) -> np.ndarray:
+    """``weights`` (``{name: share}`` over exactly ``names``, or one value per name) as shares
+    summing to 1; ValueError naming the missing, unknown or bad values."""
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(names))
+        missing = sorted(set(names) - set(weights))
+        if unknown or missing:
+            raise ValueError(f"weights: missing domains {missing}, unknown domains {unknown}")
+        w = np.array([weights[n] for n in names], dtype=np.float64)
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape != (len(names),):
+            raise ValueError(f"weights: {w.size} values for {len(names)} domains")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights: need finite non-negative values with a positive sum, got {w.tolist()}")
+    return w / w.sum()
 
 
 class LiveWeightSampler(Sampler[int]):
@@ -85,19 +111,7 @@ class LiveWeightSampler(Sampler[int]):
 
     def set_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         """Replace the mixture (renormalised); the next indices drawn follow it."""
-        if isinstance(weights, Mapping):
-            unknown = sorted(set(weights) - set(self.names))
-            missing = sorted(set(self.names) - set(weights))
-            if unknown or missing:
-                raise ValueError(f"weights: missing domains {missing}, unknown domains {unknown}")
-            w = np.array([weights[n] for n in self.names], dtype=np.float64)
-        else:
-            w = np.asarray(weights, dtype=np.float64).reshape(-1)
-            if w.shape != (len(self.names),):
-                raise ValueError(f"weights: {w.size} values for {len(self.names)} domains")
-        if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights: need finite non-negative values with a positive sum, got {w.tolist()}")
-        self._weights = w / w.sum()  # one assignment: iterators read either the old or the new array
+        self._weights = normalise_weights(weights, self.names)  # one assignment: iterators read old or new
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -172,3 +172,26 @@ def test_uncounted_tokens_and_a_short_horizon_are_said_once_and_training_ends_gr
     assert text.count("is done") == 1
     assert [h["step"] for h in stored["history"]] == [0, 4] and stored["done"]
     assert [s for s, _ in callback.decisions] == [0, 4, 8]  # the last one kept the last weights
+
+
+def test_the_trainer_trains_on_a_live_datasets_mixture(server, tmp_path):
+    """``LiveMixtureDataset`` over real ``datasets`` objects as the Trainer's ``train_dataset``: the
+    callback puts every decision into it and the examples drawn after it follow."""
+    datasets = pytest.importorskip("datasets")
+    from mixagent.service.trainer.hf_datasets import LiveMixtureDataset
+
+    gen = torch.Generator().manual_seed(0)
+    sources = {d: datasets.Dataset.from_dict({"input_ids": _domain(gen, lo, 64).tolist()}).map(
+        lambda r: {"labels": r["input_ids"]}) for d, lo in (("low", 0), ("high", 8))}
+    with MixingClient(server.url, TOKEN) as client:
+        run = client.start_run(SPACE, horizon=2, interval=4, policy="loss-softmax")
+        trainer, callback, _ = _setup(run, tmp_path)
+        mixture = LiveMixtureDataset(sources, run.weights, seed=0, domain_key=None)
+        callback.sampler = mixture
+        trainer = MixingTrainer(model=trainer.model, args=trainer.args, train_dataset=mixture,
+                                eval_dataset=trainer.eval_dataset, callbacks=[callback])
+        trainer.train()
+        stored = client.get_run(run.run_id)
+    assert [h["step"] for h in stored["history"]] == [0, 4, 8] and stored["done"]
+    assert mixture.weights == pytest.approx(stored["history"][-1]["weights"])
+    assert mixture.state_dict()["draws"] >= 8 * 4  # every optimizer step drew its batch from the mixture
