@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from mixagent.service.server.cli import db_app, export_runs, serve
-from mixagent.service.trainer.cli import demo
+from mixagent.service.trainer.cli import demo, runs_app
 
 __all__ = ["register"]
 
@@ -20,3 +20,4 @@ def register(app: typer.Typer) -> None:
     app.command("export-runs")(export_runs)
     app.add_typer(db_app, name="db")
     app.command("demo")(demo)
+    app.add_typer(runs_app, name="runs")

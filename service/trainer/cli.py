@@ -1,4 +1,4 @@
-"""``mixagent demo``: the trainer side's command (needs the ``train`` and ``service`` extras)."""
+"""``mixagent demo`` and ``mixagent runs plot``: the trainer side's commands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from mixagent.console import fail
 
-__all__ = ["demo"]
+__all__ = ["demo", "runs_app"]
 
 
 def demo(
@@ -31,3 +31,33 @@ def demo(
         run_demo(setting=setting, policy=policy, out=out, seed=seed, cache_dir=cache_dir, echo=typer.echo)
     except DemoError as e:
         fail(f"demo: {e}", 2)
+
+
+runs_app = typer.Typer(help="Runs on a mixing service, seen from the trainer side.", no_args_is_help=True)
+
+
+@runs_app.command("plot")
+def plot_run(
+    run_id: Annotated[str, typer.Argument(help="The run's id (POST /v1/runs answered it).")],
+    url: Annotated[str, typer.Option(envvar="MIXAGENT_URL", help="The service's base URL.")] = "http://127.0.0.1:8000",
+    token: Annotated[str, typer.Option(envvar="MIXAGENT_TOKEN", help="A token the service accepts.")] = "",
+    out: Annotated[Path | None, typer.Option(help="PNG to write (default: runs/plots/RUN_ID.png).")] = None,
+) -> None:
+    """Draw a run's domain weights, field scores and per-domain loss changes over time, from the
+    service (its exported trajectory: the mixtures really trained on)."""
+    from mixagent.service.trainer.client import MixagentError, MixingClient  # noqa: PLC0415
+    from mixagent.trajectories.contract import Trajectory  # noqa: PLC0415
+
+    try:
+        from mixagent.trajectories.plots import plot_history  # noqa: PLC0415 - matplotlib (train extra)
+
+        with MixingClient(url, token, retries=1) as client:
+            lines = client.export_trajectories([run_id])
+    except MixagentError as e:
+        fail(f"runs plot: {e}", 2)
+    if not lines:
+        fail(f"runs plot: run {run_id!r} has no trajectory to draw yet (no feedback recorded)", 2)
+    trajectory = Trajectory.model_validate_json(lines[0])
+    path = plot_history(trajectory.history, out or Path("runs/plots") / f"{run_id}.png",
+                        title=f"run {run_id} ({trajectory.header.setting_name})")
+    typer.echo(f"{path}: {trajectory.history.stages} stages of run {run_id}")

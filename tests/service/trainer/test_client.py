@@ -232,3 +232,28 @@ def test_a_run_started_offline_trains_on_the_priors_projected_onto_its_bounds():
         run = client.start_run(SPACE, horizon=2, interval=10, bounds=ShareBounds(SPACE, high={"web": 0.4}))
         assert not run.attached and run.weights == pytest.approx({"web": 0.4, "code": 0.3, "proofs": 0.3})
         run.close()
+
+
+def test_runs_plot_draws_a_run_from_the_service(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from mixagent.cli import app
+
+    with MixingClient(server.url, TOKEN) as client:
+        run = client.start_run(SPACE, horizon=2, interval=10, policy="loss-softmax")
+        for step in (0, 10, 20):
+            run.report(fb(step))
+        run.flush(10)
+    runner = CliRunner()
+    out = tmp_path / "run.png"
+    r = runner.invoke(app, ["runs", "plot", run.run_id, "--url", server.url, "--token", TOKEN, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"2 stages of run {run.run_id}" in r.output and out.stat().st_size > 10_000
+    r = runner.invoke(app, ["runs", "plot", "0" * 32, "--url", server.url, "--token", TOKEN])
+    assert r.exit_code == 2 and "runs plot: 404: run_id: no run '000" in r.output
+    with MixingClient(server.url, TOKEN) as client:
+        fresh = client.create_run(SPACE, horizon=2, interval=10)["run_id"]
+    r = runner.invoke(app, ["runs", "plot", fresh, "--url", server.url, "--token", TOKEN])
+    assert r.exit_code == 2 and "no trajectory to draw yet" in r.output, r.output
+    r = runner.invoke(app, ["runs", "plot", run.run_id, "--url", server.url, "--token", "nope"])
+    assert r.exit_code == 2 and "runs plot: 401" in r.output
