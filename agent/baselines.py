@@ -10,6 +10,7 @@ renormalises once and lifts every domain to the contract's floor, so no domain i
 | `prior`              | ``w_k ∝ prior_k``                                                 |
 | `fixed-target-share` | target fields get ``s`` in total, the source field ``1-s``        |
 | `loss-softmax`       | ``w_k ∝ prior_k · exp(ℓ_k(t) / (τ · ℓ_k(0)))``                    |
+| `doremi`, `odm`      | the online rules of :mod:`mixagent.agent.online_rules`            |
 """
 
 from __future__ import annotations
@@ -147,9 +148,14 @@ class LossSoftmaxPolicy:
         return Weights.from_raw(np.exp(logits - logits.max()))
 
 
-BASELINES: dict[str, type[Any]] = {
-    cls.name: cls for cls in (UniformPolicy, PriorPolicy, FixedTargetSharePolicy, LossSoftmaxPolicy)
-}
+def _online_rules() -> tuple[type[Any], ...]:
+    from mixagent.agent.online_rules import DoReMiPolicy, ODMPolicy  # noqa: PLC0415 - a module of its own
+
+    return DoReMiPolicy, ODMPolicy
+
+
+_RULES: tuple[Any, ...] = (UniformPolicy, PriorPolicy, FixedTargetSharePolicy, LossSoftmaxPolicy, *_online_rules())
+BASELINES: dict[str, type[Any]] = {cls.name: cls for cls in _RULES}
 """Built-in rules by name; their parameters are their constructor's keyword arguments."""
 
 

@@ -34,8 +34,9 @@ def _load(client, path: str):  # type: ignore[no-untyped-def]
 
 def test_builtins_are_listed_and_uniform_is_the_default(client):
     data = client.get("/v1/policies", headers=auth()).json()
-    assert data["count"] == 4
-    assert {p["name"] for p in data["data"]} == {"uniform", "prior", "fixed-target-share", "loss-softmax"}
+    assert data["count"] == 6
+    assert {p["name"] for p in data["data"]} == {"uniform", "prior", "fixed-target-share", "loss-softmax", "doremi",
+                                                 "odm"}
     default = [p for p in data["data"] if p["default"]]
     assert [p["name"] for p in default] == ["uniform"]
     assert all(p["kind"] == "builtin" and p["current"] for p in data["data"])
