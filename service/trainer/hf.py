@@ -176,6 +176,12 @@ class MixagentCallback(TrainerCallback):
         if self.sampler is not None:
             self.sampler.set_weights(weights)
         self.decisions.append((state.global_step, weights))
+        served = (self.run.served_by or {}).get("fallback") or (self.run.served_by or {}).get("policy", "")
+        log.info("mixagent decision at step %d (%s): %s", state.global_step, served or "last weights",
+                 ", ".join(f"{n} {w:.3f}" for n, w in weights.items()))
+        # beside the Trainer's own logs: trainer_state.json (and so every checkpoint) keeps the schedule
+        state.log_history.append({"step": state.global_step,
+                                  **{f"mixagent/weight/{n}": float(w) for n, w in weights.items()}})
         self._losses, self._scores = {}, {}
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,

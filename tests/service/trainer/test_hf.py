@@ -80,6 +80,9 @@ def test_trainer_reports_each_evaluation_and_trains_on_the_returned_weights(serv
             trainer.train()
         stored = client.get_run(run.run_id)
     assert caplog.text == ""  # wired as documented: nothing to warn about
+    logged = [e for e in trainer.state.log_history if "mixagent/weight/low" in e]
+    assert [e["step"] for e in logged] == [0, 4, 8]  # the schedule, in trainer_state.json too
+    assert logged[-1]["mixagent/weight/high"] == pytest.approx(stored["history"][-1]["weights"]["high"])
     assert [s for s, _ in callback.decisions] == [0, 4, 8]
     assert [h["step"] for h in stored["history"]] == [0, 4, 8]
     assert [h["tokens_seen"] for h in stored["history"]] == [0, 256, 512]  # counted by the Trainer
