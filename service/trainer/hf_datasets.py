@@ -21,10 +21,14 @@ Trainer's default): the state is the draw generator's state, the per-domain curs
 draws and the weights, so a mixture restored from a checkpoint yields exactly the examples the
 uninterrupted one would have, after any number of weight changes. With worker processes the
 main process cannot see the workers' cursors; use ``num_workers=0`` where exact resume matters.
+In the ``Trainer``, :func:`mixture_checkpoint_callback` does it with ``resume_from_checkpoint``: it
+writes the state into every checkpoint folder, minus the batch accelerate has fetched ahead (whose
+draws and weights are replayed on resume), and loads it before the first batch of a resumed run.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,9 +43,11 @@ try:
 except ModuleNotFoundError as e:  # torch comes with the train extra
     raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.hf_datasets") or str(e), name=e.name) from e
 
-__all__ = ["LiveMixtureDataset"]
+__all__ = ["LiveMixtureDataset", "MIXTURE_STATE_FILE", "mixture_checkpoint_callback"]
 
 STATE_VERSION = 1
+RECENT_DRAWS = 65_536
+"""Draws remembered for :meth:`LiveMixtureDataset.state_dict` ``behind`` (a batch or two ahead)."""
 
 
 class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's generic is unparametrised here
@@ -78,6 +84,10 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
         self._rng = np.random.default_rng(seed)
         self._cursors = [0] * len(self.names)
         self._draws = 0
+        self._recent: deque[tuple[Mapping[str, Any], tuple[int, ...], list[float]]] = deque(maxlen=RECENT_DRAWS)
+        """Per recent draw: the generator state and cursors before it, and the weights it used."""
+        self._replay: list[list[float]] = []
+        """Weights the next draws use instead of the live ones (a resume replaying drawn-ahead batches)."""
 
     # ----- the weights -------------------------------------------------------------------------
     @property
@@ -103,7 +113,9 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
         iterators: dict[int, Iterator[Any]] = {}
         budget = None if self.num_samples is None else max(0, self.num_samples - (self._draws if info is None else 0))
         while budget is None or budget > 0:
-            w = self._shared.numpy()
+            w = np.asarray(self._replay.pop(0)) if info is None and self._replay else self._shared.numpy()
+            if info is None:
+                self._recent.append((rng.bit_generator.state, tuple(cursors), w.tolist()))
             k = int(rng.choice(len(w), p=w / w.sum()))
             src = self.sources[self.names[k]]
             if hasattr(src, "__getitem__") and hasattr(src, "__len__"):
@@ -145,11 +157,24 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
         return self.num_samples
 
     # ----- exact resume ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, behind: int = 0) -> dict[str, Any]:
         """What a checkpoint keeps: the draw generator's state, per-domain cursors, draws so far and
-        the current weights (single-process iteration; see the module docstring)."""
-        return {"version": STATE_VERSION, "names": list(self.names), "rng": self._rng.bit_generator.state,
-                "cursors": list(self._cursors), "draws": self._draws, "weights": self._shared.tolist(),
+        the current weights (single-process iteration; see the module docstring).
+
+        ``behind``: the loader has drawn this many examples ahead of what was trained on (the
+        ``Trainer`` fetches one batch ahead through accelerate); the state is then the one before
+        them, and the weights they were drawn with are kept so that a resume draws them again
+        exactly, before it follows the live weights."""
+        if behind < 0 or behind > min(len(self._recent), self._draws):
+            raise ValueError(f"behind: {behind} draws back, but {min(len(self._recent), self._draws)} are recorded")
+        if behind == 0:
+            rng, cursors, replay = self._rng.bit_generator.state, list(self._cursors), []
+        else:
+            recent = list(self._recent)[-behind:]
+            rng, cursors = recent[0][0], list(recent[0][1])
+            replay = [w for _, _, w in recent]
+        return {"version": STATE_VERSION, "names": list(self.names), "rng": rng, "cursors": cursors,
+                "draws": self._draws - behind, "weights": self._shared.tolist(), "replay": replay,
                 "seed": self.seed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -164,4 +189,44 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
         self._rng.bit_generator.state = state["rng"]
         self._cursors = [int(c) for c in state["cursors"]]
         self._draws = int(state["draws"])
+        self._replay = [list(w) for w in state.get("replay", [])]
+        self._recent.clear()
         self.set_weights(list(state["weights"]))
+
+
+MIXTURE_STATE_FILE = "mixagent_mixture.json"
+"""The mixture's state inside each of the Trainer's checkpoint folders."""
+
+
+def mixture_checkpoint_callback(mixture: LiveMixtureDataset) -> Any:
+    """A ``transformers`` callback that makes ``Trainer.train(resume_from_checkpoint=...)`` resume the
+    mixture exactly: every checkpoint folder gets the mixture's :meth:`~LiveMixtureDataset.state_dict`
+    (``mixagent_mixture.json``), and a resumed run loads it before the first batch. The mixture
+    resumes its own stream, so the Trainer must not skip batches itself: ``ignore_data_skip=True``
+    (a resume without it is refused, naming the flag)."""
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from transformers import TrainerCallback  # noqa: PLC0415 - the train extra
+
+    class MixtureCheckpoint(TrainerCallback):  # type: ignore[misc]  # transformers is untyped here
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 0:
+                return
+            if not args.ignore_data_skip:
+                raise ValueError("mixture_checkpoint_callback: resuming needs TrainingArguments(ignore_data_skip=True)"
+                                 ": the mixture resumes its own stream, a skip would skip it twice")
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MIXTURE_STATE_FILE
+            if not path.is_file():
+                raise ValueError(f"mixture_checkpoint_callback: {path} does not exist; the checkpoint was saved "
+                                 "without this callback, so the mixture cannot resume exactly")
+            mixture.load_state_dict(json.loads(path.read_text()))
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # accelerate has fetched one batch beyond the last one trained on: keep the state before it
+            ahead = args.per_device_train_batch_size * max(1, args.n_gpu)
+            (folder / MIXTURE_STATE_FILE).write_text(json.dumps(mixture.state_dict(behind=ahead)))
+
+    return MixtureCheckpoint()

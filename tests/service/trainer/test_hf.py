@@ -198,3 +198,58 @@ def test_the_trainer_trains_on_a_live_datasets_mixture(server, tmp_path):
     assert [h["step"] for h in stored["history"]] == [0, 4, 8] and stored["done"]
     assert mixture.weights == pytest.approx(stored["history"][-1]["weights"])
     assert mixture.state_dict()["draws"] >= 8 * 4  # every optimizer step drew its batch from the mixture
+
+
+def test_a_resumed_trainer_draws_exactly_the_examples_of_the_uninterrupted_run(tmp_path):
+    """``Trainer.train(resume_from_checkpoint=...)`` with the mixture's checkpoint callback: after
+    weight changes at every step, the resumed run's batches are the uninterrupted run's."""
+    datasets = pytest.importorskip("datasets")
+    from mixagent.service.trainer.hf_datasets import LiveMixtureDataset, mixture_checkpoint_callback
+
+    gen = torch.Generator().manual_seed(0)
+    rows = {d: _domain(gen, lo, 32).tolist() for d, lo in (("low", 0), ("high", 8))}
+
+    class Reweight(transformers.TrainerCallback):  # a decision at every step: the schedule to follow
+        def __init__(self, mixture):  # type: ignore[no-untyped-def]
+            self.mixture = mixture
+
+        def on_step_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            p = 0.1 + 0.8 * ((state.global_step * 7) % 10) / 10
+            self.mixture.set_weights({"low": p, "high": 1 - p})
+
+    class StopAt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            control.should_training_stop = state.global_step == 4
+
+    def train(out, resume=None, stop=False):  # type: ignore[no-untyped-def]
+        seen: list[list[str]] = []
+        sources = {d: datasets.Dataset.from_dict({"input_ids": r, "id": [f"{d}-{i}" for i in range(len(r))]})
+                   for d, r in rows.items()}
+        mixture = LiveMixtureDataset(sources, seed=5, domain_key=None)
+
+        def collate(batch):  # type: ignore[no-untyped-def]
+            seen.append([b["id"] for b in batch])
+            ids = torch.tensor([b["input_ids"] for b in batch])
+            return {"input_ids": ids, "labels": ids}
+
+        config = transformers.LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+        torch.manual_seed(0)
+        args = transformers.TrainingArguments(output_dir=str(out), max_steps=8, per_device_train_batch_size=4,
+                                              save_strategy="steps", save_steps=4, report_to=[], use_cpu=True,
+                                              disable_tqdm=True, ignore_data_skip=True, logging_steps=100,
+                                              remove_unused_columns=False)
+        callbacks = [Reweight(mixture), mixture_checkpoint_callback(mixture)] + ([StopAt()] if stop else [])
+        trainer = transformers.Trainer(model=transformers.LlamaForCausalLM(config), args=args, train_dataset=mixture,
+                                       data_collator=collate, callbacks=callbacks)
+        trainer.train(resume_from_checkpoint=resume)
+        return seen
+
+    straight = train(tmp_path / "a")
+    first = train(tmp_path / "b", stop=True)
+    resumed = train(tmp_path / "b", resume=str(tmp_path / "b" / "checkpoint-4"))
+    # the Trainer (through accelerate) fetches one batch beyond the one it trains on: 9 collated for 8
+    # steps, 5 for the first 4; the resumed run draws the 5th again, then exactly what followed
+    assert len(straight) == 9 and first == straight[:5]
+    assert resumed[:4] == straight[4:8]
+    assert (tmp_path / "b" / "checkpoint-4" / "mixagent_mixture.json").is_file()

@@ -89,6 +89,8 @@ def test_bad_input_is_named():
     mix = LiveMixtureDataset(_sources())
     with pytest.raises(ValueError, match="positive sum"):
         mix.set_weights([0, 0, 0])
+    with pytest.raises(ValueError, match="behind: 5 draws back, but 0 are recorded"):
+        mix.state_dict(behind=5)
     other = LiveMixtureDataset({"web": _sources()["web"]}, seed=0)
     with pytest.raises(ValueError, match=r"saved for domains \['web', 'code', 'proofs'\]"):
         other.load_state_dict(mix.state_dict())
