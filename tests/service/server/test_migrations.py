@@ -255,15 +255,33 @@ def test_db_upgrade_says_which_session_holds_the_lock_it_waits_for(pg_url, tmp_p
     holder = engine.connect()
     holder.exec_driver_sql("BEGIN")
     holder.exec_driver_sql("LOCK TABLE runs IN ACCESS SHARE MODE")  # what a long read holds
+    import threading
+
+    lines: list[str] = []
+    said = threading.Event()
+
+    def read(stream) -> None:  # type: ignore[no-untyped-def]
+        for line in stream:
+            lines.append(line)
+            if "waiting for a lock" in line:
+                said.set()
+
     try:
         proc = subprocess.Popen([sys.executable, "-c", "from mixagent.cli import app; app()", "db", "upgrade",
                                  "--database-url", pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(5)
+        reader = threading.Thread(target=read, args=(proc.stderr,), daemon=True)
+        reader.start()
+        # however slowly the command starts on a busy machine, it says whom it waits for while it waits
+        assert said.wait(timeout=120), "".join(lines)
+        time.sleep(0.5)
         assert proc.poll() is None  # still waiting
     finally:
         holder.rollback()
         holder.close()
-    out, err = proc.communicate(timeout=60)
+    out = proc.stdout.read() if proc.stdout else ""
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    err = "".join(lines)
     engine.dispose()
     assert proc.returncode == 0 and f"upgraded to {head_revision()}" in out, (out, err)
     assert "waiting for a lock the migration needs, held by pid" in err and "table runs" in err, err
