@@ -10,7 +10,7 @@ renormalises once and lifts every domain to the contract's floor, so no domain i
 | `prior`              | ``w_k ∝ prior_k``                                                 |
 | `fixed-target-share` | target fields get ``s`` in total, the source field ``1-s``        |
 | `loss-softmax`       | ``w_k ∝ prior_k · exp(ℓ_k(t) / (τ · ℓ_k(0)))``                    |
-| `doremi`, `odm`      | the online rules of :mod:`mixagent.agent.online_rules`            |
+| `doremi`, `odm`, `ado` | the online rules of :mod:`mixagent.agent.online_rules`          |
 """
 
 from __future__ import annotations
@@ -149,9 +149,9 @@ class LossSoftmaxPolicy:
 
 
 def _online_rules() -> tuple[type[Any], ...]:
-    from mixagent.agent.online_rules import DoReMiPolicy, ODMPolicy  # noqa: PLC0415 - a module of its own
+    from mixagent.agent.online_rules import ADOPolicy, DoReMiPolicy, ODMPolicy  # noqa: PLC0415 - own module
 
-    return DoReMiPolicy, ODMPolicy
+    return DoReMiPolicy, ODMPolicy, ADOPolicy
 
 
 _RULES: tuple[Any, ...] = (UniformPolicy, PriorPolicy, FixedTargetSharePolicy, LossSoftmaxPolicy, *_online_rules())

@@ -10,6 +10,7 @@ service's feedback carries no training losses); ``../shared/METHODS.md`` gives t
 |----------|------------------------------------------------------------------------------------|
 | `doremi` | ``λ = max(ℓ(s) − ℓ(0), 0)``; ``α ← (1−c)·normalise(α ⊙ exp(η·λ)) + c/K``, α₀ = prior |
 | `odm`    | ``R ← R + n_s·ℓ(s)/10``; ``w ∝ exp(ε_prev·R)``, mixed ``(1 − K·ε)·w + ε``           |
+| `ado`    | per domain ``L(n) = ε + β·n^(−α)`` fitted to its losses; ``w ∝ (1−s)·rate + s·prior``, rate = ``−dL/dn`` |
 
 ODM's exploration rate is ``ε_t = min(1/K, √(ln K/(K·t)))`` at optimizer step t.
 """
@@ -23,7 +24,10 @@ import numpy as np
 
 from mixagent.trajectories.contract import ContractError, DomainSpace, History, Weights
 
-__all__ = ["DoReMiPolicy", "ODMPolicy"]
+__all__ = ["DoReMiPolicy", "ODMPolicy", "ADOPolicy", "fit_power_law"]
+
+ALPHA_GRID = np.geomspace(0.05, 3.0, 80)
+"""The exponents :func:`fit_power_law` tries (for each, ε and β are a linear least-squares fit)."""
 
 
 def _positive(name: str, value: Any, *, zero_ok: bool = False, below_one: bool = False) -> float:
@@ -119,3 +123,68 @@ class ODMPolicy:
         w = np.exp(logits - logits.max())
         w = w / w.sum()
         return Weights.from_raw((1 - k * eps) * w + eps)
+
+
+def fit_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:
+    """``(ε, β, α)`` of ``L(n) = ε + β·n^(−α)`` with β ≥ 0 closest to ``loss`` in least squares:
+    for each α of :data:`ALPHA_GRID` the best (ε, β) is linear, so the fit is exact per α and
+    deterministic (pure numpy: the service needs no scipy). ``n`` > 0."""
+    best = (float(loss[-1]), 0.0, float(ALPHA_GRID[0]))
+    best_sse = float(((loss - loss[-1]) ** 2).sum())
+    for a in ALPHA_GRID:
+        x = np.column_stack([np.ones_like(n), n ** -a])
+        coef, *_ = np.linalg.lstsq(x, loss, rcond=None)
+        eps, beta = float(coef[0]), float(coef[1])
+        if beta < 0:
+            continue
+        sse = float(((x @ coef - loss) ** 2).sum())
+        if sse < best_sse:
+            best, best_sse = (eps, beta, float(a)), sse
+    return best
+
+
+class ADOPolicy:
+    """ADO (adaptive data optimization): per domain, a power law ``L_k(n) = ε_k + β_k·n^(−α_k)``
+    fitted to the run's own held-out losses against the tokens trained so far (:func:`fit_power_law`),
+    and the mixture ``w ∝ (1 − s)·normalise(r) + s·prior`` with ``r_k = −dL_k/dn = α_k β_k n^(−α_k−1)``
+    at the current token count: domains still improving fast get more. Until ``min_points``
+    feedbacks after the start exist (a fit needs them) the mixture is the prior. The loss at
+    n = 0 is not on the curve (n^−α diverges), so the start feedback is left out of the fit."""
+
+    name = "ado"
+
+    def __init__(self, smoothing: float = 0.2, min_points: int = 3):
+        self.smoothing = _positive("smoothing", smoothing, zero_ok=True, below_one=True)
+        if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 3:
+            raise ContractError(f"min_points: must be an integer >= 3 (three parameters are fitted), got "
+                                f"{min_points!r}")
+        self.min_points = min_points
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"smoothing": self.smoothing, "min_points": self.min_points}
+
+    def initial_weights(self, space: DomainSpace) -> Weights:
+        return Weights.from_raw(space.priors())
+
+    def rates(self, space: DomainSpace, history: History) -> np.ndarray | None:
+        """Each domain's fitted rate of improvement now, or None before ``min_points`` feedbacks."""
+        points = [fb for fb in history.feedback[1:] if fb.tokens_seen > 0]
+        if len(points) < self.min_points:
+            return None
+        n = np.array([fb.tokens_seen for fb in points], dtype=float)
+        scale = n[-1]
+        x = n / scale  # fitted in units of the current token count: rates are compared, not absolute
+        rates = []
+        for name in space.names:
+            loss = np.array([fb.domain_losses[name] for fb in points], dtype=float)
+            _, beta, alpha = fit_power_law(x, loss)
+            rates.append(alpha * beta)  # -dL/dx at x = 1 (the current token count)
+        return np.asarray(rates)
+
+    def next_weights(self, space: DomainSpace, history: History) -> Weights:
+        prior = space.priors()
+        r = self.rates(space, history)
+        if r is None or r.sum() <= 0:
+            return Weights.from_raw(prior)
+        return Weights.from_raw((1 - self.smoothing) * r / r.sum() + self.smoothing * prior)

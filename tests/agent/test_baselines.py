@@ -13,7 +13,7 @@ from mixagent.agent.baselines import (
     UniformPolicy,
     build_baseline,
 )
-from mixagent.agent.online_rules import DoReMiPolicy, ODMPolicy
+from mixagent.agent.online_rules import ADOPolicy, DoReMiPolicy, ODMPolicy
 from mixagent.trajectories import ContractError, DomainSpace, Feedback, History
 from tests.agent.policy_tester import SPACES, check_policy
 
@@ -26,6 +26,7 @@ CASES = [
     (DoReMiPolicy(), {"eta": 1.0, "smoothing": 1e-3, "average": False}),
     (DoReMiPolicy(eta=5.0, average=True), {"eta": 5.0, "smoothing": 1e-3, "average": True}),
     (ODMPolicy(), {"reward_scale": 10.0}),
+    (ADOPolicy(), {"smoothing": 0.2, "min_points": 3}),
 ]
 
 
@@ -37,7 +38,7 @@ def test_policy_contract(policy, params, tmp_path):
 
 
 def test_every_rule_is_registered():
-    assert sorted(BASELINES) == ["doremi", "fixed-target-share", "loss-softmax", "odm", "prior", "uniform"]
+    assert sorted(BASELINES) == ["ado", "doremi", "fixed-target-share", "loss-softmax", "odm", "prior", "uniform"]
 
 
 SPACE = SPACES[0]  # web 5, code 2, books 1 (source); proofs 1 (target)
@@ -96,7 +97,7 @@ def test_loss_softmax_rule():
 
 def test_build_baseline_names_unknown_rules_and_parameters():
     assert build_baseline("fixed-target-share", {"target_share": 0.2}).params == {"target_share": 0.2}  # type: ignore[attr-defined]
-    with pytest.raises(ContractError, match=r"unknown baseline 'nope'; known: \['doremi', 'fixed-target-share'"):
+    with pytest.raises(ContractError, match=r"unknown baseline 'nope'; known: \['ado', 'doremi', 'fixed-target-share'"):
         build_baseline("nope")
     with pytest.raises(ContractError, match=r"\['beta'\] are not parameters of 'loss-softmax' "
                                             r"\(it takes \['relative', 'temperature'\]\)"):

@@ -59,3 +59,24 @@ def test_odm_explores_uniformly_then_exploits_the_cumulative_reward():
     # a short run of few steps stays uniform: exploration first
     short = _history([[2.0, 1.5, 4.0], [2.5, 1.4, 3.0]], [0, 3])
     assert ODMPolicy().next_weights(SPACE, short).values == pytest.approx([1 / 3] * 3)
+
+
+def test_the_power_law_fit_recovers_a_curve_and_ado_follows_the_fastest_improver():
+    from mixagent.agent.online_rules import ALPHA_GRID, ADOPolicy, fit_power_law
+
+    a = float(ALPHA_GRID[40])  # on the grid, so the fit is exact
+    x = np.array([0.25, 0.5, 0.75, 1.0])
+    eps, beta, alpha = fit_power_law(x, 1.0 + 2.0 * x ** -a)
+    assert (eps, beta, alpha) == pytest.approx((1.0, 2.0, a), rel=1e-6)
+    # web improves along 1 + 2·x^-a, code is flat, proofs along 2 + 1·x^-a: rates 2a, 0, a
+    losses = [[3.0, 3.0, 3.0]] + [[1 + 2 * v ** -a, 1.5, 2 + v ** -a] for v in x]
+    h = _history(losses, [0, 10, 20, 30, 40])  # tokens 0, 1000, ..., 4000: x = n / 4000 as above
+    rates = ADOPolicy().rates(SPACE, h)
+    assert rates == pytest.approx([2 * a, 0.0, a], abs=1e-6)
+    want = 0.8 * np.array([2 / 3, 0.0, 1 / 3]) + 0.2 * np.array([0.5, 0.25, 0.25])
+    assert ADOPolicy().next_weights(SPACE, h).values == pytest.approx(want, abs=1e-6)
+    # before three fitted points (the start is not on the curve): the prior
+    assert ADOPolicy().next_weights(SPACE, _history(losses[:3], [0, 10, 20])).values == pytest.approx(
+        [0.5, 0.25, 0.25])
+    with pytest.raises(ContractError, match="min_points: must be an integer >= 3"):
+        ADOPolicy(min_points=2)

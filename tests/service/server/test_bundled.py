@@ -103,6 +103,6 @@ def test_the_fallback_baseline_is_configurable(tmp_path, bundle):
 
 def test_an_unknown_fallback_is_refused_at_start_up():
     with pytest.raises(ValidationError, match=r"fallback_policy\n.*'nosuch' is not a built-in baseline; use one of "
-                                              r"\['doremi', 'fixed-target-share', 'loss-softmax', 'odm', 'prior', "
-                                              r"'uniform'\]"):
+                                              r"\['ado', 'doremi', 'fixed-target-share', 'loss-softmax', 'odm', "
+                                              r"'prior', 'uniform'\]"):
         Settings(fallback_policy="nosuch")
