@@ -10,7 +10,7 @@ renormalises once and lifts every domain to the contract's floor, so no domain i
 | `prior`              | ``w_k ∝ prior_k``                                                 |
 | `fixed-target-share` | target fields get ``s`` in total, the source field ``1-s``        |
 | `loss-softmax`       | ``w_k ∝ prior_k · exp(ℓ_k(t) / (τ · ℓ_k(0)))``                    |
-| `doremi`, `odm`, `ado` | the online rules of :mod:`mixagent.agent.online_rules`          |
+| `doremi`, `odm`, `ado`, `velocitune` | the online rules of :mod:`mixagent.agent.online_rules` |
 """
 
 from __future__ import annotations
@@ -149,9 +149,14 @@ class LossSoftmaxPolicy:
 
 
 def _online_rules() -> tuple[type[Any], ...]:
-    from mixagent.agent.online_rules import ADOPolicy, DoReMiPolicy, ODMPolicy  # noqa: PLC0415 - own module
+    from mixagent.agent.online_rules import (  # noqa: PLC0415 - a module of their own
+        ADOPolicy,
+        DoReMiPolicy,
+        ODMPolicy,
+        VelocitunePolicy,
+    )
 
-    return DoReMiPolicy, ODMPolicy, ADOPolicy
+    return DoReMiPolicy, ODMPolicy, ADOPolicy, VelocitunePolicy
 
 
 _RULES: tuple[Any, ...] = (UniformPolicy, PriorPolicy, FixedTargetSharePolicy, LossSoftmaxPolicy, *_online_rules())

@@ -10,6 +10,7 @@ service's feedback carries no training losses); ``../shared/METHODS.md`` gives t
 |----------|------------------------------------------------------------------------------------|
 | `doremi` | ``λ = max(ℓ(s) − ℓ(0), 0)``; ``α ← (1−c)·normalise(α ⊙ exp(η·λ)) + c/K``, α₀ = prior |
 | `odm`    | ``R ← R + n_s·ℓ(s)/10``; ``w ∝ exp(ε_prev·R)``, mixed ``(1 − K·ε)·w + ε``           |
+| `velocitune` | ``V = clamp((ℓ(s) − ℓ*)/(ℓ(0) − ℓ*), 0, 1)``, ℓ* the fitted asymptote; ``w ← normalise(w ⊙ exp(V))`` |
 | `ado`    | per domain ``L(n) = ε + β·n^(−α)`` fitted to its losses; ``w ∝ (1−s)·rate + s·prior``, rate = ``−dL/dn`` |
 
 ODM's exploration rate is ``ε_t = min(1/K, √(ln K/(K·t)))`` at optimizer step t.
@@ -24,7 +25,7 @@ import numpy as np
 
 from mixagent.trajectories.contract import ContractError, DomainSpace, History, Weights
 
-__all__ = ["DoReMiPolicy", "ODMPolicy", "ADOPolicy", "fit_power_law"]
+__all__ = ["DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy", "fit_power_law"]
 
 ALPHA_GRID = np.geomspace(0.05, 3.0, 80)
 """The exponents :func:`fit_power_law` tries (for each, ε and β are a linear least-squares fit)."""
@@ -188,3 +189,51 @@ class ADOPolicy:
         if r is None or r.sum() <= 0:
             return Weights.from_raw(prior)
         return Weights.from_raw((1 - self.smoothing) * r / r.sum() + self.smoothing * prior)
+
+
+class VelocitunePolicy:
+    """Velocitune: each domain's *learning velocity* ``V_k = clamp((ℓ_k(s) − ℓ*_k)/(ℓ_k(0) − ℓ*_k), 0, 1)``
+    (1: still at its start loss, 0: at its target), with the target ``ℓ*_k`` the asymptote ``ε_k``
+    of a power law fitted to the domain's losses so far (:func:`fit_power_law`), and after each stage
+    from the ``min_points``-th on ``w ← normalise(w ⊙ exp(V))``, from the prior: the domains furthest
+    from their target get more. Before the fit has its points, the prior."""
+
+    name = "velocitune"
+
+    def __init__(self, min_points: int = 3):
+        if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 3:
+            raise ContractError(f"min_points: must be an integer >= 3 (three parameters are fitted), got "
+                                f"{min_points!r}")
+        self.min_points = min_points
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"min_points": self.min_points}
+
+    def initial_weights(self, space: DomainSpace) -> Weights:
+        return Weights.from_raw(space.priors())
+
+    def velocities(self, space: DomainSpace, history: History, upto: int) -> np.ndarray | None:
+        """Each domain's velocity after feedback ``upto`` (None before the fit has its points)."""
+        points = [fb for fb in history.feedback[1:upto + 1] if fb.tokens_seen > 0]
+        if len(points) < self.min_points:
+            return None
+        x = np.array([fb.tokens_seen for fb in points], dtype=float)
+        x = x / x[-1]
+        start = _losses(history, space, 0)
+        now = _losses(history, space, upto)
+        v = []
+        for k, name in enumerate(space.names):
+            target, _, _ = fit_power_law(x, np.array([fb.domain_losses[name] for fb in points], dtype=float))
+            gap = start[k] - target
+            v.append(float(np.clip((now[k] - target) / gap, 0.0, 1.0)) if gap > 1e-12 else 0.0)
+        return np.asarray(v)
+
+    def next_weights(self, space: DomainSpace, history: History) -> Weights:
+        w = space.priors().copy()
+        for s in range(1, len(history.feedback)):
+            v = self.velocities(space, history, s)
+            if v is not None:
+                w = w * np.exp(v)
+                w = w / w.sum()
+        return Weights.from_raw(w)

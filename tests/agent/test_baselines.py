@@ -13,7 +13,7 @@ from mixagent.agent.baselines import (
     UniformPolicy,
     build_baseline,
 )
-from mixagent.agent.online_rules import ADOPolicy, DoReMiPolicy, ODMPolicy
+from mixagent.agent.online_rules import ADOPolicy, DoReMiPolicy, ODMPolicy, VelocitunePolicy
 from mixagent.trajectories import ContractError, DomainSpace, Feedback, History
 from tests.agent.policy_tester import SPACES, check_policy
 
@@ -27,6 +27,7 @@ CASES = [
     (DoReMiPolicy(eta=5.0, average=True), {"eta": 5.0, "smoothing": 1e-3, "average": True}),
     (ODMPolicy(), {"reward_scale": 10.0}),
     (ADOPolicy(), {"smoothing": 0.2, "min_points": 3}),
+    (VelocitunePolicy(), {"min_points": 3}),
 ]
 
 
@@ -38,7 +39,8 @@ def test_policy_contract(policy, params, tmp_path):
 
 
 def test_every_rule_is_registered():
-    assert sorted(BASELINES) == ["ado", "doremi", "fixed-target-share", "loss-softmax", "odm", "prior", "uniform"]
+    assert sorted(BASELINES) == ["ado", "doremi", "fixed-target-share", "loss-softmax", "odm", "prior", "uniform",
+                                 "velocitune"]
 
 
 SPACE = SPACES[0]  # web 5, code 2, books 1 (source); proofs 1 (target)

@@ -80,3 +80,23 @@ def test_the_power_law_fit_recovers_a_curve_and_ado_follows_the_fastest_improver
         [0.5, 0.25, 0.25])
     with pytest.raises(ContractError, match="min_points: must be an integer >= 3"):
         ADOPolicy(min_points=2)
+
+
+def test_velocitune_upweights_the_domains_furthest_from_their_fitted_target():
+    from mixagent.agent.online_rules import ALPHA_GRID, VelocitunePolicy
+
+    a = float(ALPHA_GRID[40])
+    x = np.array([0.25, 0.5, 0.75, 1.0])
+    # web on 1 + 2·x^-a (target 1), code on 1.5 + 0·x (flat: start 1.6, target 1.5 → velocity 0),
+    # proofs on 2 + x^-a (target 2); start losses 4.0, 1.6, 3.5
+    losses = [[4.0, 1.6, 3.5]] + [[1 + 2 * v ** -a, 1.5, 2 + v ** -a] for v in x]
+    h = _history(losses, [0, 10, 20, 30, 40])
+    p = VelocitunePolicy()
+    v3 = p.velocities(SPACE, h, 3)  # fitted on the first three points (tokens 1000..3000, x = n/3000)
+    v4 = p.velocities(SPACE, h, 4)
+    assert p.velocities(SPACE, h, 2) is None
+    # (ℓ_now − ε)/(ℓ_0 − ε), ℓ_now at x = 1: web (3 − 1)/(4 − 1), proofs (3 − 2)/(3.5 − 2)
+    assert v4 == pytest.approx([2 / 3, 0.0, 2 / 3], abs=1e-6)
+    w = np.array([0.5, 0.25, 0.25]) * np.exp(v3)
+    w = w / w.sum() * np.exp(v4)
+    assert p.next_weights(SPACE, h).values == pytest.approx(w / w.sum(), abs=1e-6)

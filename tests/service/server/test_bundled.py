@@ -104,5 +104,5 @@ def test_the_fallback_baseline_is_configurable(tmp_path, bundle):
 def test_an_unknown_fallback_is_refused_at_start_up():
     with pytest.raises(ValidationError, match=r"fallback_policy\n.*'nosuch' is not a built-in baseline; use one of "
                                               r"\['ado', 'doremi', 'fixed-target-share', 'loss-softmax', 'odm', "
-                                              r"'prior', 'uniform'\]"):
+                                              r"'prior', 'uniform', 'velocitune'\]"):
         Settings(fallback_policy="nosuch")

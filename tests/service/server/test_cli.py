@@ -113,7 +113,8 @@ def test_invalid_settings_are_one_line(env, monkeypatch):
 def test_an_unknown_fallback_policy_is_one_line(env, monkeypatch):
     monkeypatch.setenv("MIXAGENT_FALLBACK_POLICY", "nosuch")
     _one_line_error(_run("serve"), "invalid settings: fallback_policy: 'nosuch' is not a built-in baseline; use one "
-                    "of ['ado', 'doremi', 'fixed-target-share', 'loss-softmax', 'odm', 'prior', 'uniform']")
+                    "of ['ado', 'doremi', 'fixed-target-share', 'loss-softmax', 'odm', 'prior', 'uniform', "
+                    "'velocitune']")
     assert env == []
 
 

@@ -34,9 +34,9 @@ def _load(client, path: str):  # type: ignore[no-untyped-def]
 
 def test_builtins_are_listed_and_uniform_is_the_default(client):
     data = client.get("/v1/policies", headers=auth()).json()
-    assert data["count"] == 7
+    assert data["count"] == 8
     assert {p["name"] for p in data["data"]} == {"uniform", "prior", "fixed-target-share", "loss-softmax", "doremi",
-                                                 "odm", "ado"}
+                                                 "odm", "ado", "velocitune"}
     default = [p for p in data["data"] if p["default"]]
     assert [p["name"] for p in default] == ["uniform"]
     assert all(p["kind"] == "builtin" and p["current"] for p in data["data"])
