@@ -84,6 +84,8 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
         self._rng = np.random.default_rng(seed)
         self._cursors = [0] * len(self.names)
         self._draws = 0
+        self._epoch_start = 0
+        """Draws before the current iteration (epoch): ``num_samples`` counts per iteration."""
         self._recent: deque[tuple[Mapping[str, Any], tuple[int, ...], list[float]]] = deque(maxlen=RECENT_DRAWS)
         """Per recent draw: the generator state and cursors before it, and the weights it used."""
         self._replay: list[list[float]] = []
@@ -111,7 +113,10 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
         rng = self._rng if info is None else np.random.default_rng([self.seed, 1 + offset, self._draws])
         cursors = self._cursors if info is None else [0] * len(self.names)
         iterators: dict[int, Iterator[Any]] = {}
-        budget = None if self.num_samples is None else max(0, self.num_samples - (self._draws if info is None else 0))
+        if info is None and self.num_samples is not None and self._draws - self._epoch_start >= self.num_samples:
+            self._epoch_start = self._draws  # the last iteration was complete: a new one starts
+        done = self._draws - self._epoch_start if info is None else 0  # a resumed iteration goes on
+        budget = None if self.num_samples is None else max(0, self.num_samples - done)
         while budget is None or budget > 0:
             w = np.asarray(self._replay.pop(0)) if info is None and self._replay else self._shared.numpy()
             if info is None:
@@ -174,8 +179,8 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
             rng, cursors = recent[0][0], list(recent[0][1])
             replay = [w for _, _, w in recent]
         return {"version": STATE_VERSION, "names": list(self.names), "rng": rng, "cursors": cursors,
-                "draws": self._draws - behind, "weights": self._shared.tolist(), "replay": replay,
-                "seed": self.seed}
+                "draws": self._draws - behind, "epoch_start": min(self._epoch_start, self._draws - behind),
+                "weights": self._shared.tolist(), "replay": replay, "seed": self.seed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue exactly where ``state`` was taken (same sources, same domains in the same order)."""
@@ -189,6 +194,7 @@ class LiveMixtureDataset(IterableDataset):  # type: ignore[type-arg]  # torch's 
         self._rng.bit_generator.state = state["rng"]
         self._cursors = [int(c) for c in state["cursors"]]
         self._draws = int(state["draws"])
+        self._epoch_start = int(state.get("epoch_start", 0))
         self._replay = [list(w) for w in state.get("replay", [])]
         self._recent.clear()
         self.set_weights(list(state["weights"]))

@@ -94,3 +94,17 @@ def test_bad_input_is_named():
     other = LiveMixtureDataset({"web": _sources()["web"]}, seed=0)
     with pytest.raises(ValueError, match=r"saved for domains \['web', 'code', 'proofs'\]"):
         other.load_state_dict(mix.state_dict())
+
+
+def test_num_samples_counts_per_iteration_and_a_resume_finishes_its_iteration():
+    mix = LiveMixtureDataset(_sources(), seed=2, num_samples=10)
+    first, second = [x["id"] for x in mix], [x["id"] for x in mix]
+    assert len(first) == len(second) == 10 and first != second  # a second epoch, not an empty one
+    fresh = LiveMixtureDataset(_sources(), seed=2, num_samples=10)
+    it = iter(fresh)
+    head = [next(it)["id"] for _ in range(4)]
+    state = fresh.state_dict()
+    resumed = LiveMixtureDataset(_sources(), seed=2, num_samples=10)
+    resumed.load_state_dict(state)
+    assert head + [x["id"] for x in resumed] == first  # the rest of the interrupted iteration
+    assert [x["id"] for x in resumed] == second
