@@ -126,6 +126,22 @@ class ODMPolicy:
         return Weights.from_raw((1 - k * eps) * w + eps)
 
 
+def _min_points(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 3:
+        raise ContractError(f"min_points: must be an integer >= 3 (three parameters are fitted), got {value!r}")
+    return value
+
+
+def _curve_points(history: History, upto: int, min_points: int) -> tuple[list[Any], np.ndarray] | None:
+    """The feedbacks 1..``upto`` with tokens trained, and their token counts in units of the last
+    one (the start is not on a power-law curve); None while fewer than ``min_points``."""
+    points = [fb for fb in history.feedback[1:upto + 1] if fb.tokens_seen > 0]
+    if len(points) < min_points:
+        return None
+    n = np.array([fb.tokens_seen for fb in points], dtype=float)
+    return points, n / n[-1]
+
+
 def fit_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:
     """``(ε, β, α)`` of ``L(n) = ε + β·n^(−α)`` with β ≥ 0 closest to ``loss`` in least squares:
     for each α of :data:`ALPHA_GRID` the best (ε, β) is linear, so the fit is exact per α and
@@ -156,10 +172,7 @@ class ADOPolicy:
 
     def __init__(self, smoothing: float = 0.2, min_points: int = 3):
         self.smoothing = _positive("smoothing", smoothing, zero_ok=True, below_one=True)
-        if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 3:
-            raise ContractError(f"min_points: must be an integer >= 3 (three parameters are fitted), got "
-                                f"{min_points!r}")
-        self.min_points = min_points
+        self.min_points = _min_points(min_points)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -170,12 +183,10 @@ class ADOPolicy:
 
     def rates(self, space: DomainSpace, history: History) -> np.ndarray | None:
         """Each domain's fitted rate of improvement now, or None before ``min_points`` feedbacks."""
-        points = [fb for fb in history.feedback[1:] if fb.tokens_seen > 0]
-        if len(points) < self.min_points:
+        curve = _curve_points(history, len(history.feedback) - 1, self.min_points)
+        if curve is None:
             return None
-        n = np.array([fb.tokens_seen for fb in points], dtype=float)
-        scale = n[-1]
-        x = n / scale  # fitted in units of the current token count: rates are compared, not absolute
+        points, x = curve  # in units of the current token count: rates are compared, not absolute
         rates = []
         for name in space.names:
             loss = np.array([fb.domain_losses[name] for fb in points], dtype=float)
@@ -201,10 +212,7 @@ class VelocitunePolicy:
     name = "velocitune"
 
     def __init__(self, min_points: int = 3):
-        if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 3:
-            raise ContractError(f"min_points: must be an integer >= 3 (three parameters are fitted), got "
-                                f"{min_points!r}")
-        self.min_points = min_points
+        self.min_points = _min_points(min_points)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -215,11 +223,10 @@ class VelocitunePolicy:
 
     def velocities(self, space: DomainSpace, history: History, upto: int) -> np.ndarray | None:
         """Each domain's velocity after feedback ``upto`` (None before the fit has its points)."""
-        points = [fb for fb in history.feedback[1:upto + 1] if fb.tokens_seen > 0]
-        if len(points) < self.min_points:
+        curve = _curve_points(history, upto, self.min_points)
+        if curve is None:
             return None
-        x = np.array([fb.tokens_seen for fb in points], dtype=float)
-        x = x / x[-1]
+        points, x = curve
         start = _losses(history, space, 0)
         now = _losses(history, space, upto)
         v = []
