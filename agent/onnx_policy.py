@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mixagent.agent.card import CARD_FILE, ArtifactError, PolicyCard, read_card
+from mixagent.agent.onnx_batch import OnnxBatcher
 from mixagent.trajectories.contract import (
     ContractError,
     DomainSpace,
@@ -47,6 +48,7 @@ __all__ = [
     "OnnxPolicy",
     "OnnxSetPolicy",
     "decide",
+    "decide_async",
     "load_artifact",
     "probe_policy",
 ]
@@ -80,6 +82,17 @@ def decide(policy: MixingPolicy, space: DomainSpace, history: History) -> Guarde
     return GuardedDecision(policy.next_weights(space, history))
 
 
+async def decide_async(policy: MixingPolicy, space: DomainSpace, history: History) -> GuardedDecision:
+    """:func:`decide` for a caller on an event loop: a learned policy whose network runs batched
+    (:class:`~mixagent.agent.onnx_batch.OnnxBatcher`) awaits it; any other decides at once. The
+    decision is the one :func:`decide` gives."""
+    method = getattr(policy, "decide_async", None)
+    if method is not None:
+        result: GuardedDecision = await method(space, history)
+        return result
+    return decide(policy, space, history)
+
+
 def _first_feedback(space: DomainSpace) -> History:
     """A history holding only a start evaluation: every relative feature is 0 there, so it encodes
     exactly like any real run's start (the scores themselves never reach the observation)."""
@@ -99,9 +112,9 @@ class TrainingRange:
         self.names = names
 
     def problem(self, x: np.ndarray, what: str = "observation", rows: tuple[str, ...] = ()) -> str | None:
-        bad = np.argwhere((x < self._lo) | (x > self._hi))
-        if bad.size == 0:
+        if ((x >= self._lo) & (x <= self._hi)).all():  # the common case, without argwhere's cost
             return None
+        bad = np.argwhere((x < self._lo) | (x > self._hi))
         first = tuple(int(i) for i in bad[0])
         k = first[-1]
         feature = self.names[k] if self.names else str(k)
@@ -141,6 +154,19 @@ class _GuardedNetwork:
             problem = got
         return _fallback_decision(self.fallback, space, history, problem)
 
+    async def decide_async(self, space: DomainSpace, history: History) -> GuardedDecision:
+        """:meth:`decide` with the network call awaited (batched with concurrent decisions)."""
+        problem = self.card.space_problem(space)
+        if problem is None:
+            got = await self._learned_async(space, history if history.feedback else _first_feedback(space))
+            if isinstance(got, Weights):
+                return GuardedDecision(got)
+            problem = got
+        return _fallback_decision(self.fallback, space, history, problem)
+
+    async def _learned_async(self, space: DomainSpace, history: History) -> Weights | str:
+        return self._learned(space, history)
+
     def initial_weights(self, space: DomainSpace) -> Weights:
         return self.decide(space, History(space=space)).weights
 
@@ -158,9 +184,10 @@ class OnnxPolicy(_GuardedNetwork):
     start of a run, whose observation does not depend on the scores."""
 
     def __init__(self, session: Any, card: PolicyCard, horizon: int, objective: Objective,
-                 fallback: MixingPolicy):
+                 fallback: MixingPolicy, batcher: OnnxBatcher | None = None):
         super().__init__(session, card, horizon, objective, fallback)
         self._input = session.get_inputs()[0].name
+        self._batcher = batcher or OnnxBatcher(session, self._input)
         self._range = (TrainingRange(card.observation_low, card.observation_high)
                        if card.observation_low is not None and card.observation_high is not None else None)
 
@@ -175,6 +202,14 @@ class OnnxPolicy(_GuardedNetwork):
         obs = self.observation(history)
         problem = self._range.problem(obs) if self._range is not None else None
         return problem or action_to_weights(self.act(obs), space, self.card.action)
+
+    async def _learned_async(self, space: DomainSpace, history: History) -> Weights | str:
+        obs = self.observation(history)
+        problem = self._range.problem(obs) if self._range is not None else None
+        if problem:
+            return problem
+        action = np.asarray(await self._batcher.run(obs), dtype=np.float64)
+        return action_to_weights(action, space, self.card.action)
 
 
 class OnnxSetPolicy(_GuardedNetwork):
@@ -297,13 +332,16 @@ def _load_onnx(folder: Path, card: PolicyCard, fallback: MixingPolicy) -> Policy
     else:
         _check_vector_io(path, folder, card, session)
     objectives = card.objective_range
+    # one batcher per session: the runs it serves share its batches
+    batcher = None if card.domain_set else OnnxBatcher(session, session.get_inputs()[0].name)
 
     def factory(space: DomainSpace, horizon: int, objective: Objective | None = None) -> MixingPolicy:
         objective = objective or Objective()
         if objectives is not None:
             objectives.check(objective, space, card.ref)
-        policy = OnnxSetPolicy if card.domain_set else OnnxPolicy
-        return policy(session, card, horizon, objective, fallback)
+        if card.domain_set:
+            return OnnxSetPolicy(session, card, horizon, objective, fallback)
+        return OnnxPolicy(session, card, horizon, objective, fallback, batcher)
 
     return factory
 

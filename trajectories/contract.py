@@ -265,7 +265,7 @@ class Weights(_Frozen):
                 u = 1.0 / v.size
                 a = (floor - lo) / (u - lo)
                 v = (1 - a) * v + a * u
-        return cls(values=tuple(float(x) for x in v / v.sum()))
+        return cls(values=tuple((v / v.sum()).tolist()))
 
     @classmethod
     def of(cls, space: DomainSpace, mapping: Mapping[str, float]) -> Weights:

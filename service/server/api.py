@@ -167,7 +167,7 @@ async def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, stor
     below the last reported, or a feedback after the run's horizon+1, is a 409.
     """
     if store.inline:
-        state, decision, replayed = store.post_feedback(owner=caller.principal, run_id=run_id, fb=body)
+        state, decision, replayed = await store.post_feedback_grouped(owner=caller.principal, run_id=run_id, fb=body)
     else:
         state, decision, replayed = await run_in_threadpool(
             store.post_feedback, owner=caller.principal, run_id=run_id, fb=body)

@@ -6,6 +6,7 @@ default development token is refused, so a deployed service never runs with a kn
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,6 +20,7 @@ DEV_TOKEN = "mixagent-dev-token"
 """Accepted (with a warning) only when ``environment`` is ``local``."""
 
 
+@functools.lru_cache(maxsize=1024)
 def principal_of(token: str) -> str:
     """The id a run's owner is stored under: a hash, so the database never holds a token."""
     return hashlib.sha256(token.encode()).hexdigest()[:24]

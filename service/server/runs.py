@@ -36,6 +36,7 @@ of decisions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -43,15 +44,17 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mixagent.agent.onnx_policy import GuardedDecision, decide
+from mixagent.agent.onnx_policy import GuardedDecision, decide, decide_async
 from mixagent.service.server.errors import Conflict, NotFound, Unprocessable
+from mixagent.service.server.group_commit import GroupCommit
 from mixagent.service.server.metrics import Metrics
 from mixagent.service.server.models import DecisionRow, RunRow
 from mixagent.service.server.policy_versions import PolicyVersions
@@ -195,6 +198,8 @@ class RunState:
     decider: MixingPolicy | None = field(default=None, repr=False)
     """The run's policy, built for its horizon, objective and space (on first use after a load)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    busy: asyncio.Future[None] | None = field(default=None, repr=False)
+    """Done when the feedback being decided and written on the event loop is (group commit only)."""
 
     _by_step: dict[int, StoredDecision] = field(default_factory=dict, repr=False)
     _by_id: dict[str, StoredDecision] = field(default_factory=dict, repr=False)
@@ -256,6 +261,19 @@ def _owned(state: RunState | None, owner: str | None, run_id: str) -> RunState:
     return state
 
 
+class _Begun(NamedTuple):
+    feedback: Feedback
+    trained: Weights | None
+    """The mixture the feedback says it trained on (None: the last one served)."""
+    decider: MixingPolicy
+
+
+class _Prepared(NamedTuple):
+    decision: StoredDecision
+    row: dict[str, Any] | None
+    """The decision's row to insert; None when the decision is a recorded one (a replay)."""
+
+
 def _weights_json(w: Weights) -> str:
     return json.dumps(list(w.values))
 
@@ -286,6 +304,8 @@ class RunStore:
         # collide, so writers of this process queue on a lock instead.
         self.write_lock: threading.Lock | None = threading.Lock() if sqlite else None
         """This process's SQLite writers queue here (and the WAL checkpointer takes it to truncate)."""
+        self.group = GroupCommit(self.engine, _INSERT_DECISION, self.write_lock)
+        """Decision rows of one event-loop turn committed together (:meth:`post_feedback_grouped`)."""
         self.policies = PolicyVersions(sessions, registry, metrics, self.write_lock)
         """Which version of each policy is current, and the recorded artifacts (one truth in the database)."""
 
@@ -510,19 +530,57 @@ class RunStore:
         state, loaded = self._get(owner, run_id)
         for _attempt in range(3):
             with state.lock:
-                result = self._decide(state, fb, payload_hash, cached=not loaded)
-            if result is not None:
-                return state, result[0], result[1]
+                got = self._prepared(state, fb, payload_hash, cached=not loaded)
+                if got is not None and got.row is not None and not self._write_one(state, got.row):
+                    got = None
+                if got is not None:
+                    return state, self._recorded(state, got), got.row is None
             # the cached run is behind the database (another replica or worker wrote, or minted the
             # mixture the trainer names): read it again and apply the rules to what is there
             state, loaded = self.fresh(owner=owner, run_id=run_id), True
         raise Conflict(f"step: concurrent writers kept conflicting on run {run_id!r}; retry")
 
-    def _decide(self, state: RunState, fb: FeedbackIn, payload_hash: str,
-                cached: bool) -> tuple[StoredDecision, bool] | None:
-        """The decision for ``fb`` (and whether it is a replay), or None when ``state`` may be behind
-        the database: a ``cached`` state that does not know the mixture ``fb`` names, or an insert
-        that collided with another writer's decision."""
+    async def post_feedback_grouped(self, *, owner: str, run_id: str,
+                                    fb: FeedbackIn) -> tuple[RunState, StoredDecision, bool]:
+        """:meth:`post_feedback` on the event loop with the new decision's row committed by
+        :attr:`group` together with those of the other feedbacks of this loop turn (SQLite only).
+
+        A run's feedbacks are decided one at a time (:attr:`RunState.busy`, on the loop in place
+        of the thread lock): one that arrives while the run's previous one is being decided or
+        written (a trainer's retry) waits for it first."""
+        payload_hash = stable_hash(fb.model_dump())
+        state, loaded = self._get(owner, run_id)
+        for _attempt in range(3):
+            while state.busy is not None:
+                await asyncio.wait([state.busy])
+                state, loaded = self._get(owner, run_id)  # a failed decision dropped it from the cache
+            busy = state.busy = asyncio.get_running_loop().create_future()
+            try:
+                got = await self._prepared_async(state, fb, payload_hash, cached=not loaded)
+                if got is not None and got.row is not None:
+                    try:
+                        await self.group.submit(got.row)
+                    except IntegrityError:
+                        self.forget(state.id)
+                        got = None
+                    except BaseException:
+                        self.forget(state.id)
+                        raise
+            finally:
+                state.busy = None
+                busy.set_result(None)
+            if got is not None:
+                return state, self._recorded(state, got), got.row is None
+            state, loaded = self.fresh(owner=owner, run_id=run_id), True
+        raise Conflict(f"step: concurrent writers kept conflicting on run {run_id!r}; retry")
+
+    def _prepare(self, state: RunState, fb: FeedbackIn, payload_hash: str,
+                 cached: bool) -> _Prepared | _Begun | None:
+        """The rules of the loop before the policy decides: the recorded decision of a replayed step
+        (``row`` None), or what the policy needs for a new one (:class:`_Begun`); None when ``state``
+        may be behind the database (a ``cached`` state that does not know the mixture ``fb``
+        names). Once a new decision is in the run's history, its row must be committed or the run
+        forgotten."""
         d = state.by_step().get(fb.step)
         if d is not None:
             if d.payload_hash != payload_hash:
@@ -530,8 +588,7 @@ class RunStore:
                     f"step: step {fb.step} of run {state.id} was already recorded with a different "
                     "payload; a retry must resend the same feedback"
                 )
-            self.metrics.replays.inc()
-            return d, True
+            return _Prepared(d, None)
         if state.decisions and fb.step <= state.decisions[-1].step:
             raise Conflict(
                 f"step: {fb.step} does not come after the last recorded step {state.decisions[-1].step} "
@@ -561,47 +618,95 @@ class RunStore:
                 if cached:
                     return None
                 raise Conflict(f"mixture_id: {fb.mixture_id!r} is not a mixture of run {state.id}")
-        decider = self._decider(state)
-        history = state.history if state.history is not None else state.rebuild_history()
+        return _Begun(feedback, trained, self._decider(state))
+
+    def _prepared(self, state: RunState, fb: FeedbackIn, payload_hash: str, cached: bool) -> _Prepared | None:
+        """:meth:`_prepare` with the decision made here (for a caller off the event loop)."""
+        begun = self._prepare(state, fb, payload_hash, cached)
+        if not isinstance(begun, _Begun):
+            return begun
+        with self._deciding(state):
+            history = self._record_feedback(state, begun)
+            return self._new_decision(state, fb, payload_hash, begun, decide(begun.decider, state.space, history))
+
+    async def _prepared_async(self, state: RunState, fb: FeedbackIn, payload_hash: str,
+                              cached: bool) -> _Prepared | None:
+        """:meth:`_prepared` with the policy awaited (a learned policy batches its network calls)."""
+        begun = self._prepare(state, fb, payload_hash, cached)
+        if not isinstance(begun, _Begun):
+            return begun
+        with self._deciding(state):
+            history = self._record_feedback(state, begun)
+            decision = await decide_async(begun.decider, state.space, history)
+            return self._new_decision(state, fb, payload_hash, begun, decision)
+
+    @contextlib.contextmanager
+    def _deciding(self, state: RunState) -> Iterator[None]:
+        """The run's history holds the new feedback meanwhile: on any error the run is forgotten
+        (read again next time), and a contract error is the caller's 422."""
         try:
-            if history.weights and trained is not None:
-                history.weights[-1] = trained
-            history.record_feedback(feedback)
-            decision = _bounded(decide(decider, state.space, history), state.bounds)
-            weights = decision.weights
-            history.record_weights(weights)
+            yield
         except ContractError as e:
             self.forget(state.id)
             raise Unprocessable(str(e)) from None
         except BaseException:
             self.forget(state.id)
             raise
+
+    @staticmethod
+    def _record_feedback(state: RunState, begun: _Begun) -> History:
+        history = state.history if state.history is not None else state.rebuild_history()
+        if history.weights and begun.trained is not None:
+            history.weights[-1] = begun.trained
+        history.record_feedback(begun.feedback)
+        return history
+
+    @staticmethod
+    def _new_decision(state: RunState, fb: FeedbackIn, payload_hash: str, begun: _Begun,
+                      decision: GuardedDecision) -> _Prepared:
+        """The stored decision and its row, after the policy decided; the history gets its weights."""
+        decision = _bounded(decision, state.bounds)
+        weights = decision.weights
+        assert state.history is not None
+        state.history.record_weights(weights)
+        feedback = begun.feedback
         stored = StoredDecision(
             seq=len(state.decisions), step=fb.step, decision_id=uuid.uuid4().hex, payload_hash=payload_hash,
             feedback=feedback, mixture_id=fb.mixture_id, weights=weights, created_at=time.time(),
             served_by=ServedBy.of(decision),
         )
+        return _Prepared(stored, {
+            "run_id": state.id, "seq": stored.seq, "step": stored.step, "decision_id": stored.decision_id,
+            "payload_hash": payload_hash, "feedback_json": feedback.model_dump_json(),
+            "mixture_id": fb.mixture_id, "weights_json": _weights_json(weights),
+            "created_at": stored.created_at, "served_by_json": stored.served_by.to_json(),
+        })
+
+    def _write_one(self, state: RunState, row: dict[str, Any]) -> bool:
+        """Commit one decision's row; False (the run forgotten) when another writer took its place."""
         try:
             # A Core insert of a cached statement on a plain connection: the ORM's unit of work and
             # statement building cost several times the write itself on this hot path.
             with self.write_lock or contextlib.nullcontext(), self.engine.begin() as conn:
-                conn.execute(_INSERT_DECISION, {
-                    "run_id": state.id, "seq": stored.seq, "step": stored.step, "decision_id": stored.decision_id,
-                    "payload_hash": payload_hash, "feedback_json": feedback.model_dump_json(),
-                    "mixture_id": fb.mixture_id, "weights_json": _weights_json(weights),
-                    "created_at": stored.created_at, "served_by_json": stored.served_by.to_json(),
-                })
+                conn.execute(_INSERT_DECISION, row)
         except IntegrityError:
             self.forget(state.id)
-            return None
+            return False
         except BaseException:
             self.forget(state.id)
             raise
-        state.decisions.append(stored)
+        return True
+
+    def _recorded(self, state: RunState, got: _Prepared) -> StoredDecision:
+        """The decision, counted and added to the cached run once its row is committed."""
+        if got.row is None:
+            self.metrics.replays.inc()
+            return got.decision
+        state.decisions.append(got.decision)
         self._remember(state)  # its size grew
         self.metrics.decisions.labels(state.policy_name, state.policy_version).inc()
-        self._count_fallback(state, stored.served_by)
-        return stored, False
+        self._count_fallback(state, got.decision.served_by)
+        return got.decision
 
     def _decider(self, state: RunState) -> MixingPolicy:
         """The run's policy (built on first use after a restart or a reload, with the stored
