@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import IntegrityError
 
-from mixagent.service.server.group_commit import GroupCommit
 from mixagent.service.server import main as server_main
 from mixagent.service.server import registry
+from mixagent.service.server.group_commit import GroupCommit
 from mixagent.service.server.main import open_store
 from mixagent.service.server.models import Base, DecisionRow
 from mixagent.service.server.runs import _INSERT_DECISION
