@@ -123,6 +123,11 @@ class TrainingRange:
                 f"[{self.low[k]:.4g}, {self.high[k]:.4g}]" + (f" ({len(bad)} values)" if len(bad) > 1 else ""))
 
 
+def _seen(space: DomainSpace, history: History) -> History:
+    """The history a network reads: before any feedback, a start evaluation (:func:`_first_feedback`)."""
+    return history if history.feedback else _first_feedback(space)
+
+
 def _fallback_decision(fallback: MixingPolicy, space: DomainSpace, history: History, reason: str) -> GuardedDecision:
     weights = fallback.next_weights(space, history) if history.feedback else fallback.initial_weights(space)
     return GuardedDecision(weights, fallback=fallback.name, reason=reason)
@@ -147,22 +152,18 @@ class _GuardedNetwork:
 
     def decide(self, space: DomainSpace, history: History) -> GuardedDecision:
         problem = self.card.space_problem(space)
-        if problem is None:
-            got = self._learned(space, history if history.feedback else _first_feedback(space))
-            if isinstance(got, Weights):
-                return GuardedDecision(got)
-            problem = got
-        return _fallback_decision(self.fallback, space, history, problem)
+        return self._guarded(space, history, problem or self._learned(space, _seen(space, history)))
 
     async def decide_async(self, space: DomainSpace, history: History) -> GuardedDecision:
         """:meth:`decide` with the network call awaited (batched with concurrent decisions)."""
         problem = self.card.space_problem(space)
-        if problem is None:
-            got = await self._learned_async(space, history if history.feedback else _first_feedback(space))
-            if isinstance(got, Weights):
-                return GuardedDecision(got)
-            problem = got
-        return _fallback_decision(self.fallback, space, history, problem)
+        return self._guarded(space, history, problem or await self._learned_async(space, _seen(space, history)))
+
+    def _guarded(self, space: DomainSpace, history: History, got: Weights | str) -> GuardedDecision:
+        """The network's mixture, or the fallback's with the reason the network could not decide."""
+        if isinstance(got, Weights):
+            return GuardedDecision(got)
+        return _fallback_decision(self.fallback, space, history, got)
 
     async def _learned_async(self, space: DomainSpace, history: History) -> Weights | str:
         return self._learned(space, history)
@@ -198,14 +199,17 @@ class OnnxPolicy(_GuardedNetwork):
         (action,) = self._session.run(None, {self._input: obs[None, :].astype(np.float32)})[:1]
         return np.asarray(action, dtype=np.float64)[0]
 
-    def _learned(self, space: DomainSpace, history: History) -> Weights | str:
+    def _checked(self, history: History) -> tuple[np.ndarray, str | None]:
+        """The observation and, when it falls outside the training ranges, why."""
         obs = self.observation(history)
-        problem = self._range.problem(obs) if self._range is not None else None
+        return obs, self._range.problem(obs) if self._range is not None else None
+
+    def _learned(self, space: DomainSpace, history: History) -> Weights | str:
+        obs, problem = self._checked(history)
         return problem or action_to_weights(self.act(obs), space, self.card.action)
 
     async def _learned_async(self, space: DomainSpace, history: History) -> Weights | str:
-        obs = self.observation(history)
-        problem = self._range.problem(obs) if self._range is not None else None
+        obs, problem = self._checked(history)
         if problem:
             return problem
         action = np.asarray(await self._batcher.run(obs), dtype=np.float64)
