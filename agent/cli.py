@@ -49,11 +49,15 @@ def generate_cmd(
     )] = START_TOLERANCE,
     adopt_corpus: Annotated[bool, typer.Option(
         "--adopt-corpus", help="Let a folder whose records predate provenance take this machine's corpus.")] = False,
+    pool: Annotated[str, typer.Option(
+        help="Per-run data pools: 'draw[:LOW[:HIGH]]' (caps log-uniform per domain and run), 'full' or "
+             "'NAME=CAP,...' (fixed caps); default none (the full train split, as before).")] = "",
 ) -> None:
     """Run the behaviour schedules of the plan in the real env; resumes an existing folder."""
     # lazy: the runner and the env load only when this command runs (`mixagent --help` stays light)
     from mixagent.agent.errors import RunnerError  # noqa: PLC0415
     from mixagent.agent.generate import GenerateConfig, generate  # noqa: PLC0415
+    from mixagent.env.pools import PoolError, parse_pool  # noqa: PLC0415
     from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.schedules import BUILTIN_FAMILIES  # noqa: PLC0415
@@ -67,15 +71,20 @@ def generate_cmd(
     except SettingError as e:
         fail(str(e), 2)
     fams = tuple(f.strip() for f in families.split(",") if f.strip()) or BUILTIN_FAMILIES
+    try:
+        pool_spec = parse_pool(pool)
+    except PoolError as e:
+        fail(str(e), 2)
     cfg = GenerateConfig(
-        out=out, n=n, families=fams, seed=seed, level=cast("Level | None", level or None), workers=workers,
+        out=out, n=n, families=fams, seed=seed, level=cast("Level | None", level or None), pool=pool_spec,
+        workers=workers,
         threads=threads, executor=cast("Executor", executor), ray_address=ray_address or None, cache_dir=cache_dir,
         progress=progress,
         start_tolerance=start_tolerance, adopt_corpus=adopt_corpus,
     )
     try:
         report = generate(cfg, s)
-    except (RunnerError, ContractError) as e:
+    except (RunnerError, ContractError, PoolError) as e:
         fail(str(e), 1)
     per = report.seconds_per_trajectory
     mean = f"; {sum(per) / len(per):.1f} s per trajectory" if per else ""

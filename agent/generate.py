@@ -8,7 +8,9 @@ The plan is a deterministic list of :class:`~mixagent.agent.runner.EpisodeSpec`:
 ``families[i mod F]`` (round-robin, so every prefix of the plan covers the families evenly), seed
 ``SeedSequence([seed, i])``, and schedule parameters drawn from that seed; its trajectory id hashes
 (setting hash, family, parameters, seed). A plan of N items is a prefix of the plan of N' > N
-items, so ``--n`` can grow across sessions.
+items, so ``--n`` can grow across sessions. With a ``pool`` (``env/pools.py``), item i also
+trains on a data pool, its caps drawn from the item's seed (or fixed), and its id hashes them too;
+without one, plans, ids and records are exactly those of a plan that never heard of pools.
 
 ``generate.json`` pins the setting hash, families, seed and level of a folder: a rerun that
 disagrees is refused rather than mixing two plans, and so is a folder holding records that are not
@@ -34,6 +36,7 @@ from mixagent.agent.runner import (
     RunReport,
     run_episodes,
 )
+from mixagent.env.pools import POOL_PARAM, PoolSpec
 from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import SCHEMA_VERSION, stable_hash
 from mixagent.trajectories.policy import Level, PolicyContext
@@ -64,6 +67,8 @@ class GenerateConfig(RunnerConfig):
     """Base seed of the plan (pinned)."""
     level: Level | None = None
     """Schedule level, ``field`` or ``domain``; None: the setting's action level (pinned)."""
+    pool: PoolSpec | None = None
+    """Per-run data pools (drawn or fixed caps per domain); None: the full train split (pinned)."""
 
     def runner(self) -> RunnerConfig:
         return RunnerConfig(**{f.name: getattr(self, f.name) for f in fields(RunnerConfig)})
@@ -76,7 +81,7 @@ def trajectory_id(setting_hash: str, family: str, params: dict[str, Any], seed: 
 
 
 def make_plan(setting: Setting, *, n: int, families: Sequence[str] = BUILTIN_FAMILIES, seed: int = 0,
-              level: Level | None = None) -> list[EpisodeSpec]:
+              level: Level | None = None, pool: PoolSpec | None = None) -> list[EpisodeSpec]:
     """The first ``n`` items of the deterministic plan for ``setting`` (see the module docstring)."""
     if not families:
         raise RunnerError("families: at least one schedule family is needed")
@@ -91,7 +96,12 @@ def make_plan(setting: Setting, *, n: int, families: Sequence[str] = BUILTIN_FAM
         family = families[i % len(families)]
         s = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         params = draw_params(family, ctx, s, index=i // len(families), level=level)
-        plan.append(EpisodeSpec(trajectory_id(h, family, params, s), family, params, s, index=i))
+        if pool is None:
+            plan.append(EpisodeSpec(trajectory_id(h, family, params, s), family, params, s, index=i))
+            continue
+        caps = pool.caps_for(setting.space.names, s)
+        plan.append(EpisodeSpec(trajectory_id(h, family, {**params, POOL_PARAM: caps}, s), family, params, s,
+                                index=i, pool=caps))
     return plan
 
 
@@ -107,16 +117,18 @@ def generate(cfg: GenerateConfig, setting: Setting) -> RunReport:
     runner = cfg.runner()
     runner.check()
     level: Level = cfg.level or setting.action.level
-    plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level)  # checks families
+    plan = make_plan(setting, n=cfg.n, families=cfg.families, seed=cfg.seed, level=level,
+                     pool=cfg.pool)  # checks families and the pool
     # Workers finish out of order, so stored ids may lie a little past the first max(N, stored) items;
     # twice that plus 64 covers any resume history with up to 64 workers.
     held = len(FileStore(cfg.out).list()) if (Path(cfg.out) / "records").is_dir() else 0
     reach = 2 * max(cfg.n, held) + 64
     admitted = frozenset(it.run_id for it in make_plan(setting, n=reach, families=cfg.families, seed=cfg.seed,
-                                                        level=level))
+                                                        level=level, pool=cfg.pool))
     pin = FolderPin(
         "generate.json",
-        pinned={"schema_version": SCHEMA_VERSION, "families": list(cfg.families), "seed": cfg.seed, "level": level},
+        pinned={"schema_version": SCHEMA_VERSION, "families": list(cfg.families), "seed": cfg.seed, "level": level,
+                **({} if cfg.pool is None else {POOL_PARAM: cfg.pool.pinned()})},
         info={"n": cfg.n, "workers": cfg.workers, "threads": cfg.resolved_threads(), "executor": cfg.executor},
         admitted=admitted,
         admitted_what=f"this folder's plan (the first {reach} items of families {list(cfg.families)}, seed {cfg.seed}, "

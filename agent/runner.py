@@ -43,6 +43,7 @@ from mixagent import __version__
 from mixagent.agent.errors import RunnerError
 from mixagent.agent.onnx_policy import load_artifact
 from mixagent.agent.registry import build_policy
+from mixagent.env.pools import POOL_PARAM
 from mixagent.trajectories.contract import Objective, Trajectory, TrajectoryHeader
 from mixagent.trajectories.environment import START_TOLERANCE, FolderEnvironment, ForeignEnvironmentError
 from mixagent.trajectories.policy import MixingPolicy, PolicyContext
@@ -85,7 +86,9 @@ class EpisodeSpec:
 
     ``run_id`` names the record; ``label`` (default: the policy name) and ``params`` go into the
     header as ``schedule`` and ``schedule_params``; ``objective`` (default: the setting's) is both
-    what the policy is built for and the header's objective."""
+    what the policy is built for and the header's objective. ``pool`` (default: none, the full
+    train split) caps each domain's training text for this run (``env/pools.py``); the header
+    records it as ``schedule_params["pool"]``."""
 
     run_id: str
     policy: str
@@ -95,6 +98,7 @@ class EpisodeSpec:
     label: str | None = None
     objective: Objective | None = None
     artifact: str | None = None
+    pool: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ class EpisodeWorker:
             horizon=s.cpt.horizon,
             interval=s.cpt.interval,
             schedule=ep.label or ep.policy,
-            schedule_params=ep.params,
+            schedule_params=ep.params if ep.pool is None else {**ep.params, POOL_PARAM: ep.pool},
             seed=ep.seed,
             package_version=self.version,
         )
@@ -205,7 +209,7 @@ class EpisodeWorker:
         try:
             # Wall times are measured here around the env calls (train + evaluate of each stage).
             t0 = time.perf_counter()
-            self.env.reset(seed=ep.seed)
+            self.env.reset(seed=ep.seed, options=None if ep.pool is None else {"pool": ep.pool})
             start_s = time.perf_counter() - t0
             if partial:
                 partial.start(self.env.history.feedback[0], start_s)

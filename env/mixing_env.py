@@ -9,8 +9,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mixagent.env.backend import CPTBackend
+from mixagent.env.backend import CPTBackend, TokenSampler
 from mixagent.env.base import build_backend
+from mixagent.env.pools import cap_arrays
 from mixagent.env.setting import Setting, load_setting
 from mixagent.trajectories.contract import ContractError, History, Weights
 from mixagent.trajectories.encoding import (
@@ -53,7 +54,10 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Starting State
     ``reset`` restores the base weights from memory (no disk read), a fresh optimizer, and evaluates
-    once: that feedback is the reference every gain is measured against.
+    once: that feedback is the reference every gain is measured against. ``options={"pool": caps}``
+    trains the episode on a data pool (:mod:`mixagent.env.pools`: each domain's train split cut to
+    the fraction ``caps[name]``, evaluation unchanged); without it the full train split is used.
+    :attr:`pool` holds the caps in use (None: the full split).
 
     ## Episode End
     Never terminates; truncates after ``cpt.horizon`` decisions (the token budget is spent).
@@ -103,12 +107,15 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         self._history: History | None = None
         self._t = 0
         self.last_stage_seconds: dict[str, float] = {"train": 0.0, "eval": 0.0}
+        self.pool: dict[str, float] | None = None
+        self._full_sampler = backend.sampler
 
     # ----- gymnasium API -------------------------------------------------------------------------
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        self._use_pool((options or {}).get("pool"))
         self.backend.reset(int(self.np_random.integers(2**62)))
         t0 = time.perf_counter()
         feedback = self.backend.evaluate()
@@ -157,6 +164,21 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._get_obs(), float(b[-1] - b[-2]), False, truncated, info
 
     # ----- helpers -------------------------------------------------------------------------------
+    def _use_pool(self, caps: dict[str, float] | None) -> None:
+        """Point the backend's sampler at the pool ``caps`` (None: the full train split)."""
+        if caps is None:
+            if self.pool is not None:
+                self.backend.sampler = self._full_sampler
+            self.pool = None
+            return
+        full = self._full_sampler
+        names = list(self.space.names)
+        arrays = {n: full.tokens[o : o + s + full.seq_len] for n, o, s in zip(names, full.offsets, full.spans,
+                                                                                strict=True)}
+        pooled = cap_arrays(arrays, caps, full.seq_len + 1)
+        self.backend.sampler = TokenSampler([pooled[n] for n in names], full.seq_len, names)
+        self.pool = {n: float(caps.get(n, 1.0)) for n in names}
+
     @property
     def history(self) -> History:
         """The raw history of the current episode (a copy: the env keeps appending to its own)."""
