@@ -27,7 +27,7 @@ from mixagent.trajectories.contract import (
     ObjectiveRange,
     format_validation_errors,
 )
-from mixagent.trajectories.encoding import ENCODER_VERSION, ENCODER_VERSIONS
+from mixagent.trajectories.encoding import ACTION_MAPS, ENCODER_VERSION, ENCODER_VERSIONS, LEGACY_ACTION_MAP
 from mixagent.trajectories.tokens import TOKEN_ENCODER_VERSIONS
 
 __all__ = ["CARD_FILE", "ArtifactError", "TrainingData", "PolicyCard", "read_card"]
@@ -84,6 +84,10 @@ class PolicyCard(BaseModel):
     """The observation encoder the network reads (``trajectories/encoding.py``); the service refuses an unknown one."""
     action: ActionSpec = Field(default_factory=ActionSpec)
     """The action map ``(1-ε)·softmax(β·a) + ε·prior`` and its level (field or domain)."""
+    action_map: str = LEGACY_ACTION_MAP
+    """How the network's action becomes logits (``trajectories/encoding.py``): ``action-v1`` (one logit
+    per unit; every card written before ``action-v2`` existed, so a card that names none) or
+    ``action-v2`` (one fewer, the first unit's logit pinned at 0)."""
     fields: list[Name] | None = Field(default=None, min_length=1, max_length=64)
     """The fields a field-level network was trained on, in ``DomainSpace.fields`` order."""
     domains: list[Name] | None = Field(default=None, min_length=1, max_length=1024)
@@ -125,6 +129,11 @@ class PolicyCard(BaseModel):
         known = (*ENCODER_VERSIONS, *TOKEN_ENCODER_VERSIONS)
         if self.encoder_version not in known:
             raise ValueError(f"encoder_version: unknown encoder {self.encoder_version!r} (known: {list(known)})")
+        if self.action_map not in ACTION_MAPS:
+            raise ValueError(f"action_map: unknown action map {self.action_map!r} (known: {list(ACTION_MAPS)})")
+        if self.action_map != LEGACY_ACTION_MAP and self.domain_set:
+            raise ValueError(f"action_map: a domain-set card (dom-v1) outputs its mixture itself; it has no "
+                             f"{self.action_map}")
         if self.kind in ("onnx", "mixture") and self.model_file is None:
             raise ValueError(f"model_file: an {self.kind} card must name its model file")
         if self.kind == "mixture" and self.domains is None:

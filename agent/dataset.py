@@ -11,7 +11,9 @@ Order matters and is fixed here:
    rewards ``r_t = B_{t+1} - B_t`` and the objective slice of the observation (``obs-v2``); the
    raw records hold raw feedback, so relabelling needs no new runs;
 4. **encode** with the one encoder (``trajectories/encoding.py``) and label actions with
-   ``weights_to_action`` under the records' action map.
+   ``weights_to_action`` under the records' β and ε and the policy's action map version
+   (``action-v2`` by default: ``F - 1`` free logits, :data:`~mixagent.trajectories.encoding.ACTION_MAP`;
+   every :class:`EncodedEpisodes` says which map labelled it).
 
 Each (trajectory, objective) copy is one episode of T decisions. Its final observation (after the
 last stage) is kept as an extra row with a zero action so that the last decision still has a next
@@ -44,8 +46,10 @@ from mixagent.trajectories.contract import (
     stable_hash,
 )
 from mixagent.trajectories.encoding import (
+    ACTION_MAP,
     ENCODER_VERSION,
     balanced_scores,
+    check_action_map,
     encode,
     stage_rewards,
     weights_to_action,
@@ -86,7 +90,8 @@ class EncodedEpisodes:
     """Encoded episodes, one row per observation: T decisions plus the final observation per episode.
 
     ``episode[i]`` indexes ``sources`` (``(run_id, objective)`` of each episode); ``timeouts`` is True
-    on each episode's final row, whose action is zero and never trained on."""
+    on each episode's final row, whose action is zero and never trained on; ``action_map`` is the
+    map version the actions are labelled under."""
 
     observations: np.ndarray
     actions: np.ndarray
@@ -94,6 +99,7 @@ class EncodedEpisodes:
     timeouts: np.ndarray
     episode: np.ndarray
     sources: list[tuple[str, Objective]]
+    action_map: str = ACTION_MAP
 
     @property
     def n_episodes(self) -> int:
@@ -113,6 +119,9 @@ class EncodedEpisodes:
         if not parts:
             raise DatasetError("episodes: no trajectory selected (for behaviour cloning: none is smooth enough "
                                "under bc_max_roughness, or the setting has too few)")
+        maps = sorted({p.action_map for p in parts})
+        if len(maps) > 1:
+            raise DatasetError(f"episodes: actions labelled under several action maps {maps}; one dataset has one")
         offsets = np.cumsum([0] + [p.n_episodes for p in parts[:-1]])
         return EncodedEpisodes(
             np.concatenate([p.observations for p in parts]),
@@ -121,6 +130,7 @@ class EncodedEpisodes:
             np.concatenate([p.timeouts for p in parts]),
             np.concatenate([p.episode + o for p, o in zip(parts, offsets, strict=True)]),
             [s for p in parts for s in p.sources],
+            maps[0],
         )
 
 
@@ -215,15 +225,20 @@ def _encode_at(history: History, *, horizon: int, spec: ActionSpec, objective: O
 
 
 def relabel(run: TrainingRun, objectives: Sequence[Objective], spec: ActionSpec,
-            encoder_version: str = ENCODER_VERSION) -> EncodedEpisodes:
+            encoder_version: str = ENCODER_VERSION, action_map: str = ACTION_MAP) -> EncodedEpisodes:
     """The episodes of ``run`` under each of ``objectives`` (see the module docstring): each is the
-    run's :func:`~mixagent.trajectories.replay.replay` under that objective, plus its final
-    observation as a zero-action timeout row."""
+    run's :func:`~mixagent.trajectories.replay.replay` under that objective, its actions labelled
+    under ``action_map``, plus its final observation as a zero-action timeout row."""
+    try:
+        check_action_map(action_map)
+    except ContractError as err:
+        raise DatasetError(str(err)) from None
     hd, h = run.trajectory.header, run.trajectory.history
     obs, actions, rew, timeouts, episode = [], [], [], [], []
     for e, objective in enumerate(objectives):
         tr = replay(h, partial(_encode_at, horizon=hd.horizon, spec=spec, objective=objective, version=encoder_version),
-                    partial(weights_to_action, space=hd.space, spec=spec), partial(stage_rewards, objective=objective))
+                    partial(weights_to_action, space=hd.space, spec=spec, action_map=action_map),
+                    partial(stage_rewards, objective=objective))
         obs.append(np.concatenate([tr.observations, tr.next_observations[-1:]]))
         actions.append(np.concatenate([tr.actions, np.zeros((1, tr.actions.shape[1]), np.float32)]))
         rew.append(np.concatenate([tr.rewards, [0.0]]).astype(np.float32))
@@ -236,6 +251,7 @@ def relabel(run: TrainingRun, objectives: Sequence[Objective], spec: ActionSpec,
         np.concatenate(timeouts),
         np.concatenate(episode),
         [(run.run_id, o) for o in objectives],
+        action_map,
     )
 
 
@@ -253,7 +269,7 @@ def roughness(run: TrainingRun) -> float:
 
 def best_copies(runs: Sequence[TrainingRun], draws: int, top_fraction: float, objective_range: ObjectiveRange,
                 rng: np.random.Generator, spec: ActionSpec, encoder_version: str = ENCODER_VERSION,
-                max_roughness: float = math.inf) -> EncodedEpisodes:
+                max_roughness: float = math.inf, action_map: str = ACTION_MAP) -> EncodedEpisodes:
     """Behaviour cloning data: per setting, ``draws`` objectives; under each, the top
     ``top_fraction`` of that setting's smooth ``runs`` (:func:`roughness` at most ``max_roughness``)
     by final balanced score (at least one), relabelled with that objective. The paper's "SFT on
@@ -274,15 +290,16 @@ def best_copies(runs: Sequence[TrainingRun], draws: int, top_fraction: float, ob
             for i in np.argsort(-scores, kind="stable")[:k]:
                 chosen.setdefault(group[i].run_id, []).append(objective)
         by_id = {r.run_id: r for r in group}
-        parts += [relabel(by_id[rid], objs, spec, encoder_version) for rid, objs in sorted(chosen.items())]
+        parts += [relabel(by_id[rid], objs, spec, encoder_version, action_map) for rid, objs in sorted(chosen.items())]
     return EncodedEpisodes.concat(parts)
 
 
 def all_copies(runs: Sequence[TrainingRun], copies: int, objective_range: ObjectiveRange, rng: np.random.Generator,
-               spec: ActionSpec, encoder_version: str = ENCODER_VERSION) -> EncodedEpisodes:
+               spec: ActionSpec, encoder_version: str = ENCODER_VERSION,
+               action_map: str = ACTION_MAP) -> EncodedEpisodes:
     """Every run relabelled under ``copies`` objectives (offline RL data)."""
-    return EncodedEpisodes.concat([relabel(r, draw_objectives(r, copies, objective_range, rng), spec, encoder_version)
-                            for r in runs])
+    return EncodedEpisodes.concat([relabel(r, draw_objectives(r, copies, objective_range, rng), spec, encoder_version,
+                                           action_map) for r in runs])
 
 
 def to_mdp_dataset(episodes: EncodedEpisodes) -> Any:

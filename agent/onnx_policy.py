@@ -206,14 +206,14 @@ class OnnxPolicy(_GuardedNetwork):
 
     def _learned(self, space: DomainSpace, history: History) -> Weights | str:
         obs, problem = self._checked(history)
-        return problem or action_to_weights(self.act(obs), space, self.card.action)
+        return problem or action_to_weights(self.act(obs), space, self.card.action, self.card.action_map)
 
     async def _learned_async(self, space: DomainSpace, history: History) -> Weights | str:
         obs, problem = self._checked(history)
         if problem:
             return problem
         action = np.asarray(await self._batcher.run(obs), dtype=np.float64)
-        return action_to_weights(action, space, self.card.action)
+        return action_to_weights(action, space, self.card.action, self.card.action_map)
 
 
 class OnnxSetPolicy(_GuardedNetwork):
@@ -354,14 +354,14 @@ def _check_vector_io(path: Path, folder: Path, card: PolicyCard, session: Any) -
     inputs, outputs = session.get_inputs(), session.get_outputs()
     space = _probe_space(card)
     n_obs = observation_size(space, card.action, card.encoder_version)
-    n_act = action_size(space, card.action)
+    n_act = action_size(space, card.action, card.action_map)
     if len(inputs) != 1 or inputs[0].shape[-1] != n_obs:
         got = [(i.name, i.shape) for i in inputs]
         raise ArtifactError(f"{path}: expected one input of width {n_obs} (encoder {card.encoder_version}, "
                             f"{len(space.fields)} fields), got {got}: the card does not match the network")
     if not outputs or outputs[0].shape[-1] != n_act:
         got = [(o.name, o.shape) for o in outputs]
-        raise ArtifactError(f"{path}: expected an action output of width {n_act}, got {got}")
+        raise ArtifactError(f"{path}: expected an action output of width {n_act} ({card.action_map}), got {got}")
     if card.observation_low is not None and len(card.observation_low) != n_obs:
         raise ArtifactError(f"{folder / CARD_FILE}: observation_low has {len(card.observation_low)} values, the "
                             f"network reads {n_obs} features")

@@ -40,7 +40,7 @@ from mixagent.agent.dataset import (
     to_mdp_dataset,
 )
 from mixagent.trajectories.contract import Level, ObjectiveRange, format_validation_errors, stable_hash
-from mixagent.trajectories.encoding import ENCODER_VERSION, layout
+from mixagent.trajectories.encoding import ENCODER_VERSION, action_size, layout
 
 __all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "train"]
 
@@ -82,6 +82,11 @@ class TrainConfig(BaseModel):
     """``field``: a d3rlpy policy over the fixed-width ``obs-v*`` observation of one number of fields;
     ``domain``: the domain-set network over ``dom-v1`` tokens (``agent/set_policy.py``, behaviour
     cloning only), one artifact for any domain space. ``encoder`` and ``hidden_units`` are ignored there."""
+    action_map: Literal["action-v1", "action-v2"] = "action-v2"
+    """How the field-level policy's action becomes a mixture (``trajectories/encoding.py``):
+    ``action-v2`` (default) has ``F - 1`` free logits scaled by ``2β``, so behaviour data fill the
+    action box that CQL's penalty samples; ``action-v1`` (``F`` shift-invariant logits, data on one
+    line) reproduces policies trained before it. Recorded in the card."""
     encoder: Literal["mlp", "transformer"] = "mlp"
     """Network: d3rlpy's MLP, or a 2-layer Transformer over the windowed history (agent/networks.py)."""
     hidden_units: tuple[int, ...] = (128, 128)
@@ -169,7 +174,8 @@ def _encoder(cfg: TrainConfig, n_fields: int) -> Any:
 
 
 def make_algo(kind: Literal["bc", "cql", "iql", "td3+bc"], cfg: TrainConfig, n_fields: int, n_actions: int) -> Any:
-    """The d3rlpy algorithm ``kind`` for ``cfg`` (observations standardised, actions in [-1, 1])."""
+    """The d3rlpy algorithm ``kind`` for ``cfg`` (observations standardised, ``n_actions`` actions in
+    [-1, 1]: the action size of ``cfg.action_map``, which the action scaler's bounds follow)."""
     import d3rlpy  # noqa: PLC0415
     from d3rlpy.preprocessing import (  # noqa: PLC0415
         MinMaxActionScaler,
@@ -306,25 +312,28 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     spec = policy_action_spec(runs)
     fields = list(runs[0].trajectory.header.space.fields)
     n_f = len(fields)
+    n_a = action_size(runs[0].trajectory.header.space, spec, cfg.action_map)
+    amap = cfg.action_map
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
     seconds: dict[str, float] = {}
     metrics: dict[str, float] = {}
 
     t0 = time.perf_counter()
     bc_train = best_copies(train_runs, cfg.bc_objective_draws, cfg.bc_top_fraction, cfg.objective_range, rng, spec,
-                           max_roughness=cfg.bc_max_roughness)
+                           max_roughness=cfg.bc_max_roughness, action_map=amap)
     bc_val = None
     if val_runs:
         try:
             bc_val = best_copies(val_runs, max(cfg.bc_objective_draws // 4, 1), cfg.bc_top_fraction,
-                                 cfg.objective_range, rng, spec, max_roughness=cfg.bc_max_roughness)
+                                 cfg.objective_range, rng, spec, max_roughness=cfg.bc_max_roughness,
+                                 action_map=amap)
         except DatasetError:  # no smooth validation trajectory: the action error is not measured
             bc_val = None
     needs_rl = algo_name != "bc"
     # drawn for every algorithm (and in this order), so that all candidates trained with one seed are
     # validated on the same relabelled validation set and their FQE returns compare
-    rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec)
-    rl_val = (all_copies(val_runs, max(cfg.relabel_copies // 4, 1), cfg.objective_range, rng, spec)
+    rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec, action_map=amap)
+    rl_val = (all_copies(val_runs, max(cfg.relabel_copies // 4, 1), cfg.objective_range, rng, spec, action_map=amap)
               if val_runs else None)
     seconds["dataset"] = time.perf_counter() - t0
 
@@ -334,13 +343,13 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     bc: Any = None
     if algo_name in ("bc", "bc+cql"):
         t0 = time.perf_counter()
-        bc = make_algo("bc", cfg, n_f, n_f)
+        bc = make_algo("bc", cfg, n_f, n_a)
         _fit(bc, to_mdp_dataset(bc_train), cfg.bc_steps, cfg, {}, "bc", progress)
         seconds["bc"] = time.perf_counter() - t0
         learner = bc
     if needs_rl:
         kind = "cql" if algo_name in ("cql", "bc+cql") else algo_name
-        learner = make_algo(kind, cfg, n_f, n_f)  # type: ignore[arg-type]  # kind is one of ALGOS, checked above
+        learner = make_algo(kind, cfg, n_f, n_a)  # type: ignore[arg-type]  # kind is one of ALGOS, checked above
         dataset = to_mdp_dataset(rl_train)
         learner.build_with_dataset(dataset)
         if bc is not None:  # the paper's SFT -> RL: the actor starts from the BC policy
@@ -364,7 +373,7 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     card = PolicyCard(
         name=cfg.name, version=cfg.version, kind="onnx",
         description=f"{algo_name} ({cfg.encoder}) on {', '.join(d.setting_name for d in training_data)}",
-        encoder_version=ENCODER_VERSION, action=spec, fields=fields, model_file="policy.onnx",
+        encoder_version=ENCODER_VERSION, action=spec, action_map=amap, fields=fields, model_file="policy.onnx",
         algorithm=f"{algo_name}/{cfg.encoder}", objective_range=cfg.objective_range,
         observation_low=low, observation_high=high,
         training_data=training_data,

@@ -180,7 +180,7 @@ def add_share_metrics(rows: dict[str, dict], args: argparse.Namespace, bound: fl
 
     def shares(name: str, obs: np.ndarray) -> np.ndarray:
         card, policy = policies[name]
-        return np.array([action_to_weights(policy.act(o), space, card.action).as_array()[1]  # type: ignore[attr-defined]
+        return np.array([action_to_weights(policy.act(o), space, card.action, card.action_map).as_array()[1]  # type: ignore[attr-defined]
                          for o in obs])
 
     everything = validation_episodes(args)

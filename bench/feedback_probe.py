@@ -85,7 +85,7 @@ def main() -> int:
         return policy, np.stack([policy.observation(history_prefix(h, i)) for i in range(h.stages)])
 
     def chosen_share(policy: object, obs: np.ndarray, space: object) -> np.ndarray:
-        weights = [action_to_weights(policy.act(o), space, card.action).as_array() for o in obs]  # type: ignore[attr-defined]
+        weights = [action_to_weights(policy.act(o), space, card.action, card.action_map).as_array() for o in obs]  # type: ignore[attr-defined]
         return mixture_target_share(space, np.stack(weights))  # type: ignore[arg-type]
 
     as_run, ref_run = f"{args.setting} as run", f"{args.reference} as run (the reference)"

@@ -36,6 +36,23 @@ in that module.
 ``g_f(t) = (s_f(t) - s_f(0)) / |s_f(0)|`` with ``s_f`` the mean per-token log-likelihood, so the
 features are scale-free across models and corpora. Gains are multiplied by :data:`GAIN_SCALE` so
 that typical values are O(1).
+
+Action maps (versioned like the observation; a card records its map, :data:`ACTION_MAPS`). Both give
+``shares = (1-ε)·softmax(z) + ε·prior`` over the U units (fields, or domains at domain level):
+
+| map         | action ``a``       | logits ``z``                     | who uses it                          |
+|-------------|--------------------|----------------------------------|--------------------------------------|
+| ``action-v1`` | ``[-1, 1]^U``    | ``β·a``                          | the env's Box, the schedules, old cards |
+| ``action-v2`` | ``[-1, 1]^(U-1)`` | ``(0, 2β·a_1, …, 2β·a_{U-1})``  | new learned field-level policies      |
+
+``action-v1`` is shift-invariant: its data use one direction of ``[-1, 1]^U`` (for two fields every
+behaviour action lies on ``a_source = -a_target``), while an offline RL critic's penalty draws actions
+uniformly over the whole box. ``action-v2`` pins the first unit's logit at 0, so the map is a bijection
+between the open box and its image (the data fill the action space, and every action is a different
+mixture), and scales the free logits by ``2β``: the largest log-ratio to the first unit is ``2β``, the
+range of ``action-v1``'s logit differences. For two units the two maps have the same image, and every
+behaviour mixture (projected onto ``action-v1``'s image by the schedules) has an exact ``action-v2``
+action: none is clipped, and the committed data's extremes (constant shares 0 and 1) sit at ±1.
 """
 
 from __future__ import annotations
@@ -68,6 +85,10 @@ __all__ = [
     "balanced_scores",
     "stage_rewards",
     "softmax",
+    "ACTION_MAP",
+    "ACTION_MAPS",
+    "LEGACY_ACTION_MAP",
+    "check_action_map",
     "field_shares_to_weights",
     "action_to_weights",
     "weights_to_action",
@@ -76,13 +97,31 @@ __all__ = [
 
 ENCODER_VERSION = "obs-v2"
 ENCODER_VERSIONS = ("obs-v1", "obs-v2")
+LEGACY_ACTION_MAP = "action-v1"
+"""The map of the env's action Box, of the schedules' projection and of cards that name no map."""
+ACTION_MAP = "action-v2"
+"""The map new learned field-level policies are trained with (see the module docstring)."""
+ACTION_MAPS = (LEGACY_ACTION_MAP, ACTION_MAP)
 OBS_BOUND = 10.0
 WINDOW = 4
 GAIN_SCALE = 10.0
 
 
-def action_size(space: DomainSpace, spec: ActionSpec) -> int:
-    return len(space.fields) if spec.level == "field" else space.size
+def check_action_map(action_map: str) -> None:
+    """A :class:`ContractError` naming the known maps when ``action_map`` is not one of them."""
+    if action_map not in ACTION_MAPS:
+        raise ContractError(f"action_map: unknown action map {action_map!r} (known: {list(ACTION_MAPS)})")
+
+
+def action_size(space: DomainSpace, spec: ActionSpec, action_map: str = LEGACY_ACTION_MAP) -> int:
+    """Width of an action: one logit per unit (``action-v1``), or one fewer (``action-v2``)."""
+    check_action_map(action_map)
+    units = len(space.fields) if spec.level == "field" else space.size
+    if action_map == LEGACY_ACTION_MAP:
+        return units
+    if units < 2:
+        raise ContractError(f"action_map: {action_map} needs at least two {spec.level}s, the space has {units}")
+    return units - 1
 
 
 def _check_version(version: str) -> None:
@@ -170,44 +209,62 @@ _SHIFTS = 257
 """Shifts tried by :func:`weights_to_action` when the logits do not fit the action box."""
 
 
-def action_to_weights(action: np.ndarray, space: DomainSpace, spec: ActionSpec) -> Weights:
-    """Map ``a ∈ [-1, 1]^A`` to weights ``(1-ε)·softmax(β·a) + ε·prior`` (see :class:`ActionSpec`)."""
+def _unit_priors(space: DomainSpace, spec: ActionSpec) -> np.ndarray:
+    return space.field_priors() if spec.level == "field" else space.priors()
+
+
+def _unit_logits(a: np.ndarray, spec: ActionSpec, action_map: str) -> np.ndarray:
+    """The logits ``z`` of a (clipped) action under ``action_map`` (the module docstring's table)."""
+    if action_map == LEGACY_ACTION_MAP:
+        return spec.beta * a
+    return np.concatenate([[0.0], 2.0 * spec.beta * a])
+
+
+def action_to_weights(action: np.ndarray, space: DomainSpace, spec: ActionSpec,
+                      action_map: str = LEGACY_ACTION_MAP) -> Weights:
+    """Map an action in ``[-1, 1]^A`` to weights ``(1-ε)·softmax(z) + ε·prior`` with the logits ``z``
+    of ``action_map`` (``action-v1``: ``β·a``; ``action-v2``: ``(0, 2β·a)``; see :class:`ActionSpec`
+    and the module docstring). Values outside the box are clipped to it."""
     a = np.asarray(action, dtype=np.float64).reshape(-1)
-    n = action_size(space, spec)
+    n = action_size(space, spec, action_map)
     if a.shape != (n,):
-        raise ContractError(f"action: expected {n} values ({spec.level} level), got shape {a.shape}")
+        raise ContractError(f"action: expected {n} values ({spec.level} level, {action_map}), got shape {a.shape}")
     if not np.isfinite(a).all():
         raise ContractError(f"action: non-finite value(s) in {a.tolist()}")
     a = np.clip(a, -1.0, 1.0)
-    if spec.level == "field":
-        shares = (1 - spec.epsilon) * softmax(spec.beta * a) + spec.epsilon * space.field_priors()
-        w = field_shares_to_weights(space, shares)
-    else:
-        w = (1 - spec.epsilon) * softmax(spec.beta * a) + spec.epsilon * space.priors()
-    return Weights.from_raw(w)
+    shares = (1 - spec.epsilon) * softmax(_unit_logits(a, spec, action_map)) + spec.epsilon * _unit_priors(space, spec)
+    return Weights.from_raw(field_shares_to_weights(space, shares) if spec.level == "field" else shares)
 
 
-def weights_to_action(weights: Weights, space: DomainSpace, spec: ActionSpec) -> np.ndarray:
-    """The action in ``[-1, 1]^A`` whose image is closest to ``weights`` (exact when reachable).
+def weights_to_action(weights: Weights, space: DomainSpace, spec: ActionSpec,
+                      action_map: str = LEGACY_ACTION_MAP) -> np.ndarray:
+    """The action whose image under ``action_map`` is closest to ``weights`` (exact when reachable).
 
-    Inverts the ε-mixing and the softmax, giving logits ``log(q)/β`` that are unique up to a shift.
-    When they span at most the box's width, centring them is exact. Otherwise some must be clipped,
-    and which ones depends on the shift: the shift (on a grid of :data:`_SHIFTS` points between "the
-    smallest at -1" and "the largest at +1") whose clipped image is nearest in L1 is taken. With two
-    units every such shift gives ``[+1, -1]``; with more, centring would push mid-sized shares up to
-    the box edge next to the largest ones. Behaviour data is thus labelled with the action that
-    produces the nearest reachable mixture.
+    Both maps first invert the ε-mixing, ``q = (w - ε·prior)/(1-ε)``.
+
+    ``action-v2`` (float64): ``a_u = (log q_u - log q_1)/(2β)``, unique, clipped to the box when a
+    log-ratio exceeds ``2β``; :func:`action_to_weights` inverts it to rounding error.
+
+    ``action-v1`` (float32, the labels of every artifact trained before ``action-v2``): logits
+    ``log(q)/β`` are unique up to a shift. When they span at most the box's width, centring them is
+    exact. Otherwise some must be clipped, and which ones depends on the shift: the shift (on a grid
+    of :data:`_SHIFTS` points between "the smallest at -1" and "the largest at +1") whose clipped
+    image is nearest in L1 is taken. With two units every such shift gives ``[+1, -1]``; with more,
+    centring would push mid-sized shares up to the box edge next to the largest ones. Behaviour data
+    is thus labelled with the action that produces the nearest reachable mixture.
     """
+    check_action_map(action_map)
     w = weights.as_array()
     if w.shape != (space.size,):
         raise ContractError(f"weights: {w.size} values for {space.size} domains")
     if spec.level == "field":
         w = space.field_matrix() @ w
-        prior = space.field_priors()
-    else:
-        prior = space.priors()
+    prior = _unit_priors(space, spec)
     q = (w - spec.epsilon * prior) / (1 - spec.epsilon)
     q = np.maximum(q, 1e-12)
+    if action_map != LEGACY_ACTION_MAP:
+        action_size(space, spec, action_map)  # refuses a single unit
+        return np.clip((np.log(q[1:]) - np.log(q[0])) / (2.0 * spec.beta), -1.0, 1.0)
     logits = np.log(q) / spec.beta
     hi, lo = logits.max(), logits.min()
     if hi - lo <= 2.0:  # reachable: centre the logits in the box (softmax is shift-invariant)
