@@ -32,7 +32,7 @@ TRAINER_NAMES = frozenset({
     "MixagentError", "ServiceUnavailable", "RequestRejected", "AuthError", "RunNotFound", "StepConflict",
     "ServedDecision", "MixingClient", "MixingRun", "Domain", "DomainSpace", "Feedback", "Objective",
     "continuation_log_likelihood", "field_scores", "LiveWeightSampler", "LiveMixtureDataset", "MixagentCallback",
-    "MixingTrainer",
+    "MixingTrainer", "LiveLitdataMixture", "broadcast_decision",
     "field_score_metrics",
 })
 """The names of :mod:`mixagent.service.trainer` (its ``__all__``; tests/service/test_layering.py keeps the two

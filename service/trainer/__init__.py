@@ -10,15 +10,18 @@ loads torch)::
         DomainSpace, Domain, Feedback, Objective,           # the contract types a trainer builds
         continuation_log_likelihood, field_scores,          # the one field-score definition (numpy)
         LiveWeightSampler, LiveMixtureDataset,              # need torch (the second: a `datasets` mixture)
+        LiveLitdataMixture, broadcast_decision,             # a litdata mixture; one decision for all ranks
         MixagentCallback, MixingTrainer, field_score_metrics,  # need transformers
     )
 
 Modules: ``client`` (HTTP client, retries, typed errors, the background reporter), ``scores`` (the
-field score), ``sampler`` (a torch ``Sampler`` whose weights change while a ``DataLoader``
-iterates), ``hf_datasets`` (a live-weighted mixture of Hugging Face ``datasets`` sources, with an
-exact-resume state), ``hf`` (Hugging Face ``Trainer`` integration), ``demo`` (a real CPT episode in
-``mixagent.env`` against an in-process server; the one module here that imports the server and the
-env). ``mixagent.service`` forwards the same names.
+field score), ``mixture`` (what every loader shares: the served weights and the decision they came
+from, the live-weighted draw and its exact-resume state), ``sampler`` (a torch ``Sampler`` whose
+weights change while a ``DataLoader`` iterates), ``hf_datasets`` (a live-weighted mixture of Hugging
+Face ``datasets`` sources), ``litdata_mixture`` (the same over litdata ``StreamingDataset``\\ s),
+``distributed`` (several ranks sampling under one decision), ``hf`` (Hugging Face ``Trainer``
+integration), ``demo`` (a real CPT episode in ``mixagent.env`` against an in-process server; the one
+module here that imports the server and the env). ``mixagent.service`` forwards the same names.
 
 Must not be imported by ``mixagent.service.server``. ``client`` and ``scores`` must not import torch or
 transformers.
@@ -34,8 +37,9 @@ from mixagent.service.trainer.client import *  # noqa: F403 - the client is the 
 from mixagent.service.trainer.scores import continuation_log_likelihood, field_scores
 from mixagent.trajectories.contract import Domain, DomainSpace, Feedback, Objective
 
-_LAZY = {"LiveWeightSampler": "sampler", "LiveMixtureDataset": "hf_datasets", "MixagentCallback": "hf",
-         "MixingTrainer": "hf", "field_score_metrics": "hf"}
+_LAZY = {"LiveWeightSampler": "sampler", "LiveMixtureDataset": "hf_datasets", "LiveLitdataMixture": "litdata_mixture",
+         "broadcast_decision": "distributed", "MixagentCallback": "hf", "MixingTrainer": "hf",
+         "field_score_metrics": "hf"}
 """Names whose modules import torch / transformers: imported on first use."""
 
 __all__ = [*_client.__all__, "Domain", "DomainSpace", "Feedback", "Objective", "continuation_log_likelihood",

@@ -49,11 +49,12 @@ except ModuleNotFoundError as e:  # torch and transformers come with the train e
     raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.hf") or str(e), name=e.name) from e
 
 from mixagent.service.trainer.client import MixingRun
+from mixagent.service.trainer.mixture import ServedWeights, served_by
 from mixagent.service.trainer.scores import CONTEXT_FRACTION, IGNORE_INDEX, continuation_log_likelihood, field_scores
 from mixagent.trajectories.contract import Feedback
 
 if TYPE_CHECKING:
-    from mixagent.service.trainer.sampler import LiveWeights
+    from mixagent.service.trainer.mixture import LiveWeights
 
 __all__ = ["MixagentCallback", "MixingTrainer", "field_score_metrics", "CONTINUATION_METRIC"]
 
@@ -173,7 +174,9 @@ class MixagentCallback(TrainerCallback):
             domain_losses={n: self._losses[n] for n in space.names},
         )
         weights = self.run.report(feedback)
-        if self.sampler is not None:
+        if isinstance(self.sampler, ServedWeights):  # a mixagent loader: it keeps the decision in its state
+            self.sampler.set_weights(weights, **served_by(self.run))
+        elif self.sampler is not None:
             self.sampler.set_weights(weights)
         self.decisions.append((state.global_step, weights))
         served = (self.run.served_by or {}).get("fallback") or (self.run.served_by or {}).get("policy", "")

@@ -24,8 +24,10 @@ accelerate).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,35 +38,24 @@ try:
 except ModuleNotFoundError as e:  # torch comes with the train extra
     raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.sampler") or str(e), name=e.name) from e
 
+from mixagent.service.trainer.mixture import LiveWeights, ServedWeights, normalise_weights
+
 __all__ = ["LiveWeightSampler", "LiveWeights", "normalise_weights"]
 
-
-class LiveWeights(Protocol):
-    """What the trainer-side integrations put the served weights into (the sampler, the
-    ``datasets`` mixture): the next examples drawn follow them."""
-
-    def set_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None: ...
+RECENT_CHUNKS = 4096
+"""Chunks remembered for :meth:`LiveWeightSampler.state_dict` ``behind`` (a few batches ahead)."""
 
 
-def normalise_weights(weights: Mapping[str, float] | Sequence[float], names: Sequence[str]) -> np.ndarray:
-    """``weights`` (``{name: share}`` over exactly ``names``, or one value per name) as shares
-    summing to 1; ValueError naming the missing, unknown or bad values."""
-    if isinstance(weights, Mapping):
-        unknown = sorted(set(weights) - set(names))
-        missing = sorted(set(names) - set(weights))
-        if unknown or missing:
-            raise ValueError(f"weights: missing domains {missing}, unknown domains {unknown}")
-        w = np.array([weights[n] for n in names], dtype=np.float64)
-    else:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape != (len(names),):
-            raise ValueError(f"weights: {w.size} values for {len(names)} domains")
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights: need finite non-negative values with a positive sum, got {w.tolist()}")
-    return w / w.sum()
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk of draws: where it starts in the epoch, the generator's state before it, its weights."""
+
+    start: int
+    rng: Mapping[str, Any]
+    weights: list[float]
 
 
-class LiveWeightSampler(Sampler[int]):
+class LiveWeightSampler(ServedWeights, Sampler[int]):
     """Yield dataset indices: each draw picks a domain by the current weights, then an index of
     that domain uniformly (with replacement).
 
@@ -76,6 +67,14 @@ class LiveWeightSampler(Sampler[int]):
         seed: the draws of epoch e use ``seed + e``.
         chunk: indices drawn per weights read (the weights are read once a chunk); a divisor of the
             batch size keeps every batch on one mixture (see the module's note on the delay).
+
+    Under ``torch.distributed`` (initialised before the sampler is built) each rank draws its own
+    stream from every ``world``-th index of each domain (a disjoint shard).
+
+    **Exact resume**: :meth:`state_dict` (the epoch, the indices yielded in it, the generator's state
+    at the chunk being drawn and the weights with the decision they came from) and
+    :meth:`load_state_dict`; the next iteration of the saved epoch goes on with exactly the indices
+    the uninterrupted sampler would have yielded.
     """
 
     def __init__(
@@ -95,23 +94,23 @@ class LiveWeightSampler(Sampler[int]):
             raise ValueError(f"domain_indices: domain(s) {empty} have no examples")
         if num_samples < 1:
             raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
-        self.names = list(names)
-        self._indices = [np.asarray(ix, dtype=np.int64) for ix in domain_indices]
+        if chunk < 1:
+            raise ValueError(f"chunk: must be >= 1, got {chunk}")
         self.num_samples = num_samples
         self.seed = seed
         self.chunk = chunk
         self.epoch = 0
-        self._weights = np.full(len(names), 1.0 / len(names))
-        if weights is not None:
-            self.set_weights(weights)
-
-    @property
-    def weights(self) -> dict[str, float]:
-        return dict(zip(self.names, self._weights.tolist(), strict=True))
-
-    def set_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None:
-        """Replace the mixture (renormalised); the next indices drawn follow it."""
-        self._weights = normalise_weights(weights, self.names)  # one assignment: iterators read old or new
+        self._init_weights(names, weights)
+        too_few = [n for n, ix in zip(names, domain_indices, strict=True) if len(ix) < self.world]
+        if too_few:
+            raise ValueError(f"domain_indices: domain(s) {too_few} have fewer examples than the {self.world} ranks")
+        self._indices = [np.asarray(ix, dtype=np.int64)[self.rank::self.world] for ix in domain_indices]
+        self._yielded = 0
+        """Indices yielded in the current epoch."""
+        self._rng: np.random.Generator | None = None
+        self._chunks: deque[_Chunk] = deque(maxlen=RECENT_CHUNKS)
+        self._resume: dict[str, Any] | None = None
+        """A loaded state the next iteration of its epoch goes on from."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -119,13 +118,63 @@ class LiveWeightSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
+    def _generator(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed + self.epoch if self.world == 1 else [self.seed + self.epoch, self.rank])
+
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng(self.seed + self.epoch)
-        left = self.num_samples
-        while left > 0:
-            n = min(self.chunk, left)
-            domains = rng.choice(len(self._indices), size=n, p=self._weights)
-            for k in domains:
+        resume, self._resume = self._resume, None
+        replay: list[list[float]] = []
+        skip = 0
+        rng = self._rng = self._generator()
+        self._chunks.clear()
+        position = 0
+        if resume is not None and resume["epoch"] == self.epoch:
+            rng.bit_generator.state = resume["rng"]
+            position, skip, replay = int(resume["position"]), int(resume["skip"]), list(resume["replay"])
+        self._yielded = position + skip
+        while position < self.num_samples:
+            n = min(self.chunk, self.num_samples - position)
+            w = np.asarray(replay.pop(0)) if replay else self._current().copy()
+            self._chunks.append(_Chunk(position, rng.bit_generator.state, w.tolist()))
+            domains = rng.choice(len(self._indices), size=n, p=w / w.sum())
+            for j, k in enumerate(domains):
                 ix = self._indices[k]
-                yield int(ix[rng.integers(len(ix))])
-            left -= n
+                i = int(ix[rng.integers(len(ix))])
+                if j < skip:
+                    continue
+                self._yielded += 1
+                yield i
+            skip = 0
+            position += n
+
+    # ----- exact resume ------------------------------------------------------------------------
+    def state_dict(self, behind: int = 0) -> dict[str, Any]:
+        """What a checkpoint keeps: the epoch, the indices yielded in it, the generator's state at
+        the chunk being drawn, and the weights with the run, decision and policy they came from.
+
+        ``behind``: the DataLoader has drawn this many indices ahead of what was trained on
+        (``prefetch_factor x num_workers`` batches with workers, one more under accelerate); the
+        state is then the one before them, and the weights of the chunks they came from are kept so
+        that a resume draws them again exactly, before it follows the live weights."""
+        at = self._yielded - behind
+        recorded = self._yielded - (self._chunks[0].start if self._chunks else self._yielded)
+        holding = [c for c in self._chunks if c.start <= at < c.start + min(self.chunk, self.num_samples - c.start)]
+        if self._rng is None and behind == 0:  # never iterated: the epoch starts afresh
+            rng, position, skip, replay = self._generator().bit_generator.state, 0, 0, []
+        elif holding:  # the chunk drawn at that point, and every chunk after it, again with their weights
+            first = holding[0]
+            rng, position, skip = first.rng, first.start, at - first.start
+            replay = [c.weights for c in self._chunks if c.start >= first.start]
+        elif self._rng is not None and behind == 0:  # every chunk drawn is used up: the next one is new
+            rng, position, skip, replay = self._rng.bit_generator.state, at, 0, []
+        else:
+            raise ValueError(f"behind: {behind} indices back, but {recorded} are recorded")
+        return {**self._served_state(), "epoch": self.epoch, "position": position, "skip": skip, "rng": rng,
+                "replay": replay}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Go on where ``state`` was taken: the next iteration of its epoch (``set_epoch`` it, or
+        leave the epoch the state sets) yields exactly what the uninterrupted sampler would have."""
+        self._load_served_state(state)
+        self.epoch = int(state["epoch"])
+        self._resume = {k: state[k] for k in ("epoch", "position", "skip", "rng", "replay")}

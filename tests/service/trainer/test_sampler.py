@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,80 @@ def test_bad_weights_are_refused():
         s.set_weights([float("nan"), 1.0])
     with pytest.raises(ValueError, match=r"domain\(s\) \['b'\] have no examples"):
         LiveWeightSampler([[0], []], ["a", "b"], num_samples=4)
+
+
+def _sampler(**kw):  # type: ignore[no-untyped-def]
+    return LiveWeightSampler([range(100), range(100, 150), range(150, 160)], ["a", "b", "c"],
+                             **{"num_samples": 1000, "seed": 4, "chunk": 7, **kw})
+
+
+def test_exact_resume_mid_chunk_after_weight_changes():
+    """A sampler restored from a (JSON round-tripped) state yields exactly the indices of the
+    uninterrupted one: mid-chunk, at a chunk boundary, before the first draw, after several changes."""
+    def run(resume_at: int | None, total: int = 300) -> list[int]:
+        s = _sampler()
+        out: list[int] = []
+        it = iter(s)
+        while len(out) < total:
+            if len(out) % 50 == 0:  # a decision every 50 indices
+                s.set_weights(np.random.default_rng(len(out)).dirichlet([1, 1, 1]), decision=f"d{len(out)}")
+            if resume_at is not None and len(out) == resume_at:  # kill, then restore from the checkpoint
+                state = json.loads(json.dumps(s.state_dict()))
+                s = _sampler()
+                s.load_state_dict(state)
+                assert s.decision == f"d{resume_at // 50 * 50}"  # the decision it samples under
+                it = iter(s)
+            out.append(next(it))
+        return out
+
+    straight = run(None)
+    assert len(set(straight)) > 100  # real draws, not one index
+    for at in (0, 1, 51, 123, 140, 249):  # 51: inside a chunk drawn before the change at 50; 140: a boundary
+        assert run(at) == straight, at
+    fresh = _sampler()  # a state taken before any iteration starts the epoch afresh
+    state = fresh.state_dict()
+    resumed = _sampler()
+    resumed.load_state_dict(state)
+    assert list(resumed) == list(_sampler())
+
+
+def test_a_resume_with_worker_processes_replays_the_indices_drawn_ahead():
+    """With 2 workers the DataLoader has drawn 4 batches of indices ahead of the batches consumed:
+    ``state_dict(behind=...)`` saves the state before them and their weights, so a resumed loader
+    (same workers) gives exactly the uninterrupted run's batches, across two later weight changes."""
+    def run(resume_after: int | None, total: int = 24) -> list[list[int]]:
+        s = _sampler(chunk=8, num_samples=2000)
+        loader = DataLoader(range(160), batch_size=8, sampler=s, num_workers=2, prefetch_factor=2)
+        batches: list[list[int]] = []
+        it = iter(loader)
+        while len(batches) < total:
+            if len(batches) in (6, 9, 12, 18):  # 9: a change while batches 11-13 are drawn ahead
+                s.set_weights(np.random.default_rng(len(batches)).dirichlet([1, 1, 1]))
+            if resume_after is not None and len(batches) == resume_after:
+                state = s.state_dict(behind=2 * 2 * 8)  # prefetch_factor x workers batches of 8
+                del it
+                s = _sampler(chunk=8, num_samples=2000)
+                s.load_state_dict(state)
+                loader = DataLoader(range(160), batch_size=8, sampler=s, num_workers=2, prefetch_factor=2)
+                it = iter(loader)
+            batches.append(next(it).tolist())
+        return batches
+
+    straight = run(None)
+    assert run(10) == straight
+
+
+def test_bad_states_are_refused_naming_what_differs():
+    s = _sampler()
+    next(iter(s))
+    with pytest.raises(ValueError, match="behind: 5 indices back, but 1 are recorded"):
+        s.state_dict(behind=5)
+    with pytest.raises(ValueError, match="state: saved with seed 4, this LiveWeightSampler has seed 5"):
+        _sampler(seed=5).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match=r"state: saved for domains \['a', 'b', 'c'\]"):
+        LiveWeightSampler([[0], [1]], ["a", "b"], num_samples=4, seed=4).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="state: version 0, this release reads 1"):
+        s.load_state_dict({**s.state_dict(), "version": 0})
+    s.set_weights([1, 1, 1], run_id="run-1")
+    with pytest.raises(ValueError, match="weights: of run run-2, but this loader samples for run run-1"):
+        s.set_weights([1, 2, 1], run_id="run-2")
