@@ -158,6 +158,36 @@ def regmix_cmd(
                   f"runs in {card.metrics['seconds/fit']:.1f} s", highlight=False)
 
 
+@agent_app.command("causalmix")
+def causalmix_cmd(
+    data: Annotated[list[Path], typer.Option("--data", help="Dataset folder(s) of pooled static runs of one setting.")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact folder to write (card.json, mixtures.json, ...).")],
+    pool: Annotated[str, typer.Option(help="The target pool: 'full' or 'NAME=CAP,...' (other domains full).")] = "full",
+    name: Annotated[str, typer.Option(help="Policy name in the card.")] = "causalmix",
+    version: Annotated[str, typer.Option(help="Policy version in the card.")] = "v1",
+    seed: Annotated[int, typer.Option(help="Seed of the forests and their nuisance models.")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="Corpus cache (default $MIXAGENT_HOME).")] = None,
+) -> None:
+    """Fit CausalMix (causal forest over pooled static proxy runs) for a target pool and write its
+    static-mixture artifact."""
+    # lazy: econml and lightgbm (the methods extra) load only when this command runs
+    from mixagent.agent.dataset import DatasetError  # noqa: PLC0415
+    from mixagent.env.pools import PoolError, parse_pool  # noqa: PLC0415
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+
+    try:
+        target = parse_pool(pool)
+        from mixagent.agent.causalmix import fit_causalmix  # noqa: PLC0415
+
+        card = fit_causalmix(data, out, target, name, version, seed, cache_dir)
+    except ImportError as e:
+        fail(f"causalmix: {e.name or 'econml'} is not installed (pip install 'mixagent[methods]')", 2)
+    except (DatasetError, ContractError, PoolError) as e:
+        fail(str(e), 2)
+    console.print(f"{out}: {card.ref} ({card.algorithm}) fitted on {card.metrics['data/static_runs']:.0f} pooled "
+                  f"static runs in {card.metrics['seconds/fit']:.1f} s", highlight=False)
+
+
 @agent_app.command("export")
 def export_cmd(
     policy: Annotated[Path, typer.Argument(help="A trained policy folder (holds learner.d3 and card.json).")],
