@@ -14,7 +14,8 @@ domain unless that is None.
 **Weights reach DataLoader workers.** They live in a shared-memory tensor, so
 :meth:`set_weights` in the main process is seen by every worker process (fork or spawn) at its
 next draw; each worker (and each rank under ``torch.distributed``) then draws from its own stream
-and a disjoint stride of each source.
+and a disjoint shard of each source (a fixed stride of one seeded permutation of a map-style source,
+of the examples of an iterable one).
 
 **Exact resume** (``state_dict`` / ``load_state_dict``, single process: ``num_workers=0``, the
 Trainer's default): the state is the draw generator's state, the per-domain cursors, the number of
@@ -58,20 +59,31 @@ class LiveMixtureDataset(LiveMixture):
 
     def _fetcher(self, stride: int, offset: int) -> Callable[[int, int], Any]:
         iterators: dict[int, Iterator[Any]] = {}
+        orders: dict[int, tuple[int, np.ndarray]] = {}
 
         def fetch(k: int, cursor: int) -> Any:
             src = self.sources[self.names[k]]
             if hasattr(src, "__getitem__") and hasattr(src, "__len__"):
-                return src[self._map_index(k, cursor, stride, offset)]
+                return src[self._map_index(k, cursor, stride, offset, orders)]
             return self._next_streamed(k, src, iterators, cursor, stride, offset)
 
         return fetch
 
-    def _map_index(self, k: int, cursor: int, stride: int, offset: int) -> int:
+    def _map_index(self, k: int, cursor: int, stride: int, offset: int,
+                   orders: dict[int, tuple[int, np.ndarray]]) -> int:
+        """The ``cursor``-th index of this shard of map-style domain ``k``: the shard is every
+        ``stride``-th index of one seeded permutation (fixed, so shards stay disjoint), walked in a
+        fresh seeded order each pass (``orders`` keeps the current pass's order per domain)."""
         n = len(self.sources[self.names[k]])
-        position = cursor * stride + offset
-        epoch, i = divmod(position, n)
-        return int(np.random.default_rng([self.seed, k, epoch]).permutation(n)[i])
+        size = len(range(offset, n, stride))
+        if size == 0:
+            raise ValueError(f"sources: domain {self.names[k]!r} has {n} examples, fewer than the {stride} "
+                             "shards (ranks x workers) that read it")
+        epoch, i = divmod(cursor, size)
+        if k not in orders or orders[k][0] != epoch:
+            shard = np.random.default_rng([self.seed, k]).permutation(n)[offset::stride]
+            orders[k] = (epoch, shard[np.random.default_rng([self.seed, k, epoch]).permutation(size)])
+        return int(orders[k][1][i])
 
     def _next_streamed(self, k: int, src: Any, iterators: dict[int, Iterator[Any]], cursor: int, stride: int,
                        offset: int) -> Any:
