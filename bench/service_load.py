@@ -69,6 +69,22 @@ def bare_app() -> Any:
     return app
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants, from /proc (Linux). The server's
+    CPU per request does not depend on what else the shared machine runs, unlike its throughput."""
+    ticks, total, todo = os.sysconf("SC_CLK_TCK"), 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / ticks
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,6 +113,10 @@ class Server:
             if time.time() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"server {target} did not start")
             time.sleep(0.1)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server and every process under it (uvicorn's workers)."""
+        return process_tree_cpu_seconds(self.proc.pid)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -179,6 +199,7 @@ class Load:
     errors: dict[str, int] = field(default_factory=dict)
     acked: list[tuple[str, int, str, list[float]]] = field(default_factory=list)
     wall_s: float = 0.0
+    server_cpu_s: float | None = None
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -193,6 +214,8 @@ class Load:
             "max_ms": round(float(lat.max()), 2) if len(lat) else None,
             "errors": int(sum(self.errors.values())),
             "error_kinds": self.errors,
+            "server_cpu_us_per_request": (round(1e6 * self.server_cpu_s / len(lat), 1)
+                                          if self.server_cpu_s is not None and len(lat) else None),
         }
 
 
@@ -256,14 +279,18 @@ async def _drive(url: str, runs: int, duration: float, rate: float | None, bare:
     return load
 
 
-def run_phase(url: str, runs: int, duration: float, rate: float | None, bare: bool = False,
+def run_phase(server: Server, runs: int, duration: float, rate: float | None, bare: bool = False,
               stop_on_error: bool = False, policy: str = "agent") -> Load:
-    """One phase. The generator's own cyclic GC is off meanwhile: its full collections (it keeps every
-    acknowledged decision) paused the generator for up to ~150 ms, which read as server latency."""
+    """One phase, with the server's CPU time over it. The generator's own cyclic GC is off meanwhile:
+    its full collections (it keeps every acknowledged decision) paused the generator for up to
+    ~150 ms, which read as server latency."""
     gc.collect()
     gc.disable()
     try:
-        return asyncio.run(_drive(url, runs, duration, rate, bare, stop_on_error, policy=policy))
+        cpu = server.cpu_seconds()
+        load = asyncio.run(_drive(server.url, runs, duration, rate, bare, stop_on_error, policy=policy))
+        load.server_cpu_s = server.cpu_seconds() - cpu
+        return load
     finally:
         gc.enable()
 
@@ -348,23 +375,26 @@ def main() -> None:
                                         ("service", "mixagent.service.server.main:create_app"))}
         try:
             for name, server in servers.items():  # warm-up
-                run_phase(server.url, args.saturation_runs, 1.0, None, name == "bare", policy=args.policy)
+                run_phase(server, args.saturation_runs, 1.0, None, name == "bare", policy=args.policy)
             if "saturation" in args.phases:
                 # bare and service alternate, so that the machine's other load (it is shared) falls
                 # on both alike; the ratio is taken per adjacent pair and its median reported
                 pairs = []
                 for _ in range(args.repeats):
-                    pair = {name: run_phase(server.url, args.saturation_runs, args.duration, None, name == "bare",
+                    pair = {name: run_phase(server, args.saturation_runs, args.duration, None, name == "bare",
                                             policy=args.policy).summary() for name, server in servers.items()}
                     pairs.append({**pair, "ratio": round(pair["service"]["throughput_rps"]
-                                                         / pair["bare"]["throughput_rps"], 3)})
+                                                         / pair["bare"]["throughput_rps"], 3),
+                                  "cpu_ratio": round(pair["bare"]["server_cpu_us_per_request"]
+                                                     / pair["service"]["server_cpu_us_per_request"], 3)})
                 median = sorted(pairs, key=lambda p: p["ratio"])[len(pairs) // 2]
                 results["saturation_bare"], results["saturation_service"] = median["bare"], median["service"]
                 results["saturation_ratios"] = [p["ratio"] for p in pairs]
+                results["saturation_cpu_ratios"] = [p["cpu_ratio"] for p in pairs]
                 results["saturation_pairs"] = pairs
             for name, server in servers.items():
                 if "paced" in args.phases:
-                    results[f"paced_{name}"] = run_phase(server.url, args.runs, args.duration, args.rate,
+                    results[f"paced_{name}"] = run_phase(server, args.runs, args.duration, args.rate,
                                                          name == "bare", policy=args.policy).summary()
                 results[f"load_average_after_{name}"] = os.getloadavg()
         finally:
@@ -381,20 +411,23 @@ def main() -> None:
         checks["throughput_at_least_0.7_of_bare"] = ratio >= 0.7
         checks["throughput_ratio"] = round(ratio, 3)
         checks["throughput_ratio_range"] = [min(results["saturation_ratios"]), max(results["saturation_ratios"])]
+        # the same ratio from the server's CPU per request (bare / service): what the throughput
+        # ratio measures when the server is the bottleneck, without the machine's other load
+        checks["cpu_per_request_ratio"] = round(float(np.median(results["saturation_cpu_ratios"])), 3)
     checks["zero_errors"] = all(results[f"{p}_service"]["errors"] == 0 for p in ("saturation", "paced")
                                 if p in args.phases)
     if "kill9" in args.phases:
         checks["zero_lost_after_kill9"] = results["kill9"]["lost_acknowledged"] == 0
     results["checks"] = checks
 
-    rows = [("phase", "server", "req/s", "p50 ms", "p99 ms", "max ms", "errors")]
+    rows = [("phase", "server", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "server CPU µs/req")]
     for phase in ("saturation", "paced"):
         for name in ("bare", "service"):
             if f"{phase}_{name}" not in results:
                 continue
             r = results[f"{phase}_{name}"]
             rows.append((phase, name, f"{r['throughput_rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                         f"{r['max_ms']:.2f}", str(r["errors"])))
+                         f"{r['max_ms']:.2f}", str(r["errors"]), f"{r['server_cpu_us_per_request']:.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     la = results["load_average_after_service"]
     print(f"policy {args.policy}; saturation: {args.saturation_runs} runs back to back; paced: {args.runs} runs at "
@@ -404,7 +437,9 @@ def main() -> None:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
     if "saturation_ratios" in results:
         print(f"saturation throughput service/bare per pair: {results['saturation_ratios']} "
-              f"(median {results['checks']['throughput_ratio']}; the rows above are the median pair)")
+              f"(median {results['checks']['throughput_ratio']}; the rows above are the median pair); server CPU "
+              f"per request bare/service per pair: {results['saturation_cpu_ratios']} "
+              f"(median {results['checks']['cpu_per_request_ratio']})")
     if "kill9" in results:
         k = results["kill9"]
         print(f"kill -9 mid-run: {k['acknowledged_before_kill']} decisions acknowledged, {k['lost_acknowledged']} "

@@ -194,6 +194,8 @@ def test_service_load_runs_every_phase_against_real_servers(cache_dir, tmp_path)
     data = json.loads(out.read_text())
     for phase in ("saturation_bare", "saturation_service", "paced_bare", "paced_service"):
         assert data[phase]["requests"] > 0 and data[phase]["errors"] == 0, (phase, data[phase])
+        assert data[phase]["server_cpu_us_per_request"] > 0, (phase, data[phase])
+    assert data["checks"]["cpu_per_request_ratio"] > 0
     k = data["kill9"]
     assert k["acknowledged_before_kill"] > 0 and k["lost_acknowledged"] == 0
     assert k["runs_resumed_after_restart"] == k["runs"]
