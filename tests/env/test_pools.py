@@ -149,3 +149,18 @@ def test_generate_records_each_runs_pool(tiny_setting, cache_dir, tmp_path):
     with pytest.raises(RunnerError, match="pool is"):  # the folder pins its pool law
         generate(GenerateConfig(out=out, n=2, families=("static_dirichlet",), level="domain",
                                 pool=PoolSpec(low=0.1), threads=1, cache_dir=cache_dir, progress=False), tiny_setting)
+
+
+def test_the_generate_command_takes_a_pool(tiny_setting_file, cache_dir, tmp_path):
+    from tests.conftest import run_mixagent
+
+    out = tmp_path / "cli-pools"
+    env = {"MIXAGENT_HOME": str(cache_dir)}
+    ok = run_mixagent("trajectories", "generate", "--setting", str(tiny_setting_file), "--n", "1", "--families",
+                      "static_dirichlet", "--level", "domain", "--pool", "draw:0.05", "--out", str(out), "--threads",
+                      "1", "--no-progress", env=env)
+    assert ok.returncode == 0 and "1/1 planned trajectories finished" in ok.stdout, ok.stderr[-2000:]
+    assert json.loads((out / "generate.json").read_text())["pool"] == {"low": 0.05, "high": 1.0}
+    bad = run_mixagent("trajectories", "generate", "--setting", str(tiny_setting_file), "--n", "1", "--pool",
+                       "tgt_a=2", "--out", str(tmp_path / "bad"), env=env)
+    assert bad.returncode == 2 and "pool.tgt_a: a cap must be a fraction in (0, 1], got 2.0" in bad.stderr
