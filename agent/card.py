@@ -10,6 +10,7 @@ Serving it is :mod:`mixagent.agent.onnx_policy`'s job.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -26,11 +27,12 @@ from mixagent.trajectories.contract import (
     Name,
     ObjectiveRange,
     format_validation_errors,
+    stable_hash,
 )
 from mixagent.trajectories.encoding import ACTION_MAPS, ENCODER_VERSION, ENCODER_VERSIONS, LEGACY_ACTION_MAP
 from mixagent.trajectories.tokens import TOKEN_ENCODER_VERSIONS
 
-__all__ = ["CARD_FILE", "ArtifactError", "TrainingData", "PolicyCard", "read_card"]
+__all__ = ["CARD_FILE", "ArtifactError", "TrainingData", "PolicyCard", "read_card", "artifact_digest"]
 
 CARD_FILE = "card.json"
 
@@ -218,3 +220,10 @@ def read_card(folder: str | Path) -> PolicyCard:
     except ValidationError as e:
         problems = format_validation_errors(e.errors(), root="card")[0]
         raise ArtifactError(f"{card_path}: invalid card: {problems}") from None
+
+
+def artifact_digest(folder: str | Path) -> str:
+    """What identifies an artifact's policy: a hash over its card and network files (``.json`` and
+    ``.onnx``, not ``training.json``), so a copy has its original's digest and a retrained network another."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".json", ".onnx") and p.name != "training.json")
+    return stable_hash({p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in files})

@@ -188,6 +188,66 @@ def causalmix_cmd(
                   f"static runs in {card.metrics['seconds/fit']:.1f} s", highlight=False)
 
 
+@agent_app.command("iterate")
+def iterate_cmd(
+    agent: Annotated[Path, typer.Option("--agent", help="The behaviour policy: the current agent's artifact.")],
+    round_: Annotated[int, typer.Option("--round", help="Round number r >= 1 (env seeds 10000·r + i).")],
+    n: Annotated[int, typer.Option("--n", help="Trajectories of this round, over all settings (round-robin).")],
+    data: Annotated[list[Path], typer.Option(
+        "--data", help="Training folders the round joins: the base data and earlier rounds (repeat).")],
+    settings: Annotated[list[str] | None, typer.Option(
+        "--setting", help="Training setting (repeat; default math-tiny and code-tiny).")] = None,
+    data_root: Annotated[Path, typer.Option(help="Where the round's folders closed-loop-r<r>-<setting> go.")] = Path(
+        "data/trajectories"),
+    out: Annotated[Path | None, typer.Option("--out", help="Retrained agent (omit: run the round only).")] = None,
+    algo: Annotated[str, typer.Option(help="bc | cql | bc+cql | iql | td3+bc")] = "bc",
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON file of TrainConfig fields.")] = None,
+    sigma_min: Annotated[float, typer.Option(help="Smallest logit noise σ of a run (drawn per run).")] = 0.05,
+    sigma_max: Annotated[float, typer.Option(help="Largest logit noise σ of a run.")] = 0.3,
+    start_sigma: Annotated[float, typer.Option(help="Spread of a perturbed start's logit offset.")] = 1.0,
+    start_fraction: Annotated[float, typer.Option(help="Share of runs with a perturbed start.")] = 0.5,
+    select_seeds: Annotated[int, typer.Option(
+        help="Selection rollouts (seeds 5000..) of behaviour vs retrained agent; 0: none.")] = 0,
+    select_objectives: Annotated[list[str] | None, typer.Option(
+        "--select-objective", help="Objective of the selection rollouts, spread_penalty=X[,FIELD=W,..] (repeat; "
+                                   "default 0, 0.5 and 0.9).")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel workers, one env each.")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads per worker (0: cores / workers).")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """A closed-loop round: the agent drives the training settings with exploration, its runs go to
+    folders of their own, and the next agent trains on the union (agent/iterate.py)."""
+    # lazy: the runner, the env, torch and d3rlpy load only when this command runs
+    from mixagent.agent.catalogue import parse_objective  # noqa: PLC0415
+    from mixagent.agent.dataset import DatasetError  # noqa: PLC0415
+    from mixagent.agent.iterate import SELECT_OBJECTIVES, IterateConfig, iterate  # noqa: PLC0415
+    from mixagent.agent.runner import RunnerConfig, RunnerError  # noqa: PLC0415
+    from mixagent.agent.train import load_config  # noqa: PLC0415
+    from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
+    from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
+
+    try:
+        cfg = IterateConfig(agent=agent, round=round_, n=n, data=tuple(data), data_root=data_root, out=out, algo=algo,
+                            sigma_range=(sigma_min, sigma_max), start_sigma=start_sigma, start_fraction=start_fraction,
+                            select_seeds=select_seeds,
+                            select_objectives=tuple(parse_objective(o) for o in select_objectives or ())
+                            or SELECT_OBJECTIVES,
+                            runner=RunnerConfig(workers=workers, threads=threads, cache_dir=cache_dir,
+                                                progress=progress))
+        report = iterate(cfg, [load_setting(s) for s in settings or ["math-tiny", "code-tiny"]],
+                         load_config(config) if out is not None else None, progress=progress)
+    except (ContractError, SettingError, RunnerError, DatasetError) as e:
+        fail(str(e), 2)
+    for folder, r in zip(report.folders, report.runs, strict=True):
+        console.print(f"{folder}: {r.already_done + r.generated}/{r.planned} runs ({r.generated} now)", highlight=False)
+    if report.train is not None:
+        console.print(f"{out}: {report.train.card.ref} ({report.train.card.algorithm}) trained on "
+                      f"{report.train.train_trajectories} trajectories", highlight=False)
+    console.print("CPU seconds: " + ", ".join(f"{k} {v:.0f} (wall {report.wall_seconds[k]:.0f})"
+                                             for k, v in report.cpu_seconds.items()), highlight=False)
+
+
 @agent_app.command("export")
 def export_cmd(
     policy: Annotated[Path, typer.Argument(help="A trained policy folder (holds learner.d3 and card.json).")],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import typing
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from mixagent.agent.dataset import DatasetError, all_copies, load_runs, policy_a
 from mixagent.agent.onnx_policy import load_artifact
 from mixagent.trajectories import Objective
 from mixagent.trajectories.contract import ObjectiveRange
-from mixagent.trajectories.encoding import ACTION_MAP, LEGACY_ACTION_MAP, action_to_weights
+from mixagent.trajectories.encoding import ACTION_MAP, ACTION_MAPS, LEGACY_ACTION_MAP, action_to_weights
 
 FAST = {"bc_steps": 40, "rl_steps": 20, "fqe_steps": 0, "relabel_copies": 2, "bc_objective_draws": 2,
         "steps_per_epoch": 20, "batch_size": 32, "hidden_units": [16, 16], "bc_max_roughness": 1.0}
@@ -43,10 +44,6 @@ def test_dataset_labels_f_minus_one_actions_that_rebuild_the_mixtures(tiny_datas
 @pytest.mark.parametrize(("action_map", "width"), [(ACTION_MAP, 1), (LEGACY_ACTION_MAP, 2)])
 def test_cql_trains_on_the_maps_action_size_and_the_card_records_the_map(tiny_dataset, tmp_path, action_map, width):
     from mixagent.agent.train import TrainConfig, make_algo, train
-
-    import typing
-
-    from mixagent.trajectories.encoding import ACTION_MAPS
 
     assert typing.get_args(TrainConfig.model_fields["action_map"].annotation) == ACTION_MAPS
     assert TrainConfig().action_map == ACTION_MAP

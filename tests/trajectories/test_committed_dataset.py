@@ -50,15 +50,40 @@ def test_dataset_matches_its_setting_and_card(folder):
 def test_every_committed_mixture_is_rebuilt_from_its_header(folder):
     """The schedule code still produces the weights that were trained on, up to the float numerics of
     the CPU that stored them (``REBUILD_ATOL``: numpy's kernels differ by instruction set)."""
+    from mixagent.agent.closed_loop import FAMILY, rebuilt_mixtures
     from mixagent.agent.registry import build_policy
 
     for s in FileStore(folder).load_all():
         hd, h = s.trajectory.header, s.trajectory.history
+        if hd.schedule == FAMILY:  # a closed-loop round: the agent of the folder's behaviour copy, its noise seeded
+            np.testing.assert_allclose(rebuilt_mixtures(folder, s.trajectory), h.weight_matrix(), rtol=0,
+                                       atol=REBUILD_ATOL, err_msg=hd.trajectory_id)
+            continue
         schedule = build_policy(hd.schedule, hd.schedule_params, PolicyContext(hd.space, hd.horizon, hd.action))
         for i, w in enumerate(h.weights):
             seen = History(space=hd.space, feedback=h.feedback[: i + 1], weights=h.weights[:i])
             np.testing.assert_allclose(schedule.next_weights(hd.space, seen).as_array(), w.as_array(),
                                        rtol=0, atol=REBUILD_ATOL, err_msg=hd.trajectory_id)
+
+
+CLOSED_LOOP = [p for p in DATASETS if p.name.startswith("closed-loop-")]
+
+
+@pytest.mark.parametrize("folder", CLOSED_LOOP, ids=lambda p: p.name)
+def test_a_closed_loop_folder_names_its_behaviour_and_uses_training_seeds(folder):
+    """Each record names the behaviour artifact and its digest, which the folder's own copy has; no run
+    uses a benchmark seed."""
+    from mixagent.agent.card import artifact_digest, read_card
+    from mixagent.agent.closed_loop import BEHAVIOUR_DIR
+    from mixagent.agent.iterate import check_training_seed
+
+    pinned = json.loads((folder / "generate.json").read_text())
+    assert artifact_digest(folder / BEHAVIOUR_DIR) == pinned["behaviour_digest"]
+    assert read_card(folder / BEHAVIOUR_DIR).ref == pinned["behaviour"]
+    for s in FileStore(folder).load_all():
+        params = s.trajectory.header.schedule_params
+        assert params["artifact_digest"] == pinned["behaviour_digest"] and params["behaviour"] == pinned["behaviour"]
+        check_training_seed(s.trajectory.header.seed)
 
 
 @pytest.mark.real
