@@ -8,6 +8,7 @@ selection rule of the harness (:func:`best_grid_point`) lives here too, beside t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ __all__ = [
     "write_report",
     "plot_results",
     "plot_domain_schedules",
+    "method_costs",
 ]
+
+_REPO = Path(__file__).resolve().parents[1]
 
 
 # ----- statistics -----------------------------------------------------------------------------------
@@ -222,7 +226,67 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
             "grid_selection_means": sel_means if grid and select else {},
             "paired_over_unpaired_halfwidth_median": float(np.median(width_ratio)) if width_ratio else None,
         }
+    out["costs"] = method_costs(setting, cfg, plan, trajectories)
     return out
+
+
+# ----- the price of each method ---------------------------------------------------------------------
+
+
+def _dataset_cpu_hours(folder: str, runs: float) -> float | None:
+    """CPU-hours of ``runs`` records of a dataset folder: its ``card.json``'s mean wall time per
+    trajectory times the torch threads its ``generate.json`` pins (None: not on this machine)."""
+    for root in (Path.cwd(), _REPO, _REPO / "data" / "trajectories"):
+        try:
+            card = json.loads((root / folder / "card.json").read_text())
+            per = float(card["wall_time_s"]["per_trajectory_mean"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
+            threads = int(json.loads((root / folder / "generate.json").read_text()).get("threads") or 1)
+        except (OSError, ValueError, TypeError, AttributeError):
+            threads = 1
+        return per * runs * threads / 3600
+    return None
+
+
+def _artifact_cost(artifact: str, setting: Setting) -> dict[str, Any]:
+    from mixagent.agent.card import CARD_FILE, PolicyCard  # noqa: PLC0415
+
+    try:
+        card = PolicyCard.model_validate_json((Path(artifact) / CARD_FILE).read_text())
+    except (OSError, ValueError):
+        return {"proxy_runs": None, "cpu_hours": None, "fit_seconds": None, "from_evaluated_setting": None}
+    data = card.training_data
+    total = sum(d.trajectories for d in data)
+    used = card.metrics.get("data/static_runs", total)  # a static searcher fits a folder's static runs only
+    hours = [_dataset_cpu_hours(d.folder, d.trajectories * used / max(total, 1)) for d in data]
+    same = [d.setting_hash == setting.hash() for d in data]
+    return {"proxy_runs": int(used), "cpu_hours": None if None in hours else float(sum(h or 0.0 for h in hours)),
+            "fit_seconds": float(sum(v for k, v in card.metrics.items() if k.startswith("seconds/"))),
+            "from_evaluated_setting": None if not data else "yes" if all(same) else "partly" if any(same) else "no"}
+
+
+def method_costs(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan,
+                 trajectories: dict[str, Trajectory]) -> dict[str, dict[str, Any]]:
+    """The cost column: per policy, the proxy runs it needed before its evaluation (an artifact's
+    training runs; the grid's sweep on the selection seeds), their CPU-hours, its fit or training
+    seconds (the card's ``seconds/*``), and whether those runs came from the evaluated setting
+    (``yes``, ``partly``, ``no``; None: it needed none). A baseline or hand schedule needs none."""
+    threads = setting.cpt.threads or 1
+    sweep = [trajectories[rid] for p in cfg.policies if p.group == "grid" for s in cfg.select_seeds
+             if (rid := plan.runs.get((p.label, None, s))) is not None and rid in trajectories]
+    costs: dict[str, dict[str, Any]] = {}
+    for spec in cfg.policies:
+        if spec.group == "grid":
+            costs[spec.label] = {"proxy_runs": len(sweep),
+                                 "cpu_hours": sum(sum(t.stage_wall_s) for t in sweep) * threads / 3600,
+                                 "fit_seconds": 0.0, "from_evaluated_setting": "yes" if sweep else None}
+        elif spec.artifact is None:
+            costs[spec.label] = {"proxy_runs": 0, "cpu_hours": 0.0, "fit_seconds": 0.0, "from_evaluated_setting": None}
+        else:
+            costs[spec.label] = _artifact_cost(spec.artifact, setting)
+    return costs
 
 
 def _goals(rows: dict[str, Any], cfg: EvaluationConfig) -> dict[str, bool]:
@@ -263,6 +327,18 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
         if res.get("incomplete"):
             lines += [f"**{res['setting']}: interim report.** Not all runs are made yet; left out (or scored on "
                       f"selection seeds only): {', '.join(res['incomplete'])}.", ""]
+        if res.get("costs"):
+            lines += [f"## {res['setting']} · price", "",
+                      "What each method needed before its evaluation runs: proxy runs (an artifact's training or "
+                      "fitting runs, the grid's sweep on the selection seeds), their CPU-hours, fit/training "
+                      "seconds, and whether those runs came from this setting.", "",
+                      "| policy | extra proxy runs | CPU-hours | fit/train s | runs from this setting |",
+                      "|---|---|---|---|---|"]
+            for label, c in res["costs"].items():
+                cells = ["n/a" if c[k] is None else f"{c[k]:{f}}" for k, f in
+                         (("proxy_runs", "d"), ("cpu_hours", ".2f"), ("fit_seconds", ".0f"))]
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | {c['from_evaluated_setting'] or '—'} |")
+            lines.append("")
         for ok, r in res["objectives"].items():
             if not r["policies"]:
                 continue
