@@ -117,8 +117,8 @@ def pool_samples(runs: Sequence[TrainingRun], arrays: Mapping[str, np.ndarray], 
     static = static_samples(runs, min_runs=1)
     if len(static.runs) < min_runs:
         raise DatasetError(f"--data: {len(static.runs)} static runs; CausalMix needs at least {min_runs} "
-                           f"(128 or more for {len(static.domains) * len(COVARIATES)} covariates: generate them with "
-                           "`mixagent trajectories generate --pool draw ...`)")
+                           f"({len(static.domains) * len(COVARIATES)} pool covariates; plan on 128 or more): generate "
+                           "pooled runs with `mixagent trajectories generate --pool draw ...`")
     missing = [d for d in static.domains if d not in arrays]
     if missing:
         raise DatasetError(f"--data: no train tokens for domains {missing} in the setting's corpus")
