@@ -3,13 +3,17 @@ draws that follow the weights and their changes (in DataLoader workers too), exa
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 datasets = pytest.importorskip("datasets")
 torch = pytest.importorskip("torch")
 
 from mixagent.service.trainer.hf_datasets import LiveMixtureDataset  # noqa: E402
+from tests.service.trainer.loader_checks import (  # noqa: E402
+    check_draws_follow_the_weights,
+    check_workers_follow_the_weights,
+    drawn_with_a_resume,
+)
 
 
 def _sources():
@@ -27,13 +31,7 @@ def _take(it, n):
 
 
 def test_draws_follow_the_weights_and_their_changes():
-    mix = LiveMixtureDataset(_sources(), {"web": 0.7, "code": 0.2, "proofs": 0.1}, seed=0)
-    it = iter(mix)
-    first = [x["domain"] for x in _take(it, 2000)]
-    share = {d: first.count(d) / 2000 for d in mix.names}
-    assert share == pytest.approx({"web": 0.7, "code": 0.2, "proofs": 0.1}, abs=0.035)  # ~3.5 binomial sd
-    mix.set_weights({"web": 0.0, "code": 0.0, "proofs": 1.0})
-    assert {x["domain"] for x in _take(it, 50)} == {"proofs"}  # the very next draw follows
+    check_draws_follow_the_weights(lambda w: LiveMixtureDataset(_sources(), w, seed=0))
     # a map-style source is walked through a permutation: no repeat within a pass
     only_web = LiveMixtureDataset(_sources(), [1, 0, 0], seed=3)
     ids = [x["id"] for x in _take(iter(only_web), 50)]
@@ -45,15 +43,7 @@ def test_draws_follow_the_weights_and_their_changes():
 
 
 def test_weights_set_in_the_main_process_reach_dataloader_workers():
-    mix = LiveMixtureDataset(_sources(), {"web": 1.0, "code": 0.0, "proofs": 0.0}, seed=1)
-    loader = torch.utils.data.DataLoader(mix, batch_size=10, num_workers=2, prefetch_factor=1,
-                                         collate_fn=lambda b: [x["domain"] for x in b])
-    it = iter(loader)
-    assert {d for batch in _take(it, 4) for d in batch} == {"web"}
-    mix.set_weights({"web": 0.0, "code": 1.0, "proofs": 0.0})
-    later = _take(it, 8)
-    # at most prefetch_factor x workers = 2 batches were drawn before the change
-    assert all(set(b) == {"code"} for b in later[2:]), later
+    check_workers_follow_the_weights(lambda w: LiveMixtureDataset(_sources(), w, seed=1))
     # the two workers drew disjoint examples of each map-style source
     mix2 = LiveMixtureDataset(_sources(), [1, 0, 0], seed=1, num_samples=50)
     ids = [x["id"] for b in torch.utils.data.DataLoader(mix2, batch_size=5, num_workers=2,
@@ -62,20 +52,9 @@ def test_weights_set_in_the_main_process_reach_dataloader_workers():
 
 
 def test_exact_resume_after_weight_changes():
-    def run(resume_at: int | None, total: int = 300) -> list[str]:
-        mix = LiveMixtureDataset(_sources(), seed=7)
-        out: list[str] = []
-        it = iter(mix)
-        while len(out) < total:
-            if len(out) % 60 == 0:  # a decision every 60 examples
-                mix.set_weights(np.random.default_rng(len(out)).dirichlet([1, 1, 1]))
-            if resume_at is not None and len(out) == resume_at:  # kill, then restore from the checkpoint
-                state = mix.state_dict()
-                mix = LiveMixtureDataset(_sources(), seed=7)
-                mix.load_state_dict(state)
-                it = iter(mix)
-            out.append(next(it)["id"])
-        return out
+    def run(resume_at: int | None) -> list[str]:
+        return drawn_with_a_resume(lambda: LiveMixtureDataset(_sources(), seed=7), resume_at, total=300, every=60,
+                                   key=lambda x: x["id"])
 
     straight = run(None)
     assert run(130) == straight and run(61) == straight  # mid-interval, after two and one weight changes

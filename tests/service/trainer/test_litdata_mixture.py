@@ -4,10 +4,8 @@ workers too), domains read pass after pass in litdata's own order, exact resume.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,6 +14,11 @@ litdata = pytest.importorskip("litdata")
 from litdata.streaming.writer import BinaryWriter  # noqa: E402
 
 from mixagent.service.trainer.litdata_mixture import LiveLitdataMixture  # noqa: E402
+from tests.service.trainer.loader_checks import (  # noqa: E402
+    check_draws_follow_the_weights,
+    check_workers_follow_the_weights,
+    drawn_with_a_resume,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:A newer version of litdata")  # litdata asks PyPI at start
 
@@ -52,13 +55,7 @@ def _take(it, n):  # type: ignore[no-untyped-def]
 
 
 def test_draws_follow_the_weights_and_their_changes(folders):
-    mix = LiveLitdataMixture(_sources(folders), {"web": 0.7, "code": 0.2, "proofs": 0.1}, seed=0)
-    it = iter(mix)
-    first = [x["domain"] for x in _take(it, 2000)]
-    share = {d: first.count(d) / 2000 for d in mix.names}
-    assert share == pytest.approx({"web": 0.7, "code": 0.2, "proofs": 0.1}, abs=0.035)  # ~3.5 binomial sd
-    mix.set_weights({"web": 0.0, "code": 0.0, "proofs": 1.0})
-    assert {x["domain"] for x in _take(it, 50)} == {"proofs"}  # the very next draw follows
+    check_draws_follow_the_weights(lambda w: LiveLitdataMixture(_sources(folders), w, seed=0))
     # a domain is read pass after pass, each pass every example once, a shuffled dataset reshuffled
     only_code = LiveLitdataMixture(_sources(folders), [0, 1, 0], seed=3)
     ids = [x["id"] for x in _take(iter(only_code), 80)]
@@ -72,20 +69,9 @@ def test_draws_follow_the_weights_and_their_changes(folders):
 def test_exact_resume_after_weight_changes(folders):
     """A mixture restored from a (JSON round-tripped) state yields exactly the uninterrupted one's
     examples: mid-pass, after a domain's first pass ended, after several weight changes."""
-    def run(resume_at: int | None, total: int = 260) -> list[str]:
-        mix = LiveLitdataMixture(_sources(folders), seed=7)
-        out: list[str] = []
-        it = iter(mix)
-        while len(out) < total:
-            if len(out) % 40 == 0:  # a decision every 40 examples
-                mix.set_weights(np.random.default_rng(len(out)).dirichlet([1, 1, 1]), decision=f"d{len(out)}")
-            if resume_at is not None and len(out) == resume_at:  # kill, then restore from the checkpoint
-                state = json.loads(json.dumps(mix.state_dict()))
-                mix = LiveLitdataMixture(_sources(folders), seed=7)
-                mix.load_state_dict(state)
-                it = iter(mix)
-            out.append(next(it)["id"])
-        return out
+    def run(resume_at: int | None) -> list[str]:
+        return drawn_with_a_resume(lambda: LiveLitdataMixture(_sources(folders), seed=7), resume_at, total=260,
+                                   every=40, key=lambda x: x["id"])
 
     straight = run(None)
     counts = {d: sum(i.startswith(d) for i in straight) for d in SIZES}
@@ -100,14 +86,7 @@ def test_exact_resume_after_weight_changes(folders):
 
 
 def test_weights_set_in_the_main_process_reach_dataloader_workers_on_disjoint_shards(folders):
-    mix = LiveLitdataMixture(_sources(folders), {"web": 1.0, "code": 0.0, "proofs": 0.0}, seed=1)
-    loader = torch.utils.data.DataLoader(mix, batch_size=10, num_workers=2, prefetch_factor=1,
-                                         collate_fn=lambda b: [x["domain"] for x in b])
-    it = iter(loader)
-    assert {d for batch in _take(it, 4) for d in batch} == {"web"}
-    mix.set_weights({"web": 0.0, "code": 1.0, "proofs": 0.0})
-    later = _take(it, 8)
-    assert all(set(b) == {"code"} for b in later[2:]), later  # at most prefetch_factor x workers batches late
+    check_workers_follow_the_weights(lambda w: LiveLitdataMixture(_sources(folders), w, seed=1))
     # litdata gives each worker its own chunks: one pass of both workers is the domain, once
     one = LiveLitdataMixture(_sources(folders), [1, 0, 0], seed=1, num_samples=25)
     ids = [x["id"] for b in torch.utils.data.DataLoader(one, batch_size=5, num_workers=2, collate_fn=lambda b: b)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from mixagent.service.trainer.sampler import LiveWeightSampler  # noqa: E402
+from tests.service.trainer.loader_checks import drawn_with_a_resume  # noqa: E402
 
 
 class DomainOf(Dataset):
@@ -81,21 +80,8 @@ def _sampler(**kw):  # type: ignore[no-untyped-def]
 def test_exact_resume_mid_chunk_after_weight_changes():
     """A sampler restored from a (JSON round-tripped) state yields exactly the indices of the
     uninterrupted one: mid-chunk, at a chunk boundary, before the first draw, after several changes."""
-    def run(resume_at: int | None, total: int = 300) -> list[int]:
-        s = _sampler()
-        out: list[int] = []
-        it = iter(s)
-        while len(out) < total:
-            if len(out) % 50 == 0:  # a decision every 50 indices
-                s.set_weights(np.random.default_rng(len(out)).dirichlet([1, 1, 1]), decision=f"d{len(out)}")
-            if resume_at is not None and len(out) == resume_at:  # kill, then restore from the checkpoint
-                state = json.loads(json.dumps(s.state_dict()))
-                s = _sampler()
-                s.load_state_dict(state)
-                assert s.decision == f"d{resume_at // 50 * 50}"  # the decision it samples under
-                it = iter(s)
-            out.append(next(it))
-        return out
+    def run(resume_at: int | None) -> list[int]:
+        return drawn_with_a_resume(_sampler, resume_at, total=300, every=50)
 
     straight = run(None)
     assert len(set(straight)) > 100  # real draws, not one index
