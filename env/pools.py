@@ -108,7 +108,8 @@ def parse_pool(text: str) -> PoolSpec | None:
             raise PoolError(f"--pool: {text!r}: expected draw[:LOW[:HIGH]] with numbers") from None
         if len(bounds) > 2:
             raise PoolError(f"--pool: {text!r}: expected draw[:LOW[:HIGH]]")
-        return PoolSpec(**dict(zip(("low", "high"), bounds, strict=False)))
+        default = PoolSpec()
+        return PoolSpec(bounds[0] if bounds else default.low, bounds[1] if len(bounds) > 1 else default.high)
     caps = []
     for item in text.split(","):
         name, eq, value = item.partition("=")
