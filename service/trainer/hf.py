@@ -49,7 +49,9 @@ except ModuleNotFoundError as e:  # torch and transformers come with the train e
     raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.hf") or str(e), name=e.name) from e
 
 from mixagent.service.trainer.client import MixingRun
-from mixagent.service.trainer.mixture import ServedWeights, served_by
+from mixagent.service.trainer.hf_datasets import read_checkpoint_state, write_checkpoint_state
+from mixagent.service.trainer.mixture import LiveMixture, ServedWeights, served_by
+from mixagent.service.trainer.sampler import LiveWeightSampler
 from mixagent.service.trainer.scores import CONTEXT_FRACTION, IGNORE_INDEX, continuation_log_likelihood, field_scores
 from mixagent.trajectories.contract import Feedback
 
@@ -96,7 +98,14 @@ class MixagentCallback(TrainerCallback):
     posted once every domain of the run's space has reported for the step.
 
     ``tokens_per_step``: the tokens of one optimizer step, used when the Trainer does not count them
-    (``include_num_input_tokens_seen``)."""
+    (``include_num_input_tokens_seen``).
+
+    **Exact resume.** With a mixagent loader (a :class:`LiveWeightSampler` or a mixture) every
+    checkpoint keeps its state, and ``Trainer.train(resume_from_checkpoint=...)`` (with
+    ``TrainingArguments(ignore_data_skip=True)``) trains on exactly the batches of the uninterrupted
+    run: the loader goes on from the checkpoint, the feedbacks go to the run it followed (a run the
+    restarted script created gets none; said once), and the evaluation a resumed Trainer makes at
+    its first step (``eval_on_start``) is not reported again."""
 
     def __init__(self, run: MixingRun, sampler: LiveWeights | None = None, tokens_per_step: int = 0):
         self.run = run
@@ -105,6 +114,8 @@ class MixagentCallback(TrainerCallback):
         self._losses: dict[str, float] = {}
         self._scores: dict[str, float] = {}
         self._step: int | None = None
+        self._resumed_at: int | None = None
+        """The step a resumed Trainer started from (its evaluation there was reported before the checkpoint)."""
         self.decisions: list[tuple[int, dict[str, float]]] = []
 
     # ----- checks, before any training ----------------------------------------------------------
@@ -135,12 +146,34 @@ class MixagentCallback(TrainerCallback):
             log.warning("MixagentCallback: the Trainer does not count tokens, so every feedback would say "
                         "tokens_seen = 0; set TrainingArguments(include_num_input_tokens_seen=True) or "
                         "MixagentCallback(tokens_per_step=...)")
+        if state.global_step > 0:
+            self._resume(args, state)
+
+    def _resume(self, args: TrainingArguments, state: TrainerState) -> None:
+        """A Trainer resumed from a checkpoint: the loader goes on from the state saved there, and the
+        feedbacks go to the run that loader followed (not to a run this process may have started)."""
+        self._resumed_at = state.global_step
+        if not isinstance(self.sampler, LiveWeightSampler | LiveMixture):
+            return
+        read_checkpoint_state(self.sampler, args, state, "MixagentCallback")
+        followed = self.sampler.run_id
+        if followed is None or followed == self.run.run_id:
+            return
+        started, stored = self.run, self.run.client.get_run(followed, limit=1)
+        self.run = MixingRun(started.client, started.space, {
+            "run_id": followed, "policy": stored["policy"], "policy_version": stored["policy_version"],
+            "horizon": stored["horizon"], "interval": stored["interval"], "mixture_id": self.sampler.decision,
+            "weights": self.sampler.weights}, report_wait_s=started.report_wait_s)
+        log.warning("MixagentCallback: resuming run %s from the checkpoint at step %d (run %s, started by this "
+                    "process, gets no feedback)", followed, state.global_step, started.run_id)
 
     # ----- one feedback per evaluation step ----------------------------------------------------
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
         metrics: dict[str, float] | None = None, **kwargs: Any,
     ) -> None:
+        if state.global_step == self._resumed_at:  # eval_on_start of a resumed run: reported before the checkpoint
+            return
         space = self.run.space
         metrics = metrics or {}
         if "eval_loss" in metrics:
@@ -186,6 +219,12 @@ class MixagentCallback(TrainerCallback):
         state.log_history.append({"step": state.global_step,
                                   **{f"mixagent/weight/{n}": float(w) for n, w in weights.items()}})
         self._losses, self._scores = {}, {}
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """Every checkpoint keeps the loader's state (a mixagent sampler or mixture), so that
+        ``train(resume_from_checkpoint=...)`` resumes it exactly."""
+        if isinstance(self.sampler, LiveWeightSampler | LiveMixture):
+            write_checkpoint_state(self.sampler, args, state)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:

@@ -30,14 +30,18 @@ draws and weights are replayed on resume), and loads it before the first batch o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mixagent.service.trainer.mixture import LiveMixture
+from mixagent.service.trainer.sampler import LiveWeightSampler
 
-__all__ = ["LiveMixtureDataset", "MIXTURE_STATE_FILE", "mixture_checkpoint_callback"]
+__all__ = ["LiveMixtureDataset", "MIXTURE_STATE_FILE", "mixture_checkpoint_callback", "read_checkpoint_state",
+           "write_checkpoint_state"]
 
 
 class LiveMixtureDataset(LiveMixture):
@@ -108,38 +112,46 @@ class LiveMixtureDataset(LiveMixture):
 
 
 MIXTURE_STATE_FILE = "mixagent_mixture.json"
-"""The mixture's state inside each of the Trainer's checkpoint folders."""
+"""The loader's state inside each of the Trainer's checkpoint folders."""
 
 
-def mixture_checkpoint_callback(mixture: LiveMixture) -> Any:
+def write_checkpoint_state(loader: LiveMixture | LiveWeightSampler, args: Any, state: Any) -> None:
+    """Write ``loader``'s state into the Trainer's checkpoint folder of ``state.global_step``; accelerate
+    has fetched one batch beyond the last one trained on, so the state is the one before it."""
+    folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ahead = args.per_device_train_batch_size * max(1, args.n_gpu)
+    (folder / MIXTURE_STATE_FILE).write_text(json.dumps(loader.state_dict(behind=ahead)))
+
+
+def read_checkpoint_state(loader: LiveMixture | LiveWeightSampler, args: Any, state: Any, who: str) -> None:
+    """Load into ``loader`` the state of the checkpoint a Trainer resumes from (``who`` names the caller
+    in the errors: a resume without ``ignore_data_skip=True``, a checkpoint without the state)."""
+    if not args.ignore_data_skip:
+        raise ValueError(f"{who}: resuming needs TrainingArguments(ignore_data_skip=True): the loader resumes its "
+                         "own stream, a skip would skip it twice")
+    path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MIXTURE_STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"{who}: {path} does not exist; the checkpoint was saved without it, so the loader cannot "
+                         "resume exactly")
+    loader.load_state_dict(json.loads(path.read_text()))
+
+
+def mixture_checkpoint_callback(mixture: LiveMixture | LiveWeightSampler) -> Any:
     """A ``transformers`` callback that makes ``Trainer.train(resume_from_checkpoint=...)`` resume the
-    mixture exactly: every checkpoint folder gets the mixture's :meth:`~LiveMixtureDataset.state_dict`
-    (``mixagent_mixture.json``), and a resumed run loads it before the first batch. The mixture
+    mixture (or sampler) exactly: every checkpoint folder gets its ``state_dict``
+    (``mixagent_mixture.json``), and a resumed run loads it before the first batch. The loader
     resumes its own stream, so the Trainer must not skip batches itself: ``ignore_data_skip=True``
-    (a resume without it is refused, naming the flag)."""
-    import json  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
+    (a resume without it is refused, naming the flag). :class:`~mixagent.service.trainer.hf.
+    MixagentCallback` does the same for the loader it feeds; this one is for a run without it."""
     from transformers import TrainerCallback  # noqa: PLC0415 - the train extra
 
     class MixtureCheckpoint(TrainerCallback):  # type: ignore[misc]  # transformers is untyped here
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step == 0:
-                return
-            if not args.ignore_data_skip:
-                raise ValueError("mixture_checkpoint_callback: resuming needs TrainingArguments(ignore_data_skip=True)"
-                                 ": the mixture resumes its own stream, a skip would skip it twice")
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MIXTURE_STATE_FILE
-            if not path.is_file():
-                raise ValueError(f"mixture_checkpoint_callback: {path} does not exist; the checkpoint was saved "
-                                 "without this callback, so the mixture cannot resume exactly")
-            mixture.load_state_dict(json.loads(path.read_text()))
+            if state.global_step > 0:
+                read_checkpoint_state(mixture, args, state, "mixture_checkpoint_callback")
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            folder.mkdir(parents=True, exist_ok=True)
-            # accelerate has fetched one batch beyond the last one trained on: keep the state before it
-            ahead = args.per_device_train_batch_size * max(1, args.n_gpu)
-            (folder / MIXTURE_STATE_FILE).write_text(json.dumps(mixture.state_dict(behind=ahead)))
+            write_checkpoint_state(mixture, args, state)
 
     return MixtureCheckpoint()

@@ -5,6 +5,7 @@ once or is said once, with the fix."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -253,3 +254,63 @@ def test_a_resumed_trainer_draws_exactly_the_examples_of_the_uninterrupted_run(t
     assert len(straight) == 9 and first == straight[:5]
     assert resumed[:4] == straight[4:8]
     assert (tmp_path / "b" / "checkpoint-4" / "mixagent_mixture.json").is_file()
+
+
+def test_the_callback_resumes_its_sampler_and_run_from_a_checkpoint_without_extra_code(server, tmp_path, caplog):
+    """``MixagentCallback`` alone: every checkpoint keeps its sampler's state, and
+    ``train(resume_from_checkpoint=...)`` of a run stopped mid-interval (checkpoint at 6, stopped at 7,
+    evaluations every 4) trains on exactly the uninterrupted run's batches and sends the rest of the
+    feedbacks to the checkpoint's run, which gets the uninterrupted run's decisions."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.cat([_domain(gen, 0, 64), _domain(gen, 8, 64)])
+    heldout = {d: Tokens(_domain(gen, lo, 8)) for d, lo in (("low", 0), ("high", 8))}
+
+    class Indexed(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return {"input_ids": rows[i], "labels": rows[i], "idx": i}
+
+    class StopAt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            control.should_training_stop = state.global_step == 7
+
+    def train(client, out, resume=None, stop=False):  # type: ignore[no-untyped-def]
+        seen: list[list[int]] = []
+
+        def collate(batch):  # type: ignore[no-untyped-def]
+            if "idx" in batch[0]:  # a training batch (the evaluations collate through here too)
+                seen.append([b["idx"] for b in batch])
+            return {k: torch.stack([b[k] for b in batch]) for k in ("input_ids", "labels")}
+
+        run = client.start_run(SPACE, horizon=3, interval=4, policy="loss-softmax")  # as a restarted script does
+        sampler = LiveWeightSampler([range(64), range(64, 128)], SPACE.names, run.weights, num_samples=10_000, chunk=4)
+        config = transformers.LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+        torch.manual_seed(0)
+        args = transformers.TrainingArguments(
+            output_dir=str(out), max_steps=12, per_device_train_batch_size=4, learning_rate=3e-3,
+            eval_strategy="steps", eval_steps=4, eval_on_start=True, per_device_eval_batch_size=8,
+            save_strategy="steps", save_steps=6, report_to=[], use_cpu=True, logging_steps=100, disable_tqdm=True,
+            include_num_input_tokens_seen=True, ignore_data_skip=True, remove_unused_columns=False)
+        trainer = MixingTrainer(model=transformers.LlamaForCausalLM(config), args=args, train_dataset=Indexed(),
+                                eval_dataset=heldout, train_sampler=sampler, data_collator=collate,
+                                callbacks=[MixagentCallback(run, sampler), *([StopAt()] if stop else [])])
+        trainer.train(resume_from_checkpoint=resume)
+        return seen, run.run_id, sampler
+
+    with MixingClient(server.url, TOKEN) as client:
+        straight, straight_run, _ = train(client, tmp_path / "a")
+        first, first_run, _ = train(client, tmp_path / "b", stop=True)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            resumed, _, sampler = train(client, tmp_path / "b", resume=str(tmp_path / "b" / "checkpoint-6"))
+        runs = [client.get_run(straight_run), client.get_run(first_run)]
+    # accelerate fetches one batch ahead: 13 collated for 12 steps, 8 for the first 7
+    assert len(straight) == 13 and first == straight[:8]
+    assert resumed[:6] == straight[6:12]  # steps 7-12: the same examples in the same order
+    assert f"resuming run {first_run} from the checkpoint at step 6" in caplog.text
+    assert sampler.run_id == first_run
+    history = [[(h["step"], h["weights"]) for h in run["history"]] for run in runs]
+    assert [s for s, _ in history[1]] == [0, 4, 8, 12] and history[1] == history[0]  # the same decisions
+    assert len({tuple(w.values()) for _, w in history[1]}) == 4  # each decision changed the mixture
