@@ -13,12 +13,14 @@ for the run's objective, and on top
 
 Parameters (a record's ``schedule_params``): ``artifact`` (the folder as run), ``artifact_digest``
 (:func:`~mixagent.agent.card.artifact_digest`; a build whose folder has another digest is refused),
-``behaviour`` (``name@version``), ``sigma``, ``seed``, ``start_stages``, ``start_offset``.
+``behaviour`` (``name@version``), ``sigma``, ``seed``, ``start_stages``, ``start_offset``; none
+given: the bundled agent (``agent/artifacts/agent``) without noise or perturbed start.
 :func:`record_policy` rebuilds a record's behaviour from the copy its round folder keeps.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,21 +91,26 @@ _AGENTS: dict[tuple[str, str], Any] = {}
 """Loaded behaviour artifacts by (folder, digest): a worker loads each once for all its episodes."""
 
 
+def _bundled_agent() -> Path:
+    return Path(str(importlib.resources.files("mixagent.agent") / "artifacts" / "agent"))
+
+
 def _build(ctx: PolicyContext, params: dict[str, Any], folder: Path | None = None) -> MixingPolicy:
-    path = Path(folder) if folder is not None else Path(str(params["artifact"]))
-    want = str(params["artifact_digest"])
-    key = (str(path.resolve()), want)
+    """Without parameters: the bundled agent, no noise, no perturbed start."""
+    path = Path(folder) if folder is not None else Path(str(params.get("artifact") or _bundled_agent()))
+    want = params.get("artifact_digest")
+    key = (str(path.resolve()), str(want))
     if key not in _AGENTS:
         if not (path / CARD_FILE).is_file():
             raise ContractError(f"schedule_params.artifact: {path} holds no policy card")
         got = artifact_digest(path)
-        if got != want:
+        if want is not None and got != want:
             raise ContractError(f"schedule_params.artifact_digest: {path} has digest {got}, the record names {want} "
                                 "(the behaviour artifact changed)")
         _AGENTS[key] = load_artifact(path)[1]
     agent = _AGENTS[key](ctx.space, ctx.horizon, ctx.objective)
-    return ClosedLoopPolicy(agent, ctx, float(params["sigma"]), int(params["seed"]), int(params.get("start_stages", 0)),
-                            params.get("start_offset", ()))
+    return ClosedLoopPolicy(agent, ctx, float(params.get("sigma", 0.0)), int(params.get("seed", 0)),
+                            int(params.get("start_stages", 0)), params.get("start_offset", ()))
 
 
 CLOSED_LOOP = PolicyFamily(FAMILY, _build, None, "a policy artifact as served, with logit noise and perturbed starts")

@@ -27,7 +27,7 @@ finished workers, ``resource.getrusage``):
      adds about 0.33·σ there), the high end shows offline RL actions around the agent's own;
    * **perturbed starts** on every other item: for the first ``k ~ U{1, …, T/2}`` stages its own
      choices are replayed shifted by one logit offset ``δ_f ~ N(0, σ_start²)`` (:data:`START_SIGMA`
-     = 1.0: a share of 0.3 becomes ~0.1–0.55), so that when it takes over, its past-mixture
+     = 1.0: within one sd, a share of 0.3 becomes 0.1–0.65), so that when it takes over, its past-mixture
      features (what it reacts to most, ``bench/feedback_probe.py``) hold its own mixtures displaced.
 
    The header names the behaviour (``schedule = "closed_loop"``; ``schedule_params``: the artifact

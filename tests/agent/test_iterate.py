@@ -178,3 +178,17 @@ def test_the_cli_refuses_a_bad_round_naming_the_option(tmp_path):
                                             "--data", str(tmp_path), "--setting", "math-tiny"])
     assert result.exit_code == 2 and "--round: must be >= 1, got 0" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_a_record_whose_behaviour_copy_changed_is_not_rebuilt(round_one, tiny_setting, tmp_path):
+    from mixagent.trajectories import ContractError
+
+    cfg, _ = round_one
+    folder = tmp_path / "copy"
+    shutil.copytree(round_folder(cfg.data_root, 1, tiny_setting), folder)
+    _copy_agent(folder / BEHAVIOUR_DIR, tmp_path / "changed", description="retrained in place")
+    shutil.rmtree(folder / BEHAVIOUR_DIR)
+    shutil.copytree(tmp_path / "changed", folder / BEHAVIOUR_DIR)
+    header = FileStore(folder).load_all()[0].trajectory.header
+    with pytest.raises(ContractError, match=r"has digest [0-9a-f]+, the record names [0-9a-f]+ \(the behaviour"):
+        record_policy(folder, header)
