@@ -47,8 +47,9 @@ __all__ = ["LiveMixture", "LiveWeights", "ServedWeights", "STATE_VERSION", "norm
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-"""The layout of every loader's ``state_dict``; a state of another version is refused."""
+STATE_VERSION = 2
+"""The layout of every loader's ``state_dict`` (2: the run, decision and policy, ranks, the datasets
+mixture's per-shard order); a state of another version is refused."""
 RECENT_DRAWS = 65_536
 """Draws remembered for ``state_dict(behind=...)`` (a batch or two ahead)."""
 

@@ -129,7 +129,7 @@ def test_bad_states_are_refused_naming_what_differs():
         _sampler(seed=5).load_state_dict(s.state_dict())
     with pytest.raises(ValueError, match=r"state: saved for domains \['a', 'b', 'c'\]"):
         LiveWeightSampler([[0], [1]], ["a", "b"], num_samples=4, seed=4).load_state_dict(s.state_dict())
-    with pytest.raises(ValueError, match="state: version 0, this release reads 1"):
+    with pytest.raises(ValueError, match="state: version 0, this release reads 2"):
         s.load_state_dict({**s.state_dict(), "version": 0})
     s.set_weights([1, 1, 1], run_id="run-1")
     with pytest.raises(ValueError, match="weights: of run run-2, but this loader samples for run run-1"):
