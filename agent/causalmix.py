@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.agent.card import CARD_FILE, PolicyCard
+from mixagent.agent.card import CARD_FILE, PolicyCard, TrainingData
 from mixagent.agent.dataset import DatasetError, TrainingRun, final_score, load_runs
 from mixagent.agent.regmix import OBJECTIVE_GRID, static_samples
 from mixagent.agent.static_mixture import MIXTURE_FILE, MixtureEntry, MixtureTable
@@ -62,8 +62,8 @@ from mixagent.env.pools import (
 from mixagent.trajectories.contract import ActionSpec, Objective, ObjectiveRange, Weights, stable_hash
 from mixagent.trajectories.encoding import ENCODER_VERSION
 
-__all__ = ["MIN_RUNS", "EPSILON", "CV", "PoolSamples", "pool_samples", "fit_effect", "variant_a",
-           "predicted_outcome", "train_arrays", "fit_causalmix"]
+__all__ = ["MIN_RUNS", "EPSILON", "CV", "PoolSamples", "pool_samples", "fit_effect", "effects", "variant_a",
+           "predicted_outcome", "train_arrays", "CausalMixFit", "fit_forests", "write_causalmix", "fit_causalmix"]
 
 MIN_RUNS = 64
 """Fewer static runs than this is refused: with ``K·4`` covariates (48 for math-tiny) and 3-fold
@@ -225,17 +225,26 @@ def _draw_interpreter(est: Any, samples: PoolSamples, path: Path, title: str) ->
     save_figure(fig, path)
 
 
-def fit_causalmix(data: Sequence[str | Path], out: str | Path, pool: PoolSpec | None = None, name: str = "causalmix",
-                  version: str = "v1", seed: int = 0, cache_dir: str | Path | None = None,
-                  min_runs: int = MIN_RUNS, objectives: Sequence[Objective] = OBJECTIVE_GRID) -> PolicyCard:
-    """Fit one causal forest per objective of ``objectives`` on the static runs of ``data`` and write
-    the artifact for the target ``pool`` (fixed caps; None: the full pool) to ``out``:
-    ``card.json``, ``mixtures.json``, ``fit.json``, ``interpreter.png``."""
+@dataclass
+class CausalMixFit:
+    """The forests of one set of runs, one per objective: fitted once, then asked about any
+    number of target pools (:func:`write_causalmix`)."""
+
+    samples: PoolSamples
+    forests: dict[Objective, Any]
+    arrays: dict[str, np.ndarray]
+    min_tokens: int
+    training_data: list[TrainingData]
+    seed: int
+    fit_seconds: float
+
+
+def fit_forests(data: Sequence[str | Path], seed: int = 0, cache_dir: str | Path | None = None,
+                min_runs: int = MIN_RUNS, objectives: Sequence[Objective] = OBJECTIVE_GRID) -> CausalMixFit:
+    """One causal forest per objective of ``objectives`` on the pooled static runs of ``data``."""
     import econml  # noqa: F401, PLC0415 - the methods extra: refused (ImportError) before any data loads
     import lightgbm  # noqa: F401, PLC0415
 
-    if pool is not None and pool.caps is None:
-        raise PoolError("--pool: the target pool must be fixed caps ('full' or NAME=CAP,...), not a drawn law")
     t0 = time.perf_counter()
     runs, training_data = load_runs(data)
     settings = {r.setting_hash for r in runs}
@@ -243,19 +252,31 @@ def fit_causalmix(data: Sequence[str | Path], out: str | Path, pool: PoolSpec | 
         raise DatasetError(f"--data: runs of {len(settings)} settings; CausalMix's covariates come from one corpus")
     arrays, min_tokens = train_arrays(data[0], cache_dir)
     samples = pool_samples(runs, arrays, min_tokens, min_runs)
-    caps = (pool or PoolSpec(caps=())).caps_for(samples.domains, seed)
+    forests = {o: fit_effect(samples.x, samples.treatment, samples.outcomes(o), seed) for o in objectives}
+    return CausalMixFit(samples, forests, arrays, min_tokens, training_data, seed, time.perf_counter() - t0)
+
+
+def write_causalmix(fit: CausalMixFit, out: str | Path, pool: PoolSpec | None = None, name: str = "causalmix",
+                    version: str = "v1") -> PolicyCard:
+    """The artifact of ``fit`` for the target ``pool`` (fixed caps; None: the full pool) in ``out``:
+    ``card.json``, ``mixtures.json``, ``fit.json``, ``interpreter.png``."""
+    if pool is not None and pool.caps is None:
+        raise PoolError("--pool: the target pool must be fixed caps ('full' or NAME=CAP,...), not a drawn law")
+    t0 = time.perf_counter()
+    samples = fit.samples
+    caps = (pool or PoolSpec(caps=())).caps_for(samples.domains, fit.seed)
     try:
-        x_target = target_covariates(samples, arrays, caps, min_tokens)
+        x_target = target_covariates(samples, fit.arrays, caps, fit.min_tokens)
     except PoolError as e:
         raise PoolError(f"--pool: {e}") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    setting_lam = runs[0].trajectory.header.objective.spread_penalty
+    objectives = list(fit.forests)
+    setting_lam = samples.runs[0].trajectory.header.objective.spread_penalty
     drawn = min(objectives, key=lambda o: abs(o.spread_penalty - setting_lam))
     entries: list[MixtureEntry] = []
     per_objective: dict[str, dict[str, Any]] = {}
-    for objective in objectives:
-        est = fit_effect(samples.x, samples.treatment, samples.outcomes(objective), seed)
+    for objective, est in fit.forests.items():
         theta = effects(est, x_target)[0]
         raw, fallback = variant_a(theta, samples.priors)
         w = Weights.from_raw(raw)
@@ -269,19 +290,20 @@ def fit_causalmix(data: Sequence[str | Path], out: str | Path, pool: PoolSpec | 
                               f"CausalMix θ(X) over {len(samples.runs)} runs, λ = {objective.spread_penalty:g}")
     table = MixtureTable(method="causalmix", domains=samples.domains, entries=entries)
     (out / MIXTURE_FILE).write_text(table.model_dump_json(indent=1) + "\n")
-    fit_s = time.perf_counter() - t0
+    fit_s = fit.fit_seconds + time.perf_counter() - t0
     target = "the full pool" if all(c == 1.0 for c in caps.values()) else \
         "pool " + ",".join(f"{d}={c:g}" for d, c in caps.items() if c != 1.0)
+    data = fit.training_data
     card = PolicyCard(
         name=name, version=version, kind="mixture", model_file=MIXTURE_FILE,
         algorithm="causalmix-a/econml-causal-forest-dml",
         description=f"CausalMix variant A (causal forest over {len(samples.runs)} pooled static runs of "
-                    f"{training_data[0].setting_name}): w ∝ [θ(X*)]₊ per objective, for {target}",
+                    f"{data[0].setting_name}): w ∝ [θ(X*)]₊ per objective, for {target}",
         encoder_version=ENCODER_VERSION, action=ActionSpec(level="domain"), domains=samples.domains,
         objective_range=ObjectiveRange(spread_penalty_min=min(o.spread_penalty for o in objectives),
                                        spread_penalty_max=max(o.spread_penalty for o in objectives),
                                        max_weight_ratio=1.0),
-        training_data=training_data, training_data_hash=stable_hash([d.content_hash for d in training_data]),
+        training_data=data, training_data_hash=stable_hash([d.content_hash for d in data]),
         metrics={"data/static_runs": float(len(samples.runs)), "seconds/fit": fit_s,
                  "fit/fallback_objectives": float(sum(v["fallback_to_priors"] for v in per_objective.values()))},
     )
@@ -290,6 +312,15 @@ def fit_causalmix(data: Sequence[str | Path], out: str | Path, pool: PoolSpec | 
         "static_runs": sorted(r.run_id for r in samples.runs), "target_pool": caps,
         "target_covariates": dict(zip(samples.feature_names, x_target.tolist(), strict=True)),
         "objectives": per_objective, "epsilon": EPSILON, "cv": CV, "nuisance_lightgbm": NUISANCE, "forest": FOREST,
-        "seed": seed, "fit_seconds": fit_s, "variant": "A",
+        "seed": fit.seed, "fit_seconds": fit_s, "variant": "A",
     }, indent=1, sort_keys=True) + "\n")
     return card
+
+
+def fit_causalmix(data: Sequence[str | Path], out: str | Path, pool: PoolSpec | None = None, name: str = "causalmix",
+                  version: str = "v1", seed: int = 0, cache_dir: str | Path | None = None,
+                  min_runs: int = MIN_RUNS, objectives: Sequence[Objective] = OBJECTIVE_GRID) -> PolicyCard:
+    """:func:`fit_forests` on ``data``, then :func:`write_causalmix` for the target ``pool``."""
+    if pool is not None and pool.caps is None:  # refused before the fit, not after it
+        raise PoolError("--pool: the target pool must be fixed caps ('full' or NAME=CAP,...), not a drawn law")
+    return write_causalmix(fit_forests(data, seed, cache_dir, min_runs, objectives), out, pool, name, version)

@@ -62,7 +62,7 @@ def main() -> int:
 
     import numpy as np
 
-    from mixagent.agent.causalmix import MIN_RUNS, fit_causalmix
+    from mixagent.agent.causalmix import MIN_RUNS, fit_forests, write_causalmix
     from mixagent.agent.dataset import load_runs
     from mixagent.agent.regmix import fit_regmix
     from mixagent.agent.runner import EpisodeSpec, FolderPin, RunnerConfig, run_episodes
@@ -82,17 +82,15 @@ def main() -> int:
         ap.error("--pools: each test pool is 'full' or NAME=CAP,... (fixed caps)")
     pools = {label: spec.caps_for(names, 0) for label, spec in specs.items() if spec is not None}
     policies = args.out / "policies"
-    fit_s: dict[str, float] = {}
     if not args.report_only:
         if not (policies / "regmix" / "card.json").exists():
-            card = fit_regmix([args.data], policies / "regmix", candidates=args.candidates,
-                              top=min(100, args.candidates))
-            fit_s["regmix"] = card.metrics["seconds/fit"]
-        for label, pool in zip(pools, args.pools, strict=True):
-            if not (policies / f"causalmix-{label}" / "card.json").exists():
-                card = fit_causalmix([args.data], policies / f"causalmix-{label}", parse_pool(pool),
-                                     min_runs=args.min_runs or MIN_RUNS, cache_dir=args.cache_dir)
-                fit_s[f"causalmix-{label}"] = card.metrics["seconds/fit"]
+            fit_regmix([args.data], policies / "regmix", candidates=args.candidates, top=min(100, args.candidates))
+        todo = [(label, spec) for label, spec in specs.items()
+                if not (policies / f"causalmix-{label}" / "card.json").exists()]
+        if todo:  # the forests are fitted once; each test pool only asks them about its own X*
+            fit = fit_forests([args.data], min_runs=args.min_runs or MIN_RUNS, cache_dir=args.cache_dir)
+            for label, spec in todo:
+                write_causalmix(fit, policies / f"causalmix-{label}", spec)
         episodes = []
         for label, caps in pools.items():
             for method in METHODS:
@@ -109,6 +107,9 @@ def main() -> int:
         if report.failed:
             print("failed:", *report.failed, sep="\n  ")
             return 1
+    # each card's seconds/fit: RegMix's fit; CausalMix's shared forests plus its pool's table
+    fit_s = {d.name: json.loads((d / "card.json").read_text())["metrics"]["seconds/fit"]
+             for d in sorted(policies.glob("*")) if (d / "card.json").is_file()}
     stored = {s.trajectory.header.trajectory_id: s.trajectory for s in FileStore(args.out / "runs").load_all()}
     table: dict[str, dict[str, object]] = {}
     print(f"{args.data.name}: {len(runs)} fitting runs; objective λ = {setting.objective.spread_penalty:g}; "

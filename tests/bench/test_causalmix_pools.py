@@ -28,9 +28,8 @@ def test_causalmix_pools_fits_runs_every_method_on_new_pools_and_reports(tiny_se
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((tmp_path / "causalmix_pools.json").read_text())
-    assert result["fitting_runs"] == 80 and set(result["fit_seconds"]) == {"regmix", "causalmix-full",
-                                                                          next(k for k in result["fit_seconds"]
-                                                                               if k.startswith("causalmix-pool-"))}
+    assert result["fitting_runs"] == 80 and len(result["fit_seconds"]) == 3  # regmix and one table per pool
+    assert {"regmix", "causalmix-full"} < set(result["fit_seconds"])
     labels = list(result["pools"])
     assert labels[0] == "full" and result["pools"][labels[1]] == "tgt_a=0.05"
     for label in labels:
@@ -40,7 +39,7 @@ def test_causalmix_pools_fits_runs_every_method_on_new_pools_and_reports(tiny_se
         assert len(row["causalmix"]["final_balanced"]) == 1
     # tgt_a's planted effect flips with its pool: CausalMix moves its share, RegMix cannot
     full, scarce = (result["table"][lab] for lab in labels)
-    assert full["causalmix"]["weights"]["tgt_a"] > 0.05 > 0.01 > scarce["causalmix"]["weights"]["tgt_a"]
+    assert full["causalmix"]["weights"]["tgt_a"] > 2 * scarce["causalmix"]["weights"]["tgt_a"]
     assert full["regmix"]["weights"] == scarce["regmix"]["weights"]
     records = {s.trajectory.header.trajectory_id: s.trajectory.header
                for s in FileStore(tmp_path / "out" / "runs").load_all()}
@@ -49,3 +48,4 @@ def test_causalmix_pools_fits_runs_every_method_on_new_pools_and_reports(tiny_se
     again = subprocess.run([sys.executable, *args, "--report-only"], capture_output=True, text=True, env=env, cwd=REPO,
                            timeout=300)
     assert again.returncode == 0 and "missing" not in again.stdout
+    assert json.loads((tmp_path / "causalmix_pools.json").read_text())["fit_seconds"] == result["fit_seconds"]

@@ -78,7 +78,7 @@ def test_covariates_of_a_constructed_pool():
     log_n, ratio, bits = domain_statistics(periodic)
     assert log_n == pytest.approx(math.log10(4000)) and bits == pytest.approx(2.0)
     raw = periodic.astype(np.uint16).tobytes()
-    assert ratio == pytest.approx(len(zlib.compress(raw, 6)) / len(raw)) and ratio < 0.05
+    assert ratio == pytest.approx(len(zlib.compress(raw, 1)) / len(raw)) and ratio < 0.05
     _, ratio_v, bits_v = domain_statistics(varied)
     assert bits_v == pytest.approx(8.0, abs=0.1) and ratio_v > 10 * ratio
     x = pool_covariates({"v": varied, "p": periodic}, {"v": 0.25}, {"v": 3.5, "p": 1.25}, min_tokens=10)
