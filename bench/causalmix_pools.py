@@ -113,7 +113,8 @@ def main() -> int:
     stored = {s.trajectory.header.trajectory_id: s.trajectory for s in FileStore(args.out / "runs").load_all()}
     table: dict[str, dict[str, object]] = {}
     print(f"{args.data.name}: {len(runs)} fitting runs; objective λ = {setting.objective.spread_penalty:g}; "
-          f"{args.seeds} paired seeds")
+          f"{args.seeds} paired seeds; test pools: " + "; ".join(f"{k} = {v}" for k, v in zip(pools, args.pools,
+                                                                                            strict=True)))
     print(f"{'pool':<14} {'new':>4} {'method':<10} {'B_T mean':>9} {'Δ uniform':>10} {'± se':>7}  "
           "largest shares")
     for label, caps in pools.items():
