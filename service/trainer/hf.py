@@ -49,6 +49,7 @@ except ModuleNotFoundError as e:  # torch and transformers come with the train e
     raise ModuleNotFoundError(missing_extra(e, "mixagent.service.trainer.hf") or str(e), name=e.name) from e
 
 from mixagent.service.trainer.client import MixingRun
+from mixagent.service.trainer.distributed import broadcast_decision, rank_and_world
 from mixagent.service.trainer.hf_datasets import read_checkpoint_state, write_checkpoint_state
 from mixagent.service.trainer.mixture import LiveMixture, ServedWeights, served_by
 from mixagent.service.trainer.sampler import LiveWeightSampler
@@ -105,9 +106,15 @@ class MixagentCallback(TrainerCallback):
     ``TrainingArguments(ignore_data_skip=True)``) trains on exactly the batches of the uninterrupted
     run: the loader goes on from the checkpoint, the feedbacks go to the run it followed (a run the
     restarted script created gets none; said once), and the evaluation a resumed Trainer makes at
-    its first step (``eval_on_start``) is not reported again."""
+    its first step (``eval_on_start``) is not reported again.
 
-    def __init__(self, run: MixingRun, sampler: LiveWeights | None = None, tokens_per_step: int = 0):
+    **Several ranks** (``torch.distributed``, e.g. DDP): only rank 0 holds the run
+    (``MixagentCallback(run if rank == 0 else None, loader)``, the loader built after the process
+    group, so on its rank's shard); after each evaluation rank 0 reports, and every rank's loader
+    receives its decision (:func:`~mixagent.service.trainer.distributed.broadcast_decision`). Each rank
+    keeps its own loader state in a checkpoint (``mixagent_mixture.rank<r>.json``)."""
+
+    def __init__(self, run: MixingRun | None, sampler: LiveWeights | None = None, tokens_per_step: int = 0):
         self.run = run
         self.sampler = sampler
         self.tokens_per_step = tokens_per_step
@@ -118,9 +125,29 @@ class MixagentCallback(TrainerCallback):
         """The step a resumed Trainer started from (its evaluation there was reported before the checkpoint)."""
         self.decisions: list[tuple[int, dict[str, float]]] = []
 
+    @property
+    def names(self) -> list[str]:
+        """The run's domain names (on a rank without the run: its loader's)."""
+        if self.run is not None:
+            return list(self.run.space.names)
+        assert isinstance(self.sampler, ServedWeights)
+        return list(self.sampler.names)
+
     # ----- checks, before any training ----------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
+        rank, world = rank_and_world()
+        if world > 1 and not isinstance(self.sampler, ServedWeights):
+            raise ValueError(f"MixagentCallback: under torch.distributed ({world} ranks) every rank needs a mixagent "
+                             "loader (LiveWeightSampler or a mixture) to receive rank 0's decisions, got "
+                             f"{type(self.sampler).__name__}")
+        if self.run is None:
+            if rank == 0:
+                raise ValueError("MixagentCallback: run is None on rank 0; rank 0 talks to the service and needs the "
+                                 "run (only the other ranks of torch.distributed pass None)")
+            if state.global_step > 0:
+                self._resume(args, state)
+            return  # rank 0 checks the arguments and says what it finds
         run = self.run
         if args.eval_strategy == "no":
             raise ValueError(f"MixagentCallback: the Trainer never evaluates, so the service gets no feedback; set "
@@ -157,7 +184,7 @@ class MixagentCallback(TrainerCallback):
             return
         read_checkpoint_state(self.sampler, args, state, "MixagentCallback")
         followed = self.sampler.run_id
-        if followed is None or followed == self.run.run_id:
+        if self.run is None or followed is None or followed == self.run.run_id:
             return
         started, stored = self.run, self.run.client.get_run(followed, limit=1)
         self.run = MixingRun(started.client, started.space, {
@@ -174,18 +201,18 @@ class MixagentCallback(TrainerCallback):
     ) -> None:
         if state.global_step == self._resumed_at:  # eval_on_start of a resumed run: reported before the checkpoint
             return
-        space = self.run.space
+        domains = self.names
         metrics = metrics or {}
         if "eval_loss" in metrics:
             raise ValueError("MixagentCallback: eval_dataset is a single dataset; pass a dict of held-out datasets "
-                             f"keyed by the run's domain names, {{name: dataset}} for {list(space.names)}")
+                             f"keyed by the run's domain names, {{name: dataset}} for {domains}")
         names = {k[len("eval_"):-len("_loss")] for k in metrics if k.startswith("eval_") and k.endswith("_loss")}
-        unknown = sorted(names - set(space.names))
+        unknown = sorted(names - set(domains))
         if unknown:
             raise ValueError(f"MixagentCallback: eval_dataset keys {unknown} are not domains of the run; key it by "
-                             f"the run's domain names {list(space.names)}")
+                             f"the run's domain names {domains}")
         if self._step != state.global_step:
-            missing = sorted(set(space.names) - set(self._losses))
+            missing = sorted(set(domains) - set(self._losses))
             if self._step is not None and self._losses and missing:
                 raise ValueError(f"MixagentCallback: the evaluation at step {self._step} had no eval_dataset for "
                                  f"domains {missing}; key eval_dataset by every domain of the run")
@@ -197,22 +224,29 @@ class MixagentCallback(TrainerCallback):
                                  "field score; use MixingTrainer, or pass Trainer(..., **field_score_metrics())")
             self._losses[name] = float(metrics[f"eval_{name}_loss"])
             self._scores[name] = float(score)
-        if len(self._losses) < space.size:
+        if len(self._losses) < len(domains):
             return
-        tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) or state.global_step * self.tokens_per_step
-        feedback = Feedback(
-            step=state.global_step,
-            tokens_seen=tokens,
-            field_scores=field_scores(space, self._scores),
-            domain_losses={n: self._losses[n] for n in space.names},
-        )
-        weights = self.run.report(feedback)
-        if isinstance(self.sampler, ServedWeights):  # a mixagent loader: it keeps the decision in its state
-            self.sampler.set_weights(weights, **served_by(self.run))
-        elif self.sampler is not None:
-            self.sampler.set_weights(weights)
+        if self.run is not None:
+            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) or state.global_step * self.tokens_per_step
+            self.run.report(Feedback(
+                step=state.global_step,
+                tokens_seen=tokens,
+                field_scores=field_scores(self.run.space, self._scores),
+                domain_losses={n: self._losses[n] for n in domains},
+            ))
+        if rank_and_world()[1] > 1:  # a collective: every rank receives rank 0's decision
+            weights = dict(broadcast_decision(self.run, *[self.sampler] if isinstance(self.sampler, ServedWeights)
+                                              else [])["weights"])
+        else:
+            assert self.run is not None
+            weights = self.run.weights
+            if isinstance(self.sampler, ServedWeights):  # a mixagent loader: it keeps the decision in its state
+                self.sampler.set_weights(weights, **served_by(self.run))
+            elif self.sampler is not None:
+                self.sampler.set_weights(weights)
         self.decisions.append((state.global_step, weights))
-        served = (self.run.served_by or {}).get("fallback") or (self.run.served_by or {}).get("policy", "")
+        served = ((self.run.served_by or {}).get("fallback") or (self.run.served_by or {}).get("policy", "")
+                  if self.run is not None else "rank 0's")
         log.info("mixagent decision at step %d (%s): %s", state.global_step, served or "last weights",
                  ", ".join(f"{n} {w:.3f}" for n, w in weights.items()))
         # beside the Trainer's own logs: trainer_state.json (and so every checkpoint) keeps the schedule
@@ -229,7 +263,7 @@ class MixagentCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
         """Deliver the feedbacks still queued (at most :data:`FLUSH_S`)."""
-        if not self.run.flush(FLUSH_S):
+        if self.run is not None and not self.run.flush(FLUSH_S):
             log.warning("MixagentCallback: feedbacks of run %s still queued after %.0f s (the service does not "
                         "answer); they are delivered if it answers while this process lives", self.run.run_id,
                         FLUSH_S)
@@ -247,7 +281,7 @@ class MixingTrainer(Trainer):
             raise ValueError("MixingTrainer computes the field scores through compute_metrics and "
                              "preprocess_logits_for_metrics; compute other metrics in a callback")
         callback = next((c for c in kwargs.get("callbacks") or () if isinstance(c, MixagentCallback)), None)
-        if callback is not None:
+        if callback is not None and callback.run is not None:
             _check_eval_dataset(kwargs.get("eval_dataset"), callback.run)
         kwargs.update(field_score_metrics(context_fraction))
         super().__init__(*args, **kwargs)

@@ -115,13 +115,18 @@ MIXTURE_STATE_FILE = "mixagent_mixture.json"
 """The loader's state inside each of the Trainer's checkpoint folders."""
 
 
+def state_file(loader: LiveMixture | LiveWeightSampler) -> str:
+    """The file of ``loader``'s state in a checkpoint folder (one per rank under ``torch.distributed``)."""
+    return MIXTURE_STATE_FILE if loader.world == 1 else f"mixagent_mixture.rank{loader.rank}.json"
+
+
 def write_checkpoint_state(loader: LiveMixture | LiveWeightSampler, args: Any, state: Any) -> None:
     """Write ``loader``'s state into the Trainer's checkpoint folder of ``state.global_step``; accelerate
     has fetched one batch beyond the last one trained on, so the state is the one before it."""
     folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
     folder.mkdir(parents=True, exist_ok=True)
     ahead = args.per_device_train_batch_size * max(1, args.n_gpu)
-    (folder / MIXTURE_STATE_FILE).write_text(json.dumps(loader.state_dict(behind=ahead)))
+    (folder / state_file(loader)).write_text(json.dumps(loader.state_dict(behind=ahead)))
 
 
 def read_checkpoint_state(loader: LiveMixture | LiveWeightSampler, args: Any, state: Any, who: str) -> None:
@@ -130,7 +135,7 @@ def read_checkpoint_state(loader: LiveMixture | LiveWeightSampler, args: Any, st
     if not args.ignore_data_skip:
         raise ValueError(f"{who}: resuming needs TrainingArguments(ignore_data_skip=True): the loader resumes its "
                          "own stream, a skip would skip it twice")
-    path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MIXTURE_STATE_FILE
+    path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / state_file(loader)
     if not path.is_file():
         raise ValueError(f"{who}: {path} does not exist; the checkpoint was saved without it, so the loader cannot "
                          "resume exactly")

@@ -5,6 +5,7 @@ litdata mixture) sample under the decision it broadcasts, each rank on a disjoin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,68 @@ def test_every_rank_samples_under_rank_0s_decision_on_its_own_shard(server, tmp_
         first = [[x for stage in r["litdata"] for x in stage if x.startswith(d)][:size] for r in (r0, r1)]
         assert all(len(set(f)) == len(f) for f in first) and not set(first[0]) & set(first[1]), d
     assert r0["state"] == {"rank": 0, "world": 2} and r1["state"] == {"rank": 1, "world": 2}
+
+
+def _trainer_rank(rank: int, world: int, port: int, url: str, out: str) -> None:
+    """One rank of a DDP Hugging Face Trainer (gloo): only rank 0 holds the run."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import transformers
+
+    from mixagent.service.trainer import LiveWeightSampler, MixagentCallback, MixingClient, MixingTrainer
+    from tests.service.trainer.test_hf import SPACE, Tokens, _domain
+
+    args = transformers.TrainingArguments(
+        output_dir=out, max_steps=8, per_device_train_batch_size=4, learning_rate=3e-3, eval_strategy="steps",
+        eval_steps=4, eval_on_start=True, per_device_eval_batch_size=8, save_strategy="no", report_to=[],
+        use_cpu=True, ddp_backend="gloo", logging_steps=100, disable_tqdm=True, include_num_input_tokens_seen=True,
+        remove_unused_columns=False)  # initialises torch.distributed: build the sampler after it
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.cat([_domain(gen, 0, 64), _domain(gen, 8, 64)])
+    heldout = {d: Tokens(_domain(gen, lo, 8)) for d, lo in (("low", 0), ("high", 8))}
+    seen: list[int] = []
+
+    class Indexed(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return {"input_ids": rows[i], "labels": rows[i], "idx": i}
+
+    def collate(batch):  # type: ignore[no-untyped-def]
+        if "idx" in batch[0]:
+            seen.extend(b["idx"] for b in batch)
+        return {k: torch.stack([b[k] for b in batch]) for k in ("input_ids", "labels")}
+
+    client = MixingClient(url, TOKEN)
+    run = client.start_run(SPACE, horizon=2, interval=4, policy="loss-softmax") if rank == 0 else None
+    sampler = LiveWeightSampler([range(64), range(64, 128)], SPACE.names, num_samples=10_000, chunk=4)
+    callback = MixagentCallback(run, sampler)
+    config = transformers.LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    trainer = MixingTrainer(model=transformers.LlamaForCausalLM(config), args=args, train_dataset=Indexed(),
+                            eval_dataset=heldout, train_sampler=sampler, data_collator=collate, callbacks=[callback])
+    trainer.train()
+    Path(out, f"trainer-rank{rank}.json").write_text(json.dumps({
+        "run": sampler.run_id, "decisions": callback.decisions, "decision": sampler.decision, "seen": seen}))
+    client.close()
+
+
+@pytest.mark.slow
+def test_a_ddp_trainer_reports_from_rank_0_and_every_rank_trains_on_its_decisions(server, tmp_path):
+    pytest.importorskip("transformers")
+    from mixagent.service.trainer import MixingClient
+
+    torch.multiprocessing.spawn(_trainer_rank, args=(2, free_port(), server.url, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"trainer-rank{r}.json").read_text()) for r in (0, 1))
+    with MixingClient(server.url, TOKEN) as client:
+        stored = client.get_run(r0["run"])
+        runs = client._request("GET", "/v1/runs").json()["count"]
+    assert runs == 1 and r1["run"] == r0["run"]  # one run: rank 1 never asked the service
+    assert [h["step"] for h in stored["history"]] == [0, 4, 8] and stored["done"]
+    for rank in (r0, r1):
+        assert [s for s, _ in rank["decisions"]] == [0, 4, 8]
+        assert [w for _, w in rank["decisions"]] == [pytest.approx(h["weights"]) for h in stored["history"]]
+        assert rank["decision"] == stored["history"][-1]["decision_id"]
+    assert r0["seen"] and r1["seen"] and not set(r0["seen"]) & set(r1["seen"])  # disjoint shards
