@@ -344,12 +344,14 @@ def iterate(cfg: IterateConfig, settings: Sequence[Setting], train_config: Train
         t0 = (cpu_seconds(), time.perf_counter())
         report.selection = _select(cfg, settings)
         _timed("selection", cpu, wall, t0)
-    assert cfg.out is not None
-    (cfg.out / "iterate.json").write_text(json.dumps({
+    # the round goes into training.json, which no artifact digest reads (a .json file of its own would
+    # change the retrained agent's digest, and with it the names of its runs, whenever it is rewritten)
+    log = cfg.out / "training.json"
+    log.write_text(json.dumps({**json.loads(log.read_text()), "closed_loop_round": {
         "round": cfg.round, "behaviour": card.ref, "behaviour_digest": digest, "algo": cfg.algo,
         "data": [str(d) for d in union], "cpu_seconds": cpu, "wall_seconds": wall,
         "runs": {s.name: r.already_done + r.generated for s, r in zip(settings, runs, strict=True)},
-    }, indent=1, sort_keys=True) + "\n")
+    }}, indent=1, sort_keys=True) + "\n")
     return report
 
 

@@ -92,14 +92,17 @@ def test_a_round_runs_the_agent_with_exploration_and_retrains_on_the_union(round
     assert folder.name in trained_on and len(trained_on) == 2
     assert set(report.cpu_seconds) == {"rounds", "training", "selection"}
     assert all(v > 0 for v in report.cpu_seconds.values())
-    logged = json.loads((cfg.out / "iterate.json").read_text())
-    assert logged["behaviour_digest"] == digest and logged["cpu_seconds"]["training"] > 0
+    logged = json.loads((cfg.out / "training.json").read_text())["closed_loop_round"]
+    assert logged["behaviour_digest"] == digest and logged["cpu_seconds"]["selection"] > 0
+    assert logged["runs"] == {tiny_setting.name: 2}
     # selection: both agents on the training setting's selection seeds, paired against the behaviour
     assert report.selection is not None
     results = json.loads((cfg.out / "selection" / "results.json").read_text())
     assert results["comparison_seed_list"] == [SELECT_SEED, SELECT_SEED + 1] and results["reference"] == "behaviour"
     selection_runs = FileStore(cfg.out / "selection" / "runs" / tiny_setting.name).load_all()
     assert sorted(s.trajectory.header.seed for s in selection_runs) == [SELECT_SEED] * 2 + [SELECT_SEED + 1] * 2
+    # the round's log does not change the retrained agent's digest, which names its runs
+    assert sum(s.path.name.startswith(f"retrained-{artifact_digest(cfg.out)[:8]}-") for s in selection_runs) == 2
 
 
 def test_a_rerun_resumes_and_rewrites_nothing(round_one, tiny_setting):
