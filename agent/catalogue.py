@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mixagent.agent.registry import get_family
+from mixagent.agent.registry import TRAINER_SIDE_METHODS, build_policy, get_family
 from mixagent.agent.runner import EpisodeSpec, RunnerConfig
 from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import ContractError, Objective, stable_hash
+from mixagent.trajectories.policy import PolicyContext
 from mixagent.trajectories.schedules import CONSTANT_GRID
 from mixagent.trajectories.storage import read_json_object
 
@@ -31,6 +32,7 @@ __all__ = [
     "BASELINE_POLICIES",
     "HAND_SCHEDULES",
     "GRID_POINTS",
+    "TRAINER_SIDE",
     "CATALOGUE",
     "EvaluationConfig",
     "SettingPlan",
@@ -110,11 +112,15 @@ GRID_POINTS: tuple[PolicySpec, ...] = tuple(
     PolicySpec(f"grid-{s:.1f}", "constant", {"level": "field", "share": s}, "grid") for s in CONSTANT_GRID
 )
 """The fixed-share grid 0.0, 0.1, …, 1.0 (the honest "tuned by hand" baseline: one run per point)."""
+TRAINER_SIDE: tuple[PolicySpec, ...] = (PolicySpec("tandem", "tandem", {}, "baseline"),
+                                        PolicySpec("aioli", "aioli", {}, "baseline"))
+"""The trainer-side methods with their defaults (``env/trainer_side.py``: they act inside the interval
+with the trainer's model; the runner drives them like any policy and records their overhead)."""
 CATALOGUE: dict[str, tuple[PolicySpec, ...]] = {
-    "baselines": BASELINE_POLICIES, "hand": HAND_SCHEDULES, "grid": GRID_POINTS,
+    "baselines": BASELINE_POLICIES, "hand": HAND_SCHEDULES, "grid": GRID_POINTS, "trainer-side": TRAINER_SIDE,
     "default": BASELINE_POLICIES + HAND_SCHEDULES + GRID_POINTS,
 }
-"""The named groups ``--policies`` accepts (``default`` is all three)."""
+"""The named groups ``--policies`` accepts (``default`` is the first three)."""
 
 
 def _value(text: str) -> Any:
@@ -125,7 +131,7 @@ def _value(text: str) -> Any:
 
 
 def parse_policies(tokens: Sequence[str]) -> list[PolicySpec]:
-    """``default`` | ``baselines`` | ``hand`` | ``grid`` | ``NAME[:key=value,...]`` (a
+    """``default`` | ``baselines`` | ``hand`` | ``grid`` | ``trainer-side`` | ``NAME[:key=value,...]`` (a
     ``mixagent.policies`` name) | ``[LABEL=]FOLDER`` (a policy artifact folder holding card.json)."""
     out: list[PolicySpec] = []
     for token in tokens:
@@ -272,6 +278,9 @@ class EvaluationConfig:
             raise ContractError("--objectives: at least one objective is needed")
         from mixagent.agent.onnx_policy import load_artifact  # noqa: PLC0415 - onnxruntime only when evaluating
 
+        for spec in self.policies:  # a trainer-side method's probe budget must fit every setting's interval
+            if spec.policy in TRAINER_SIDE_METHODS:
+                _check_trainer_side(spec, self.settings)
         for spec in self.policies:  # refuse up front, as the service would (422), not after hours of runs
             if spec.per_objective and spec.artifact is not None:
                 _, factory = load_artifact(spec.artifact)
@@ -281,6 +290,23 @@ class EvaluationConfig:
                             factory(setting.space, setting.cpt.horizon, o)
                         except ContractError as e:
                             raise ContractError(f"--objectives: {objective_key(o)} for {spec.label}: {e}") from None
+
+
+def _check_trainer_side(spec: PolicySpec, settings: Sequence[Setting]) -> None:
+    """Refuse a trainer-side method that cannot act in a setting's interval (a probe budget larger
+    than it), naming both numbers, before any run."""
+    from mixagent.env.trainer_side import TrainerSideMethod  # noqa: PLC0415 - torch, only for such methods
+
+    for setting in settings:
+        ctx = PolicyContext(setting.space, setting.cpt.horizon, setting.action, setting.objective)
+        method = build_policy(spec.policy, spec.params, ctx)
+        if not isinstance(method, TrainerSideMethod):
+            raise ContractError(f"--policies: {spec.policy!r} is listed as trainer-side but builds a "
+                                f"{type(method).__name__}")
+        try:
+            method.check_interval(setting.cpt.interval, setting.space)
+        except ContractError as e:
+            raise ContractError(f"--policies: {spec.label} on {setting.name}: {e}") from None
 
 
 @dataclass

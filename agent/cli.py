@@ -288,7 +288,8 @@ def export_cmd(
 @agent_app.command("evaluate")
 def evaluate_cmd(
     policies: Annotated[list[str], typer.Option(
-        "--policies", help="default | baselines | hand | grid | NAME[:k=v,..] | [LABEL=]ARTIFACT_DIR (repeat)."
+        "--policies", help="default | baselines | hand | grid | trainer-side | NAME[:k=v,..] | [LABEL=]ARTIFACT_DIR "
+                            "(repeat; trainer-side: tandem, aioli, which act inside the interval)."
     )],
     settings: Annotated[list[str], typer.Option("--settings", help="Setting names or files (repeat).")],
     out: Annotated[Path, typer.Option("--out", help="Evaluation folder (resumed when it exists).")],

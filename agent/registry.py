@@ -33,9 +33,26 @@ __all__ = [
     "draw_params",
     "build_policy",
     "family_of_class",
+    "TRAINER_SIDE_METHODS",
+    "trainer_side_refusal",
 ]
 
 ENTRY_POINT_GROUP = "mixagent.policies"
+
+TRAINER_SIDE_METHODS: dict[str, str] = {
+    "tandem": "it trains a twin copy of the model beside it inside every interval",
+    "aioli": "it probes the model with short runs on each domain inside every interval",
+}
+"""The ``mixagent.policies`` names that are trainer-side methods (``env/trainer_side.py``), with why
+they need the trainer's model. Plain names, so that the HTTP service (which never imports torch) can
+refuse them clearly instead of calling them unknown; a test checks this table against the entry points."""
+
+
+def trainer_side_refusal(name: str) -> str:
+    """Why ``name``, a trainer-side method, cannot be served from feedback alone."""
+    return (f"policy: {name!r} is a trainer-side method: {TRAINER_SIDE_METHODS[name]}, so it needs the trainer's "
+            "model, which a service that only sees feedback does not have; run it inside the CPT backend "
+            f"(mixagent agent evaluate --policies {name})")
 
 
 

@@ -10,6 +10,11 @@ policy that ignores the feedback.
 Seeds are paired: the env's sampling stream comes only from ``Episode.seed``, so two policies run
 with one seed start from the same base and draw from the same generator.
 
+Trainer-side methods (``env/trainer_side.py``: TANDEM, Aioli) are named like policies; the worker
+runs each interval through the backend's hook (``DataMixingEnv.step_method``) instead of asking for
+weights, records the interval's effective mixture as the stage's weights, the method's parameters in
+the header, and each decision's log and overhead seconds in the record's ``RecordMeta.method``.
+
 Resume. Finished episodes are files ``records/<id>.jsonl.gz`` written atomically by the driver
 process alone; a rerun skips every id already finished, discards in-progress ``partial/`` records
 and crash temporaries, and runs the rest. A ``kill -9`` at any moment loses at most the episodes in
@@ -60,6 +65,7 @@ from mixagent.trajectories.storage import (
 
 if TYPE_CHECKING:
     from mixagent.env.setting import Setting
+    from mixagent.env.trainer_side import TrainerSideMethod
 
 __all__ = [
     "Executor",
@@ -170,8 +176,10 @@ class EpisodeWorker:
         s = self.setting
         return PolicyContext(s.space, s.cpt.horizon, s.action, objective or s.objective)
 
-    def header(self, ep: EpisodeSpec) -> TrajectoryHeader:
+    def header(self, ep: EpisodeSpec, method: TrainerSideMethod | None = None) -> TrajectoryHeader:
+        """The record's header; a trainer-side ``method`` adds its parameters (defaults included)."""
         s = self.setting
+        params = ep.params if method is None else {**ep.params, **method.params}
         return TrajectoryHeader(
             trajectory_id=ep.run_id,
             setting_name=s.name,
@@ -183,7 +191,7 @@ class EpisodeWorker:
             horizon=s.cpt.horizon,
             interval=s.cpt.interval,
             schedule=ep.label or ep.policy,
-            schedule_params=ep.params if ep.pool is None else {**ep.params, POOL_PARAM: ep.pool},
+            schedule_params=params if ep.pool is None else {**params, POOL_PARAM: ep.pool},
             seed=ep.seed,
             package_version=self.version,
         )
@@ -200,9 +208,16 @@ class EpisodeWorker:
         """Run one episode; append its stages to ``partial_dir/<id>.jsonl`` when that folder exists
         here (on a remote Ray node it may not). Returns JSON-able trajectory and metadata."""
         t_start = time.perf_counter()
-        header = self.header(ep)
         policy = self.policy(ep)
+        # lazy: the hook's module imports torch, which only a worker process needs
+        from mixagent.env.trainer_side import TrainerSideMethod  # noqa: PLC0415
+
+        method = policy if isinstance(policy, TrainerSideMethod) else None
+        if method is not None:  # refused before anything trains (the harness checks it up front too)
+            method.check_interval(self.setting.cpt.interval, self.setting.space)
+        header = self.header(ep, method)
         space = self.setting.space
+        decisions: list[dict[str, Any]] = []
         partial = None
         if partial_dir and Path(partial_dir).is_dir():
             partial = PartialRecord(Path(partial_dir) / f"{ep.run_id}.jsonl", header)
@@ -216,9 +231,15 @@ class EpisodeWorker:
             walls: list[float] = []
             truncated = False
             while not truncated:
-                w = policy.next_weights(space, self.env.history)
-                t0 = time.perf_counter()
-                _, _, _, truncated, _ = self.env.step_weights(w)
+                if method is None:
+                    w = policy.next_weights(space, self.env.history)
+                    t0 = time.perf_counter()
+                    _, _, _, truncated, _ = self.env.step_weights(w)
+                else:  # the method acts inside the interval; the stage's weights are its effective mixture
+                    t0 = time.perf_counter()
+                    _, _, _, truncated, info = self.env.step_method(method, ep.objective or self.setting.objective)
+                    w = self.env.history.weights[-1]
+                    decisions.append({"t": len(decisions), **info["method"], **self.env.last_method_seconds})
                 walls.append(time.perf_counter() - t0)
                 if partial:
                     partial.stage(w, self.env.history.feedback[-1], walls[-1])
@@ -226,8 +247,19 @@ class EpisodeWorker:
             if partial:
                 partial.close()
         traj = Trajectory(header=header, history=self.env.history, stage_wall_s=walls)
-        meta = default_meta(time.perf_counter() - t_start, start_s, self.env.backend.provenance())
+        meta = default_meta(time.perf_counter() - t_start, start_s, self.env.backend.provenance(),
+                            method=None if method is None else method_record(method.name, decisions))
         return {"trajectory": traj.model_dump(mode="json"), "meta": asdict(meta)}
+
+
+def method_record(name: str, decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a record keeps of a trainer-side method's run (``RecordMeta.method``): per decision its
+    log and seconds, and the mean overhead per decision in CPU-seconds beside the model's own."""
+    def mean(key: str) -> float:
+        return sum(d.get(key, 0.0) for d in decisions) / max(len(decisions), 1)
+
+    return {"name": name, "decisions": decisions, "overhead_cpu_s_per_decision": mean("overhead_cpu_s"),
+            "train_cpu_s_per_decision": mean("train_cpu_s")}
 
 
 _WORKER: EpisodeWorker | None = None

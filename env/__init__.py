@@ -4,7 +4,9 @@ Holds setting files and their validation (``setting``), the corpus sources and t
 (``sources``, ``corpus``), tokenisation (``data``), models (``model``), pre-training of the base
 (``base``), the CPT backend with its held-out evaluation (``backend``), content-keyed caches
 (``cache``), provenance digests (``provenance``), the gymnasium ``DataMixingEnv`` (``mixing_env``)
-and the ``corpus`` / ``env`` commands (``cli``). The env takes actions (weights), never policies.
+and the ``corpus`` / ``env`` commands (``cli``). The env takes actions (weights), never policies;
+methods that act inside the training interval (TANDEM, Aioli) come in through the backend's
+trainer-side hook (``trainer_side``).
 
 Must not import ``mixagent.agent`` or ``mixagent.service`` (no policies, no HTTP) nor d3rlpy;
 ``tests/test_layering.py`` checks every arrow. Importing this package is cheap (no torch); the

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,9 +18,17 @@ import torch.nn.functional as F
 from mixagent.env.data import DomainTokens
 from mixagent.env.provenance import fingerprint
 from mixagent.env.setting import CPTSpec, EvalSpec
-from mixagent.trajectories.contract import DomainSpace, Feedback
+from mixagent.trajectories.contract import DomainSpace, Feedback, Objective
 
-__all__ = ["get_lr", "make_optimizer", "TokenSampler", "EvalSet", "CPTBackend"]
+if TYPE_CHECKING:
+    from mixagent.env.trainer_side import IntervalReport, TrainerSideMethod
+
+__all__ = ["get_lr", "make_optimizer", "lm_loss", "optimizer_step", "TokenSampler", "EvalSet", "CPTBackend"]
+
+METHOD_STREAM = 0x6D6574686F64
+"""Salt of a trainer-side method's own generator (``CPTBackend.method_rng``): seeded with the episode's
+seed but apart from the model's batch stream, so a method's probes never shift the batches the model
+trains on (two methods run with one seed draw the same model batches for the same mixtures)."""
 
 
 def get_lr(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -44,6 +52,24 @@ def make_optimizer(model: Any, cpt: CPTSpec) -> torch.optim.Optimizer:
         lr=cpt.lr,
         betas=(cpt.beta1, cpt.beta2),
     )
+
+
+def lm_loss(model: Any, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` on ``batch`` ``[B, L+1]`` (with its graph)."""
+    logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+
+
+def optimizer_step(model: Any, optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, lr: float,
+                   grad_clip: float) -> None:
+    """Back-propagate ``loss``, clip the gradient norm, one optimizer step at ``lr``, clear the grads:
+    the one update rule of the model under CPT and of any copy a trainer-side method trains beside it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 class TokenSampler:
@@ -93,7 +119,13 @@ class EvalSet:
 
 
 class CPTBackend:
-    """One model under continual pre-training, restartable from an in-memory base state."""
+    """One model under continual pre-training, restartable from an in-memory base state.
+
+    Two ways to train an interval: :meth:`train` (a mixture chosen before the interval, every policy)
+    and :meth:`train_method`, the hook for *trainer-side* methods that act inside the interval
+    (TANDEM's twin model, Aioli's probes; ``env/trainer_side.py``). Either way the model takes
+    exactly the interval's optimizer steps and tokens; a method's extra passes are its overhead.
+    """
 
     def __init__(
         self,
@@ -122,6 +154,7 @@ class CPTBackend:
         self._data_manifest = data.manifest
         self._provenance: dict[str, str] | None = None
         self.rng = np.random.default_rng(0)
+        self.method_rng = np.random.default_rng([0, METHOD_STREAM])
         self.step = 0
         self.optimizer = self._new_optimizer()
 
@@ -130,11 +163,13 @@ class CPTBackend:
         return make_optimizer(self.model, self.cpt)
 
     def reset(self, seed: int) -> None:
-        """Restore the base weights from memory, a fresh optimizer, step 0, and a seeded sampler."""
+        """Restore the base weights from memory, a fresh optimizer, step 0, and a seeded sampler (and
+        a trainer-side method's own generator, :data:`METHOD_STREAM`)."""
         self.model.load_state_dict(self._base_state)
         self.optimizer = self._new_optimizer()
         self.step = 0
         self.rng = np.random.default_rng(seed)
+        self.method_rng = np.random.default_rng([seed, METHOD_STREAM])
         torch.manual_seed(seed)  # global, as torch's RNG is; models here have no dropout anyway
 
     def set_base_state(self) -> None:
@@ -160,16 +195,9 @@ class CPTBackend:
 
     def train_step(self, batch: torch.Tensor) -> torch.Tensor:
         """One optimizer step on ``batch`` ``[B, L+1]``; returns the (detached) loss."""
-        model = self.model
-        model.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-        torch.nn.utils.clip_grad_norm_(model.parameters(), self.cpt.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train()
+        loss = lm_loss(self.model, batch)
+        optimizer_step(self.model, self.optimizer, loss, lr=self.lr_at(self.step), grad_clip=self.cpt.grad_clip)
         self.step += 1
         return loss.detach()
 
@@ -179,6 +207,19 @@ class CPTBackend:
         for _ in range(steps):
             total += self.train_step(self.sampler.sample(probs, self.cpt.batch_size, self.rng))
         return float(total) / max(steps, 1)
+
+    def train_method(self, method: TrainerSideMethod, steps: int, objective: Objective, *, t: int = 0,
+                     horizon: int = 1) -> IntervalReport:
+        """The trainer-side hook: ``method`` runs interval ``t`` of ``horizon`` inside the trainer and
+        must take exactly ``steps`` optimizer steps of the model through the
+        :class:`~mixagent.env.trainer_side.IntervalTrainer` it is given (which refuses more, and
+        this call refuses fewer). Its validation sample comes from the training split, weighted by
+        ``objective``. Returns the interval's effective mixture, training loss, its own log and the
+        CPU/wall seconds of the model's steps and of the method's overhead
+        (:func:`mixagent.env.trainer_side.run_interval`)."""
+        from mixagent.env.trainer_side import run_interval  # noqa: PLC0415 - the hook's module imports this one
+
+        return run_interval(self, method, steps, objective, t=t, horizon=horizon)
 
     # ----- evaluation ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -13,7 +14,7 @@ from mixagent.env.backend import CPTBackend, TokenSampler
 from mixagent.env.base import build_backend
 from mixagent.env.pools import cap_arrays
 from mixagent.env.setting import Setting, load_setting
-from mixagent.trajectories.contract import ContractError, History, Weights
+from mixagent.trajectories.contract import ContractError, History, Objective, Weights
 from mixagent.trajectories.encoding import (
     OBS_BOUND,
     action_size,
@@ -22,6 +23,9 @@ from mixagent.trajectories.encoding import (
     encode,
     observation_size,
 )
+
+if TYPE_CHECKING:
+    from mixagent.env.trainer_side import TrainerSideMethod
 
 __all__ = ["DataMixingEnv"]
 
@@ -40,7 +44,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     domains (``action.level: domain``). The action maps to weights
     ``w = (1-ε)·softmax(β·a) + ε·prior`` (β = ``action.beta``, ε = ``action.epsilon``); at field level
     each field's share is split over its domains by their priors. :meth:`step_weights` takes a
-    weight vector directly (behaviour schedules use it).
+    weight vector directly (behaviour schedules use it); :meth:`step_method` lets a trainer-side
+    method (TANDEM, Aioli: ``env/trainer_side.py``) act inside the interval instead.
 
     ## Observation Space
     ``Box(-10, 10, (n,), float32)``: :func:`mixagent.trajectories.encoding.encode` of the raw
@@ -65,7 +70,9 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Info
     ``t``, ``feedback`` (raw :class:`~mixagent.trajectories.contract.Feedback`), ``weights``,
     ``balanced_score``, ``train_loss``: deterministic for a seed. Wall times are not, so they live
-    in :attr:`last_stage_seconds` (``{"train": s, "eval": s}``), not in ``info``.
+    in :attr:`last_stage_seconds` (``{"train": s, "eval": s}``), not in ``info``. Under
+    :meth:`step_method`, ``info["method"]`` is the method's log of the decision and
+    :attr:`last_method_seconds` the model's and the method's CPU and wall seconds.
     :attr:`history` holds the raw history of the episode.
 
     ## Arguments
@@ -107,6 +114,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         self._history: History | None = None
         self._t = 0
         self.last_stage_seconds: dict[str, float] = {"train": 0.0, "eval": 0.0}
+        self.last_method_seconds: dict[str, float] = {}
         self.pool: dict[str, float] | None = None
         self._full_sampler = backend.sampler
 
@@ -130,10 +138,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step_weights(self, weights: Weights | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Train one interval on ``weights`` (a :class:`Weights` or K raw shares) and evaluate."""
-        if self._history is None:
-            raise RuntimeError("DataMixingEnv: call reset() before step()")
-        if self._t >= self.horizon:
-            raise RuntimeError("DataMixingEnv: the episode is truncated; call reset()")
+        self._check_running()
         if not isinstance(weights, Weights):
             raw = np.asarray(weights, dtype=np.float64)
             if raw.shape != (self.space.size,):
@@ -144,9 +149,47 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
                 raise ValueError(str(e)) from None
         if len(weights.values) != self.space.size:
             raise ValueError(f"weights: expected {self.space.size} values, got {len(weights.values)}")
+        chosen = weights
+
+        def train() -> tuple[Weights, float, dict[str, Any]]:
+            return chosen, self.backend.train(chosen.as_array(), self.setting.cpt.interval), {}
+
+        return self._stage(train)
+
+    def step_method(self, method: TrainerSideMethod,
+                    objective: Objective | None = None) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Train one interval under a trainer-side ``method`` (``env/trainer_side.py``), which acts
+        inside it through the backend's hook, and evaluate. The model takes exactly the interval's
+        steps; the stage's weights are the interval's effective mixture; ``info["method"]`` is the
+        method's log of the decision and :attr:`last_method_seconds` its overhead. The validation
+        sample is weighted by ``objective`` (default: the setting's). Before the first interval of
+        an episode the env calls ``method.reset(space)``."""
+        self._check_running()
+        if self._t == 0:
+            method.reset(self.space)
+
+        def train() -> tuple[Weights, float, dict[str, Any]]:
+            report = self.backend.train_method(method, self.setting.cpt.interval, objective or self.setting.objective,
+                                               t=self._t, horizon=self.horizon)
+            self.last_method_seconds = report.seconds
+            return report.weights, report.train_loss, {"method": report.log}
+
+        return self._stage(train)
+
+    def _check_running(self) -> None:
+        if self._history is None:
+            raise RuntimeError("DataMixingEnv: call reset() before step()")
+        if self._t >= self.horizon:
+            raise RuntimeError("DataMixingEnv: the episode is truncated; call reset()")
+
+    def _stage(self, train: Callable[[], tuple[Weights, float, dict[str, Any]]],
+               ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Train one interval (``train`` returns the weights trained on, the training loss and extra
+        info), evaluate, record the stage."""
+        assert self._history is not None
         t0 = time.perf_counter()
         try:
-            train_loss = self.backend.train(weights.as_array(), self.setting.cpt.interval)
+            weights, train_loss, extra = train()
             t1 = time.perf_counter()
             feedback = self.backend.evaluate()
         except BaseException:
@@ -160,7 +203,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         b = balanced_scores(self._history, self.setting.objective)
         truncated = self._t >= self.horizon
         self.last_stage_seconds = {"train": t1 - t0, "eval": t2 - t1}
-        info = self._get_info(train_loss=train_loss, balanced=float(b[-1]))
+        info = self._get_info(train_loss=train_loss, balanced=float(b[-1])) | extra
         return self._get_obs(), float(b[-1] - b[-2]), False, truncated, info
 
     # ----- helpers -------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ A record (schema version :data:`~mixagent.trajectories.contract.SCHEMA_VERSION`)
     {"record": "start", "feedback": {...}, "wall_s": s}          # evaluation before training
     {"record": "stage", "t": 0, "weights": [...], "feedback": {...}, "wall_s": s}   # × T
     {"record": "end", "stages": T, "sha256": "...", "wall_s": s, "finished_at": "...", "host": "...",
-     "provenance": {"corpus": "...", "base": "...", "numerics": "..."}}     # provenance: optional
+     "provenance": {"corpus": "...", "base": "...", "numerics": "..."},     # provenance: optional
+     "method": {"name": "...", "decisions": [...]}}        # a trainer-side method's log: optional
 
 ``sha256`` is the checksum of the trajectory's content (:func:`trajectory_checksum`: canonical JSON
 of header, history and stage wall times), so it does not depend on line formatting. Finalising
@@ -107,6 +108,10 @@ class RecordMeta:
     host: str = ""
     start_wall_s: float = 0.0
     provenance: dict[str, str] = field(default_factory=dict)
+    method: dict[str, Any] = field(default_factory=dict)
+    """A trainer-side method's record (``env/trainer_side.py``): its name and, per decision, its log
+    and the CPU/wall seconds of the model's steps and of its own overhead. Empty for a policy. Like
+    the wall times it is outside the trajectory's checksum (timings are not deterministic)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,8 @@ def record_lines(trajectory: Trajectory, meta: RecordMeta) -> list[str]:
            "finished_at": meta.finished_at, "host": meta.host}
     if meta.provenance:
         end["provenance"] = meta.provenance
+    if meta.method:
+        end["method"] = meta.method
     lines.append(_dumps(end))
     return lines
 
@@ -303,6 +310,9 @@ def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tupl
     provenance = end.get("provenance", {})
     if not (isinstance(provenance, dict) and all(isinstance(v, str) for v in provenance.values())):
         raise RecordError(path, f"end line: provenance must be an object of strings, got {provenance!r}")
+    method = end.get("method", {})
+    if not isinstance(method, dict):
+        raise RecordError(path, f"end line: method must be an object, got {type(method).__name__}")
     try:
         meta = RecordMeta(
             wall_s=float(end.get("wall_s", 0.0)),
@@ -310,6 +320,7 @@ def _assemble(path: Path, rows: list[dict[str, Any]], *, finished: bool) -> tupl
             host=str(end.get("host", "")),
             start_wall_s=float(rows[1].get("wall_s", 0.0)),
             provenance=provenance,
+            method=method,
         )
     except (TypeError, ValueError):
         raise RecordError(path, "corrupted: a wall time is not a number") from None
@@ -372,9 +383,10 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
-def default_meta(wall_s: float, start_wall_s: float, provenance: dict[str, str] | None = None) -> RecordMeta:
+def default_meta(wall_s: float, start_wall_s: float, provenance: dict[str, str] | None = None, *,
+                 method: dict[str, Any] | None = None) -> RecordMeta:
     return RecordMeta(wall_s=wall_s, finished_at=now_iso(), host=socket.gethostname(), start_wall_s=start_wall_s,
-                      provenance=dict(provenance or {}))
+                      provenance=dict(provenance or {}), method=dict(method or {}))
 
 
 class FolderLock:

@@ -31,6 +31,7 @@ from typing import Any
 from mixagent.agent.baselines import BASELINES, build_baseline
 from mixagent.agent.card import CARD_FILE, ArtifactError, PolicyCard
 from mixagent.agent.onnx_policy import DEFAULT_FALLBACK, GuardedDecision, load_artifact
+from mixagent.agent.registry import TRAINER_SIDE_METHODS, trainer_side_refusal
 from mixagent.trajectories.contract import ActionSpec, ContractError, DomainSpace, History, Objective, Weights
 from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
 
@@ -231,6 +232,8 @@ class PolicyRegistry:
         entries, current = self._entries, self._current
         if version is None:
             if name not in current:
+                if name in TRAINER_SIDE_METHODS:  # a known method, but one that needs the trainer's model
+                    raise ContractError(trainer_side_refusal(name))
                 raise ContractError(f"policy: unknown policy {name!r}; known: {sorted(current)}")
             version = current[name]
         entry = entries.get((name, version))
