@@ -115,6 +115,14 @@ class PolicyCard(BaseModel):
     """A domain-set card: per run-token feature, the largest value seen in training."""
     max_domains: int | None = Field(default=None, ge=1, le=4096)
     """A domain-set card serves any space of up to this many domains (a larger one goes to the fallback)."""
+    clamp_band: float | None = Field(default=None, ge=0, le=100)
+    """What the guard does with a feature outside its training range. None (every card written before
+    it existed): past the range widened by ``OBS_MARGIN`` the decision goes to the fallback. A number
+    ``b``: a feature up to ``b`` range widths outside is clamped to the widened range and the network
+    decides; only a farther one goes to the fallback. On a setting no training run resembles, a run
+    that learns faster than any training run (a larger gain, a steeper loss drop) is the edge of the
+    network's experience, not nonsense: clamping serves it; a gross excursion (broken feedback,
+    other units) still falls back."""
     training_data: list[TrainingData] = Field(default_factory=list)
     """The dataset folders it was trained on."""
     training_data_hash: str | None = None

@@ -103,24 +103,39 @@ def _first_feedback(space: DomainSpace) -> History:
 
 class TrainingRange:
     """Per feature, the range seen in training widened by :data:`OBS_MARGIN`; :meth:`problem` says
-    which feature of an observation (a vector, or rows of one per domain) falls outside."""
+    which feature of an observation (a vector, or rows of one per domain) falls outside. With a
+    ``clamp_band`` (the card's), :meth:`clamped` brings features up to that many range widths
+    outside back to the widened range, and only farther ones are a problem."""
 
-    def __init__(self, low: list[float], high: list[float], names: list[str] | None = None):
+    def __init__(self, low: list[float], high: list[float], names: list[str] | None = None,
+                 clamp_band: float | None = None):
         self.low, self.high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
-        pad = np.where(self.high > self.low, OBS_MARGIN * (self.high - self.low), 0.05)
+        width = np.where(self.high > self.low, self.high - self.low, 0.0)
+        pad = np.where(width > 0, OBS_MARGIN * width, 0.05)
         self._lo, self._hi = self.low - pad, self.high + pad
+        band = pad + (clamp_band or 0.0) * width  # a feature constant in training gets no band
+        self._outer_lo, self._outer_hi = self.low - band, self.high + band
         self.names = names
 
     def problem(self, x: np.ndarray, what: str = "observation", rows: tuple[str, ...] = ()) -> str | None:
-        if ((x >= self._lo) & (x <= self._hi)).all():  # the common case, without argwhere's cost
+        """Why ``x`` cannot be served (a feature beyond the clamp band, or beyond the widened range
+        without one), or None."""
+        if ((x >= self._outer_lo) & (x <= self._outer_hi)).all():  # the common case, without argwhere's cost
             return None
-        bad = np.argwhere((x < self._lo) | (x > self._hi))
+        bad = np.argwhere((x < self._outer_lo) | (x > self._outer_hi))
         first = tuple(int(i) for i in bad[0])
         k = first[-1]
         feature = self.names[k] if self.names else str(k)
         where = f" of domain {rows[first[0]]!r}" if rows and len(first) == 2 else ""
         return (f"{what} feature {feature}{where} = {x[first]:.4g} is outside the range seen in training "
                 f"[{self.low[k]:.4g}, {self.high[k]:.4g}]" + (f" ({len(bad)} values)" if len(bad) > 1 else ""))
+
+    def clamped(self, x: np.ndarray) -> np.ndarray:
+        """``x`` with every feature inside the clamp band brought to the widened range (``x`` itself
+        when nothing is outside, the common case)."""
+        if ((x >= self._lo) & (x <= self._hi)).all():
+            return x
+        return np.clip(x, self._lo, self._hi)
 
 
 def _seen(space: DomainSpace, history: History) -> History:
@@ -180,16 +195,17 @@ class OnnxPolicy(_GuardedNetwork):
     mapped to weights by ``(1-ε)·softmax(β·a) + ε·prior`` (the card's :class:`ActionSpec`).
 
     Guarded: a run whose space it cannot read, or an observation outside the card's training ranges
-    (beyond :data:`OBS_MARGIN`), gets the ``fallback`` baseline's decision, marked in
-    :meth:`decide`. The first mixture (before any feedback) is what the network chooses at the
-    start of a run, whose observation does not depend on the scores."""
+    (beyond :data:`OBS_MARGIN`, or beyond the card's ``clamp_band``, within which it is clamped),
+    gets the ``fallback`` baseline's decision, marked in :meth:`decide`. The first mixture (before
+    any feedback) is what the network chooses at the start of a run, whose observation does not
+    depend on the scores."""
 
     def __init__(self, session: Any, card: PolicyCard, horizon: int, objective: Objective,
                  fallback: MixingPolicy, batcher: OnnxBatcher | None = None):
         super().__init__(session, card, horizon, objective, fallback)
         self._input = session.get_inputs()[0].name
         self._batcher = batcher or OnnxBatcher(session, self._input)
-        self._range = (TrainingRange(card.observation_low, card.observation_high)
+        self._range = (TrainingRange(card.observation_low, card.observation_high, clamp_band=card.clamp_band)
                        if card.observation_low is not None and card.observation_high is not None else None)
 
     def observation(self, history: History) -> np.ndarray:
@@ -200,9 +216,13 @@ class OnnxPolicy(_GuardedNetwork):
         return np.asarray(action, dtype=np.float64)[0]
 
     def _checked(self, history: History) -> tuple[np.ndarray, str | None]:
-        """The observation and, when it falls outside the training ranges, why."""
+        """The observation (clamped into the training ranges within the card's clamp band) and,
+        when it falls outside them, why."""
         obs = self.observation(history)
-        return obs, self._range.problem(obs) if self._range is not None else None
+        if self._range is None:
+            return obs, None
+        problem = self._range.problem(obs)
+        return (obs, problem) if problem else (self._range.clamped(obs).astype(obs.dtype, copy=False), None)
 
     def _learned(self, space: DomainSpace, history: History) -> Weights | str:
         obs, problem = self._checked(history)
@@ -223,14 +243,15 @@ class OnnxSetPolicy(_GuardedNetwork):
 
     One artifact serves every space of up to ``card.max_domains`` domains with a source field; a
     larger space, or a token or run feature outside the card's training ranges (beyond
-    :data:`OBS_MARGIN`), gets the ``fallback`` baseline's decision, marked in :meth:`decide`."""
+    :data:`OBS_MARGIN`, or beyond the card's ``clamp_band``, within which it is clamped), gets the
+    ``fallback`` baseline's decision, marked in :meth:`decide`."""
 
     def __init__(self, session: Any, card: PolicyCard, horizon: int, objective: Objective,
                  fallback: MixingPolicy):
         super().__init__(session, card, horizon, objective, fallback)
-        self._tokens = (TrainingRange(card.token_low, card.token_high, list(DOMAIN_FEATURES))
+        self._tokens = (TrainingRange(card.token_low, card.token_high, list(DOMAIN_FEATURES), card.clamp_band)
                         if card.token_low is not None and card.token_high is not None else None)
-        self._run = (TrainingRange(card.run_low, card.run_high, list(RUN_FEATURES))
+        self._run = (TrainingRange(card.run_low, card.run_high, list(RUN_FEATURES), card.clamp_band)
                      if card.run_low is not None and card.run_high is not None else None)
 
     def weights(self, tokens: np.ndarray, run: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -246,6 +267,10 @@ class OnnxSetPolicy(_GuardedNetwork):
                    or (self._run.problem(run, "run") if self._run is not None else None))
         if problem is not None:
             return problem
+        if self._tokens is not None:
+            tokens = self._tokens.clamped(tokens)
+        if self._run is not None:
+            run = self._run.clamped(run)
         w = self.weights(tokens, run, space.priors())
         if not (np.isfinite(w).all() and w.min() >= 0 and w.sum() > 0):
             return "the network returned a mixture that is not finite and non-negative"

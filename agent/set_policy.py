@@ -44,7 +44,14 @@ from mixagent.trajectories.replay import history_prefix
 from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, TOKEN_ENCODER_VERSION, encode_tokens
 
 __all__ = ["DomainSetNet", "MixtureNet", "SetExamples", "set_examples", "mixture_roughness", "train_set_policy",
-           "EXPORT_ATOL"]
+           "EXPORT_ATOL", "CLAMP_BAND"]
+
+CLAMP_BAND = 1.0
+"""The guard's clamp band of a domain-set card (:attr:`PolicyCard.clamp_band`): a token or run
+feature up to one training-range width outside its range is clamped and served. The card exists to
+serve domain spaces that no training run had, whose runs may learn faster or forget more than any
+training run did; one range width is a round, generous choice (not fitted to any setting) that
+still sends a gross excursion to the fallback."""
 
 
 
@@ -319,7 +326,7 @@ def train_set_policy(data: Sequence[str | Path], out: str | Path, cfg: TrainConf
         description=f"bc (domain-set transformer) on {', '.join(d.folder for d in training_data)}",
         encoder_version=TOKEN_ENCODER_VERSION, action=ActionSpec(level="domain", beta=1.0, epsilon=epsilon),
         model_file="policy.onnx", algorithm="bc/domain-set", objective_range=cfg.objective_range,
-        token_low=tlo, token_high=thi, run_low=rlo, run_high=rhi, max_domains=MAX_DOMAINS,
+        token_low=tlo, token_high=thi, run_low=rlo, run_high=rhi, max_domains=MAX_DOMAINS, clamp_band=CLAMP_BAND,
         training_data=training_data, training_data_hash=stable_hash([d.content_hash for d in training_data]),
         metrics={**metrics, **{f"seconds/{k}": v for k, v in seconds.items()}},
     )

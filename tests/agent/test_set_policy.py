@@ -12,8 +12,8 @@ import torch
 
 from mixagent.agent.card import ArtifactError, PolicyCard
 from mixagent.agent.dataset import DatasetError, load_runs
-from mixagent.agent.onnx_policy import OnnxSetPolicy, decide, load_artifact
-from mixagent.agent.set_policy import DomainSetNet, mixture_roughness, set_examples
+from mixagent.agent.onnx_policy import OnnxSetPolicy, TrainingRange, decide, load_artifact
+from mixagent.agent.set_policy import CLAMP_BAND, DomainSetNet, mixture_roughness, set_examples
 from mixagent.agent.train import TrainConfig, load_config, train
 from mixagent.trajectories import DomainSpace, Feedback, History, Objective, Weights
 from mixagent.trajectories.contract import Domain, ObjectiveRange
@@ -141,14 +141,60 @@ def test_guard_hands_unreadable_spaces_and_observations_to_the_fallback(artifact
     huge = DomainSpace(domains=tuple(Domain(name=f"d{k}", field="source" if k % 2 else "target") for k in range(300)))
     d = decide(factory(huge, 16, Objective()), huge, History(space=huge))
     assert d.fallback == "uniform" and "up to 256 domains" in (d.reason or "")
-    # one domain whose loss tripled: a token outside anything seen in training, named with its domain
+    # one domain whose loss rose by half: a token outside anything seen in training, named with its
+    # domain by a card without a clamp band (every card written before it existed) ...
     space = DomainSpace.from_fields({"source": ["s1", "s2", "s3"], "target": ["t1"]})
-    h = synthetic_history(space, 2)
-    fb = h.feedback[-1]
-    h.feedback[-1] = fb.model_copy(update={"domain_losses": {**fb.domain_losses, "s2": fb.domain_losses["s2"] * 3}})
-    d = decide(factory(space, 16, Objective()), space, h)
+
+    def raised(factor: float) -> History:
+        h = synthetic_history(space, 2)
+        fb = h.feedback[-1]
+        h.feedback[-1] = fb.model_copy(update={"domain_losses": {**fb.domain_losses,
+                                                                 "s2": fb.domain_losses["s2"] * factor}})
+        return h
+
+    strict = tmp_path_with_card(artifact, clamp_band=None)
+    d = decide(load_artifact(strict)[1](space, 16, Objective()), space, raised(1.5))
     assert d.fallback == "uniform"
-    assert "token feature loss_change of domain 's2'" in (d.reason or "")
+    assert "token feature loss_" in (d.reason or "") and "of domain 's2'" in (d.reason or "")
+    # ... while the trained card clamps that token into its range and the network serves the run
+    card, factory = load_artifact(artifact)
+    assert card.clamp_band == CLAMP_BAND
+    policy = factory(space, 16, Objective())
+    assert isinstance(policy, OnnxSetPolicy)
+    h = raised(1.5)
+    d = decide(policy, space, h)
+    assert d.fallback is None and d.reason is None
+    tokens, run = encode_tokens(h, 16, Objective(), card.encoder_version)
+    assert card.token_high is not None and card.token_low is not None
+    clamped = TrainingRange(card.token_low, card.token_high, clamp_band=CLAMP_BAND).clamped(tokens)
+    assert not np.array_equal(clamped, tokens)  # the raised loss was outside: it was clamped
+    np.testing.assert_allclose(d.weights.as_array(), policy.weights(clamped, run, space.priors()), atol=1e-6)
+    # a loss that tripled is farther than the band: the fallback serves it, naming the feature
+    d = decide(policy, space, raised(3.0))
+    assert d.fallback == "uniform" and "of domain 's2'" in (d.reason or "")
+
+
+def tmp_path_with_card(artifact: Path, **change: object) -> Path:
+    """A copy of ``artifact`` (beside it) whose card has ``change`` applied."""
+    out = artifact.parent / f"{artifact.name}-{'-'.join(f'{k}{v}' for k, v in change.items())}"
+    out.mkdir(exist_ok=True)
+    (out / "policy.onnx").write_bytes((artifact / "policy.onnx").read_bytes())
+    (out / "card.json").write_text(json.dumps({**json.loads((artifact / "card.json").read_text()), **change}))
+    return out
+
+
+def test_the_clamp_band_serves_mild_excursions_and_refuses_gross_ones():
+    # range [0, 1]: OBS_MARGIN widens it to [-0.1, 1.1]; a band of 1 range width reaches [-1.1, 2.1]
+    strict, banded = TrainingRange([0.0], [1.0]), TrainingRange([0.0], [1.0], clamp_band=1.0)
+    assert strict.problem(np.array([1.05])) is None and strict.problem(np.array([1.15])) is not None
+    for x, want in ((0.5, 0.5), (1.05, 1.05), (1.5, 1.1), (2.05, 1.1), (-1.05, -0.1)):
+        assert banded.problem(np.array([x])) is None
+        assert banded.clamped(np.array([x]))[0] == pytest.approx(want)
+    assert "= 2.2 is outside the range seen in training [0, 1]" in (banded.problem(np.array([2.2])) or "")
+    assert banded.problem(np.array([-1.2])) is not None
+    # a feature constant in training gets no band: anything past the point's 0.05 pad is a problem
+    point = TrainingRange([0.5], [0.5], clamp_band=1.0)
+    assert point.problem(np.array([0.54])) is None and point.problem(np.array([0.6])) is not None
 
 
 def test_bad_cards_and_options_are_refused(artifact, tmp_path):
