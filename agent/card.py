@@ -32,7 +32,7 @@ from mixagent.trajectories.contract import (
 from mixagent.trajectories.encoding import ACTION_MAPS, ENCODER_VERSION, ENCODER_VERSIONS, LEGACY_ACTION_MAP
 from mixagent.trajectories.tokens import TOKEN_ENCODER_VERSIONS
 
-__all__ = ["CARD_FILE", "ArtifactError", "TrainingData", "PolicyCard", "read_card", "artifact_digest"]
+__all__ = ["CARD_FILE", "ArtifactError", "TrainingData", "WarmStart", "PolicyCard", "read_card", "artifact_digest"]
 
 CARD_FILE = "card.json"
 
@@ -55,6 +55,26 @@ class TrainingData(BaseModel):
     """How many records it held."""
     content_hash: str
     """:func:`~mixagent.trajectories.contract.stable_hash` of the sorted record checksums."""
+
+
+class WarmStart(BaseModel):
+    """The behaviour-cloning policy an offline RL stage started from (its actor copied exactly before
+    the first RL step), and how far the stage was let drift from it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: str
+    """The start's learner and encoder, e.g. ``bc/mlp``."""
+    policy_type: Literal["stochastic", "deterministic"]
+    """The start's policy head (ReBRAC's actor is deterministic, CQL's and Cal-QL's stochastic)."""
+    ref: str | None = None
+    """The start artifact's ``name@version``; None: the start was trained in the same run."""
+    digest: str | None = None
+    """The start artifact's :func:`artifact_digest`; None: trained in the same run."""
+    drift_bound: float | None = None
+    """The bound on the mean |action − start's action| over training states; None: unbounded."""
+    rl_steps: int = Field(ge=0)
+    """RL gradient steps the shipped actor took after the start (fewer than asked when the bound stopped it)."""
 
 
 class PolicyCard(BaseModel):
@@ -123,6 +143,11 @@ class PolicyCard(BaseModel):
     that learns faster than any training run (a larger gain, a steeper loss drop) is the edge of the
     network's experience, not nonsense: clamping serves it; a gross excursion (broken feedback,
     other units) still falls back."""
+    stage: Literal["bc", "offline-rl"] | None = None
+    """Which training stage made the network: ``bc`` (behaviour cloning) or ``offline-rl`` (an offline RL
+    learner; ``warm_start`` names its BC start when it had one). None: a card written before this field."""
+    warm_start: WarmStart | None = None
+    """The BC start of an ``offline-rl`` network trained from one (``--algo bc+cql|bc+calql|bc+rebrac``)."""
     training_data: list[TrainingData] = Field(default_factory=list)
     """The dataset folders it was trained on."""
     training_data_hash: str | None = None
@@ -134,6 +159,9 @@ class PolicyCard(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PolicyCard:
+        if self.warm_start is not None and self.stage != "offline-rl":
+            raise ValueError(f"warm_start: only an offline-rl stage has a warm start, this card's stage is "
+                             f"{self.stage!r}")
         if self.kind == "baseline" and self.rule is None:
             raise ValueError("rule: a baseline card must name a rule")
         known = (*ENCODER_VERSIONS, *TOKEN_ENCODER_VERSIONS)

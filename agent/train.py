@@ -1,7 +1,8 @@
-"""Train a mixing policy offline with d3rlpy: BC ("SFT"), CQL, BC then CQL, IQL or TD3+BC.
+"""Train a mixing policy offline with d3rlpy: BC ("SFT"), CQL, IQL, TD3+BC, or an offline RL stage
+(CQL, Cal-QL, ReBRAC) warm-started from behaviour cloning.
 
     mixagent agent train --data data/trajectories/math-tiny data/trajectories/code-tiny \\
-        --algo bc+cql --out runs/policies/agent [--config train.yaml]
+        --algo bc+rebrac --out runs/policies/agent [--config train.yaml] [--warm-start runs/policies/bc-det]
 
 One path from config to artifact (:func:`train`): load the dataset folders, split them by
 trajectory into train and validation, relabel the training trajectories under objectives drawn
@@ -12,7 +13,11 @@ error, and Fitted Q Evaluation of the policy's return), and export it (``agent/e
 
 ``bc+cql`` is the Data Mixing Agent's recipe: behaviour cloning on the best trajectories under
 each objective, then conservative Q-learning whose actor starts from the BC policy
-(``copy_policy_from``) and whose conservative weight keeps it near the data.
+(``copy_policy_from``) and whose conservative weight keeps it near the data. ``bc+calql`` and
+``bc+rebrac`` are the same two stages with Cal-QL and ReBRAC (a deterministic actor, so its BC start
+is deterministic too); the RL stage (``agent/rl_stage.py``) starts from BC exactly, and its drift
+from BC is bounded (:attr:`TrainConfig.drift_bound`). ``+`` reads "then": the card's ``stage`` and
+``warm_start`` say which stage made the network and what it started from.
 """
 
 from __future__ import annotations
@@ -39,15 +44,30 @@ from mixagent.agent.dataset import (
     split_runs,
     to_mdp_dataset,
 )
+from mixagent.agent.rl_stage import (
+    RL_FROM_BC,
+    RLStageResult,
+    action_distance,
+    critic_initial_value,
+    fit_within_drift,
+    load_warm_start,
+    train_bc_start,
+    warm_started,
+)
 from mixagent.trajectories.contract import Level, ObjectiveRange, format_validation_errors, stable_hash
 from mixagent.trajectories.encoding import ENCODER_VERSION, action_size, layout
 
 __all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "train"]
 
 log = logging.getLogger(__name__)
+DRIFT_ROWS = 2048
+"""Training decision states (a seeded sample) the RL stage's drift from its BC start is measured on."""
 
-Algo = Literal["bc", "cql", "bc+cql", "iql", "td3+bc"]
-ALGOS: tuple[str, ...] = ("bc", "cql", "bc+cql", "iql", "td3+bc")
+Algo = Literal["bc", "cql", "bc+cql", "iql", "td3+bc", "bc+calql", "bc+rebrac"]
+ALGOS: tuple[str, ...] = ("bc", "cql", "bc+cql", "iql", "td3+bc", "bc+calql", "bc+rebrac")
+Learner = Literal["bc", "bc-deterministic", "cql", "calql", "rebrac", "iql", "td3+bc"]
+"""What :func:`make_algo` builds: BC with a stochastic (tanh-Gaussian, CQL's actor) or a deterministic
+(ReBRAC's actor) policy, or one offline RL learner."""
 
 
 class TrainConfig(BaseModel):
@@ -101,6 +121,9 @@ class TrainConfig(BaseModel):
     """Gradient steps of behaviour cloning (``bc``, and the BC stage of ``bc+cql``)."""
     bc_learning_rate: float = Field(default=1e-3, gt=0)
     """Learning rate of behaviour cloning."""
+    bc_policy: Literal["stochastic", "deterministic"] = "stochastic"
+    """Plain ``bc``'s policy: ``stochastic`` (tanh-Gaussian, the warm start of ``bc+cql``/``bc+calql``)
+    or ``deterministic`` (the warm start of ``bc+rebrac``). A ``bc+…`` run picks its RL actor's type itself."""
     rl_steps: int = Field(default=6000, ge=1)
     """Gradient steps of the offline RL algorithm (``cql``, ``bc+cql``'s CQL stage, ``iql``, ``td3+bc``)."""
     gamma: float = Field(default=0.99, gt=0.0, le=1.0)
@@ -121,6 +144,18 @@ class TrainConfig(BaseModel):
     """IQL's inverse temperature of the advantage weights."""
     td3bc_alpha: float = Field(default=2.5, gt=0)
     """TD3+BC's trade-off between Q maximisation and behaviour cloning."""
+    rebrac_actor_beta: float = Field(default=0.001, ge=0)
+    """ReBRAC's actor penalty β1 on (a_data − π(s))² beside the normalised Q term (d3rlpy: 0.001;
+    TD3+BC's α = 2.5 is β1 = 0.4)."""
+    rebrac_critic_beta: float = Field(default=0.01, ge=0)
+    """ReBRAC's critic penalty β2 on (a' − a'_data)² in the TD target (d3rlpy: 0.01)."""
+    drift_bound: float | None = Field(default=0.1, gt=0)
+    """RL stage after BC: the largest mean |action − BC start's action| (action units, over training
+    decision states) its actor may reach; training stops at the first epoch past it and keeps the
+    last actor within it (the BC start itself when the first epoch already drifts too far). None: unbounded."""
+    warm_start: str | None = None
+    """RL stage after BC: a BC artifact folder (``learner.d3`` + card, same action map, encoder and
+    level) to start from; None trains the BC start in the same run."""
     fqe_steps: int = Field(default=3000, ge=0)
     """Fitted Q Evaluation steps on the validation trajectories (0: skip)."""
     steps_per_epoch: int = Field(default=1000, ge=1)
@@ -173,9 +208,11 @@ def _encoder(cfg: TrainConfig, n_fields: int) -> Any:
     return VectorEncoderFactory(hidden_units=list(cfg.hidden_units))
 
 
-def make_algo(kind: Literal["bc", "cql", "iql", "td3+bc"], cfg: TrainConfig, n_fields: int, n_actions: int) -> Any:
+def make_algo(kind: Learner, cfg: TrainConfig, n_fields: int, n_actions: int, observation_scaler: Any = None) -> Any:
     """The d3rlpy algorithm ``kind`` for ``cfg`` (observations standardised, ``n_actions`` actions in
-    [-1, 1]: the action size of ``cfg.action_map``, which the action scaler's bounds follow)."""
+    [-1, 1]: the action size of ``cfg.action_map``, which the action scaler's bounds follow).
+    ``observation_scaler``: a fitted scaler to use as it is (an RL stage takes its BC start's, so
+    that the copied actor sees the same inputs); None fits one on the training data."""
     import d3rlpy  # noqa: PLC0415
     from d3rlpy.preprocessing import (  # noqa: PLC0415
         MinMaxActionScaler,
@@ -185,14 +222,16 @@ def make_algo(kind: Literal["bc", "cql", "iql", "td3+bc"], cfg: TrainConfig, n_f
 
     common: dict[str, Any] = {
         "batch_size": cfg.batch_size,
-        "observation_scaler": StandardObservationScaler(),
+        "observation_scaler": observation_scaler or StandardObservationScaler(),
         "action_scaler": MinMaxActionScaler(minimum=-np.ones(n_actions), maximum=np.ones(n_actions)),
     }
     encoder = _encoder(cfg, n_fields)
-    if kind == "bc":
-        # a Gaussian (tanh-squashed) policy, the actor type of CQL, so BC can warm-start it
+    if kind in ("bc", "bc-deterministic"):
+        # "bc": a Gaussian (tanh-squashed) policy, the actor type of CQL, so BC can warm-start it;
+        # "bc-deterministic": ReBRAC's actor type (copy_policy_from refuses to cross the two)
         return d3rlpy.algos.BCConfig(learning_rate=cfg.bc_learning_rate, encoder_factory=encoder,
-                                     policy_type="stochastic", **common).create()
+                                     policy_type="stochastic" if kind == "bc" else "deterministic",
+                                     **common).create()
     rl: dict[str, Any] = {
         **common,
         "gamma": cfg.gamma,
@@ -205,6 +244,12 @@ def make_algo(kind: Literal["bc", "cql", "iql", "td3+bc"], cfg: TrainConfig, n_f
     if kind == "cql":
         return d3rlpy.algos.CQLConfig(conservative_weight=cfg.conservative_weight,
                                       alpha_learning_rate=cfg.cql_alpha_learning_rate, **rl).create()
+    if kind == "calql":  # CQL whose penalty is floored at the behaviour's Monte-Carlo return
+        return d3rlpy.algos.CalQLConfig(conservative_weight=cfg.conservative_weight,
+                                        alpha_learning_rate=cfg.cql_alpha_learning_rate, **rl).create()
+    if kind == "rebrac":
+        return d3rlpy.algos.ReBRACConfig(actor_beta=cfg.rebrac_actor_beta, critic_beta=cfg.rebrac_critic_beta,
+                                         **rl).create()
     if kind == "iql":
         return d3rlpy.algos.IQLConfig(expectile=cfg.iql_expectile, weight_temp=cfg.iql_weight_temp, **rl).create()
     return d3rlpy.algos.TD3PlusBCConfig(alpha=cfg.td3bc_alpha, **rl).create()
@@ -220,8 +265,9 @@ def quiet_d3rlpy() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
-def _fit(algo: Any, dataset: Any, steps: int, cfg: TrainConfig, evaluators: dict[str, Any], desc: str,
+def fit_learner(algo: Any, dataset: Any, steps: int, cfg: TrainConfig, evaluators: dict[str, Any], desc: str,
          progress: bool) -> dict[str, float]:
+    """Fit ``algo`` for ``steps`` gradient steps (epochs of ``cfg.steps_per_epoch``); its last epoch's metrics."""
     from d3rlpy.logging import NoopAdapterFactory  # noqa: PLC0415
 
     history: dict[str, float] = {}
@@ -329,7 +375,6 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
                                  action_map=amap)
         except DatasetError:  # no smooth validation trajectory: the action error is not measured
             bc_val = None
-    needs_rl = algo_name != "bc"
     # drawn for every algorithm (and in this order), so that all candidates trained with one seed are
     # validated on the same relabelled validation set and their FQE returns compare
     rl_train = all_copies(train_runs, cfg.relabel_copies, cfg.objective_range, rng, spec, action_map=amap)
@@ -340,24 +385,42 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     from d3rlpy.metrics import TDErrorEvaluator  # noqa: PLC0415
 
     learner: Any
-    bc: Any = None
-    if algo_name in ("bc", "bc+cql"):
+    stage: RLStageResult | None = None
+    evaluators = {"val_td_error": TDErrorEvaluator(episodes=to_mdp_dataset(rl_val).episodes)} if rl_val else {}
+    if algo_name == "bc":
         t0 = time.perf_counter()
-        bc = make_algo("bc", cfg, n_f, n_a)
-        _fit(bc, to_mdp_dataset(bc_train), cfg.bc_steps, cfg, {}, "bc", progress)
+        learner = make_algo("bc" if cfg.bc_policy == "stochastic" else "bc-deterministic", cfg, n_f, n_a)
+        fit_learner(learner, to_mdp_dataset(bc_train), cfg.bc_steps, cfg, {}, "bc", progress)
         seconds["bc"] = time.perf_counter() - t0
-        learner = bc
-    if needs_rl:
-        kind = "cql" if algo_name in ("cql", "bc+cql") else algo_name
-        learner = make_algo(kind, cfg, n_f, n_a)  # type: ignore[arg-type]  # kind is one of ALGOS, checked above
+    elif algo_name in RL_FROM_BC:  # BC, then the RL learner from exactly that actor (agent/rl_stage.py)
+        kind = RL_FROM_BC[algo_name]
+        t0 = time.perf_counter()
+        if cfg.warm_start is not None:
+            start = load_warm_start(cfg.warm_start, kind, cfg, spec, n_f, rl_train.observations.shape[1])
+        else:
+            start = train_bc_start(kind, bc_train, cfg, n_f, n_a, progress)
+            seconds["bc"] = time.perf_counter() - t0
+        dataset = to_mdp_dataset(rl_train)
+        train_states = rl_train.observations[rl_train.decision_rows]
+        drift_obs = train_states[np.random.default_rng(cfg.seed).permutation(len(train_states))[:DRIFT_ROWS]]
+        learner = warm_started(kind, cfg, start, dataset, n_f, n_a, drift_obs)
+        t0 = time.perf_counter()
+        stage = fit_within_drift(learner, start, dataset, cfg, drift_obs, evaluators, kind, progress)
+        seconds[kind] = time.perf_counter() - t0
+        metrics |= {"rl/steps_kept": float(stage.steps_kept), "rl/drift_train": stage.drift}
+        if "val_td_error" in stage.history:
+            metrics["val/td_error"] = stage.history["val_td_error"] / cfg.reward_scale**2
+        if rl_val is not None:
+            val_states = rl_val.observations[rl_val.decision_rows]
+            metrics["val/action_distance_bc"] = action_distance(learner, start.learner, val_states)
+            metrics["val/critic_initial_value"] = critic_initial_value(learner, rl_val, cfg.reward_scale)
+    else:
+        learner = make_algo(algo_name, cfg, n_f, n_a)  # type: ignore[arg-type]  # cql, iql or td3+bc: checked above
         dataset = to_mdp_dataset(rl_train)
         learner.build_with_dataset(dataset)
-        if bc is not None:  # the paper's SFT -> RL: the actor starts from the BC policy
-            learner.copy_policy_from(bc)
-        evaluators = {"val_td_error": TDErrorEvaluator(episodes=to_mdp_dataset(rl_val).episodes)} if rl_val else {}
         t0 = time.perf_counter()
-        last = _fit(learner, dataset, cfg.rl_steps, cfg, evaluators, kind, progress)
-        seconds[kind] = time.perf_counter() - t0
+        last = fit_learner(learner, dataset, cfg.rl_steps, cfg, evaluators, algo_name, progress)
+        seconds[algo_name] = time.perf_counter() - t0
         if "val_td_error" in last:
             metrics["val/td_error"] = last["val_td_error"] / cfg.reward_scale**2
     metrics["train/action_error_best"] = _mean_action_error(learner, bc_train)
@@ -375,6 +438,8 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
         description=f"{algo_name} ({cfg.encoder}) on {', '.join(d.setting_name for d in training_data)}",
         encoder_version=ENCODER_VERSION, action=spec, action_map=amap, fields=fields, model_file="policy.onnx",
         algorithm=f"{algo_name}/{cfg.encoder}", objective_range=cfg.objective_range,
+        stage="bc" if algo_name == "bc" else "offline-rl",
+        warm_start=stage.warm_start(cfg.drift_bound) if stage is not None else None,
         observation_low=low, observation_high=high,
         training_data=training_data,
         training_data_hash=stable_hash([d.content_hash for d in training_data]),

@@ -25,7 +25,7 @@ CLASSES = {
     runner: ["RunnerConfig"],
     generate: ["GenerateConfig"],
     catalogue: ["EvaluationConfig"],
-    card: ["PolicyCard", "TrainingData"],
+    card: ["PolicyCard", "TrainingData", "WarmStart"],
 }
 
 
