@@ -97,7 +97,10 @@ def generate_cmd(
 @agent_app.command("train")
 def train_cmd(
     data: Annotated[list[Path], typer.Option("--data", help="Dataset folder (repeat for several settings).")],
-    algo: Annotated[str, typer.Option(help="bc | cql | bc+cql | iql | td3+bc")],
+    algo: Annotated[str, typer.Option(
+        help="bc | cql | iql | td3+bc | bc+cql | bc+calql | bc+rebrac ('bc+X': an offline RL stage X that starts "
+             "from a BC actor, trained in the same run or given by --warm-start; its drift from BC is bounded "
+             "by the config's drift_bound)")],
     out: Annotated[Path, typer.Option("--out", help="Policy folder to write (card.json, policy.onnx, ...).")],
     config: Annotated[Path | None, typer.Option(help="YAML/JSON file of TrainConfig fields.")] = None,
     encoder: Annotated[str | None, typer.Option(help="mlp | transformer (overrides the config).")] = None,
@@ -105,17 +108,22 @@ def train_cmd(
         help="field | domain: 'domain' trains the domain-set agent, one artifact for any domain space "
              "(bc only; overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+    warm_start: Annotated[Path | None, typer.Option(
+        "--warm-start", help="bc+X: the BC artifact to start from (trained with the same action map, encoder and "
+                             "level; deterministic for bc+rebrac: --config with bc_policy: deterministic).")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
     """Train a mixing policy offline on real trajectories and export it as an artifact (field level:
-    d3rlpy; domain level: the domain-set network in torch)."""
+    d3rlpy; domain level: the domain-set network in torch). The card's ``stage`` says which stage made
+    the network (``bc`` or ``offline-rl``) and ``warm_start`` what an RL stage started from."""
     # lazy: d3rlpy and torch (the train extra) load only when this command runs
     from mixagent.agent.dataset import DatasetError  # noqa: PLC0415
     from mixagent.agent.train import load_config, train  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
 
     try:
-        cfg = load_config(config, encoder=encoder, level=level, seed=seed)
+        cfg = load_config(config, encoder=encoder, level=level, seed=seed,
+                          warm_start=str(warm_start) if warm_start is not None else None)
         report = train(data, algo, out, cfg, progress=progress)
     except (DatasetError, ContractError) as e:
         fail(str(e), 2)

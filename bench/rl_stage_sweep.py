@@ -1,0 +1,222 @@
+"""The RL stage after BC, swept and ranked OFFLINE (validation trajectories only; no rollout here).
+
+    python bench/rl_stage_sweep.py                  # the small sweep committed in bench/results (~15 CPU-min)
+    python bench/rl_stage_sweep.py --scale full     # rl_steps 6000, FQE 3000 (~1 CPU-hour)
+    python bench/rl_stage_sweep.py --report-only    # tables and plot from the candidates already trained
+
+Two BC starts are trained once on the field-level folders (math-tiny, code-tiny; action-v2, MLP): a
+stochastic one (the actor type of CQL and Cal-QL) and a deterministic one (ReBRAC's). Every RL
+candidate warm-starts from the matching start's artifact (``warm_start``), with the drift bound of
+``TrainConfig.drift_bound``, and sweeps its own knob: ReBRAC's actor penalty β1, CQL's and Cal-QL's
+conservative weight (one ReBRAC run without a bound shows what the bound prevents). Each candidate
+folder is skipped when it already holds a card, so an interrupted sweep resumes.
+
+Offline ranking (``agent/offline_ranking.py``): by the nearest-behaviour return on the validation
+trajectories (all relabelled under shared objectives per setting); FQE, the critic's own value, the
+drift from BC and the distance to the best validation trajectory are reported beside it. The
+shortlist is the best two RL candidates that moved from their start; the real selection rollouts
+(training-setting seeds 3000.., paired against the BC start, never a benchmark seed) are the
+lead's to run, and the JSON keeps a column for their result beside the offline rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = [ROOT / "data" / "trajectories" / "math-tiny", ROOT / "data" / "trajectories" / "code-tiny"]
+OUT = ROOT / "runs" / "rl-stage"
+RESULTS = ROOT / "bench" / "results"
+STARTS: dict[str, dict[str, Any]] = {"bc-sto": {"bc_policy": "stochastic"}, "bc-det": {"bc_policy": "deterministic"}}
+SWEEPS: dict[str, tuple[str, str, str, tuple[float, ...]]] = {
+    # name -> (algo, its BC start, the swept TrainConfig field, values)
+    "rebrac": ("bc+rebrac", "bc-det", "rebrac_actor_beta", (0.001, 0.01, 0.1, 0.4, 1.0)),
+    "cql": ("bc+cql", "bc-sto", "conservative_weight", (1.0, 5.0, 10.0)),
+    "calql": ("bc+calql", "bc-sto", "conservative_weight", (1.0, 5.0)),
+}
+UNBOUNDED = ("rebrac", 0.4)
+"""One ReBRAC point trained again with no drift bound: how far the actor goes without it."""
+SCALES: dict[str, dict[str, Any]] = {
+    "small": {"rl_steps": 1500, "steps_per_epoch": 100, "fqe_steps": 1500},
+    "full": {"rl_steps": 6000, "steps_per_epoch": 250, "fqe_steps": 3000},
+}
+NEAREST_K = 3
+OBJECTIVES = 8
+SELECT_ROLLOUT_SEED = 3000
+
+
+def candidates(scale: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every training run of the sweep: name -> (algo, TrainConfig overrides), starts first."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {name: ("bc", over) for name, over in STARTS.items()}
+    for sweep, (algo, start, knob, values) in SWEEPS.items():
+        for v in values:
+            base = {**SCALES[scale], knob: v, "start": start, "sweep": sweep}
+            out[f"{sweep}-{v:g}"] = (algo, base)
+            if (sweep, v) == UNBOUNDED:
+                out[f"{sweep}-{v:g}-unbounded"] = (algo, {**base, "drift_bound": None})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--data", nargs="+", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--scale", choices=sorted(SCALES), default="small")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    import torch
+
+    from mixagent.agent.train import TrainConfig, load_config, train
+    from mixagent.console import configure_logging
+
+    configure_logging(False)
+    torch.set_num_threads(1)
+    out = args.out / args.scale
+    plan = candidates(args.scale)
+    for i, (name, (algo, over)) in enumerate(plan.items()):
+        folder = out / name
+        if args.report_only or (folder / "card.json").is_file():
+            continue
+        fields = {k: v for k, v in over.items() if k in TrainConfig.model_fields}
+        if "start" in over:
+            fields["warm_start"] = str(out / over["start"])
+        cfg = load_config(None, name="agent", version=name.replace("+", "-").replace(".", "_"), **fields)
+        print(f"[{i + 1}/{len(plan)}] {name}: {algo} {fields}", file=sys.stderr, flush=True)
+        cpu = time.process_time()
+        train(args.data, algo, folder, cfg, progress=sys.stderr.isatty())
+        (folder / "cpu_seconds.json").write_text(json.dumps({"cpu_s": time.process_time() - cpu}) + "\n")
+    rows = rank(plan, out, args)
+    report(rows, args)
+    return 0
+
+
+def rank(plan: dict[str, tuple[str, dict[str, Any]]], out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each trained candidate's offline readings, ranked by the nearest-behaviour return."""
+    import d3rlpy
+
+    from mixagent.agent.offline_ranking import offline_scores, validation_set
+    from mixagent.agent.train import TrainConfig
+
+    cfg = TrainConfig()
+    val = validation_set(args.data, cfg.validation_fraction, cfg.seed, OBJECTIVES, cfg.objective_range,
+                         cfg.action_map)
+    learners = {n: d3rlpy.load_learnable(str(out / n / "learner.d3")) for n in plan
+                if (out / n / "learner.d3").is_file()}
+    rows = []
+    for name, (algo, over) in plan.items():
+        if name not in learners:
+            continue
+        card = json.loads((out / name / "card.json").read_text())
+        m = card["metrics"]
+        start = over.get("start")
+        cpu = json.loads((out / name / "cpu_seconds.json").read_text())["cpu_s"]
+        scores = offline_scores(learners[name], learners.get(start) if start else None, val, NEAREST_K,
+                                cfg.reward_scale, critic=algo != "bc")
+        knob = SWEEPS[over["sweep"]][2] if "sweep" in over else None
+        rows.append({"name": name, "algo": algo, "start": start, "sweep": over.get("sweep"),
+                     "param": knob, "value": over.get(knob) if knob else None,
+                     "drift_bound": card["warm_start"]["drift_bound"] if card.get("warm_start") else None,
+                     "rl_steps_asked": over.get("rl_steps"),
+                     "rl_steps_kept": card["warm_start"]["rl_steps"] if card.get("warm_start") else None,
+                     "fqe_return": m.get("val/fqe_return"), "cpu_s": cpu, **scores,
+                     "offline_rank": None, "shortlisted": False,
+                     "rollout_B": None, "rollout_vs_bc_start": None, "rollout_rank": None})
+    ranked = sorted(rows, key=lambda r: (-r["nearest_behaviour_return"], -(r["fqe_return"] or 0.0)))
+    for i, r in enumerate(ranked):
+        r["offline_rank"] = i + 1
+    by_name = {r["name"]: r for r in rows}
+    moved = [r for r in ranked if r["algo"] != "bc" and (r["rl_steps_kept"] or 0) > 0
+             and r["drift_bound"] is not None]
+    for r in moved[:2]:
+        r["shortlisted"] = True
+        r["beats_bc_start_offline"] = r["nearest_behaviour_return"] > by_name[r["start"]]["nearest_behaviour_return"]
+    return ranked
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    shortlist = [r["name"] for r in rows if r["shortlisted"]]
+    starts = sorted({r["start"] for r in rows if r["shortlisted"]})
+    cpu = sum(r["cpu_s"] for r in rows)
+    lines = [
+        "# The RL stage after BC, swept offline (bench/rl_stage_sweep.py)", "",
+        f"**Offline only**: no rollout was run for this table. Scale `{args.scale}` "
+        f"({SCALES[args.scale]}), data {', '.join(p.name for p in args.data)}, action-v2, MLP. "
+        f"Training CPU time of the candidates below: {cpu / 60:.1f} CPU-min.", "",
+        f"Ranked by the nearest-behaviour return: under each of {OBJECTIVES} objectives per setting, the "
+        f"mean return of the {NEAREST_K} validation trajectories whose actions the policy is closest to "
+        "(agent/offline_ranking.py). Drift: mean |action − BC start's action| on validation states "
+        "(action units); the bound is measured on training states during training.", "",
+        f"Shortlist for real selection rollouts (paired against their BC start {', '.join(starts) or '—'}, "
+        f"seeds {SELECT_ROLLOUT_SEED}.., the lead's to run): **{', '.join(shortlist) or 'none'}**.", "",
+        "| rank | candidate | swept | value | RL steps kept / asked | drift from BC (val) | nearest-behaviour "
+        "return | action dist. to best | FQE return | critic value | CPU s | rollout rank | rollout B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        kept = "—" if r["rl_steps_kept"] is None else f"{r['rl_steps_kept']} / {r['rl_steps_asked']}"
+        name = f"**{r['name']}**" if r["shortlisted"] else r["name"]
+        lines.append(f"| {r['offline_rank']} | {name} | {r['param'] or '—'} | {_f(r['value'])} | {kept} | "
+                     f"{_f(r.get('drift_from_bc'))} | {_f(r['nearest_behaviour_return'])} | "
+                     f"{_f(r['action_distance_best'])} | {_f(r['fqe_return'])} | {_f(r.get('critic_value'))} | "
+                     f"{r['cpu_s']:.0f} | — | — |")
+    ref = rows[0]
+    lines += ["", f"Validation behaviour, same objectives: best trajectory's return "
+                  f"{ref['behaviour_best_return']:.4g}, mean {ref['behaviour_mean_return']:.4g}."]
+    text = "\n".join(lines) + "\n"
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = "rl_stage_sweep" if args.scale == "small" else f"rl_stage_sweep_{args.scale}"
+    (args.results / f"{stem}.md").write_text(text)
+    (args.results / f"{stem}.json").write_text(json.dumps({
+        "offline_only": True, "scale": args.scale, "config": SCALES[args.scale], "nearest_k": NEAREST_K,
+        "objectives_per_setting": OBJECTIVES, "shortlist": shortlist, "rollout_reference": starts,
+        "rollout_seeds_from": SELECT_ROLLOUT_SEED, "candidates": rows}, indent=1, sort_keys=True) + "\n")
+    plot(rows, args.results / f"{stem}.png")
+    print(text)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from mixagent.trajectories.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(SWEEPS), figsize=(4.2 * len(SWEEPS), 7), squeeze=False)
+    for col, (sweep, (_, start, knob, _)) in enumerate(SWEEPS.items()):
+        pts = sorted((r for r in rows if r["sweep"] == sweep and r["drift_bound"] is not None
+                      and r["name"] == f"{sweep}-{r['value']:g}"), key=lambda r: r["value"])
+        base = next((r for r in rows if r["name"] == start), None)
+        top, bottom = axes[0][col], axes[1][col]
+        if pts:
+            x = [r["value"] for r in pts]
+            top.plot(x, [r["nearest_behaviour_return"] for r in pts], marker="o", label="nearest-behaviour return")
+            top.plot(x, [r["fqe_return"] for r in pts], marker="s", label="FQE return")
+            top.plot(x, [r.get("critic_value") for r in pts], marker="^", label="critic value")
+            bottom.plot(x, [r.get("drift_from_bc") for r in pts], marker="o", label="drift from BC (val)")
+            bottom.plot(x, [r["action_distance_best"] for r in pts], marker="s", label="distance to best run")
+            ax2 = bottom.twinx()
+            ax2.bar(x, [r["rl_steps_kept"] for r in pts], width=[v * 0.3 for v in x], alpha=0.2, color="grey")
+            ax2.set_ylabel("RL steps kept (bars)")
+        if base is not None:
+            top.axhline(base["nearest_behaviour_return"], ls="--", color="k", lw=1, label=f"{start}: nearest-behaviour")
+            top.axhline(base["fqe_return"], ls=":", color="k", lw=1, label=f"{start}: FQE")
+            bottom.axhline(base["action_distance_best"], ls="--", color="k", lw=1, label=f"{start}: distance to best")
+        top.set(xscale="log", title=f"{sweep} from {start}", ylabel="return (final B)")
+        bottom.set(xscale="log", xlabel=knob, ylabel="action distance")
+        top.legend(fontsize=6)
+        bottom.legend(fontsize=6, loc="upper left")
+    fig.suptitle("RL stage after BC: offline readings on validation trajectories (no rollouts)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
