@@ -334,6 +334,9 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     cfg = cfg or TrainConfig()
     if algo_name not in ALGOS:
         raise DatasetError(f"--algo: must be one of {list(ALGOS)}, got {algo_name!r}")
+    if cfg.warm_start is not None and algo_name not in RL_FROM_BC:
+        raise DatasetError(f"--warm-start: only an RL stage after BC ({', '.join(RL_FROM_BC)}) starts from a BC "
+                           f"artifact, got --algo {algo_name}")
     if cfg.level == "domain":  # plain torch: d3rlpy is not even imported
         if algo_name != "bc":
             raise DatasetError(f"--algo: the domain-level agent trains by behaviour cloning ('bc') only, got "

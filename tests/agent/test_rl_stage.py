@@ -187,4 +187,5 @@ def test_a_warm_start_that_does_not_fit_the_run_is_refused_naming_both(tiny_data
         (folder / "card.json").write_text(json.dumps({**card, **change}))
         assert message in refused(folder), name
     assert "nowhere/card.json: no policy card" in refused(tmp_path / "nowhere")
+    assert "only an RL stage after BC (bc+cql, bc+calql, bc+rebrac)" in refused(bc_artifacts["det"], "bc")
     assert not (tmp_path / "out").exists()  # nothing written for a refused start
