@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mixagent.agent.card import artifact_digest
 from mixagent.agent.registry import TRAINER_SIDE_METHODS, build_policy, get_family
 from mixagent.agent.runner import EpisodeSpec, RunnerConfig
 from mixagent.env.setting import Setting
@@ -80,15 +81,7 @@ class PolicySpec:
     def digest(self) -> str:
         if self.artifact is None:
             return stable_hash({"policy": self.policy, "params": self.params})
-        folder = Path(self.artifact)
-        files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".onnx") and p.name != "training.json")
-        return stable_hash({p.name: _file_hash(p) for p in files})
-
-
-def _file_hash(path: Path) -> str:
-    import hashlib  # noqa: PLC0415
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return artifact_digest(self.artifact)
 
 
 BASELINE_POLICIES: tuple[PolicySpec, ...] = (
