@@ -67,7 +67,7 @@ def test_bad_actions_are_rejected_with_clear_errors(tiny_env):
     with pytest.raises(RuntimeError, match="call reset"):
         type(tiny_env)(tiny_env.setting, backend=tiny_env.backend).step(np.zeros(2))
     tiny_env.reset(seed=0)
-    with pytest.raises(ValueError, match=r"action: expected 2 values \(field level\), got shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"action: expected 2 values \(field level, action-v1\), got shape \(3,\)"):
         tiny_env.step(np.zeros(3))
     with pytest.raises(ValueError, match=r"action: non-finite value\(s\) in \[nan, 0.0\]"):
         tiny_env.step(np.array([np.nan, 0.0]))
