@@ -52,13 +52,16 @@ def generate_cmd(
     pool: Annotated[str, typer.Option(
         help="Per-run data pools: 'draw[:LOW[:HIGH]]' (caps log-uniform per domain and run), 'full' or "
              "'NAME=CAP,...' (fixed caps); default none (the full train split, as before).")] = "",
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Where each worker's model computes: cpu, cuda or auto (cuda when available); default: "
+                         "the setting's runtime.device (cpu). Under Ray a cuda worker reserves a GPU.")] = None,
 ) -> None:
     """Run the behaviour schedules of the plan in the real env; resumes an existing folder."""
     # lazy: the runner and the env load only when this command runs (`mixagent --help` stays light)
     from mixagent.agent.errors import RunnerError  # noqa: PLC0415
     from mixagent.agent.generate import GenerateConfig, generate  # noqa: PLC0415
     from mixagent.env.pools import PoolError, parse_pool  # noqa: PLC0415
-    from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
+    from mixagent.env.setting import SettingError, load_setting, with_device  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
     from mixagent.trajectories.schedules import BUILTIN_FAMILIES  # noqa: PLC0415
 
@@ -67,7 +70,7 @@ def generate_cmd(
     if level not in ("", "field", "domain"):
         fail(f"--level: must be 'field' or 'domain', got {level!r}", 2)
     try:
-        s = load_setting(setting)
+        s = with_device(load_setting(setting), device)
     except SettingError as e:
         fail(str(e), 2)
     fams = tuple(f.strip() for f in families.split(",") if f.strip()) or BUILTIN_FAMILIES
@@ -316,6 +319,9 @@ def evaluate_cmd(
     executor: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
     cache_dir: Annotated[Path | None, typer.Option(help="Corpus/base-model cache (default $MIXAGENT_HOME).")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar (off: one log line per run).")] = True,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Where each worker's model computes: cpu, cuda or auto; default: each setting's "
+                         "runtime.device (cpu).")] = None,
     report_only: Annotated[
         bool, typer.Option("--report-only", help="Report on the runs already made; run nothing.")
     ] = False,
@@ -325,12 +331,13 @@ def evaluate_cmd(
     from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies  # noqa: PLC0415
     from mixagent.agent.evaluate import evaluate  # noqa: PLC0415
     from mixagent.agent.runner import RunnerConfig, RunnerError  # noqa: PLC0415
-    from mixagent.env.setting import SettingError, load_setting  # noqa: PLC0415
+    from mixagent.env.setting import SettingError, load_setting, with_device  # noqa: PLC0415
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
 
     try:
         cfg = EvaluationConfig(
-            out=out, policies=tuple(parse_policies(policies)), settings=tuple(load_setting(s) for s in settings),
+            out=out, policies=tuple(parse_policies(policies)),
+            settings=tuple(with_device(load_setting(s), device) for s in settings),
             objectives=tuple(parse_objective(o) for o in (objectives or ["default"])), seeds=seeds,
             selection_seeds=selection_seeds, reference=reference,
             grid_compare=cast(Literal["all", "selected"], grid_compare),  # checked by cfg.check()

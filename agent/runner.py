@@ -24,7 +24,9 @@ base is refused.
 
 Workers. One worker = one process holding one env (one model), reused across episodes; ``reset``
 restores the base model from memory. ``threads`` sets torch's intra-op threads per worker (total
-CPU use ≈ workers × threads). ``executor="ray"`` runs the same workers as Ray actors.
+CPU use ≈ workers × threads). ``executor="ray"`` runs the same workers as Ray actors; a setting
+whose ``runtime.device`` is ``cuda`` (or ``auto`` on a cluster with GPUs) has each actor reserve
+``gpus_per_worker`` GPUs (:func:`ray_actor_options`). The local pool leaves GPUs to CUDA itself.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ __all__ = [
     "RunReport",
     "EpisodeWorker",
     "FolderPin",
+    "ray_actor_options",
     "run_episodes",
     "write_card",
 ]
@@ -127,6 +130,9 @@ class RunnerConfig:
     """Refuse a run whose first evaluation differs from the folder's by more (nats, any domain)."""
     adopt_corpus: bool = False
     """Let a folder whose records all predate provenance take this machine's corpus digest."""
+    gpus_per_worker: float = 1.0
+    """GPUs a Ray worker reserves (``num_gpus``) when the setting's model computes on CUDA; a fraction
+    lets several small proxies share one GPU. Ignored on the CPU and by the local executor."""
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(self.workers, 1))
@@ -138,6 +144,8 @@ class RunnerConfig:
             raise RunnerError(f"--executor: must be 'local' or 'ray', got {self.executor!r}")
         if not self.start_tolerance >= 0:
             raise RunnerError(f"--start-tolerance: must be >= 0, got {self.start_tolerance}")
+        if not self.gpus_per_worker > 0:
+            raise RunnerError(f"gpus_per_worker: must be > 0, got {self.gpus_per_worker}")
 
 
 @dataclass
@@ -340,6 +348,16 @@ def _results_local(cfg: RunnerConfig, setting: dict[str, Any], todo: list[Episod
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def ray_actor_options(cfg: RunnerConfig, setting: dict[str, Any], cluster_gpus: float) -> dict[str, Any]:
+    """The resources one Ray worker reserves: ``threads`` CPUs, and ``gpus_per_worker`` GPUs when the
+    setting's ``runtime.device`` is ``cuda``, or ``auto`` on a cluster that has GPUs (``cluster_gpus``,
+    from ``ray.cluster_resources()``). Without a GPU reserved Ray hides every GPU from the actor, so
+    ``auto`` then resolves to the CPU there."""
+    device = setting.get("runtime", {}).get("device", "cpu")
+    cuda = device == "cuda" or (device == "auto" and cluster_gpus > 0)
+    return {"num_cpus": cfg.resolved_threads(), "num_gpus": cfg.gpus_per_worker if cuda else 0}
+
+
 def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[EpisodeSpec],
                  partial: str) -> Generator[Outcome, None, None]:
     try:
@@ -354,7 +372,8 @@ def _results_ray(cfg: RunnerConfig, setting: dict[str, Any], todo: list[EpisodeS
             kwargs["num_cpus"] = max(os.cpu_count() or 1, cfg.workers * threads)
         ray.init(**kwargs)
     try:
-        remote_worker = ray.remote(num_cpus=threads)(EpisodeWorker)
+        options = ray_actor_options(cfg, setting, float(ray.cluster_resources().get("GPU", 0)))
+        remote_worker = ray.remote(**options)(EpisodeWorker)
         cache = str(cfg.cache_dir) if cfg.cache_dir else None
         actors = [remote_worker.remote(setting, cache, threads) for _ in range(max(cfg.workers, 1))]
         queue = iter(todo)
@@ -426,7 +445,8 @@ class FolderPin:
                                   "or use another --out")
         write_json_atomic(path, {**pinned, **self.info})
         if not (store.root / "setting.json").exists():
-            write_json_atomic(store.root / "setting.json", setting.model_dump(mode="json"))
+            # the device is no part of what a folder holds (runs on several devices may share it)
+            write_json_atomic(store.root / "setting.json", setting.model_dump(mode="json", exclude={"runtime"}))
 
 
 def run_episodes(

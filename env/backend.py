@@ -3,10 +3,15 @@ drawn by the current domain weights, then evaluate it on fixed held-out windows.
 
 Reads like nanoGPT's ``train.py``: a pure ``get_lr(step)``, AdamW with gradient clipping, and an
 ``evaluate()`` that averages a fixed set of held-out batches under ``inference_mode``.
+
+The model computes on the CPU unless :meth:`CPTBackend.place` moves it (``runtime.device``): then the
+model, its base state, the evaluation windows and each drawn batch live on the GPU, optionally under
+bf16 autocast, while the sampler still draws with numpy on the host and results come back as floats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,18 +22,35 @@ import torch.nn.functional as F
 
 from mixagent.env.data import DomainTokens
 from mixagent.env.provenance import fingerprint
-from mixagent.env.setting import CPTSpec, EvalSpec
+from mixagent.env.setting import CPTSpec, EvalSpec, RuntimeSpec, SettingError
 from mixagent.trajectories.contract import DomainSpace, Feedback, Objective
 
 if TYPE_CHECKING:
     from mixagent.env.trainer_side import IntervalReport, TrainerSideMethod
 
-__all__ = ["get_lr", "make_optimizer", "lm_loss", "optimizer_step", "TokenSampler", "EvalSet", "CPTBackend"]
+__all__ = ["get_lr", "make_optimizer", "lm_loss", "optimizer_step", "resolve_device", "TokenSampler", "EvalSet",
+           "CPTBackend"]
 
 METHOD_STREAM = 0x6D6574686F64
 """Salt of a trainer-side method's own generator (``CPTBackend.method_rng``): seeded with the episode's
 seed but apart from the model's batch stream, so a method's probes never shift the batches the model
 trains on (two methods run with one seed draw the same model batches for the same mixtures)."""
+
+
+def resolve_device(runtime: RuntimeSpec) -> torch.device:
+    """The device ``runtime.device`` names here: ``auto`` is cuda when ``torch.cuda.is_available()``;
+    ``cuda`` without a GPU, or bf16 autocast that resolves to the CPU, is a :class:`SettingError`."""
+    if runtime.device == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if runtime.device == "cuda":
+        raise SettingError(f"runtime.device: 'cuda', but torch.cuda.is_available() is False on this machine "
+                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use 'cpu' or 'auto'")
+    if runtime.autocast != "none":
+        raise SettingError(f"runtime.autocast: {runtime.autocast!r} needs CUDA, but runtime.device 'auto' resolves "
+                           "to cpu here (torch.cuda.is_available() is False)")
+    return torch.device("cpu")
 
 
 def get_lr(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -76,8 +98,11 @@ class TokenSampler:
     """Draws ``[batch, seq_len+1]`` windows: each row's domain ~ Categorical(weights), its start
     uniform within that domain's train tokens. One gather over a concatenated array: cheap."""
 
-    def __init__(self, arrays: list[np.ndarray], seq_len: int, names: list[str] | None = None):
+    def __init__(self, arrays: list[np.ndarray], seq_len: int, names: list[str] | None = None,
+                 device: torch.device | None = None):
         self.seq_len = seq_len
+        self.device = device
+        """Where drawn batches go (None: stay on the host, as on the CPU)."""
         names = names or [str(i) for i in range(len(arrays))]
         too_short = [n for n, a in zip(names, arrays, strict=True) if a.size < seq_len + 1]
         if too_short:
@@ -91,7 +116,8 @@ class TokenSampler:
         # Weights are validated to sum to 1 within 1e-6; numpy's sampler wants ~1e-8.
         doms = rng.choice(len(self.spans), size=batch, p=probs / probs.sum())
         starts = self.offsets[doms] + (rng.random(batch) * self.spans[doms]).astype(np.int64)
-        return torch.from_numpy(self.tokens[starts[:, None] + self._ar])
+        rows = torch.from_numpy(self.tokens[starts[:, None] + self._ar])
+        return rows if self.device is None else rows.to(self.device)
 
 
 @dataclass
@@ -125,6 +151,8 @@ class CPTBackend:
     and :meth:`train_method`, the hook for *trainer-side* methods that act inside the interval
     (TANDEM's twin model, Aioli's probes; ``env/trainer_side.py``). Either way the model takes
     exactly the interval's optimizer steps and tokens; a method's extra passes are its overhead.
+
+    It starts on the CPU; :meth:`place` moves it to ``runtime.device`` (the env does, from its setting).
     """
 
     def __init__(
@@ -157,6 +185,30 @@ class CPTBackend:
         self.method_rng = np.random.default_rng([0, METHOD_STREAM])
         self.step = 0
         self.optimizer = self._new_optimizer()
+        self.device = torch.device("cpu")
+        self.autocast = "none"
+        """``bf16``: forward passes under bfloat16 autocast (CUDA only); ``none``: float32."""
+
+    def place(self, runtime: RuntimeSpec) -> torch.device:
+        """Move the model, its base state and the evaluation windows to ``runtime.device`` (resolved by
+        :func:`resolve_device`) and send drawn batches there; a fresh optimizer follows the weights.
+        On the CPU nothing moves and nothing changes. Returns the device."""
+        device = resolve_device(runtime)
+        self.autocast = runtime.autocast if device.type == "cuda" else "none"
+        if device != self.device:
+            self.model.to(device)
+            self._base_state = {k: v.to(device) for k, v in self._base_state.items()}
+            self.eval_set.windows = self.eval_set.windows.to(device)
+            self.sampler.device = None if device.type == "cpu" else device
+            self.optimizer = self._new_optimizer()
+            self.device = device
+        self._provenance = None
+        return device
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # ----- state ---------------------------------------------------------------------------------
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -180,7 +232,7 @@ class CPTBackend:
     def provenance(self) -> dict[str, str]:
         """Digests of the corpus and base weights, and the numerics, that episodes here run on."""
         if self._provenance is None:
-            self._provenance = fingerprint(self._data_manifest, self._base_state)
+            self._provenance = fingerprint(self._data_manifest, self._base_state, self.device, self.autocast)
         return dict(self._provenance)
 
     @property
@@ -194,18 +246,24 @@ class CPTBackend:
         )
 
     def train_step(self, batch: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on ``batch`` ``[B, L+1]``; returns the (detached) loss."""
+        """One optimizer step on ``batch`` ``[B, L+1]``; returns the (detached) loss, on the host."""
+        loss = self._step(batch)
+        return loss if self.device.type == "cpu" else loss.cpu()
+
+    def _step(self, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`train_step` with the loss left on the model's device (no host sync per step)."""
         self.model.train()
-        loss = lm_loss(self.model, batch)
+        with self._autocast():
+            loss = lm_loss(self.model, batch)
         optimizer_step(self.model, self.optimizer, loss, lr=self.lr_at(self.step), grad_clip=self.cpt.grad_clip)
         self.step += 1
         return loss.detach()
 
     def train(self, probs: np.ndarray, steps: int) -> float:
         """``steps`` optimizer steps on batches drawn by ``probs``; returns the mean training loss."""
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for _ in range(steps):
-            total += self.train_step(self.sampler.sample(probs, self.cpt.batch_size, self.rng))
+            total += self._step(self.sampler.sample(probs, self.cpt.batch_size, self.rng))
         return float(total) / max(steps, 1)
 
     def train_method(self, method: TrainerSideMethod, steps: int, objective: Objective, *, t: int = 0,
@@ -219,7 +277,8 @@ class CPTBackend:
         (:func:`mixagent.env.trainer_side.run_interval`)."""
         from mixagent.env.trainer_side import run_interval  # noqa: PLC0415 - the hook's module imports this one
 
-        return run_interval(self, method, steps, objective, t=t, horizon=horizon)
+        with self._autocast():  # the method's own passes (twin, probes) compute as the model's do
+            return run_interval(self, method, steps, objective, t=t, horizon=horizon)
 
     # ----- evaluation ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -229,7 +288,8 @@ class CPTBackend:
         model.eval()
         out = []
         for chunk in self.eval_set.windows.split(self.evaluation.batch_size):  # type: ignore[no-untyped-call]  # torch: Tensor.split unannotated
-            logits = model(input_ids=chunk[:, :-1], use_cache=False).logits
+            with self._autocast():
+                logits = model(input_ids=chunk[:, :-1], use_cache=False).logits
             nll = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1), reduction="none"
             )
@@ -248,7 +308,7 @@ class CPTBackend:
 
     def feedback_from_nll(self, token_nll: torch.Tensor) -> Feedback:
         """Reduce per-token NLL of the evaluation windows to :class:`Feedback` at the current step."""
-        nll = token_nll.numpy().astype(np.float64)
+        nll = token_nll.cpu().numpy().astype(np.float64)
         k = self.eval_set.n_domains
         rows = self.eval_set.domain_of_row
         domain_loss = np.array([nll[rows == d].mean() for d in range(k)])

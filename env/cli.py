@@ -19,7 +19,7 @@ from rich.table import Table
 
 from mixagent.console import console as _console
 from mixagent.console import fail
-from mixagent.env.setting import Setting, SettingError, load_setting
+from mixagent.env.setting import Setting, SettingError, load_setting, with_device
 from mixagent.trajectories.contract import SOURCE_FIELD
 from mixagent.trajectories.encoding import field_shares_to_weights
 
@@ -32,14 +32,18 @@ env_app = typer.Typer(help="Pre-train base models and run CPT episodes in the en
 SettingOpt = Annotated[
     str, typer.Option("--setting", "-s", help="Setting file (YAML/TOML) or the name of one in configs/.")
 ]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="Where the model computes: cpu, cuda or auto (cuda when available); "
+                                              "default: the setting's runtime.device (cpu).")
+]
 CacheOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Cache folder (default $MIXAGENT_HOME or ~/.cache/mixagent).")
 ]
 
 
-def _load(setting: str) -> Setting:
+def _load(setting: str, device: str | None = None) -> Setting:
     try:
-        return load_setting(setting)
+        return with_device(load_setting(setting), device)
     except SettingError as e:
         fail(str(e), 2)
 
@@ -149,13 +153,14 @@ def env_rollout(
     out: Annotated[Path | None, typer.Option(help="Write the raw history as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Save a plot of scores and weights here (PNG).")] = None,
     cache_dir: CacheOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Run one episode with a constant target share and print the feedback of every stage."""
     from mixagent.env.mixing_env import DataMixingEnv  # noqa: PLC0415 - torch: only when it runs
 
     if not 0.0 <= target_share <= 1.0:
         fail(f"--target-share: must be within [0, 1], got {target_share}", 2)
-    s = _load(setting)
+    s = _load(setting, device)
     with _clear_errors():
         env = DataMixingEnv(s, cache_dir=cache_dir, progress=True)
     space = env.space

@@ -78,7 +78,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Arguments
     ``setting``: a :class:`Setting`, a path to a YAML/TOML setting, or None for the default
     (``configs/math-tiny.yaml``). ``backend``: an existing :class:`CPTBackend` to reuse (several
-    envs may not share one concurrently). ``cache_dir``: overrides ``$MIXAGENT_HOME``.
+    envs may not share one concurrently; it stays where it was placed, while a backend built here is
+    placed on the setting's ``runtime.device``). ``cache_dir``: overrides ``$MIXAGENT_HOME``.
 
     ## Version History
     * v0: initial version (encoder ``obs-v1``); observations are now ``obs-v2`` (``obs-v1`` plus
@@ -103,6 +104,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
             backend, self.model_description = build_backend(
                 self.setting, Path(cache_dir) if cache_dir else None, progress=progress
             )
+            backend.place(self.setting.runtime)  # the setting's device (a CPU run: nothing moves)
         else:
             self.model_description = type(backend.model).__name__
         self.backend = backend
@@ -219,7 +221,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         arrays = {n: full.tokens[o : o + s + full.seq_len] for n, o, s in zip(names, full.offsets, full.spans,
                                                                                 strict=True)}
         pooled = cap_arrays(arrays, caps, full.seq_len + 1)
-        self.backend.sampler = TokenSampler([pooled[n] for n in names], full.seq_len, names)
+        self.backend.sampler = TokenSampler([pooled[n] for n in names], full.seq_len, names, device=full.device)
         self.pool = {n: float(caps.get(n, 1.0)) for n in names}
 
     @property

@@ -8,6 +8,8 @@ base models whose held-out losses differ in the third or fourth decimal after 1,
 up to 0.0026 nats per domain between this repository's machines). A dataset built over several
 sittings on several machines therefore records, per trajectory, which corpus, base and numerics
 produced it, so that a run on another corpus is refused and a run on other numerics is told apart.
+A GPU is such numerics too: a run whose model computes on CUDA (and in which dtype) says so at the
+end of its numerics string; a CPU run's string is what it always was.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy
 
-__all__ = ["corpus_digest", "weights_digest", "numerics", "fingerprint"]
+__all__ = ["corpus_digest", "weights_digest", "numerics", "device_numerics", "fingerprint"]
 
 
 def _digest(obj: Any) -> str:
@@ -60,18 +62,40 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def numerics() -> str:
-    """The CPU and the libraries whose kernels decide the float results of a run."""
+def device_numerics(device: Any, autocast: str = "none") -> str:
+    """The accelerator part of a run's numerics: empty on the CPU; on CUDA the GPU, its compute
+    capability, the CUDA and cuDNN versions and the dtype (``float32`` or ``bfloat16 autocast``)."""
+    import torch  # noqa: PLC0415
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return ""
+    if dev.type != "cuda":
+        raise ValueError(f"runtime.device: no numerics description for device type {dev.type!r}")
+    props = torch.cuda.get_device_properties(dev.index if dev.index is not None else torch.cuda.current_device())
+    dtype = "bfloat16 autocast" if autocast == "bf16" else "float32"
+    cudnn = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+    return f"cuda {props.name} (sm_{props.major}{props.minor}), CUDA {torch.version.cuda}, cuDNN {cudnn}, {dtype}"
+
+
+def numerics(device: Any = "cpu", autocast: str = "none") -> str:
+    """The CPU and the libraries whose kernels decide the float results of a run, then, for a model
+    on a GPU, :func:`device_numerics` (a CPU run's string is unchanged by the device option)."""
     # lazy: only describing a model's numerics needs torch and transformers; corpus_digest does not
     import torch  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 
-    return (
+    text = (
         f"{platform.machine()} {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}); "
         f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {numpy.__version__}"
     )
+    accelerator = device_numerics(device, autocast)
+    return f"{text}; {accelerator}" if accelerator else text
 
 
-def fingerprint(manifest: dict[str, Any], base_state: dict[str, Any]) -> dict[str, str]:
-    """What a trajectory record keeps of its environment: ``corpus`` and ``base`` digests, ``numerics``."""
-    return {"corpus": corpus_digest(manifest), "base": weights_digest(base_state), "numerics": numerics()}
+def fingerprint(manifest: dict[str, Any], base_state: dict[str, Any], device: Any = "cpu",
+                autocast: str = "none") -> dict[str, str]:
+    """What a trajectory record keeps of its environment: ``corpus`` and ``base`` digests, ``numerics``
+    (with the device and dtype the model computed in, when that is a GPU)."""
+    return {"corpus": corpus_digest(manifest), "base": weights_digest(base_state),
+            "numerics": numerics(device, autocast)}

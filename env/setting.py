@@ -41,8 +41,10 @@ __all__ = [
     "PretrainSpec",
     "CPTSpec",
     "EvalSpec",
+    "RuntimeSpec",
     "Setting",
     "load_setting",
+    "with_device",
     "known_settings",
     "DEFAULT_SETTING",
     "CORPUS_CODE_VERSION",
@@ -267,6 +269,32 @@ class EvalSpec(_Spec):
     """Windows per forward pass of the evaluation (speed only; the numbers do not depend on it)."""
 
 
+Device = Literal["cpu", "cuda", "auto"]
+Autocast = Literal["none", "bf16"]
+
+
+class RuntimeSpec(_Spec):
+    """Where the env's model computes. Numerics only, like the CPU a run lands on: no hash reads it
+    (a CUDA run of a setting is the same setting); each record's provenance names the device and
+    dtype instead (``env/provenance.py``), and a folder admits it as it admits another CPU's runs
+    (``trajectories/environment.py``)."""
+
+    device: Device = "cpu"
+    """``cpu`` (the default), ``cuda`` (refused where ``torch.cuda.is_available()`` is False) or
+    ``auto`` (cuda when available, else cpu). The model, batches and evaluation windows live there;
+    the sampler draws with numpy on the host."""
+    autocast: Autocast = "none"
+    """``bf16``: forward passes under ``torch.autocast(bfloat16)`` on CUDA (losses still reduced in
+    float32); ``none``: float32 throughout. A CPU run is float32 only, so ``bf16`` there is refused."""
+
+    @model_validator(mode="after")
+    def _autocast_needs_cuda(self) -> RuntimeSpec:
+        if self.device == "cpu" and self.autocast != "none":
+            raise ValueError(f"runtime.autocast: {self.autocast!r} needs runtime.device 'cuda' (or 'auto' on a "
+                             "machine with a GPU); a CPU run computes in float32")
+        return self
+
+
 class Setting(_Spec):
     """One mixing problem: data, fields, model, budget, evaluation, objective and action space."""
 
@@ -296,6 +324,8 @@ class Setting(_Spec):
     """The default objective of runs on this setting (a run may give its own)."""
     action: ActionSpec = ActionSpec()
     """The action map: level (field or domain), β and ε."""
+    runtime: RuntimeSpec = RuntimeSpec()
+    """Device and autocast of the model (numerics only: left out of every hash)."""
 
     @model_validator(mode="after")
     def _check(self) -> Setting:
@@ -393,9 +423,24 @@ class Setting(_Spec):
     def hash(self) -> str:
         """Everything that decides an episode's numbers: the setting's values and the code
         versions behind its corpus, tokens and base model (so a trajectory's ``setting_hash``
-        changes when they do)."""
-        values = self.model_dump(exclude={"description"}) | {"corpus": self.corpus.identity()}
+        changes when they do). ``runtime`` is left out: a device is numerics, recorded per run in its
+        provenance, as the CPU is."""
+        values = self.model_dump(exclude={"description", "runtime"}) | {"corpus": self.corpus.identity()}
         return stable_hash({"setting": values, "base": self.base_hash()})
+
+
+def with_device(setting: Setting, device: str | None) -> Setting:
+    """``setting`` with ``runtime.device`` set to ``device`` (a ``--device`` option; None: unchanged),
+    validated like the file's own value."""
+    if device is None:
+        return setting
+    try:
+        runtime = RuntimeSpec.model_validate({**setting.runtime.model_dump(), "device": device})
+    except ValidationError as e:
+        first = e.errors()[0]
+        msg = first["msg"].removeprefix("Value error, ")
+        raise SettingError(f"--device: {device!r}: {msg}") from None
+    return setting.model_copy(update={"runtime": runtime})
 
 
 def _read_document(path: Path) -> dict[str, Any]:
