@@ -9,6 +9,10 @@ Three things the plain ``copy_policy_from`` of d3rlpy does not give, done here:
   agree to 1e-5 before the first step);
 * **the target actor**: TD3-style learners (ReBRAC) keep a target policy synced at construction; it is
   synced again after the copy, or the first critic targets come from a random actor;
+* **a critic before the actor**: the copied actor meets a critic with random weights, whose action
+  gradient would move it off BC in the first steps (every candidate of the first sweep left the 0.1
+  bound within 100 steps); for ``critic_warmup_steps`` the actor's learning rate is 0, so the critic
+  first learns the BC actor's values on the data, and only then does the actor move;
 * **a drift bound**: after every epoch the mean |action − start's action| over training decision
   states is measured; past :attr:`~mixagent.agent.train.TrainConfig.drift_bound` training stops and
   the last actor within the bound is kept (:func:`fit_within_drift`).
@@ -177,9 +181,15 @@ def warm_started(kind: Learner, cfg: TrainConfig, start: BCStart, dataset: Any, 
     return learner
 
 
+def _set_actor_lr(learner: Any, lr: float) -> None:
+    for group in learner.impl.modules.actor_optim.optim.param_groups:
+        group["lr"] = lr
+
+
 def fit_within_drift(learner: Any, start: BCStart, dataset: Any, cfg: TrainConfig, drift_obs: np.ndarray,
                      evaluators: dict[str, Any], desc: str, progress: bool) -> RLStageResult:
-    """Fit ``learner`` for ``cfg.rl_steps`` in epochs of ``cfg.steps_per_epoch``; after each epoch
+    """Fit ``learner``'s critic alone for ``cfg.critic_warmup_steps``, then critic and actor for
+    ``cfg.rl_steps``, in epochs of ``cfg.steps_per_epoch``; after each epoch of the second phase
     measure the actor's mean action distance to the start on ``drift_obs`` and stop at the first
     epoch past ``cfg.drift_bound``, restoring the last actor within it."""
     from d3rlpy.logging import NoopAdapterFactory  # noqa: PLC0415
@@ -188,18 +198,26 @@ def fit_within_drift(learner: Any, start: BCStart, dataset: Any, cfg: TrainConfi
     kept = copy.deepcopy(learner.impl.policy.state_dict())
     steps_kept, drift, history = 0, 0.0, {}
     per_epoch = min(cfg.steps_per_epoch, cfg.rl_steps)
-    for epoch, metrics in learner.fitter(dataset, n_steps=cfg.rl_steps, n_steps_per_epoch=per_epoch,
+    warmup = -(-cfg.critic_warmup_steps // per_epoch) * per_epoch  # whole epochs
+    if warmup:
+        _set_actor_lr(learner, 0.0)  # Adam's step is lr-scaled: the actor stays exactly where it is
+    for epoch, metrics in learner.fitter(dataset, n_steps=warmup + cfg.rl_steps, n_steps_per_epoch=per_epoch,
                                          evaluators=evaluators, logger_adapter=NoopAdapterFactory(),
                                          show_progress=progress, experiment_name=desc):
+        done = epoch * per_epoch - warmup
+        if done <= 0:
+            if done == 0:
+                _set_actor_lr(learner, cfg.actor_learning_rate)
+            continue
         now = action_distance(learner, start.learner, drift_obs)
         log.info("%s epoch %d: drift %.4f, %s", desc, epoch, now, {k: round(float(v), 5) for k, v in metrics.items()})
         if bound is not None and now > bound:
-            log.info("%s: drift %.4f past the bound %g after %d steps; keeping the actor of step %d", desc, now,
-                     bound, epoch * per_epoch, steps_kept)
+            log.info("%s: drift %.4f past the bound %g after %d actor steps; keeping the actor of step %d", desc,
+                     now, bound, done, steps_kept)
             learner.impl.policy.load_state_dict(kept)
             break
         history = {k: float(v) for k, v in metrics.items()}
-        steps_kept, drift = epoch * per_epoch, now
+        steps_kept, drift = done, now
         if bound is not None:
             kept = copy.deepcopy(learner.impl.policy.state_dict())
     return RLStageResult(learner, start, steps_kept, drift, history)

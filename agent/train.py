@@ -153,6 +153,9 @@ class TrainConfig(BaseModel):
     """RL stage after BC: the largest mean |action − BC start's action| (action units, over training
     decision states) its actor may reach; training stops at the first epoch past it and keeps the
     last actor within it (the BC start itself when the first epoch already drifts too far). None: unbounded."""
+    critic_warmup_steps: int = Field(default=1000, ge=0)
+    """RL stage after BC: gradient steps in which only the critic learns (the actor's learning rate is
+    0) before ``rl_steps`` of both, so that the actor copied from BC first meets a trained critic."""
     warm_start: str | None = None
     """RL stage after BC: a BC artifact folder (``learner.d3`` + card, same action map, encoder and
     level) to start from; None trains the BC start in the same run."""

@@ -3,12 +3,15 @@
     python bench/rl_stage_sweep.py                  # the small sweep committed in bench/results (~15 CPU-min)
     python bench/rl_stage_sweep.py --scale full     # rl_steps 6000, FQE 3000 (~1 CPU-hour)
     python bench/rl_stage_sweep.py --report-only    # tables and plot from the candidates already trained
+    python bench/rl_stage_sweep.py --report-only --select-rollouts 10 --workers 2   # the lead's: real rollouts
+        # of the shortlist against its BC start (math-tiny and code-tiny, λ = 0.5, seeds 3000..3009)
 
 Two BC starts are trained once on the field-level folders (math-tiny, code-tiny; action-v2, MLP): a
 stochastic one (the actor type of CQL and Cal-QL) and a deterministic one (ReBRAC's). Every RL
 candidate warm-starts from the matching start's artifact (``warm_start``), with the drift bound of
-``TrainConfig.drift_bound``, and sweeps its own knob: ReBRAC's actor penalty β1, CQL's and Cal-QL's
-conservative weight (one ReBRAC run without a bound shows what the bound prevents). Each candidate
+the scale's drift bound (0.2) and a critic warm-up, and sweeps its own knob: ReBRAC's actor penalty
+β1, CQL's and Cal-QL's conservative weight; ReBRAC at β1 = 0.4 (TD3+BC's weight) also sweeps the
+drift bound itself, and runs once without one to show what the bound prevents. Each candidate
 folder is skipped when it already holds a card, so an interrupted sweep resumes.
 
 Offline ranking (``agent/offline_ranking.py``): by the nearest-behaviour return on the validation
@@ -33,17 +36,20 @@ DATA = [ROOT / "data" / "trajectories" / "math-tiny", ROOT / "data" / "trajector
 OUT = ROOT / "runs" / "rl-stage"
 RESULTS = ROOT / "bench" / "results"
 STARTS: dict[str, dict[str, Any]] = {"bc-sto": {"bc_policy": "stochastic"}, "bc-det": {"bc_policy": "deterministic"}}
-SWEEPS: dict[str, tuple[str, str, str, tuple[float, ...]]] = {
-    # name -> (algo, its BC start, the swept TrainConfig field, values)
-    "rebrac": ("bc+rebrac", "bc-det", "rebrac_actor_beta", (0.001, 0.01, 0.1, 0.4, 1.0)),
-    "cql": ("bc+cql", "bc-sto", "conservative_weight", (1.0, 5.0, 10.0)),
-    "calql": ("bc+calql", "bc-sto", "conservative_weight", (1.0, 5.0)),
+SWEEPS: dict[str, tuple[str, str, str, tuple[float, ...], dict[str, Any]]] = {
+    # name -> (algo, its BC start, the swept TrainConfig field, values, fixed fields)
+    "rebrac": ("bc+rebrac", "bc-det", "rebrac_actor_beta", (0.01, 0.1, 0.4, 1.0), {}),
+    "rebrac-bound": ("bc+rebrac", "bc-det", "drift_bound", (0.05, 0.1, 0.4), {"rebrac_actor_beta": 0.4}),
+    "cql": ("bc+cql", "bc-sto", "conservative_weight", (1.0, 5.0, 10.0), {}),
+    "calql": ("bc+calql", "bc-sto", "conservative_weight", (1.0, 5.0), {}),
 }
-UNBOUNDED = ("rebrac", 0.4)
+UNBOUNDED = ("rebrac-bound", 0.4)
 """One ReBRAC point trained again with no drift bound: how far the actor goes without it."""
 SCALES: dict[str, dict[str, Any]] = {
-    "small": {"rl_steps": 1500, "steps_per_epoch": 100, "fqe_steps": 1500},
-    "full": {"rl_steps": 6000, "steps_per_epoch": 250, "fqe_steps": 3000},
+    "small": {"rl_steps": 1000, "steps_per_epoch": 50, "fqe_steps": 1000, "critic_warmup_steps": 1000,
+              "drift_bound": 0.2},
+    "full": {"rl_steps": 6000, "steps_per_epoch": 100, "fqe_steps": 3000, "critic_warmup_steps": 2000,
+             "drift_bound": 0.2},
 }
 NEAREST_K = 3
 OBJECTIVES = 8
@@ -53,9 +59,9 @@ SELECT_ROLLOUT_SEED = 3000
 def candidates(scale: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """Every training run of the sweep: name -> (algo, TrainConfig overrides), starts first."""
     out: dict[str, tuple[str, dict[str, Any]]] = {name: ("bc", over) for name, over in STARTS.items()}
-    for sweep, (algo, start, knob, values) in SWEEPS.items():
+    for sweep, (algo, start, knob, values, fixed) in SWEEPS.items():
         for v in values:
-            base = {**SCALES[scale], knob: v, "start": start, "sweep": sweep}
+            base = {**SCALES[scale], **fixed, knob: v, "start": start, "sweep": sweep}
             out[f"{sweep}-{v:g}"] = (algo, base)
             if (sweep, v) == UNBOUNDED:
                 out[f"{sweep}-{v:g}-unbounded"] = (algo, {**base, "drift_bound": None})
@@ -69,11 +75,15 @@ def main() -> int:
     ap.add_argument("--scale", choices=sorted(SCALES), default="small")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--select-rollouts", type=int, default=0,
+                    help="real rollouts per shortlisted candidate and its BC start, paired (seeds 3000..)")
+    ap.add_argument("--rollout-settings", nargs="+", default=["math-tiny", "code-tiny"])
+    ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
     import torch
 
-    from mixagent.agent.train import TrainConfig, load_config, train
+    from mixagent.agent.train import TrainConfig, train
     from mixagent.console import configure_logging
 
     configure_logging(False)
@@ -87,14 +97,46 @@ def main() -> int:
         fields = {k: v for k, v in over.items() if k in TrainConfig.model_fields}
         if "start" in over:
             fields["warm_start"] = str(out / over["start"])
-        cfg = load_config(None, name="agent", version=name.replace("+", "-").replace(".", "_"), **fields)
+        cfg = TrainConfig.model_validate({"name": "agent", "version": name, **fields})  # None: unbounded
         print(f"[{i + 1}/{len(plan)}] {name}: {algo} {fields}", file=sys.stderr, flush=True)
         cpu = time.process_time()
         train(args.data, algo, folder, cfg, progress=sys.stderr.isatty())
         (folder / "cpu_seconds.json").write_text(json.dumps({"cpu_s": time.process_time() - cpu}) + "\n")
     rows = rank(plan, out, args)
+    if args.select_rollouts:
+        add_select_rollouts(rows, out, args)
     report(rows, args)
     return 0
+
+
+def add_select_rollouts(rows: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> None:
+    """The shortlist and its BC start in the real env on the training settings at λ = 0.5, paired on
+    seeds ``SELECT_ROLLOUT_SEED``.. (no benchmark compares on them), differences against the start;
+    rollout rank by B averaged over the settings."""
+    from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies, safe_label
+    from mixagent.agent.evaluate import evaluate
+    from mixagent.agent.runner import RunnerConfig
+    from mixagent.env.setting import load_setting
+
+    shortlisted = [r for r in rows if r["shortlisted"]]
+    for start in sorted({r["start"] for r in shortlisted}):
+        names = [start] + [r["name"] for r in shortlisted if r["start"] == start]
+        cfg = EvaluationConfig(out=out / "select-rollouts" / start,
+                               policies=tuple(parse_policies([f"{n}={out / n}" for n in names])),
+                               settings=tuple(load_setting(s) for s in args.rollout_settings),
+                               objectives=(parse_objective("spread_penalty=0.5"),), seeds=args.select_rollouts,
+                               first_seed=SELECT_ROLLOUT_SEED, selection_seeds=0, reference=safe_label(start),
+                               runner=RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty()))
+        results = evaluate(cfg)
+        for r in (x for x in rows if x["name"] in names):
+            per = {res["setting"]: res["objectives"]["lam0.5"] for res in results}
+            r["rollout_B"] = {s: per[s]["policies"][safe_label(r["name"])]["mean"] for s in per}
+            if r["name"] != start:
+                r["rollout_vs_bc_start"] = {s: [per[s]["comparisons"][safe_label(r["name"])]["reference"][k]
+                                                for k in ("diff", "lo", "hi")] for s in per}
+    ran = sorted((r for r in rows if r["rollout_B"]), key=lambda r: -sum(r["rollout_B"].values()))
+    for i, r in enumerate(ran):
+        r["rollout_rank"] = i + 1
 
 
 def rank(plan: dict[str, tuple[str, dict[str, Any]]], out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -144,6 +186,14 @@ def _f(x: Any, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
+def _rollout(r: dict[str, Any]) -> str:
+    if not r["rollout_B"]:
+        return "—"
+    vs = r["rollout_vs_bc_start"] or {}
+    return "; ".join(f"{s} {b:+.4f}" + (f" (Δ vs start {vs[s][0]:+.4f} [{vs[s][1]:+.4f}, {vs[s][2]:+.4f}])"
+                                         if s in vs else "") for s, b in r["rollout_B"].items())
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     shortlist = [r["name"] for r in rows if r["shortlisted"]]
     starts = sorted({r["start"] for r in rows if r["shortlisted"]})
@@ -169,7 +219,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         lines.append(f"| {r['offline_rank']} | {name} | {r['param'] or '—'} | {_f(r['value'])} | {kept} | "
                      f"{_f(r.get('drift_from_bc'))} | {_f(r['nearest_behaviour_return'])} | "
                      f"{_f(r['action_distance_best'])} | {_f(r['fqe_return'])} | {_f(r.get('critic_value'))} | "
-                     f"{r['cpu_s']:.0f} | — | — |")
+                     f"{r['cpu_s']:.0f} | {_f(r['rollout_rank'])} | {_rollout(r)} |")
     ref = rows[0]
     lines += ["", f"Validation behaviour, same objectives: best trajectory's return "
                   f"{ref['behaviour_best_return']:.4g}, mean {ref['behaviour_mean_return']:.4g}."]
@@ -190,7 +240,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     plt = pyplot()
     fig, axes = plt.subplots(2, len(SWEEPS), figsize=(4.2 * len(SWEEPS), 7), squeeze=False)
-    for col, (sweep, (_, start, knob, _)) in enumerate(SWEEPS.items()):
+    for col, (sweep, (_, start, knob, _, _)) in enumerate(SWEEPS.items()):
         pts = sorted((r for r in rows if r["sweep"] == sweep and r["drift_bound"] is not None
                       and r["name"] == f"{sweep}-{r['value']:g}"), key=lambda r: r["value"])
         base = next((r for r in rows if r["name"] == start), None)

@@ -19,7 +19,8 @@ from mixagent.trajectories.contract import ObjectiveRange
 from mixagent.trajectories.encoding import ACTION_MAP, ACTION_MAPS, LEGACY_ACTION_MAP, action_to_weights
 
 FAST = {"bc_steps": 40, "rl_steps": 20, "fqe_steps": 0, "relabel_copies": 2, "bc_objective_draws": 2,
-        "steps_per_epoch": 20, "batch_size": 32, "hidden_units": [16, 16], "bc_max_roughness": 1.0}
+        "steps_per_epoch": 20, "batch_size": 32, "hidden_units": [16, 16], "bc_max_roughness": 1.0,
+        "critic_warmup_steps": 0}
 
 
 def test_dataset_labels_f_minus_one_actions_that_rebuild_the_mixtures(tiny_dataset):

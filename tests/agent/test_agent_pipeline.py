@@ -24,7 +24,8 @@ from mixagent.trajectories.encoding import encode, stage_rewards
 
 FAST = {"bc_steps": 60, "rl_steps": 40, "fqe_steps": 20, "relabel_copies": 3, "bc_objective_draws": 4,
         "steps_per_epoch": 20, "batch_size": 32, "hidden_units": [16, 16],
-        "bc_max_roughness": 1.0}  # the tiny set's 9 runs are mostly noisy schedules; keep them all for BC
+        "bc_max_roughness": 1.0,  # the tiny set's 9 runs are mostly noisy schedules; keep them all for BC
+        "critic_warmup_steps": 0}
 
 
 @pytest.fixture(scope="module")

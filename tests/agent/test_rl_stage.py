@@ -24,7 +24,8 @@ from mixagent.trajectories import Objective
 from mixagent.trajectories.contract import ObjectiveRange
 
 FAST = {"bc_steps": 40, "rl_steps": 20, "fqe_steps": 0, "relabel_copies": 2, "bc_objective_draws": 2,
-        "steps_per_epoch": 10, "batch_size": 32, "hidden_units": [16, 16], "bc_max_roughness": 1.0}
+        "steps_per_epoch": 10, "batch_size": 32, "hidden_units": [16, 16], "bc_max_roughness": 1.0,
+        "critic_warmup_steps": 0}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,29 @@ def test_the_drift_bound_keeps_the_actor_near_its_bc_start(episodes):
     assert unbounded > 0.02  # without the bound it goes past it ...
     assert bounded <= 0.02 and bounded == pytest.approx(result.drift)  # ... with it, the actor kept is within
     assert result.steps_kept < 60 and result.steps_kept % 5 == 0
+
+
+def test_the_critic_learns_first_while_the_actor_stays_at_bc(episodes):
+    import d3rlpy
+
+    from mixagent.agent.rl_stage import action_distance, fit_within_drift, train_bc_start, warm_started
+
+    bc, rl, n_a = episodes
+    states = rl.observations[rl.decision_rows]
+    dataset = to_mdp_dataset(rl)
+    cfg = _config(critic_warmup_steps=30, rl_steps=10, drift_bound=None)
+    d3rlpy.seed(0)
+    start = train_bc_start("cql", bc, cfg, 2, n_a, progress=False)
+    learner = warm_started("cql", cfg, start, dataset, 2, n_a, states)
+    critic_before = [p.detach().clone() for p in learner.impl.q_function.parameters()]
+    warm = _config(critic_warmup_steps=30, rl_steps=10, drift_bound=1e-9)  # stops at the first actor epoch
+    result = fit_within_drift(learner, start, dataset, warm, states, {}, "cql", progress=False)
+    assert result.steps_kept == 0 and action_distance(learner, start.learner, states) == 0.0  # actor: untouched
+    assert any(not np.array_equal(a, b.detach()) for a, b in zip(critic_before, learner.impl.q_function.parameters(),
+                                                                  strict=True))  # critic: trained
+    assert learner.impl.modules.actor_optim.optim.param_groups[0]["lr"] == cfg.actor_learning_rate  # lr restored
+    moved = fit_within_drift(learner, start, dataset, cfg, states, {}, "cql", progress=False)
+    assert moved.steps_kept == 10 and moved.drift > 0
 
 
 def test_calql_sees_each_rows_discounted_monte_carlo_return():

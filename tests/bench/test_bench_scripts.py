@@ -14,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = """bc_steps: 40
+critic_warmup_steps: 0
 rl_steps: 30
 fqe_steps: 20
 relabel_copies: 2
