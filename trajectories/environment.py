@@ -11,6 +11,10 @@ rebuilt on another instruction set evaluates up to 0.0026 nats (any domain) away
 - on the same corpus and numerics, its base weights digest is the folder's (such runs start
   bit for bit alike, so another base there means pre-training changed);
 - its first evaluation is within ``tolerance`` of the folder's oldest run in every domain.
+
+A GPU is numerics too: a run whose model computed on CUDA says so at the end of its numerics string
+(the GPU and the dtype, ``env/provenance.py``), so it is admitted into a CPU folder exactly as a run
+from another CPU is (its base is compared only with runs on the same numerics; its start always).
 """
 
 from __future__ import annotations
