@@ -21,12 +21,29 @@ from mixagent.trajectories.environment import START_TOLERANCE
 
 if TYPE_CHECKING:
     from mixagent.agent.runner import Executor
+    from mixagent.env.setting import Setting
     from mixagent.trajectories.contract import Level
 
 __all__ = ["agent_app", "generate_cmd"]
 
 console = _console()
 agent_app = typer.Typer(help="Train, export and evaluate mixing policies.", no_args_is_help=True)
+
+
+def _check_device(settings: list[Setting], executor: str) -> None:
+    """Refuse a ``--device``/``runtime.device`` this machine cannot give before anything is built, when
+    the workers run here (``local``); a Ray cluster's workers resolve it on their own nodes."""
+    from mixagent.env.setting import SettingError  # noqa: PLC0415
+
+    if executor != "local" or all(s.runtime.device == "cpu" for s in settings):
+        return
+    from mixagent.env.backend import resolve_device  # noqa: PLC0415 - torch: only for a device other than cpu
+
+    try:
+        for s in settings:
+            resolve_device(s.runtime)
+    except SettingError as e:
+        fail(str(e), 2)
 
 
 def generate_cmd(
@@ -73,6 +90,7 @@ def generate_cmd(
         s = with_device(load_setting(setting), device)
     except SettingError as e:
         fail(str(e), 2)
+    _check_device([s], executor)
     fams = tuple(f.strip() for f in families.split(",") if f.strip()) or BUILTIN_FAMILIES
     try:
         pool_spec = parse_pool(pool)
@@ -335,9 +353,13 @@ def evaluate_cmd(
     from mixagent.trajectories.contract import ContractError  # noqa: PLC0415
 
     try:
+        loaded = [with_device(load_setting(s), device) for s in settings]
+    except SettingError as e:
+        fail(str(e), 2)
+    _check_device(loaded, executor)
+    try:
         cfg = EvaluationConfig(
-            out=out, policies=tuple(parse_policies(policies)),
-            settings=tuple(with_device(load_setting(s), device) for s in settings),
+            out=out, policies=tuple(parse_policies(policies)), settings=tuple(loaded),
             objectives=tuple(parse_objective(o) for o in (objectives or ["default"])), seeds=seeds,
             selection_seeds=selection_seeds, reference=reference,
             grid_compare=cast(Literal["all", "selected"], grid_compare),  # checked by cfg.check()

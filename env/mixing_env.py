@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from mixagent.env.backend import CPTBackend, TokenSampler
+from mixagent.env.backend import CPTBackend, TokenSampler, resolve_device
 from mixagent.env.base import build_backend
 from mixagent.env.pools import cap_arrays
 from mixagent.env.setting import Setting, load_setting
@@ -101,6 +101,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         self.setting = load_setting(setting)
         self.space = self.setting.space
         if backend is None:
+            resolve_device(self.setting.runtime)  # a device this machine lacks is refused before any build
             backend, self.model_description = build_backend(
                 self.setting, Path(cache_dir) if cache_dir else None, progress=progress
             )

@@ -150,3 +150,15 @@ def test_the_device_option_on_the_command_line_is_checked(tiny_setting_file):
     r = run_mixagent("env", "rollout", "--setting", str(tiny_setting_file), "--device", "gpu")
     assert r.returncode == 2, r.stderr
     assert "--device: 'gpu'" in r.stdout + r.stderr
+
+
+@no_gpu
+def test_generate_refuses_cuda_here_before_building_anything(tiny_setting_file, tmp_path):
+    from tests.conftest import run_mixagent
+
+    home = tmp_path / "home"
+    r = run_mixagent("trajectories", "generate", "--setting", str(tiny_setting_file), "--n", "1", "--out",
+                     str(tmp_path / "out"), "--device", "cuda", env={"MIXAGENT_HOME": str(home)})
+    assert r.returncode == 2, r.stderr
+    assert "runtime.device: 'cuda', but torch.cuda.is_available() is False" in r.stdout + r.stderr
+    assert not home.exists() and not (tmp_path / "out").exists()  # refused before any corpus or folder
