@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+# the checkout's own modules first (torch-free: they import from a plain checkout even without torch)
+from mixagent.env.setting import RuntimeSpec, load_setting, with_device
+from mixagent.trajectories.environment import START_TOLERANCE, start_drift
+from mixagent.trajectories.storage import FileStore
 
-from mixagent.env.setting import RuntimeSpec, load_setting, with_device  # noqa: E402
-from mixagent.trajectories.environment import START_TOLERANCE, start_drift  # noqa: E402
-from mixagent.trajectories.storage import FileStore  # noqa: E402
+torch = pytest.importorskip("torch")
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available())")]
