@@ -168,7 +168,8 @@ def evaluate(cfg: EvaluationConfig, *, run: bool = True, allow_missing: bool = F
             plan = SettingPlan([e for e in plan.episodes if e.run_id in held],
                                {k: rid for k, rid in plan.runs.items() if rid in held})
         stored = {e.run_id: store.read(e.run_id) for e in plan.episodes}
-        summary = summarise_setting(setting, cfg, plan, {k: st.trajectory for k, st in stored.items()})
+        summary = summarise_setting(setting, cfg, plan, {k: st.trajectory for k, st in stored.items()},
+                                    {k: st.meta for k, st in stored.items()})
         summary["rollout_seconds"] = sum(st.meta.wall_s for st in stored.values())  # the runs this report uses
         results.append(summary)
     report_dir = cfg.reports

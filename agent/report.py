@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from mixagent.agent.catalogue import (
     SettingPlan,
     objective_key,
 )
+from mixagent.agent.registry import TRAINER_SIDE_METHODS
 from mixagent.env.setting import Setting
 from mixagent.trajectories.contract import Objective, Trajectory
 from mixagent.trajectories.encoding import balanced_scores, relative_gains
@@ -37,6 +38,7 @@ from mixagent.trajectories.plots import (
     stack_domain_weights,
     target_share,
 )
+from mixagent.trajectories.storage import RecordMeta
 
 __all__ = [
     "mean_interval",
@@ -126,8 +128,10 @@ def fallback_share(spec: PolicySpec, objective: Objective, runs: Sequence[Trajec
 
 
 def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan,
-                      trajectories: dict[str, Trajectory]) -> dict[str, Any]:
-    """Scores, intervals and goal checks of one setting, per objective (JSON-able)."""
+                      trajectories: dict[str, Trajectory],
+                      metas: Mapping[str, RecordMeta] | None = None) -> dict[str, Any]:
+    """Scores, intervals and goal checks of one setting, per objective (JSON-able); ``metas`` (the
+    records' metadata) price the in-run overhead of trainer-side methods (:func:`method_costs`)."""
     compare = cfg.compare_seeds
     select = cfg.select_seeds
     out: dict[str, Any] = {"setting": setting.name, "setting_hash": setting.hash(), "objectives": {}}
@@ -226,7 +230,7 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
             "grid_selection_means": sel_means if grid and select else {},
             "paired_over_unpaired_halfwidth_median": float(np.median(width_ratio)) if width_ratio else None,
         }
-    out["costs"] = method_costs(setting, cfg, plan, trajectories)
+    out["costs"] = method_costs(setting, cfg, plan, trajectories, metas)
     return out
 
 
@@ -268,11 +272,17 @@ def _artifact_cost(artifact: str, setting: Setting) -> dict[str, Any]:
 
 
 def method_costs(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan,
-                 trajectories: dict[str, Trajectory]) -> dict[str, dict[str, Any]]:
+                 trajectories: dict[str, Trajectory],
+                 metas: Mapping[str, RecordMeta] | None = None) -> dict[str, dict[str, Any]]:
     """The cost column: per policy, the proxy runs it needed before its evaluation (an artifact's
     training runs; the grid's sweep on the selection seeds), their CPU-hours, its fit or training
     seconds (the card's ``seconds/*``), and whether those runs came from the evaluated setting
-    (``yes``, ``partly``, ``no``; None: it needed none). A baseline or hand schedule needs none."""
+    (``yes``, ``partly``, ``no``; None: it needed none). A baseline or hand schedule needs none.
+
+    And what it costs during a run: ``in_run_cpu_s_per_decision``, the median over its runs of a
+    trainer-side method's own CPU-seconds per decision beside the model's steps (its twin, its
+    probes; from the records' ``meta.method``, so only with ``metas``; None for a policy, whose
+    decision is a service call), and ``needs_trainer_model`` (it cannot be served over HTTP)."""
     threads = setting.cpt.threads or 1
     sweep = [trajectories[rid] for p in cfg.policies if p.group == "grid" for s in cfg.select_seeds
              if (rid := plan.runs.get((p.label, None, s))) is not None and rid in trajectories]
@@ -286,6 +296,11 @@ def method_costs(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan,
             costs[spec.label] = {"proxy_runs": 0, "cpu_hours": 0.0, "fit_seconds": 0.0, "from_evaluated_setting": None}
         else:
             costs[spec.label] = _artifact_cost(spec.artifact, setting)
+        overhead = [float(m.method["overhead_cpu_s_per_decision"]) for (label, _, _), rid in plan.runs.items()
+                    if label == spec.label and metas is not None and (m := metas.get(rid)) is not None
+                    and m.method.get("overhead_cpu_s_per_decision") is not None]
+        costs[spec.label] |= {"in_run_cpu_s_per_decision": float(np.median(overhead)) if overhead else None,
+                              "needs_trainer_model": spec.policy in TRAINER_SIDE_METHODS}
     return costs
 
 
@@ -331,13 +346,19 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
             lines += [f"## {res['setting']} · price", "",
                       "What each method needed before its evaluation runs: proxy runs (an artifact's training or "
                       "fitting runs, the grid's sweep on the selection seeds), their CPU-hours, fit/training "
-                      "seconds, and whether those runs came from this setting.", "",
-                      "| policy | extra proxy runs | CPU-hours | fit/train s | runs from this setting |",
-                      "|---|---|---|---|---|"]
+                      "seconds, and whether those runs came from this setting; then what it costs inside a run "
+                      "(a trainer-side method's own CPU-seconds per decision beside the model's steps) and "
+                      "whether it needs the trainer's model (the HTTP service cannot serve it).", "",
+                      "| policy | extra proxy runs | CPU-hours | fit/train s | runs from this setting "
+                      "| in-run CPU-s per decision | needs the trainer's model |",
+                      "|---|---|---|---|---|---|---|"]
             for label, c in res["costs"].items():
                 cells = ["n/a" if c[k] is None else f"{c[k]:{f}}" for k, f in
                          (("proxy_runs", "d"), ("cpu_hours", ".2f"), ("fit_seconds", ".0f"))]
-                lines.append(f"| {label} | " + " | ".join(cells) + f" | {c['from_evaluated_setting'] or '—'} |")
+                overhead = c.get("in_run_cpu_s_per_decision")
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | {c['from_evaluated_setting'] or '—'} | "
+                             + ("—" if overhead is None else f"{overhead:.2f}")
+                             + f" | {'yes' if c.get('needs_trainer_model') else 'no'} |")
             lines.append("")
         for ok, r in res["objectives"].items():
             if not r["policies"]:

@@ -12,7 +12,7 @@ from mixagent.agent.report import method_costs, write_report
 from mixagent.agent.runner import write_card
 from mixagent.trajectories.contract import Objective
 from mixagent.trajectories.stats import summarise
-from mixagent.trajectories.storage import FileStore
+from mixagent.trajectories.storage import FileStore, RecordMeta
 from tests.agent.planted_pools import planted_folder
 
 pytest.importorskip("econml")
@@ -35,16 +35,35 @@ def test_each_method_is_priced(tiny_setting, tiny_dataset, tmp_path, monkeypatch
     runs = {(p.label, None, s): f"r{i}-{s}" for i, p in enumerate(grid) for s in cfg.select_seeds}
     trajectories = {rid: st.trajectory for rid, st in zip(runs.values(), sweep, strict=True)}
     costs = method_costs(tiny_setting, cfg, SettingPlan([], runs), trajectories)
-    assert costs["uniform"] == {"proxy_runs": 0, "cpu_hours": 0.0, "fit_seconds": 0.0, "from_evaluated_setting": None}
+    assert costs["uniform"] == {"proxy_runs": 0, "cpu_hours": 0.0, "fit_seconds": 0.0, "from_evaluated_setting": None,
+                                "in_run_cpu_s_per_decision": None, "needs_trainer_model": False}
     wall = sum(sum(st.trajectory.stage_wall_s) for st in sweep)
     for p in grid:
         assert costs[p.label] == {"proxy_runs": 4, "cpu_hours": pytest.approx(wall / 3600), "fit_seconds": 0.0,
-                                  "from_evaluated_setting": "yes"}
+                                  "from_evaluated_setting": "yes", "in_run_cpu_s_per_decision": None,
+                                  "needs_trainer_model": False}
     c = costs["causalmix"]
     assert c["proxy_runs"] == 40 and c["cpu_hours"] == pytest.approx(40 * 2.0 / 3600)
     assert c["fit_seconds"] == pytest.approx(card.metrics["seconds/fit"]) and c["from_evaluated_setting"] == "yes"
     other = tiny_setting.model_copy(update={"seed": 1})  # another setting hash: its runs are not this one's
     assert method_costs(other, cfg, SettingPlan([], runs), trajectories)["causalmix"]["from_evaluated_setting"] == "no"
     text = write_report([{"setting": tiny_setting.name, "objectives": {}, "costs": costs}], cfg, tmp_path / "r.md")
-    assert "| causalmix | 40 | 0.02 | " in text and "| uniform | 0 | 0.00 | 0 | — |" in text
+    assert "| causalmix | 40 | 0.02 | " in text and "| uniform | 0 | 0.00 | 0 | — | — | no |" in text
     json.dumps(costs)  # the results file holds it
+
+
+def test_a_trainer_side_method_is_priced_by_its_overhead_per_decision(tiny_setting, tmp_path):
+    tandem = PolicySpec("tandem", "tandem", {}, "baseline")  # as agent/catalogue.py declares it
+    cfg = EvaluationConfig(out=tmp_path / "eval", policies=(BASELINE_POLICIES[0], tandem), settings=(tiny_setting,),
+                           seeds=3, selection_seeds=0)
+    runs = {("tandem", None, s): f"t{s}" for s in cfg.compare_seeds} | {("uniform", None, s): f"u{s}"
+                                                                          for s in cfg.compare_seeds}
+    metas = {f"t{s}": RecordMeta(method={"name": "tandem", "overhead_cpu_s_per_decision": x})
+             for s, x in zip(cfg.compare_seeds, (0.4, 0.1, 0.3), strict=True)}
+    metas |= {f"u{s}": RecordMeta() for s in cfg.compare_seeds}
+    costs = method_costs(tiny_setting, cfg, SettingPlan([], runs), {}, metas)
+    assert costs["tandem"]["in_run_cpu_s_per_decision"] == pytest.approx(0.3)  # the median of its runs
+    assert costs["tandem"]["needs_trainer_model"] is True
+    assert costs["uniform"]["in_run_cpu_s_per_decision"] is None and costs["uniform"]["needs_trainer_model"] is False
+    text = write_report([{"setting": tiny_setting.name, "objectives": {}, "costs": costs}], cfg, tmp_path / "r.md")
+    assert "| tandem | 0 | 0.00 | 0 | — | 0.30 | yes |" in text
