@@ -168,6 +168,7 @@ def rank(plan: dict[str, tuple[str, dict[str, Any]]], out: Path, args: argparse.
                      "rl_steps_asked": over.get("rl_steps"),
                      "rl_steps_kept": card["warm_start"]["rl_steps"] if card.get("warm_start") else None,
                      "fqe_return": m.get("val/fqe_return"), "cpu_s": cpu, **scores,
+                     "fqe_steps": json.loads((out / name / "training.json").read_text())["config"]["fqe_steps"],
                      "offline_rank": None, "shortlisted": False,
                      "rollout_B": None, "rollout_vs_bc_start": None, "rollout_rank": None})
     ranked = sorted(rows, key=lambda r: (-r["nearest_behaviour_return"], -(r["fqe_return"] or 0.0)))
@@ -206,11 +207,13 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"Ranked by the nearest-behaviour return: under each of {OBJECTIVES} objectives per setting, the "
         f"mean return of the {NEAREST_K} validation trajectories whose actions the policy is closest to "
         "(agent/offline_ranking.py). Drift: mean |action − BC start's action| on validation states "
-        "(action units); the bound is measured on training states during training.", "",
+        "(action units); the bound is measured on training states during training. FQE returns compare only "
+        "at equal FQE steps (the BC starts ran TrainConfig's default); a candidate that kept 0 actor steps is "
+        "its BC start's actor under the candidates' FQE budget.", "",
         f"Shortlist for real selection rollouts (paired against their BC start {', '.join(starts) or '—'}, "
         f"seeds {SELECT_ROLLOUT_SEED}.., the lead's to run): **{', '.join(shortlist) or 'none'}**.", "",
         "| rank | candidate | swept | value | RL steps kept / asked | drift from BC (val) | nearest-behaviour "
-        "return | action dist. to best | FQE return | critic value | CPU s | rollout rank | rollout B |",
+        "return | action dist. to best | FQE return (steps) | critic value | CPU s | rollout rank | rollout B |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -218,7 +221,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         name = f"**{r['name']}**" if r["shortlisted"] else r["name"]
         lines.append(f"| {r['offline_rank']} | {name} | {r['param'] or '—'} | {_f(r['value'])} | {kept} | "
                      f"{_f(r.get('drift_from_bc'))} | {_f(r['nearest_behaviour_return'])} | "
-                     f"{_f(r['action_distance_best'])} | {_f(r['fqe_return'])} | {_f(r.get('critic_value'))} | "
+                     f"{_f(r['action_distance_best'])} | {_f(r['fqe_return'])} ({r['fqe_steps']}) | "
+                     f"{_f(r.get('critic_value'))} | "
                      f"{r['cpu_s']:.0f} | {_f(r['rollout_rank'])} | {_rollout(r)} |")
     ref = rows[0]
     lines += ["", f"Validation behaviour, same objectives: best trajectory's return "
@@ -257,10 +261,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax2.set_ylabel("RL steps kept (bars)")
         if base is not None:
             top.axhline(base["nearest_behaviour_return"], ls="--", color="k", lw=1, label=f"{start}: nearest-behaviour")
-            top.axhline(base["fqe_return"], ls=":", color="k", lw=1, label=f"{start}: FQE")
             bottom.axhline(base["action_distance_best"], ls="--", color="k", lw=1, label=f"{start}: distance to best")
         top.set(xscale="log", title=f"{sweep} from {start}", ylabel="return (final B)")
         bottom.set(xscale="log", xlabel=knob, ylabel="action distance")
+        for ax in (top, bottom):  # the swept values as ticks, no minor-tick labels over each other
+            ax.minorticks_off()
+            if pts:
+                ax.set_xticks([r["value"] for r in pts], [f"{r['value']:g}" for r in pts])
         top.legend(fontsize=6)
         bottom.legend(fontsize=6, loc="upper left")
     fig.suptitle("RL stage after BC: offline readings on validation trajectories (no rollouts)", fontsize=9)
