@@ -10,6 +10,7 @@ import pytest
 
 from mixagent.agent.aioli import AioliMethod, aioli_update, interaction_matrix, probe_mixtures
 from mixagent.trajectories import ContractError, DomainSpace
+from tests.agent.method_episode import run_method_episode
 
 SPACE = DomainSpace.from_fields({"source": ["web", "code"], "target": ["proofs"]}, {"web": 2.0})  # .5/.25/.25
 
@@ -49,22 +50,13 @@ def test_the_probe_budget_and_bad_parameters_are_refused():
             AioliMethod(**bad)
 
 
-def _episode(env, method, seed):
-    env.reset(seed=seed)
-    logs, truncated = [], False
-    while not truncated:
-        *_, truncated, info = env.step_method(method)
-        logs.append(info["method"])
-    return env.history, logs
-
-
 def test_aioli_in_the_env_takes_the_intervals_steps_and_moves_p_by_its_rule(tiny_setting, tiny_backend):
     from mixagent.env.mixing_env import DataMixingEnv
 
     s = tiny_setting.model_copy(update={"cpt": tiny_setting.cpt.model_copy(update={"interval": 6})})
     env = DataMixingEnv(s, backend=tiny_backend)
     interval, horizon = 6, s.cpt.horizon
-    h, logs = _episode(env, AioliMethod(eta=2.0), seed=5)
+    h, logs = run_method_episode(env, AioliMethod(eta=2.0), seed=5)
     assert [fb.step for fb in h.feedback] == [interval * t for t in range(horizon + 1)]
     assert [fb.tokens_seen for fb in h.feedback] == [interval * t * tiny_backend.tokens_per_step
                                                       for t in range(horizon + 1)]
@@ -79,5 +71,5 @@ def test_aioli_in_the_env_takes_the_intervals_steps_and_moves_p_by_its_rule(tiny
         if t:
             assert log["p"] == logs[t - 1]["next_p"]
     assert np.abs(np.array(logs[0]["interaction"])).max() > 0
-    h2, logs2 = _episode(env, AioliMethod(eta=2.0), seed=5)
+    h2, logs2 = run_method_episode(env, AioliMethod(eta=2.0), seed=5)
     assert h2 == h and logs2 == logs

@@ -15,6 +15,7 @@ from mixagent.agent.tandem import TandemMethod, project_simplex, resolve_steps
 from mixagent.env.trainer_side import TrainerSideMethod
 from mixagent.trajectories import WEIGHT_FLOOR, ActionSpec, ContractError, DomainSpace
 from mixagent.trajectories.policy import PolicyContext
+from tests.agent.method_episode import run_method_episode
 
 SPACE = DomainSpace.from_fields({"source": ["web", "code"], "target": ["proofs"]}, {"web": 2.0})  # .5/.25/.25
 
@@ -81,15 +82,6 @@ def test_trainer_side_names_are_the_entry_points_that_build_trainer_side_methods
     assert found == set(TRAINER_SIDE_METHODS)
 
 
-def _episode(env, method, seed):
-    env.reset(seed=seed)
-    logs, truncated = [], False
-    while not truncated:
-        *_, truncated, info = env.step_method(method)
-        logs.append(info["method"])
-    return env.history, logs
-
-
 def test_tandem_in_the_env_takes_the_intervals_steps_moves_alpha_by_its_rule_and_is_deterministic(
         tiny_setting, tiny_backend):
     from mixagent.env.mixing_env import DataMixingEnv
@@ -97,7 +89,7 @@ def test_tandem_in_the_env_takes_the_intervals_steps_moves_alpha_by_its_rule_and
     env = DataMixingEnv(tiny_setting, backend=tiny_backend)
     interval, horizon = tiny_setting.cpt.interval, tiny_setting.cpt.horizon
     method = TandemMethod(eta_alpha=5.0)
-    h, logs = _episode(env, method, seed=11)
+    h, logs = run_method_episode(env, method, seed=11)
     # accounting: probe steps of u are the model's own; K + E = the interval, every interval
     assert [fb.step for fb in h.feedback] == [interval * t for t in range(horizon + 1)]
     assert [fb.tokens_seen for fb in h.feedback] == [interval * t * tiny_backend.tokens_per_step
@@ -116,7 +108,7 @@ def test_tandem_in_the_env_takes_the_intervals_steps_moves_alpha_by_its_rule_and
     assert logs[0]["alpha"] == pytest.approx(list(tiny_setting.space.priors()))
     assert any(np.abs(np.array(log["loss_gap"])).max() > 0 for log in logs)
     # same seed, same trajectory (a fresh method object: state starts over at reset)
-    h2, logs2 = _episode(env, TandemMethod(eta_alpha=5.0), seed=11)
+    h2, logs2 = run_method_episode(env, TandemMethod(eta_alpha=5.0), seed=11)
     assert h2 == h and logs2 == logs
-    h3, _ = _episode(env, method, seed=12)
+    h3, _ = run_method_episode(env, method, seed=12)
     assert h3.feedback[1:] != h.feedback[1:]
