@@ -18,7 +18,7 @@ from mixagent.service.server.metrics import Metrics
 from mixagent.service.server.registry import PolicyRegistry
 from mixagent.service.server.runs import RunStore
 
-__all__ = ["Caller", "CallerDep", "AdminDep", "StoreDep", "RegistryDep", "SettingsDep", "MetricsDep"]
+__all__ = ["Caller", "CallerDep", "AdminDep", "StoreDep", "RegistryDep", "SettingsDep", "MetricsDep", "caller_of"]
 
 _bearer = HTTPBearer(auto_error=False, description="A token from MIXAGENT_TOKENS or MIXAGENT_ADMIN_TOKENS.")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -34,17 +34,24 @@ def _matches(token: str, allowed: list[str]) -> bool:
     return any(hmac.compare_digest(token.encode(), a.encode()) for a in allowed)
 
 
+def caller_of(settings: Settings, token: str) -> Caller | None:
+    """The caller a bearer token stands for; None when the token is not valid."""
+    admin = _matches(token, settings.admin_token_list)
+    if not admin and not _matches(token, settings.token_list):
+        return None
+    return Caller(principal=principal_of(token), admin=admin)
+
+
 async def get_caller(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Caller:
     settings: Settings = request.app.state.settings
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("authorization: a bearer token is required (Authorization: Bearer <token>)", _CHALLENGE)
-    token = creds.credentials
-    admin = _matches(token, settings.admin_token_list)
-    if not admin and not _matches(token, settings.token_list):
+    caller = caller_of(settings, creds.credentials)
+    if caller is None:
         raise Unauthorized("authorization: the bearer token is not valid", _CHALLENGE)
-    return Caller(principal=principal_of(token), admin=admin)
+    return caller
 
 
 async def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
