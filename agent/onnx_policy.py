@@ -130,10 +130,15 @@ class TrainingRange:
         return (f"{what} feature {feature}{where} = {x[first]:.4g} is outside the range seen in training "
                 f"[{self.low[k]:.4g}, {self.high[k]:.4g}]" + (f" ({len(bad)} values)" if len(bad) > 1 else ""))
 
+    def inside(self, x: np.ndarray) -> bool:
+        """Every feature of ``x`` lies in the widened range (then there is no :meth:`problem` and
+        :meth:`clamped` is ``x``): one test for the common case."""
+        return bool(((x >= self._lo) & (x <= self._hi)).all())
+
     def clamped(self, x: np.ndarray) -> np.ndarray:
         """``x`` with every feature inside the clamp band brought to the widened range (``x`` itself
         when nothing is outside, the common case)."""
-        if ((x >= self._lo) & (x <= self._hi)).all():
+        if self.inside(x):
             return x
         return np.clip(x, self._lo, self._hi)
 
@@ -219,7 +224,7 @@ class OnnxPolicy(_GuardedNetwork):
         """The observation (clamped into the training ranges within the card's clamp band) and,
         when it falls outside them, why."""
         obs = self.observation(history)
-        if self._range is None:
+        if self._range is None or self._range.inside(obs):
             return obs, None
         problem = self._range.problem(obs)
         return (obs, problem) if problem else (self._range.clamped(obs).astype(obs.dtype, copy=False), None)

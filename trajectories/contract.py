@@ -80,7 +80,7 @@ class _SpaceArrays:
     """A space's derived arrays, computed once. Compared by identity, so a space that has them
     still equals (by its fields) one that does not yet."""
 
-    __slots__ = ("field_matrix", "field_priors", "priors")
+    __slots__ = ("field_matrix", "field_priors", "priors", "within_field")
 
     def __init__(self, space: DomainSpace):
         p = np.array([d.prior for d in space.domains], dtype=np.float64)
@@ -91,6 +91,8 @@ class _SpaceArrays:
             m[fields.index(d.field), k] = 1.0
         self.field_matrix = _read_only(m)
         self.field_priors = _read_only(m @ self.priors)
+        self.within_field = _read_only(self.priors / (m.T @ self.field_priors))
+        """Each domain's share of its field's prior (what spreads a field's share over its domains)."""
 
 
 class ContractError(ValueError):
@@ -214,6 +216,10 @@ class DomainSpace(_Frozen):
         """Field shares of the priors (a read-only array)."""
         return self._arrays.field_priors
 
+    def within_field_priors(self) -> np.ndarray:
+        """Each domain's prior divided by its field's (``priors / (M.T @ field_priors)``, read-only)."""
+        return self._arrays.within_field
+
     @cached_property
     def _arrays(self) -> _SpaceArrays:
         return _SpaceArrays(self)
@@ -265,7 +271,12 @@ class Weights(_Frozen):
                 u = 1.0 / v.size
                 a = (floor - lo) / (u - lo)
                 v = (1 - a) * v + a * u
-        return cls(values=tuple((v / v.sum()).tolist()))
+        values = tuple((v / v.sum()).tolist())
+        if floor >= WEIGHT_FLOOR:
+            # the constructor's checks hold by construction here (finite, normalised, >= the floor):
+            # skipping them halves what the weights of a served decision cost
+            return cls.model_construct(values=values)
+        return cls(values=values)
 
     @classmethod
     def of(cls, space: DomainSpace, mapping: Mapping[str, float]) -> Weights:

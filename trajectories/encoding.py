@@ -199,10 +199,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def field_shares_to_weights(space: DomainSpace, shares: np.ndarray) -> np.ndarray:
     """Spread field shares (in ``space.fields`` order) over domains in proportion to the domain
     priors within each field; the result sums to ``shares.sum()``."""
-    m = space.field_matrix()
-    p = space.priors()
-    within = p / (m.T @ (m @ p))
-    return (m.T @ shares) * within
+    return (space.field_matrix().T @ shares) * space.within_field_priors()
 
 
 _SHIFTS = 257

@@ -286,3 +286,14 @@ def test_the_cli_trains_the_domain_agent_and_refuses_bad_options_in_one_line(tmp
     cql = run_mixagent("agent", "train", "--level", "domain", "--algo", "cql", "--data", str(STATIC), "--out",
                        str(tmp_path / "r"))
     assert cql.returncode == 2 and "behaviour cloning ('bc') only" in cql.stderr
+
+
+def test_inside_is_the_common_case_of_problem_and_clamped():
+    """``inside`` (one test for the common case) agrees with ``problem`` and ``clamped``."""
+    r = TrainingRange([0.0, -1.0], [1.0, 1.0], clamp_band=1.0)
+    rng = np.random.default_rng(0)
+    for x in rng.uniform(-3.0, 3.0, size=(500, 2)):
+        if r.inside(x):
+            assert r.problem(x) is None and r.clamped(x) is x
+        else:
+            assert r.problem(x) is not None or not np.array_equal(r.clamped(x), x)

@@ -116,3 +116,24 @@ def test_stable_hash_is_order_free_for_mappings_and_refuses_sets():
     assert stable_hash({"a": [1, 2]}) != stable_hash({"a": [2, 1]})
     with pytest.raises(TypeError, match="a set has no stable order"):
         stable_hash({"families": {"constant", "cycle"}})
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_from_raw_weights_pass_the_checks_it_skips(seed):
+    """from_raw builds without re-running the constructor's checks: its output must pass them
+    (extreme inputs too: a share far below the floor, one dominant share, many domains)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    raw = rng.random(n) ** float(rng.choice([1.0, 8.0, 40.0])) * 10.0 ** float(rng.uniform(-6, 6))
+    if n > 1 and seed % 3 == 0:
+        raw[0] = 0.0
+    w = Weights.from_raw(raw)
+    assert Weights.model_validate(w.model_dump()) == w
+    assert isinstance(w.values, tuple) and all(type(v) is float for v in w.values)
+    assert min(w.values) >= WEIGHT_FLOOR * (1 - 1e-9) and math.isclose(sum(w.values), 1.0, abs_tol=1e-9)
+
+
+def test_within_field_priors_spread_each_fields_share_by_the_domain_priors():
+    m, p = SPACE.field_matrix(), SPACE.priors()
+    assert np.array_equal(SPACE.within_field_priors(), p / (m.T @ (m @ p)))
+    assert np.allclose(m @ SPACE.within_field_priors(), 1.0)
