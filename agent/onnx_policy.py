@@ -37,7 +37,13 @@ from mixagent.trajectories.contract import (
     Objective,
     Weights,
 )
-from mixagent.trajectories.encoding import action_size, action_to_weights, encode, observation_size
+from mixagent.trajectories.encoding import (
+    EncodeCache,
+    action_size,
+    action_to_weights,
+    encode,
+    observation_size,
+)
 from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
 from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, encode_tokens
 
@@ -210,11 +216,14 @@ class OnnxPolicy(_GuardedNetwork):
         super().__init__(session, card, horizon, objective, fallback)
         self._input = session.get_inputs()[0].name
         self._batcher = batcher or OnnxBatcher(session, self._input)
+        self._rows = EncodeCache()
+        """The run's observation rows already computed (a policy serves one run)."""
         self._range = (TrainingRange(card.observation_low, card.observation_high, clamp_band=card.clamp_band)
                        if card.observation_low is not None and card.observation_high is not None else None)
 
     def observation(self, history: History) -> np.ndarray:
-        return encode(history, self.horizon, self.card.action, self.objective, self.card.encoder_version)
+        return encode(history, self.horizon, self.card.action, self.objective, self.card.encoder_version,
+                      self._rows)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         (action,) = self._session.run(None, {self._input: obs[None, :].astype(np.float32)})[:1]

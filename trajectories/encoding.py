@@ -63,6 +63,7 @@ from mixagent.trajectories.contract import (
     ActionSpec,
     ContractError,
     DomainSpace,
+    Feedback,
     History,
     Level,
     Objective,
@@ -72,6 +73,7 @@ from mixagent.trajectories.contract import (
 __all__ = [
     "ENCODER_VERSION",
     "ENCODER_VERSIONS",
+    "EncodeCache",
     "objective_features",
     "field_weight_vector",
     "OBS_BOUND",
@@ -284,10 +286,62 @@ def objective_features(gains: np.ndarray, space: DomainSpace, objective: Objecti
     return np.concatenate([[lam], c, grad])
 
 
+class EncodeCache:
+    """The rows of one run's observations that never change once computed: the reference scores,
+    each stage's gains and each mixture's field shares. A run's next observation reuses all but the
+    newest (:func:`encode` with ``cache``), computing only what the new stage adds.
+
+    Rows are keyed by stage and held with the feedback or mixture object they came from; a row is
+    reused only while the history holds that very object (a history rebuilt, or a mixture replaced
+    by the one the trainer says it trained on, computes it afresh), so an observation is bit for
+    bit the one :func:`encode` gives without a cache. Rows that left the window are dropped."""
+
+    __slots__ = ("_base", "_first", "_gains", "_scale", "_shares")
+
+    def __init__(self) -> None:
+        self._first: Feedback | None = None
+        self._base = self._scale = np.zeros(0)
+        self._gains: dict[int, tuple[Feedback, np.ndarray]] = {}
+        self._shares: dict[int, tuple[Weights, np.ndarray, np.ndarray]] = {}
+
+    def reference(self, first: Feedback, fields: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The start's field scores and their scale (``max(|s_f(0)|, 1e-8)``)."""
+        if self._first is not first:
+            base = np.array([first.field_scores[x] for x in fields], dtype=float)
+            self._first, self._base, self._scale = first, base, np.maximum(np.abs(base), 1e-8)
+            self._gains.clear()
+        return self._base, self._scale
+
+    def gains(self, i: int, fb: Feedback, fields: tuple[str, ...]) -> np.ndarray:
+        """``g(i)·GAIN_SCALE`` of feedback ``fb`` at stage ``i`` (after :meth:`reference`)."""
+        hit = self._gains.get(i)
+        if hit is not None and hit[0] is fb:
+            return hit[1]
+        row = (np.array([fb.field_scores[x] for x in fields], dtype=float) - self._base) / self._scale * GAIN_SCALE
+        self._gains[i] = (fb, row)
+        return row
+
+    def shares(self, i: int, w: Weights, fm: np.ndarray) -> np.ndarray:
+        """The field shares ``fm @ w`` of mixture ``w`` (stage ``i``'s; ``fm`` the space's field matrix)."""
+        hit = self._shares.get(i)
+        if hit is not None and hit[0] is w and hit[1] is fm:
+            return hit[2]
+        row = fm @ w.as_array()
+        self._shares[i] = (w, fm, row)
+        return row
+
+    def keep_from(self, first: int) -> None:
+        """Drop the rows of stages before ``first``."""
+        for rows in (self._gains, self._shares):
+            for i in [i for i in rows if i < first]:
+                del rows[i]
+
+
 def encode(history: History, horizon: int, spec: ActionSpec, objective: Objective | None = None,
-           version: str = ENCODER_VERSION) -> np.ndarray:
+           version: str = ENCODER_VERSION, cache: EncodeCache | None = None) -> np.ndarray:
     """The observation after the latest feedback (see the module docstring for the layout);
-    ``objective`` (default ``Objective()``) fills the objective slice of ``obs-v2``."""
+    ``objective`` (default ``Objective()``) fills the objective slice of ``obs-v2``. With a ``cache``
+    (one per run), the rows an earlier call computed are reused: the same numbers, less work."""
     _check_version(version)
     if not history.feedback:
         raise ContractError("history: cannot encode a history without the initial feedback")
@@ -301,19 +355,20 @@ def encode(history: History, horizon: int, spec: ActionSpec, objective: Objectiv
     # relative_gains(history) and the full list of field shares would give (elementwise maths).
     fields = space.fields
     fb = history.feedback
-    base = np.array([fb[0].field_scores[x] for x in fields], dtype=float)
-    scale = np.maximum(np.abs(base), 1e-8)
-    g = {i: (np.array([fb[i].field_scores[x] for x in fields], dtype=float) - base) / scale * GAIN_SCALE
-         for i in range(max(t - WINDOW, 0), t + 1)}
+    rows = cache if cache is not None else EncodeCache()
+    rows.reference(fb[0], fields)
+    g = {i: rows.gains(i, fb[i], fields) for i in range(max(t - WINDOW, 0), t + 1)}
     fm = space.field_matrix()
     prior_shares = space.field_priors()
     weights = history.weights
+    if cache is not None:
+        cache.keep_from(t - WINDOW - 1)
 
     def gain_at(i: int) -> np.ndarray:
         return g[i] if i >= 0 else np.zeros(f)
 
     def shares_at(i: int) -> np.ndarray:
-        return fm @ weights[i].as_array() if 0 <= i < min(len(weights), t) else prior_shares
+        return rows.shares(i, weights[i], fm) if 0 <= i < min(len(weights), t) else prior_shares
 
     parts = [
         g[t],

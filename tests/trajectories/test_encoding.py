@@ -255,3 +255,33 @@ def test_the_window_encoder_gives_the_full_history_encoders_numbers(level, versi
             np.testing.assert_array_equal(encode(h, horizon, spec, objective, version),
                                           _full_history_encode(h, horizon, spec, objective, version))
         h.record_weights(Weights.from_raw(rng.dirichlet(np.ones(space.size))))
+
+
+@pytest.mark.parametrize("version", ["obs-v1", "obs-v2"])
+@pytest.mark.parametrize("level", ["field", "domain"])
+def test_a_runs_encode_cache_gives_the_uncached_numbers(level, version):
+    """One cache per run, as the served policy keeps it: every stage's observation equals the
+    uncached one bit for bit, also when the newest mixture is replaced by the one the trainer says
+    it trained on, when the history is rebuilt from new objects, and when the run restarts."""
+    from mixagent.trajectories.encoding import EncodeCache
+
+    space = DomainSpace.from_fields({"source": ["a", "b", "c"], "math": ["m"], "code": ["k", "j"]},
+                                    {"a": 2.0, "k": 0.5})
+    rng = np.random.default_rng(11)
+    spec = ActionSpec(level=level)
+    objective = Objective(spread_penalty=0.3, field_weights={"source": 1.0, "math": 2.0, "code": 1.5})
+    cache = EncodeCache()
+    h = History(space=space)
+    for t in range(30):
+        h.record_feedback(Feedback(step=t, tokens_seen=t,
+                                   field_scores={f: float(-3 + rng.normal(0, 0.1) + 0.01 * t) for f in space.fields},
+                                   domain_losses={d: float(2 + rng.normal(0, 0.1)) for d in space.names}))
+        if t % 7 == 3 and h.weights:  # the trainer trained on another mixture than the last served
+            h.weights[-1] = Weights.from_raw(rng.dirichlet(np.ones(space.size)))
+        if t == 17:  # the run was read back from the database: equal content, new objects
+            h = History.model_validate(h.model_dump())
+        if t == 23:  # another run on the same cache: a new start
+            h = History(space=space, feedback=[h.feedback[-1]])
+        np.testing.assert_array_equal(encode(h, 32, spec, objective, version, cache),
+                                      encode(h, 32, spec, objective, version))
+        h.record_weights(Weights.from_raw(rng.dirichlet(np.ones(space.size))))
