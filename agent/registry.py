@@ -42,6 +42,7 @@ ENTRY_POINT_GROUP = "mixagent.policies"
 TRAINER_SIDE_METHODS: dict[str, str] = {
     "tandem": "it trains a twin copy of the model beside it inside every interval",
     "aioli": "it probes the model with short runs on each domain inside every interval",
+    "airrep": "it scores each domain's influence from the hidden states of the model under CPT at every decision",
 }
 """The ``mixagent.policies`` names that are trainer-side methods (``env/trainer_side.py``), with why
 they need the trainer's model. Plain names, so that the HTTP service (which never imports torch) can
