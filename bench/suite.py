@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "suite"
+PINS = ROOT / "bench" / "suite_pins"
+"""One pin per suite setting (``mixagent env pin``): the tokens and base weights every suite run starts
+from, whatever Debian serves today (env/pinned.py says why)."""
 
 
 def main() -> int:
@@ -43,6 +46,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT, help="the run store and the harness reports")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
                     help="where suite.md and suite.json go")
+    ap.add_argument("--pins", type=Path, default=PINS, help="the pinned data and base of each setting")
+    ap.add_argument("--make-pins", action="store_true",
+                    help="pin each setting that has no pin yet from this machine's build (once, then commit them)")
     ap.add_argument("--report-only", action="store_true", help="report on the runs already made")
     ap.add_argument("--allow-missing", action="store_true", help="with --report-only: an interim report")
     args = ap.parse_args()
@@ -55,6 +61,23 @@ def main() -> int:
     from mixagent.console import configure_logging
 
     configure_logging(not sys.stderr.isatty())
+    if not args.report_only:
+        from mixagent.env.pinned import PinError, install_pin, pin_setting
+        from mixagent.env.setting import load_setting
+
+        for name in args.settings:
+            setting, pin = load_setting(name), args.pins / name
+            try:
+                if not pin.exists() and args.make_pins:
+                    pin_setting(setting, pin, say=print)
+                if pin.exists():
+                    install_pin(pin, setting, say=print)
+                else:
+                    print(f"{name}: no pin at {pin}; its runs start from this machine's own corpus build, which "
+                          "follows Debian's current package versions (--make-pins to pin it)", file=sys.stderr)
+            except PinError as e:
+                print(f"{name}: {e}", file=sys.stderr)
+                return 2
     runner = RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty())
     cfg = suite_config(args.out, args.candidates, runner, args.settings, args.seeds, args.selection_seeds)
     if args.only:

@@ -5,6 +5,7 @@ that a later run would mistake for a finished one."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from typing import Any
 
 from mixagent.trajectories.storage import write_json_atomic as _write_json_atomic
 
-__all__ = ["cache_root", "atomic_dir", "build_lock", "write_json_atomic"]
+__all__ = ["cache_root", "atomic_dir", "build_lock", "write_json_atomic", "file_sha256"]
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -61,3 +62,12 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """Cache metadata (manifests, pre-training reports) as JSON, atomically and durably; values JSON
     does not know (paths) are written as strings."""
     _write_json_atomic(path, obj, default=str)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

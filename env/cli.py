@@ -41,6 +41,41 @@ CacheOpt = Annotated[
 ]
 
 
+@env_app.command("pin")
+def env_pin(
+    setting: SettingOpt,
+    out: Annotated[Path, typer.Option("--out", help="The pin folder to write (must not exist).")],
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Freeze a setting's tokenised data and base checkpoint into a folder (for a benchmark that must
+    run on the same tokens and weights on every machine, after Debian has moved a package on)."""
+    from mixagent.env.pinned import PinError, pin_setting  # noqa: PLC0415 - torch: only when it runs
+
+    s = _load(setting)
+    with _clear_errors():
+        try:
+            pin_setting(s, out, cache_dir, _say)
+        except PinError as e:
+            fail(str(e), 2)
+
+
+@env_app.command("install-pin")
+def env_install_pin(
+    pin: Annotated[Path, typer.Argument(help="A folder written by `mixagent env pin`.")],
+    setting: SettingOpt,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Put a pinned setting's data and base into the cache (a differing cached build is moved aside)."""
+    from mixagent.env.pinned import PinError, install_pin  # noqa: PLC0415
+
+    s = _load(setting)
+    try:
+        if not install_pin(pin, s, cache_dir, _say):
+            _say(f"{s.name}: the cache already holds the pinned data and base")
+    except PinError as e:
+        fail(str(e), 2)
+
+
 def _load(setting: str, device: str | None = None) -> Setting:
     try:
         return with_device(load_setting(setting), device)

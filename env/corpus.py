@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mixagent.env.cache import atomic_dir, build_lock, cache_root, write_json_atomic
+from mixagent.env.cache import atomic_dir, build_lock, cache_root, file_sha256, write_json_atomic
 from mixagent.env.near_duplicates import containments, shingles
 from mixagent.env.setting import Setting
 from mixagent.env.sources import open_source, read_text_file, split_documents
@@ -53,14 +53,6 @@ def _doc_key(doc: str) -> str:
 def _heldout(key: str, fraction: float) -> bool:
     """Deterministic per-document split: the key's hash decides, so a document is never in both."""
     return int(key[:8], 16) / 0xFFFFFFFF < fraction
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_jsonl(path: Path, docs: list[str]) -> None:
@@ -166,8 +158,8 @@ def _build(setting: Setting, final: Path, root: Path | None, say: Progress) -> P
                     "heldout_docs": len(heldout),
                     "train_bytes": sum(len(d.encode()) for d in train),
                     "heldout_bytes": sum(len(d.encode()) for d in heldout),
-                    "train_sha256": _file_digest(tmp / f"{name}.train.jsonl"),
-                    "heldout_sha256": _file_digest(tmp / f"{name}.heldout.jsonl"),
+                    "train_sha256": file_sha256(tmp / f"{name}.train.jsonl"),
+                    "heldout_sha256": file_sha256(tmp / f"{name}.heldout.jsonl"),
                 }
             )
         write_json_atomic(
