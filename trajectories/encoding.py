@@ -275,10 +275,11 @@ def weights_to_action(weights: Weights, space: DomainSpace, spec: ActionSpec,
     return candidates[best].astype(np.float32)
 
 
-def objective_features(gains: np.ndarray, space: DomainSpace, objective: Objective) -> np.ndarray:
+def objective_features(gains: np.ndarray, space: DomainSpace, objective: Objective,
+                       c: np.ndarray | None = None) -> np.ndarray:
     """The objective slice of ``obs-v2`` at relative gains ``gains`` (``[F]``, unscaled):
-    ``[λ, c_1..c_F, ∂B/∂g_1..∂B/∂g_F]``."""
-    c = field_weight_vector(space, objective)
+    ``[λ, c_1..c_F, ∂B/∂g_1..∂B/∂g_F]`` (``c``: :func:`field_weight_vector`, when already known)."""
+    c = field_weight_vector(space, objective) if c is None else c
     lam = objective.spread_penalty
     m = float(gains @ c)
     s = float(np.sqrt(((gains - m) ** 2) @ c))
@@ -288,17 +289,19 @@ def objective_features(gains: np.ndarray, space: DomainSpace, objective: Objecti
 
 class EncodeCache:
     """The rows of one run's observations that never change once computed: the reference scores,
-    each stage's gains and each mixture's field shares. A run's next observation reuses all but the
-    newest (:func:`encode` with ``cache``), computing only what the new stage adds.
+    each stage's gains, each mixture's field shares and the objective's field weights. A run's next
+    observation reuses all but the newest (:func:`encode` with ``cache``), computing only what the
+    new stage adds.
 
     Rows are keyed by stage and held with the feedback or mixture object they came from; a row is
     reused only while the history holds that very object (a history rebuilt, or a mixture replaced
     by the one the trainer says it trained on, computes it afresh), so an observation is bit for
     bit the one :func:`encode` gives without a cache. Rows that left the window are dropped."""
 
-    __slots__ = ("_base", "_first", "_gains", "_scale", "_shares")
+    __slots__ = ("_base", "_first", "_gains", "_scale", "_shares", "_weights")
 
     def __init__(self) -> None:
+        self._weights: tuple[Objective, DomainSpace, np.ndarray] | None = None
         self._first: Feedback | None = None
         self._base = self._scale = np.zeros(0)
         self._gains: dict[int, tuple[Feedback, np.ndarray]] = {}
@@ -329,6 +332,15 @@ class EncodeCache:
         row = fm @ w.as_array()
         self._shares[i] = (w, fm, row)
         return row
+
+    def field_weights(self, space: DomainSpace, objective: Objective) -> np.ndarray:
+        """:func:`field_weight_vector` of ``objective`` over ``space`` (kept while both are the same objects)."""
+        hit = self._weights
+        if hit is not None and hit[0] is objective and hit[1] is space:
+            return hit[2]
+        c = field_weight_vector(space, objective)
+        self._weights = (objective, space, c)
+        return c
 
     def keep_from(self, first: int) -> None:
         """Drop the rows of stages before ``first``."""
@@ -386,6 +398,7 @@ def encode(history: History, horizon: int, spec: ActionSpec, objective: Objectiv
         last = weights[t - 1].as_array() if t > 0 else space.priors()
         parts += [rel, last]
     if version == "obs-v2":
-        parts.append(objective_features(g[t] / GAIN_SCALE, space, objective or Objective()))
+        objective = objective or Objective()
+        parts.append(objective_features(g[t] / GAIN_SCALE, space, objective, rows.field_weights(space, objective)))
     obs = np.concatenate(parts)
     return np.clip(obs, -OBS_BOUND, OBS_BOUND).astype(np.float32)

@@ -20,6 +20,7 @@ from mixagent.agent.baselines import BASELINES
 from mixagent.agent.card import ArtifactError
 from mixagent.service.server.deps import (
     AdminDep,
+    Caller,
     CallerDep,
     MetricsDep,
     RegistryDep,
@@ -226,6 +227,10 @@ class FeedbackRoute(APIRoute):
         await send({"type": "http.response.body", "body": content})
 
 
+MAX_CALLERS = 1024
+"""Valid tokens whose caller the lean path remembers (more: it starts over)."""
+
+
 def _lean_request(scope: Scope, message: Message) -> tuple[str, str, FeedbackIn] | None:
     """(principal, run_id, feedback) of a request the lean path may answer, else None."""
     if message["type"] != "http.request" or message.get("more_body", False):
@@ -242,9 +247,18 @@ def _lean_request(scope: Scope, message: Message) -> tuple[str, str, FeedbackIn]
     run_id = scope["path_params"].get("run_id")
     if scheme.lower() != "bearer" or not token or not isinstance(run_id, str) or not 1 <= len(run_id) <= 64:
         return None
-    caller = caller_of(scope["app"].state.settings, token)
+    state = scope["app"].state
+    callers: dict[str, Caller] | None = getattr(state, "lean_callers", None)
+    if callers is None:
+        callers = state.lean_callers = {}
+    caller = callers.get(token)
     if caller is None:
-        return None
+        caller = caller_of(state.settings, token)
+        if caller is None:
+            return None
+        if len(callers) >= MAX_CALLERS:
+            callers.clear()
+        callers[token] = caller  # valid tokens only: the settings are fixed for the app's life
     try:
         body = FeedbackIn.model_validate(json.loads(message.get("body", b"")), from_attributes=True)
     except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors

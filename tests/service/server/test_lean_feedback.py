@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 
 from mixagent.service.server.api import FeedbackRoute, _decision_public
 from mixagent.service.server.schemas import DecisionPublic, ServedByPublic
-from tests.service.conftest import OTHER, auth, feedback_body, run_body
+from tests.service.conftest import OTHER, TOKEN, auth, feedback_body, run_body
 
 
 @pytest.fixture()
@@ -48,6 +48,7 @@ def test_a_trainers_feedback_takes_the_lean_path_and_answers_the_same_bytes(clie
     first = client.post(path, json=feedback_body(0), headers=auth())
     assert first.status_code == 200 and not first.json()["replayed"]
     assert slow_calls == []
+    assert list(app.state.lean_callers) == [TOKEN]  # valid tokens only are remembered
     # a retry of the recorded step answers with the stored decision: byte for byte the same both ways
     lean, slow = _both(client, app, path, json=feedback_body(0), headers=auth())
     assert slow_calls == [path]
