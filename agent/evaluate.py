@@ -33,6 +33,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,21 @@ def plan_setting(setting: Setting, cfg: EvaluationConfig,
             episodes.setdefault(rid, EpisodeSpec(rid, spec.policy, {"level": "field", **spec.params}, seed,
                                              index=len(episodes), label=spec.label))
             runs[(spec.label, None, seed)] = rid
-    return SettingPlan(list(episodes.values()), runs)
+    return SettingPlan(_cells_first(episodes.values(), cfg), runs)
+
+
+def _cells_first(episodes: Collection[EpisodeSpec], cfg: EvaluationConfig) -> list[EpisodeSpec]:
+    """The run order: the policies that ignore the objective first (every cell needs them), then per
+    objective seed by seed, every policy of a seed together, so that an interrupted evaluation holds
+    complete paired seeds of whole cells, not all of one policy and none of the next."""
+    order = {objective_key(o): i for i, o in enumerate(cfg.objectives)}
+    policy = {spec.label: i for i, spec in enumerate(cfg.policies)}
+
+    def key(e: EpisodeSpec) -> tuple[int, int, int, int]:
+        ok = e.params.get("objective") if e.policy == "artifact" else None
+        return (0 if ok is None else 1 + order.get(ok, len(order)), e.seed, policy.get(e.label or e.policy, 0), e.index)
+
+    return [replace(e, index=i) for i, e in enumerate(sorted(episodes, key=key))]
 
 
 def selected_grid_points(cfg: EvaluationConfig, plan: SettingPlan, store: FileStore) -> set[str]:

@@ -331,6 +331,23 @@ def test_a_selection_study_runs_on_its_own_seed_block(tiny_setting, tmp_path):
         replace(cfg, first_seed=SELECT_SEED - 1).check()
 
 
+def test_runs_are_ordered_so_an_interrupted_evaluation_holds_whole_paired_cells(tiny_setting, tmp_path):
+    from mixagent.agent.catalogue import EvaluationConfig, objective_key, parse_objective, parse_policies
+    from mixagent.agent.evaluate import plan_setting
+    from mixagent.agent.suite import AGENT_V2
+
+    objectives = tuple(parse_objective(f"spread_penalty={lam}") for lam in (0.0, 0.5))
+    cfg = EvaluationConfig(out=tmp_path / "eval", policies=tuple(parse_policies([f"a={AGENT_V2}", f"b={AGENT_V2}",
+                                                                                 "uniform"])),
+                           settings=(tiny_setting,), objectives=objectives, seeds=2, selection_seeds=0)
+    order = [(e.label, e.params.get("objective"), e.seed) for e in plan_setting(tiny_setting, cfg).episodes]
+    lam0, lam5 = (objective_key(o) for o in objectives)
+    assert order == [("uniform", None, 1000), ("uniform", None, 1001),  # every cell needs it: first
+                     ("a", lam0, 1000), ("b", lam0, 1000), ("a", lam0, 1001), ("b", lam0, 1001),
+                     ("a", lam5, 1000), ("b", lam5, 1000), ("a", lam5, 1001), ("b", lam5, 1001)]
+    assert [e.index for e in plan_setting(tiny_setting, cfg).episodes] == list(range(10))
+
+
 def test_an_objective_outside_the_agents_range_is_refused_before_any_run(tiny_dataset, tiny_setting, tmp_path):
     from mixagent.agent.catalogue import EvaluationConfig, parse_objective, parse_policies
     from mixagent.agent.train import TrainConfig, train
