@@ -89,3 +89,28 @@ def test_a_failing_batch_answers_every_caller(n):
     results = asyncio.run(calls())
     assert len(results) == n and all(isinstance(r, RuntimeError) for r in results)
     assert batcher.batches == 0
+
+
+def test_a_lone_row_runs_on_the_loop_and_gets_what_the_thread_gives():
+    """A batch of one runs on the event loop (no thread hand-off on a quiet server); larger ones go
+    to the thread; both give the row what it gets alone."""
+    session = _session()
+    name = session.get_inputs()[0].name
+    width = int(session.get_inputs()[0].shape[-1])
+    rows = np.random.default_rng(1).normal(0, 1, (5, width)).astype(np.float32)
+    alone = [session.run(None, {name: r[None]})[0][0] for r in rows]
+    batcher = OnnxBatcher(session, name)
+
+    async def one_at_a_time():
+        return [await batcher.run(r) for r in rows]
+
+    got = asyncio.run(one_at_a_time())
+    assert all(np.array_equal(a, g) for a, g in zip(alone, got, strict=True))
+    assert (batcher.inline, batcher.batches, batcher._executor) == (5, 5, None)
+    threaded = OnnxBatcher(session, name, inline_rows=0)
+
+    async def together():
+        return await asyncio.gather(*(threaded.run(r) for r in rows))
+
+    assert all(np.array_equal(a, g) for a, g in zip(alone, asyncio.run(together()), strict=True))
+    assert (threaded.inline, threaded.batches) == (0, 1)
