@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "airrep")
     ap.add_argument("--fit-only", action="store_true", help="no new probes: fit on those stored")
     ap.add_argument("--install", action="store_true",
-                    help="write the encoder of split 0 to agent/artifacts/airrep-<setting>/encoder.json")
+                    help="write the encoder of split 0 to agent/artifacts/airrep-<setting>/encoder.json "
+                         "(instead of OUT/encoder.json)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
 
@@ -205,11 +206,10 @@ def main() -> None:
                      "test_subsets": n_test})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    if args.install:
-        dest = ROOT / "agent" / "artifacts" / f"airrep-{setting.name}" / "encoder.json"
-        enc.save(dest)
+    dest = ROOT / "agent" / "artifacts" / f"airrep-{setting.name}" / "encoder.json" if args.install else None
+    enc.save(dest or args.out / "encoder.json")
+    if dest:
         print(f"installed {dest}")
-    enc.save(args.out / "encoder.json")
 
     # ----- the table and the plot -------------------------------------------------------------
     lines = [f"# AirRep encoder on {setting.name}: held-out rank correlation", "",
@@ -251,7 +251,7 @@ def main() -> None:
     fig.suptitle(f"AirRep on {setting.name}: {len(probes)} probes × {header['steps']} steps from the base")
     fig.tight_layout()
     save_figure(fig, args.out / "heldout.png")
-    print(f"wrote {args.out}/report.json, report.md, heldout.png, encoder.json; "
+    print(f"wrote {args.out}/report.json, report.md, heldout.png{'' if dest else ', encoder.json'}; "
           f"probes {probe_cpu:.0f} CPU-s, features {feature_cpu:.1f} CPU-s, fit {fit_cpu:.1f} CPU-s per split")
 
 

@@ -9,6 +9,10 @@ the method's interval into the model's steps (``train_cpu_s``) and the method's 
 
     python bench/trainer_side_overhead.py --setting math-tiny --horizon 2
     python bench/trainer_side_overhead.py --setting my-tiny.yaml --interval 30 --horizon 3
+    python bench/trainer_side_overhead.py --setting math-tiny --horizon 3 --methods tandem aioli airrep
+
+The last column is the overhead as a share of the interval's own cost (the model's steps): AirRep's
+influences are meant to be cheap enough (under a tenth) to recompute at every decision.
 
 ``--interval`` / ``--horizon`` override the setting's (a couple of decisions is enough). Prints a
 table and writes its JSON to ``--out`` (default: a temporary folder).
@@ -81,13 +85,17 @@ def main() -> None:
     base = statistics.mean(plain["decision_cpu_s"])
     print(f"{setting.name}: interval {cpt.interval}, {setting.space.size} domains, horizon {cpt.horizon}, "
           f"1 thread ({platform.processor() or platform.machine()})")
-    print("| run | CPU-s per decision | model's steps | overhead | x plain |")
-    print("|---|---|---|---|---|")
+    print("| run | CPU-s per decision | model's steps | overhead | x plain | overhead / model's steps |")
+    print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         total = statistics.mean(r["decision_cpu_s"])
         train = f"{statistics.mean(r['train_cpu_s']):.3f}" if "train_cpu_s" in r else "-"
         over = f"{statistics.mean(r['overhead_cpu_s']):.3f}" if "overhead_cpu_s" in r else "-"
-        print(f"| {name} | {total:.3f} | {train} | {over} | {total / base:.2f} |")
+        share = "-"
+        if "overhead_cpu_s" in r:
+            r["overhead_share"] = statistics.mean(r["overhead_cpu_s"]) / statistics.mean(r["train_cpu_s"])
+            share = f"{r['overhead_share']:.3f}"
+        print(f"| {name} | {total:.3f} | {train} | {over} | {total / base:.2f} | {share} |")
     out = args.out or Path(tempfile.mkdtemp()) / "trainer_side_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setting": setting.name, "interval": cpt.interval, "horizon": cpt.horizon,
