@@ -70,6 +70,21 @@ def test_the_probe_budget_bad_parameters_and_the_service_are_refused(tmp_path):
     assert "hidden states of the model under CPT" in trainer_side_refusal("airrep")
 
 
+def test_an_encoder_refuses_a_model_or_corpus_it_was_not_trained_over():
+    from types import SimpleNamespace
+
+    enc = AirRepEncoder(np.zeros(4), np.ones(4), np.eye(4)[:, :2], np.eye(4)[:, :2],
+                        {"setting": "s", "vocab_size": 50, "corpus_digest": "abc"})
+    model = SimpleNamespace(config=SimpleNamespace(hidden_size=4, vocab_size=50))
+    enc.check_model(model, "abc")
+    enc.check_model(model)  # no digest to compare: sizes only
+    with pytest.raises(ContractError, match=r"on corpus abc; this run.s corpus is xyz \(another corpus"):
+        enc.check_model(model, "xyz")
+    with pytest.raises(ContractError, match=r"hidden size 4, vocabulary 50\); the model under CPT has hidden size 8 "
+                                            r"and vocabulary 50"):
+        enc.check_model(SimpleNamespace(config=SimpleNamespace(hidden_size=8, vocab_size=50)))
+
+
 def test_the_bundled_encoder_is_math_tinys_and_another_model_is_refused_before_any_step(tiny_setting, tiny_backend):
     from mixagent.env.mixing_env import DataMixingEnv
 
