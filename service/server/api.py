@@ -236,10 +236,10 @@ def _lean_request(scope: Scope, message: Message) -> tuple[str, str, FeedbackIn]
     if message["type"] != "http.request" or message.get("more_body", False):
         return None
     authorization = content_type = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
+    for name, value in scope["headers"]:  # the first of a repeated header counts, as in Starlette's Headers.get
+        if name == b"authorization" and authorization is None:
             authorization = value
-        elif name == b"content-type":
+        elif name == b"content-type" and content_type is None:
             content_type = value
     if content_type != b"application/json" or authorization is None:
         return None

@@ -77,6 +77,11 @@ def _hostile(rid: str, other_rid: str) -> list[tuple[str, dict[str, Any]]]:
         (path, {"content": good, "headers": {**ctype, "Authorization": "Bearer nope"}}),
         (path, {"content": good, "headers": {**ctype, "Authorization": "Basic dG9rOng="}}),
         (path, {"content": good, "headers": {**ctype, "Authorization": "Bearer"}}),
+        # a repeated header: the first counts (an invalid token, then a valid one)
+        (path, {"content": good, "headers": [("Content-Type", "application/json"), ("Authorization", "Bearer nope"),
+                                             ("Authorization", f"Bearer {TOKEN}")]}),
+        (path, {"content": good, "headers": [("Content-Type", "text/plain"), ("Content-Type", "application/json"),
+                                             ("Authorization", f"Bearer {TOKEN}")]}),
         (path, {"content": b"{not json", "headers": {**ctype}}),  # malformed JSON before auth, as FastAPI does
         (path, {"content": b"{not json", "headers": {**ctype, **auth()}}),
         (path, {"content": b"\xff\xfe{}", "headers": {**ctype, **auth()}}),  # not UTF-8
