@@ -47,8 +47,8 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
                     help="where suite.md and suite.json go")
     ap.add_argument("--pins", type=Path, default=PINS, help="the pinned data and base of each setting")
-    ap.add_argument("--make-pins", action="store_true",
-                    help="pin each setting that has no pin yet from this machine's build (once, then commit them)")
+    ap.add_argument("--no-make-pins", dest="make_pins", action="store_false",
+                    help="do not pin a setting that has no pin yet (by default this machine's build becomes its pin)")
     ap.add_argument("--report-only", action="store_true", help="report on the runs already made")
     ap.add_argument("--allow-missing", action="store_true", help="with --report-only: an interim report")
     args = ap.parse_args()
@@ -66,17 +66,19 @@ def main() -> int:
         from mixagent.env.setting import load_setting
 
         for name in args.settings:
-            setting, pin = load_setting(name), args.pins / name
+            setting = load_setting(name)
+            pin = args.pins / setting.name
             try:
                 if not pin.exists() and args.make_pins:
                     pin_setting(setting, pin, say=print)
+                    print(f"{setting.name}: this machine's build is now its pin; commit {pin} with the runs")
                 if pin.exists():
                     install_pin(pin, setting, say=print)
                 else:
-                    print(f"{name}: no pin at {pin}; its runs start from this machine's own corpus build, which "
-                          "follows Debian's current package versions (--make-pins to pin it)", file=sys.stderr)
+                    print(f"{setting.name}: no pin at {pin}; its runs start from this machine's own corpus "
+                          "build, which follows Debian's current package versions", file=sys.stderr)
             except PinError as e:
-                print(f"{name}: {e}", file=sys.stderr)
+                print(f"{setting.name}: {e}", file=sys.stderr)
                 return 2
     runner = RunnerConfig(workers=args.workers, threads=1, progress=sys.stderr.isatty())
     cfg = suite_config(args.out, args.candidates, runner, args.settings, args.seeds, args.selection_seeds)

@@ -207,7 +207,9 @@ def test_service_load_runs_every_phase_against_real_servers(cache_dir, tmp_path)
 def test_suite_runs_pools_and_plots_the_k_dimensional_schedules(tiny_setting_file, cache_dir, tmp_path):
     out = run(["bench/suite.py", "--settings", str(tiny_setting_file), "--seeds", "2", "--selection-seeds", "1",
                "--only", "agent-v2", "grid-0.0", "grid-1.0", "--workers", "1", "--out", str(tmp_path / "suite"),
-               "--results", str(tmp_path)], cache_dir)
+               "--results", str(tmp_path), "--pins", str(tmp_path / "pins")], cache_dir)
+    assert "this machine's build is now its pin" in out.stdout  # the first run of a setting pins it
+    assert (tmp_path / "pins" / "synthetic-tiny" / "pin.json").is_file()
     data = json.loads((tmp_path / "suite.json").read_text())
     v = data["verdicts"]["agent-v2"]
     assert data["seeds"] == [1000, 1001] and data["selection_seeds"] == [2000]
