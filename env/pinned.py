@@ -2,13 +2,14 @@
 with the repository, so that a benchmark runs on the same tokens and the same weights on every
 machine and in every month.
 
-Why: the corpus is read from Debian packages, and Debian stable replaces a package's version with
-each point or security release (postgresql-doc-15 15.19 was gone from the archive by 2026-12-07;
-15.18 and 15.20 remained). A machine that builds the corpus after such an update gets other text,
-hence other tokens and another base model: on 2026-12-07 the proofs-tiny corpus digest moved from
-``09a993632b5c0abd`` to ``eb46beebf19d2d97`` and the start losses by up to 0.0455, so the 51 suite
-runs made the day before could not be continued. The setting hash cannot see this (it names what
-was asked for, not what the archive served). A pin holds the result of the build instead:
+Why: the base checkpoint is pre-trained on each machine, and CPUs with other vector units sum in
+another order. On 2026-12-07 a machine with AVX2 only pre-trained proofs-tiny's base from the very
+same tokens (corpus digest ``09a993632b5c0abd`` on both) as the AVX-512 machine of the day before,
+and its start losses differed by up to 0.0455 nats (agda; hollight 0.0286, the target domains the
+base never saw), so the 51 suite runs made on the AVX-512 machine could not be continued. The corpus
+can move too: it is read from Debian packages, and Debian stable replaces a package's version with
+each point or security release (the old one leaves the archive). The setting hash sees neither (it
+names what was asked for). A pin holds the result of the build instead:
 
     <pin>/pin.json                         # setting name and hashes, sha256 of every file, provenance
     <pin>/data/<file>.xz                   # <cache>/data/<data_hash>/ (manifest, tokenizer, tokens)

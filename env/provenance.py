@@ -5,7 +5,8 @@ The setting hash names *what was asked for*; it cannot see a Debian package that
 the same name, nor a CPU whose vector kernels sum in another order. Training is deterministic on one
 machine, but two machines with different instruction sets (AVX2 vs AVX-512, MKL's code paths) give
 base models whose held-out losses differ in the third or fourth decimal after 1,500 steps (measured:
-up to 0.0026 nats per domain between this repository's machines). A dataset built over several
+up to 0.0026 nats per domain between this repository's machines on math-tiny; 0.0455 nats on
+proofs-tiny's target domains between an AVX-512 and an AVX2 machine, 2026-12-07). A dataset built over several
 sittings on several machines therefore records, per trajectory, which corpus, base and numerics
 produced it, so that a run on another corpus is refused and a run on other numerics is told apart.
 A GPU is such numerics too: a run whose model computes on CUDA (and in which dtype) says so at the
