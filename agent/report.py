@@ -135,6 +135,10 @@ def summarise_setting(setting: Setting, cfg: EvaluationConfig, plan: SettingPlan
     compare = cfg.compare_seeds
     select = cfg.select_seeds
     out: dict[str, Any] = {"setting": setting.name, "setting_hash": setting.hash(), "objectives": {}}
+    if metas:  # which arithmetic made the runs: pairs across machines also differ by it
+        kinds = [m.provenance.get("numerics", "unknown") for k, m in metas.items() if k in trajectories]
+        out["numerics"] = {n: kinds.count(n) for n in sorted(set(kinds))}
+
     def mean_share(label: str, run_key: str | None) -> list[float] | None:
         series = [target_share(trajectories[plan.runs[(label, run_key, s)]].history)
                   for s in compare if (label, run_key, s) in plan.runs]

@@ -140,6 +140,11 @@ def suite_markdown(results: Sequence[dict[str, Any]], methods: Sequence[str]) ->
              f"Settings {', '.join(r['setting'] for r in results)}; objectives λ ∈ {{0, 0.5, 0.9}}; paired comparison "
              f"seeds {COMPARE_SEED}–{COMPARE_SEED + SUITE_SEEDS - 1}; the constant is chosen on selection seeds. "
              "Pooled: the paired differences averaged over the cells per seed, a 95% t-interval over seeds.", ""]
+    for r in results:
+        if len(numerics := r.get("numerics", {})) > 1:
+            lines += [f"**{r['setting']}'s runs come from {len(numerics)} kinds of arithmetic** ("
+                      + "; ".join(f"{n}: {c}" for n, c in numerics.items()) + "). From one pinned base a pair of runs "
+                      "on two CPU types also differs by the CPT run's own arithmetic, which is not measured yet.", ""]
     for method in methods:
         v = suite_verdict(results, method)
         lines += [f"## {method}", "", "| against | pooled diff [95% CI] | worst cell |", "|---|---|---|"]

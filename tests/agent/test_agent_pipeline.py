@@ -286,6 +286,9 @@ def test_grid_compare_selected_runs_only_the_chosen_grid_point_on_the_comparison
     assert r["hindsight_grid"] is None  # not knowable without the whole grid on the comparison seeds
     runs = list((tmp_path / "eval" / "runs" / tiny_setting.name / "records").iterdir())
     assert len(runs) == 2 * 1 + 2 + 2  # grid on the selection seed, uniform and the chosen point on 2 seeds
+    from mixagent.env.provenance import numerics
+
+    assert res["numerics"] == {numerics(): len(runs)}  # every run the report reads, all made by this machine
     assert "Grid on the selection seeds" in (tmp_path / "eval" / "report.md").read_text()
     with pytest.raises(ContractError, match="--grid-compare: 'selected' needs --selection-seeds"):
         replace(cfg, selection_seeds=0).check()

@@ -72,3 +72,14 @@ def test_verdict_needs_every_pooled_bound_above_zero_and_no_cell_below_the_floor
     assert not v["complete"] and not v["met"] and "sci-fine/lam0.9" in v["pooled"]["uniform"]["missing"]
     text = suite_markdown(_results(0.003), ["cand"])
     assert "## cand" in text and "| sci-fine | lam0.9 |" in text and "NOT met" not in text
+
+
+def test_the_report_says_when_a_settings_runs_come_from_several_kinds_of_arithmetic():
+    one, mixed = _results(0.003), _results(0.003)
+    one[0]["numerics"] = {"x86_64 AMD EPYC (AVX2); torch 2.13.0+cpu": 40}
+    mixed[0]["numerics"] = {"x86_64 AMD EPYC (AVX2); torch 2.13.0+cpu": 30,
+                            "x86_64 AMD EPYC (AVX512); torch 2.13.0+cpu": 10}
+    assert "kinds of arithmetic" not in suite_markdown(one, ["cand"])
+    text = suite_markdown(mixed, ["cand"])
+    assert "**proofs-tiny's runs come from 2 kinds of arithmetic** (" in text
+    assert "(AVX512); torch 2.13.0+cpu: 10" in text
