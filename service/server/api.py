@@ -3,30 +3,23 @@ and the ops routes (``/healthz``, ``/readyz``, ``/metrics``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.routing import APIRoute
-from fastapi.security.utils import get_authorization_scheme_param
-from pydantic import ValidationError
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Message, Receive, Scope, Send
 
 from mixagent.agent.baselines import BASELINES
 from mixagent.agent.card import ArtifactError
 from mixagent.service.server.deps import (
     AdminDep,
-    Caller,
     CallerDep,
     MetricsDep,
     RegistryDep,
     SettingsDep,
     StoreDep,
-    caller_of,
 )
 from mixagent.service.server.errors import Unprocessable
 from mixagent.service.server.export import export_trajectories
@@ -56,7 +49,7 @@ from mixagent.service.server.schemas import (
     TrajectoriesQuery,
 )
 
-__all__ = ["FeedbackRoute", "runs_router", "policies_router", "trajectories_router", "ops_router", "ROUTERS"]
+__all__ = ["answer_feedback", "runs_router", "policies_router", "trajectories_router", "ops_router", "ROUTERS"]
 
 _ERRORS = {
     401: "Missing or invalid bearer token.",
@@ -92,7 +85,7 @@ def _served_by(state: RunState, served: ServedBy) -> ServedByPublic:
 
 def _decision_public(state: RunState, d: StoredDecision, replayed: bool) -> DecisionPublic:
     """The answer to a feedback, built without validation (every value has its type by
-    construction; a feedback's answer is on the hot path: ``tests/service/server/test_lean_feedback.py``
+    construction; a feedback's answer is on the hot path: ``tests/service/server/test_front_door.py``
     checks it against the validated model)."""
     served = ServedByPublic.model_construct(policy=state.policy_ref, fallback=d.served_by.fallback,
                                             reason=d.served_by.reason)
@@ -176,94 +169,13 @@ def get_run(run_id: RunId, caller: CallerDep, store: StoreDep, q: Annotated[RunQ
     )
 
 
-async def _answer_feedback(store: RunStore, principal: str, run_id: str, body: FeedbackIn) -> DecisionPublic:
+async def answer_feedback(store: RunStore, principal: str, run_id: str, body: FeedbackIn) -> DecisionPublic:
     if store.inline:
         state, decision, replayed = await store.post_feedback_grouped(owner=principal, run_id=run_id, fb=body)
     else:
         state, decision, replayed = await run_in_threadpool(
             store.post_feedback, owner=principal, run_id=run_id, fb=body)
     return _decision_public(state, decision, replayed)
-
-
-class FeedbackRoute(APIRoute):
-    """``POST /v1/runs/{run_id}/feedback`` with a lean path for the requests trainers send.
-
-    The route is declared like every other (same OpenAPI document, same routing, middleware and
-    error handlers), but a request that is plainly well-formed skips FastAPI's per-request
-    machinery (dependency solving, its exit stacks, revalidating and serialising the answer through
-    the response field): ``Content-Type: application/json``, a valid bearer token, a ``run_id`` of
-    1 to 64 characters, one body message, and a body that ``json.loads`` and ``FeedbackIn`` accept
-    exactly as FastAPI would (``validate_python(..., from_attributes=True)``). Anything else is
-    handed, unread body included, to the ordinary FastAPI handler, so every refusal (401, 422 naming
-    the field and value, 400 for bytes that are not UTF-8) is the one FastAPI gives. Errors of the
-    handler itself (404, 409, 503) reach the app's exception handlers either way. At saturation this
-    took about a quarter of the server's CPU per feedback (``bench/service_load.py``); the answer is
-    the same bytes (``tests/service/server/test_lean_feedback.py``)."""
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST" or not getattr(scope["app"].state, "lean_feedback", True):
-            await super().handle(scope, receive, send)
-            return
-        message = await receive()
-        request = _lean_request(scope, message)
-        if request is None:
-            sent = False
-
-            async def replay() -> Message:
-                nonlocal sent
-                if not sent:
-                    sent = True
-                    return message
-                return await receive()
-
-            await super().handle(scope, replay, send)
-            return
-        principal, run_id, body = request
-        decision = await _answer_feedback(scope["app"].state.store, principal, run_id, body)
-        content = decision.model_dump_json().encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(content)).encode()),
-                                (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": content})
-
-
-MAX_CALLERS = 1024
-"""Valid tokens whose caller the lean path remembers (more: it starts over)."""
-
-
-def _lean_request(scope: Scope, message: Message) -> tuple[str, str, FeedbackIn] | None:
-    """(principal, run_id, feedback) of a request the lean path may answer, else None."""
-    if message["type"] != "http.request" or message.get("more_body", False):
-        return None
-    authorization = content_type = None
-    for name, value in scope["headers"]:  # the first of a repeated header counts, as in Starlette's Headers.get
-        if name == b"authorization" and authorization is None:
-            authorization = value
-        elif name == b"content-type" and content_type is None:
-            content_type = value
-    if content_type != b"application/json" or authorization is None:
-        return None
-    scheme, token = get_authorization_scheme_param(authorization.decode("latin-1"))
-    run_id = scope["path_params"].get("run_id")
-    if scheme.lower() != "bearer" or not token or not isinstance(run_id, str) or not 1 <= len(run_id) <= 64:
-        return None
-    state = scope["app"].state
-    callers: dict[str, Caller] | None = getattr(state, "lean_callers", None)
-    if callers is None:
-        callers = state.lean_callers = {}
-    caller = callers.get(token)
-    if caller is None:
-        caller = caller_of(state.settings, token)
-        if caller is None:
-            return None
-        if len(callers) >= MAX_CALLERS:
-            callers.clear()
-        callers[token] = caller  # valid tokens only: the settings are fixed for the app's life
-    try:
-        body = FeedbackIn.model_validate(json.loads(message.get("body", b"")), from_attributes=True)
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None
-    return caller.principal, run_id, body
 
 
 async def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, store: StoreDep) -> DecisionPublic:
@@ -273,11 +185,11 @@ async def post_feedback(run_id: RunId, body: FeedbackIn, caller: CallerDep, stor
     another body for a recorded step, a step that does not come after the last, ``tokens_seen``
     below the last reported, or a feedback after the run's horizon+1, is a 409.
     """
-    return await _answer_feedback(store, caller.principal, run_id, body)
+    return await answer_feedback(store, caller.principal, run_id, body)
 
 
 runs_router.add_api_route("/{run_id}/feedback", post_feedback, methods=["POST"], response_model=DecisionPublic,
-                          responses=errors(401, 404, 409, 413, 422, 503), route_class_override=FeedbackRoute)
+                          responses=errors(401, 404, 409, 413, 422, 503))
 
 
 # ===== /v1/policies ==============================================================================

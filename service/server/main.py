@@ -14,6 +14,7 @@ from mixagent.service.server.api import ROUTERS
 from mixagent.service.server.config import DEV_TOKEN, Settings
 from mixagent.service.server.db import Checkpointer, init_db, make_engine, make_sessionmaker
 from mixagent.service.server.errors import install_error_handlers
+from mixagent.service.server.front_door import MixingApp
 from mixagent.service.server.gc_pauses import GcFreezer
 from mixagent.service.server.limits import LIMITS_DOC, BodyLimitMiddleware, RequestLimitMiddleware
 from mixagent.service.server.methods import OptionsMiddleware
@@ -76,7 +77,7 @@ def open_store(settings: Settings, metrics: Metrics | None = None) -> tuple[RunS
     return store, refused
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> MixingApp:
     settings = settings or Settings()
     if DEV_TOKEN in settings.token_list:
         log.warning("serving with the development token %r (environment=local only)", DEV_TOKEN)
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             checkpointer.stop()
         engine.dispose()
 
-    app = FastAPI(title="mixagent", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+    app = MixingApp(title="mixagent", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     _offline_docs(app)
     app.state.settings = settings

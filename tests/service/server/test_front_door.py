@@ -1,6 +1,7 @@
-"""The feedback route's lean path (issue 18, item 5): a well-formed, authorised feedback skips
-FastAPI's per-request machinery, and answers with the same bytes; every other request is FastAPI's,
-so each refusal (401, 404, 409, 422 naming the field and value) is the one it gave before."""
+"""The front door (issue 18, item 5; ``service/server/front_door.py``): a well-formed, authorised
+feedback is answered before Starlette's stack, with the same bytes, status and metrics; every other
+request is the stack's, so each refusal (401, 404, 409, 413, 414, 431, 422 naming the field and value)
+is the one it gave before."""
 
 from __future__ import annotations
 
@@ -10,19 +11,20 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from mixagent.service.server.api import FeedbackRoute, _decision_public
+from mixagent.service.server.api import _decision_public
+from mixagent.service.server.front_door import FEEDBACK_ROUTE
 from mixagent.service.server.schemas import DecisionPublic, ServedByPublic
 from tests.service.conftest import OTHER, TOKEN, auth, feedback_body, run_body
 
 
 @pytest.fixture()
 def slow_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Paths that reached FastAPI's own handler of the feedback route."""
+    """Paths that reached the ordinary stack's handler of the feedback route."""
     calls: list[str] = []
     handle = APIRoute.handle
 
     async def spy(self: APIRoute, scope: Any, receive: Any, send: Any) -> None:
-        if isinstance(self, FeedbackRoute):
+        if self.path == FEEDBACK_ROUTE:
             calls.append(scope["path"])
         await handle(self, scope, receive, send)
 
@@ -31,7 +33,7 @@ def slow_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _both(client: Any, app: Any, path: str, **kw: Any) -> tuple[Any, Any]:
-    """The same request through the lean path and through FastAPI's handler only."""
+    """The same request through the front door and through the ordinary stack only."""
     app.state.lean_feedback = True
     lean = client.post(path, **kw)
     app.state.lean_feedback = False
@@ -42,7 +44,7 @@ def _both(client: Any, app: Any, path: str, **kw: Any) -> tuple[Any, Any]:
     return lean, slow
 
 
-def test_a_trainers_feedback_takes_the_lean_path_and_answers_the_same_bytes(client, app, slow_calls):
+def test_a_trainers_feedback_takes_the_front_door_and_answers_the_same_bytes(client, app, slow_calls):
     rid = client.post("/v1/runs", json=run_body(), headers=auth()).json()["run_id"]
     path = f"/v1/runs/{rid}/feedback"
     first = client.post(path, json=feedback_body(0), headers=auth())
@@ -100,6 +102,11 @@ def _hostile(rid: str, other_rid: str) -> list[tuple[str, dict[str, Any]]]:
         (f"/v1/runs/{'a' * 65}/feedback", {"json": feedback_body(0), "headers": auth()}),
         (f"/v1/runs/{'a' * 32}/feedback", {"json": feedback_body(0), "headers": auth()}),  # no such run
         (f"/v1/runs/{other_rid}/feedback", {"json": feedback_body(5), "headers": auth()}),  # step goes back: 409
+        # the limits the stack's middleware enforces: the front door leaves them to it
+        (path, {"content": good + b" " * (300 * 1024), "headers": {**ctype, **auth()}}),  # 413
+        (path + "?" + "q" * (9 * 1024), {"content": good, "headers": {**ctype, **auth()}}),  # 414
+        (path, {"content": good, "headers": [*ctype.items(), *auth().items(),
+                                             *((f"x-pad-{i}", "1") for i in range(70))]}),  # 431
     ]
 
 
@@ -136,3 +143,31 @@ def test_the_answer_built_without_validation_is_the_validated_one(client, app):
     assert built.model_dump_json() == validated.model_dump_json()
     assert built.warnings and built.weights == dict(zip(state.space.names, state.decisions[0].weights.values,
                                                         strict=True))
+
+
+def _counted(client: Any, status: int) -> float:
+    """Requests of the feedback route with ``status`` in the app's request counter."""
+    line = f'mixagent_http_requests_total{{method="POST",route="{FEEDBACK_ROUTE}",status="{status}"}} '
+    for text in client.get("/metrics").text.splitlines():
+        if text.startswith(line):
+            return float(text[len(line):])
+    return 0.0
+
+
+def test_the_front_door_counts_its_answers_as_the_stack_does(client, app, slow_calls):
+    rid = client.post("/v1/runs", json=run_body(), headers=auth()).json()["run_id"]
+    path = f"/v1/runs/{rid}/feedback"
+    for lean in (True, False):
+        app.state.lean_feedback = lean
+        try:
+            before = {s: _counted(client, s) for s in (200, 404, 422)}
+            assert client.post(path, json=feedback_body(0), headers=auth()).status_code == 200
+            assert client.post(f"/v1/runs/{'a' * 32}/feedback", json=feedback_body(0),
+                               headers=auth()).status_code == 404  # an error of the handler itself
+            assert client.post(path, json={**feedback_body(0), "step": -1}, headers=auth()).status_code == 422
+            after = {s: _counted(client, s) for s in (200, 404, 422)}
+        finally:
+            app.state.lean_feedback = True
+        assert {s: after[s] - before[s] for s in after} == {200: 1, 404: 1, 422: 1}, lean
+    # the front door answered the two well-formed ones; the 422 and the whole second round went to the stack
+    assert slow_calls == [path, path, f"/v1/runs/{'a' * 32}/feedback", path]
