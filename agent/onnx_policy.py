@@ -277,6 +277,12 @@ class OnnxSetPolicy(_GuardedNetwork):
 
     def _learned(self, space: DomainSpace, history: History) -> Weights | str:
         tokens, run = encode_tokens(history, self.horizon, self.objective, self.card.encoder_version)
+        return self.decide_tokens(space, tokens, run)
+
+    def decide_tokens(self, space: DomainSpace, tokens: np.ndarray, run: np.ndarray) -> Weights | str:
+        """The network's mixture for an encoded observation of ``space``, guarded as a decision is (the
+        reason when the guard refuses it): what :meth:`decide` computes after encoding, open to a
+        probe that edits the tokens (``bench/feedback_probe.py``)."""
         problem = ((self._tokens.problem(tokens, "token", space.names) if self._tokens is not None else None)
                    or (self._run.problem(run, "run") if self._run is not None else None))
         if problem is not None:

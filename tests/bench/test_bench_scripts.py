@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,6 +129,29 @@ def test_mixing_quality_reports_every_setting_and_objective(trained, tiny_settin
     for v in variants:
         assert v["curve"] == variants[0]["curve"] and v["share_of_gap_closed"] is None, v["variant"]
     assert (probe / "feedback_probe.png").is_file()
+
+
+def test_feedback_probe_per_domain_on_the_suites_committed_runs(cache_dir, tmp_path):
+    """The domain-level probe on the suite's committed proofs-tiny runs (seconds, no rollout)."""
+    args = ["bench/feedback_probe.py", "--agent", "bench/policies/agent-domain", "--label", "agent-domain",
+            "--setting", "proofs-tiny", "--objective", "spread_penalty=0.5", "--out", str(tmp_path)]
+    # against its own runs: every swap puts back the values it had, so no decision may move
+    run([*args, "--reference-policy", "agent-domain", "--name", "self"], cache_dir)
+    mine = json.loads((tmp_path / "self.json").read_text())
+    assert len(mine["seeds"]) == 10 and len(mine["domains"]) == 11
+    for v in mine["variants"]:
+        assert np.allclose(v["domain_weights"], mine["variants"][0]["domain_weights"], atol=1e-6), v["variant"]
+        assert v["l1_to_reference"] < 1e-6 and v["refused"] == 0
+    # against uniform's runs: swapping everything moves the mixture towards uniform's
+    run([*args, "--name", "uniform"], cache_dir)
+    data = json.loads((tmp_path / "uniform.json").read_text())
+    rows = {v["variant"].split(", ", 1)[-1]: v for v in data["variants"]}
+    ref = rows["uniform as run (the reference)"]
+    assert np.allclose(ref["domain_weights"], 1 / 11) and ref["share_of_gap_closed"] == 1.0
+    assert rows["everything from uniform's run"]["l1_to_reference"] < rows["agent-domain as run"]["l1_to_reference"]
+    assert all(abs(sum(v["domain_weights"]) - 1) < 1e-6 for v in data["variants"])
+    assert set(data["loss_change"]) == {"agent-domain", "uniform"}
+    assert (tmp_path / "uniform.png").is_file() and "| hollight | target |" in (tmp_path / "uniform.md").read_text()
 
 
 def test_env_overhead_times_the_env_against_the_bare_loop(tiny_setting_file, cache_dir, tmp_path):
