@@ -58,7 +58,7 @@ def _files(folder: Path) -> dict[str, str]:
 def pin_setting(setting: Setting, out: Path, root: Path | None = None, say: Any = None) -> dict[str, Any]:
     """Build (or find cached) the data and base of ``setting`` and freeze them into ``out``."""
     from mixagent.env.base import build_backend  # noqa: PLC0415 - torch loads only when a pin is made
-    from mixagent.env.provenance import corpus_digest  # noqa: PLC0415
+    from mixagent.env.provenance import corpus_digest, numerics  # noqa: PLC0415
 
     say = say or log.info
     if not isinstance(setting.model, LlamaSpec):
@@ -82,7 +82,10 @@ def pin_setting(setting: Setting, out: Path, root: Path | None = None, say: Any 
         pin["provenance"] = {"corpus": corpus_digest(manifest),
                              "packages": {d["domain"]: f"{d.get('source')} {d.get('version')}"
                                           for d in manifest.get("domains", [])},
-                             "pretrain_seconds": pretrain.get("seconds"), "pinned_at": time.strftime("%Y-%m-%d")}
+                             "pretrain_seconds": pretrain.get("seconds"), "pinned_at": time.strftime("%Y-%m-%d"),
+                             # the machine that pinned (and, for a base it built, pre-trained): another
+                             # CPU pre-trains other weights, which is why the pin exists
+                             "pinned_on": numerics()}
         write_json_atomic(tmp / PIN_FILE, pin)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     say(f"pinned {setting.name} (data {setting.data_hash()}, base {setting.base_hash()}) at {out}: {size / 1e6:.1f} MB")

@@ -31,6 +31,7 @@ def test_a_pin_installs_the_same_tokens_and_weights_into_another_cache(pin, tiny
     assert meta["data_hash"] == tiny_setting.data_hash() and meta["base_hash"] == tiny_setting.base_hash()
     assert set(meta["files"]["base"]) >= {"model.safetensors", "pretrain.json"}
     assert meta["provenance"]["corpus"] and meta["provenance"]["packages"]
+    assert "torch" in meta["provenance"]["pinned_on"]  # the CPU and kernels of the machine that pinned
     other = tmp_path / "cache"
     assert install_pin(pin, tiny_setting, other, say=lambda _: None) is True
     for part, name in (("data", tiny_setting.data_hash()), ("base", tiny_setting.base_hash())):
