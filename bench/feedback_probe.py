@@ -38,8 +38,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "bench" / "results" / "mixing_quality" / "runs"
 AGENT = ROOT / "agent" / "artifacts" / "agent"
-MIN_GAP = 0.01
-"""Below this mean difference of target share the two settings' schedules count as alike (no shares of it)."""
 GROUPS = {  # probe name -> observation_layout rows swapped together
     "gains (now, last change, past)": ("gains", "gain_change", "past_gains"),
     "gains now and last change": ("gains", "gain_change"),
@@ -68,6 +66,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from mixagent.agent.catalogue import objective_key, parse_objective, parse_policies
+    from mixagent.agent.domain_probe import MIN_GAP, plot_probe
     from mixagent.agent.evaluate import learned_run_id
     from mixagent.agent.onnx_policy import load_artifact
     from mixagent.trajectories.encoding import action_to_weights, observation_layout
@@ -81,7 +80,7 @@ def main() -> int:
     digest = spec.digest()
     card, factory = load_artifact(args.agent)
     if card.domain_set:
-        return domain_probe(args, objective, card, factory)
+        return domain_probe(args, objective)
     args.runs = args.runs or RUNS
 
     def agent_runs(setting: str) -> dict[int, object]:
@@ -157,179 +156,32 @@ def main() -> int:
         lines.append(f"| {r['variant']} | {r['mean_share']:.3f} | {r['second_half']:.3f} | {r['shift']:+.3f} | "
                      f"{closed} |")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    plot(rows_out, out / f"{args.name}.png", lines[0].removeprefix("# "))
+    plot_probe(rows_out, out / f"{args.name}.png", lines[0].removeprefix("# "))
     print("\n".join(lines[2:]))
     return 0
 
 
-DOMAIN_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
-    # probe name -> (token features, run features, the field whose domains are swapped; None: all)
-    "domain losses (change since start, last stage)": (("loss_change", "loss_last"), (), None),
-    "source domains' losses": (("loss_change", "loss_last"), (), "source"),
-    "target domains' losses": (("loss_change", "loss_last"), (), "target"),
-    "field gains": (("field_gain",), ("mean_gain", "gain_spread"), None),
-    "losses and field gains": (("loss_change", "loss_last", "field_gain"), ("mean_gain", "gain_spread"), None),
-    "own mixtures (window, field share)": (("share_*", "field_share"), (), None),
-    "objective slice": (("field_weight", "field_value"), ("spread_penalty",), None),
-    "everything": (("*",), ("*",), None),
-}
-"""Groups of ``dom-v1`` features swapped together (``share_*``: the whole window of past shares)."""
-
-
-def domain_probe(args: argparse.Namespace, objective: object, card: object, factory: object) -> int:
-    """The per-domain probe of a domain-set agent (module docstring): ``--label`` on ``--setting``
-    against ``--reference-policy`` on the same seeds, both from the suite's run store."""
-    from mixagent.agent.catalogue import objective_key
-    from mixagent.agent.evaluate import plan_setting
-    from mixagent.agent.suite import suite_config
-    from mixagent.trajectories.plots import mixture_target_share
-    from mixagent.trajectories.replay import history_prefix
-    from mixagent.trajectories.storage import FileStore
-    from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, encode_tokens
+def domain_probe(args: argparse.Namespace, objective: object) -> int:
+    """The per-domain probe of a domain-set agent (:mod:`mixagent.agent.domain_probe`) on one cell."""
+    from mixagent.agent.domain_probe import plot_probe, probe_domain_agent, probe_markdown
+    from mixagent.agent.errors import AgentError
 
     runs_root = args.runs or ROOT / "bench" / "results" / "suite" / "runs"
-    cfg = suite_config(runs_root.parent, [f"{args.label}={args.agent}"], settings=[args.setting])
-    setting = cfg.settings[0]
-    plan = plan_setting(setting, cfg, compared_grid=set())
-    labels = {p.label: p for p in cfg.policies}
-    if args.reference_policy not in labels:
-        sys.exit(f"--reference-policy: {args.reference_policy!r} is not a suite policy (known: {sorted(labels)})")
-    ok = objective_key(objective)  # type: ignore[arg-type]
-    store = FileStore(runs_root / setting.name)
-    held = set(store.list()) if store.records.is_dir() else set()
-
-    def run_of(label: str, seed: int) -> str | None:
-        spec = labels[label]
-        rid = plan.runs.get((label, ok if spec.learned and spec.per_objective else None, seed))
-        return rid if rid in held else None
-
-    pairs = [(seed, run_of(args.label, seed), run_of(args.reference_policy, seed)) for seed in cfg.compare_seeds]
-    pairs = [(seed, a, r) for seed, a, r in pairs if a and r]
-    if not pairs:
-        sys.exit(f"no comparison seed has runs of both {args.label} at {ok} and {args.reference_policy} "
-                 f"in {store.root}")
-
-    def cols(names: tuple[str, ...], features: tuple[str, ...]) -> list[int]:
-        return [i for i, f in enumerate(features)
-                if any(n == f or (n.endswith("*") and f.startswith(n[:-1])) for n in names)]
-
-    seeds, variants, refused = [], {}, {}  # variant -> per seed [stages, K] weights
-    as_run, ref_run = f"{args.label} as run", f"{args.reference_policy} as run (the reference)"
-    outcome: dict[str, list[np.ndarray]] = {args.label: [], args.reference_policy: []}
-    space = None
-    for seed, a_id, r_id in pairs:
-        a, r = store.read(a_id).trajectory.history, store.read(r_id).trajectory.history
-        space = a.space
-        if r.space.names != space.names or r.stages != a.stages:
-            sys.exit(f"seed {seed}: the two runs differ in domains or stages: nothing to swap")
-        policy = factory(space, a.stages, objective)  # type: ignore[operator]
-        horizon = a.stages
-        obs = [encode_tokens(history_prefix(a, i), horizon, objective, card.encoder_version)  # type: ignore[attr-defined,arg-type]
-               for i in range(a.stages)]
-        ref = [encode_tokens(history_prefix(r, i), horizon, objective, card.encoder_version)  # type: ignore[attr-defined,arg-type]
-               for i in range(r.stages)]
-        recorded = a.weight_matrix()
-        asked = []
-        for i, (tok, run) in enumerate(obs):
-            got = policy.decide_tokens(space, tok, run)
-            asked.append(recorded[i] if isinstance(got, str) else got.as_array())  # the guard's fallback was recorded
-            if not isinstance(got, str) and not np.allclose(asked[-1], recorded[i], atol=1e-4):
-                sys.exit(f"seed {seed}, decision {i}: {card.ref} asked again does not choose the mixture its run "  # type: ignore[attr-defined]
-                         f"recorded (max difference {np.abs(asked[-1] - recorded[i]).max():.2g}): another artifact?")
-        variants.setdefault(as_run, []).append(np.stack(asked))
-        variants.setdefault(ref_run, []).append(r.weight_matrix())
-        source_rows = np.array([d.field == "source" for d in space.domains])
-        for g, (tok_names, run_names, field) in DOMAIN_GROUPS.items():
-            tc, rc = cols(tok_names, DOMAIN_FEATURES), cols(run_names, RUN_FEATURES)
-            rows = (np.ones(space.size, bool) if field is None
-                    else source_rows if field == "source" else ~source_rows)
-            chosen, n_refused = [], 0
-            for i, ((tok, run), (rtok, rrun)) in enumerate(zip(obs, ref, strict=True)):
-                tok, run = tok.copy(), run.copy()
-                tok[np.ix_(rows, tc)] = rtok[np.ix_(rows, tc)]
-                run[rc] = rrun[rc]
-                got = policy.decide_tokens(space, tok, run)
-                n_refused += isinstance(got, str)
-                chosen.append(recorded[i] if isinstance(got, str) else got.as_array())
-            key = f"{args.label}, {g} from {args.reference_policy}'s run"
-            variants.setdefault(key, []).append(np.stack(chosen))
-            refused[key] = refused.get(key, 0) + n_refused
-        for label, h in ((args.label, a), (args.reference_policy, r)):
-            first = np.array([h.feedback[0].domain_losses[n] for n in space.names])
-            last = np.array([h.feedback[-1].domain_losses[n] for n in space.names])
-            outcome[label].append((last - first) / np.abs(first))
-        seeds.append(seed)
-    assert space is not None
-    mean = {k: np.mean(v, axis=0) for k, v in variants.items()}  # [stages, K]
-    share = {k: mixture_target_share(space, m) for k, m in mean.items()}
-    base, target = share[as_run], share[ref_run]
-    gap = float(np.mean(target - base))
-    l1_base = float(np.abs(mean[as_run] - mean[ref_run]).sum(axis=1).mean())
-    rows_out = []
-    for k, m in mean.items():
-        moved = float(np.mean(share[k] - base))
-        l1 = float(np.abs(m - mean[ref_run]).sum(axis=1).mean())
-        rows_out.append({"variant": k, "mean_share": float(share[k].mean()), "curve": share[k].tolist(),
-                         "second_half": float(share[k][len(share[k]) // 2:].mean()), "shift": moved,
-                         "share_of_gap_closed": moved / gap if abs(gap) >= MIN_GAP else None,
-                         "l1_to_reference": l1, "l1_closed": 1 - l1 / l1_base if l1_base > 0 else None,
-                         "refused": refused.get(k, 0), "domain_weights": m.mean(axis=0).tolist()})
-    change = {label: np.mean(v, axis=0) for label, v in outcome.items()}
-    payload = {"agent": card.ref, "setting": setting.name, "reference": args.reference_policy,  # type: ignore[attr-defined]
-               "objective": ok, "seeds": seeds, "gap": gap, "domains": space.names,
-               "fields": [d.field for d in space.domains], "variants": rows_out,
-               "loss_change": {label: c.tolist() for label, c in change.items()}}
+    try:
+        payload = probe_domain_agent(runs_root, args.setting, args.label, args.agent, objective,  # type: ignore[arg-type]
+                                     args.reference_policy)
+    except AgentError as e:
+        sys.exit(str(e))
+    command = (f"python bench/feedback_probe.py --agent {args.agent} --label {args.label} --setting {args.setting} "
+               f"--objective {args.objective} --reference-policy {args.reference_policy}")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    title = (f"Feedback probe per domain: {card.ref} on {setting.name} against {args.reference_policy}'s "  # type: ignore[attr-defined]
-             f"runs, {ok}")
-    n = len(seeds)
-    lines = [f"# {title}", "",
-             f"`python bench/feedback_probe.py --agent {args.agent} --label {args.label} --setting {setting.name} "
-             f"--objective {args.objective} --reference-policy {args.reference_policy}`", "",
-             f"Seeds {seeds[0]}–{seeds[-1]} ({n}), the suite's own runs. Each decision is asked again (open loop) "
-             f"with one group of token features swapped for what {args.reference_policy}'s run of the same seed "
-             "saw at the same decision. Target share: the target field's share of the mixture; L1: the distance "
-             f"of the mixture (all {space.size} domains) to {args.reference_policy}'s, averaged over decisions. "
-             "A decision the guard refuses keeps the recorded mixture (counted).", "",
-             f"Gap in mean target share ({args.reference_policy} − {args.label}): {gap:+.3f}; "
-             f"mean L1 distance {l1_base:.3f}.", "",
-             "| variant | mean target share | second half | share of the gap closed | L1 to reference | "
-             "L1 closed | refused |", "|---|---|---|---|---|---|---|"]
-    for r in rows_out:
-        closed = "" if r["share_of_gap_closed"] is None else f"{round(r['share_of_gap_closed'], 2) + 0.0:.0%}"
-        l1c = "" if r["l1_closed"] is None else f"{round(r['l1_closed'], 2) + 0.0:.0%}"
-        lines.append(f"| {r['variant']} | {r['mean_share']:.3f} | {r['second_half']:.3f} | {closed} | "
-                     f"{r['l1_to_reference']:.3f} | {l1c} | {r['refused']} |")
-    lines += ["", "Per domain (mean over seeds): the mixture's mean weight over the run, and the relative "
-              "held-out loss change from start to end (> 0 forgotten, < 0 learned).", "",
-              f"| domain | field | weight, {args.label} | weight, {args.reference_policy} | "
-              f"loss change, {args.label} | loss change, {args.reference_policy} |", "|---|---|---|---|---|---|"]
-    wa, wr = mean[as_run].mean(axis=0), mean[ref_run].mean(axis=0)
-    for k, d in enumerate(space.domains):
-        lines.append(f"| {d.name} | {d.field} | {wa[k]:.3f} | {wr[k]:.3f} | {change[args.label][k]:+.2%} | "
-                     f"{change[args.reference_policy][k]:+.2%} |")
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    plot(rows_out, out / f"{args.name}.png", title)
-    print("\n".join(lines[4:]))
+    text = probe_markdown(payload, command)
+    (out / f"{args.name}.md").write_text(text)
+    plot_probe(payload["variants"], out / f"{args.name}.png", text.splitlines()[0].removeprefix("# "))
+    print("\n".join(text.splitlines()[4:]))
     return 0
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    from mixagent.trajectories.plots import pyplot, save_figure
-
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    for i, r in enumerate(rows):
-        ax.plot(r["curve"], lw=2.5 if i < 2 else 1.2, ls="-" if i < 2 else "--", label=r["variant"])
-    ax.set_xlabel("decision")
-    ax.set_ylabel("target share")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,70 @@ def main() -> int:
                   f"{row['worst_cell']['hi']:>+14.4f}")
         print(f"{m:<16} goal {'met' if v['met'] else 'not met'}: " + ", ".join(
             f"{k} {'yes' if ok else 'no'}" for k, ok in v["goals"].items()))
+    probes = probe_lost_cells(cfg, verdicts, args.out / "runs", args.results / "suite_probes")
+    if probes:
+        with (args.results / "suite.md").open("a") as f:
+            f.write(probes)
     print(f"wrote {args.results / 'suite.md'} and suite.json")
     return 0
+
+
+def probe_lost_cells(cfg: object, verdicts: dict[str, dict], runs: Path, out: Path) -> str:
+    """Where a domain-set candidate loses (a cell whose interval lies wholly below the suite's floor),
+    why: the feedback probe per domain (:mod:`mixagent.agent.domain_probe`) against the policy it
+    lost to, on that cell's runs; each probe's page under ``out``. Returns the report's section."""
+    from mixagent.agent.card import read_card
+    from mixagent.agent.catalogue import objective_key
+    from mixagent.agent.domain_probe import plot_probe, probe_domain_agent, probe_markdown
+    from mixagent.agent.errors import AgentError
+    from mixagent.agent.suite import CELL_FLOOR
+
+    objectives = {objective_key(o): o for o in cfg.objectives}  # type: ignore[attr-defined]
+    specs = {p.label: p for p in cfg.policies}  # type: ignore[attr-defined]
+    lines: list[str] = []
+    for method, verdict in verdicts.items():
+        spec = specs.get(method)
+        if spec is None or spec.artifact is None or not read_card(spec.artifact).domain_set:
+            continue
+        lost = {(c["setting"], c["objective"], c["against"]): c for row in verdict["pooled"].values()
+                for c in row.get("cells", []) if c["hi"] < CELL_FLOOR}
+        if not lost:
+            continue
+        lines += ["", f"## Where {method} loses, and why", "",
+                  f"Every cell whose interval lies wholly below {CELL_FLOOR}, and the feedback probe per domain on its "
+                  f"runs against the policy it lost to: {method} asked again (open loop) with one group of its "
+                  "features taken from the other policy's run of the same seed; the share of the distance between "
+                  "the two mixtures (L1) that the swap closes. A large share for its own past mixtures and a small "
+                  "one for the domains' loss changes: it continues what it started and does not react to what it "
+                  "causes.", "",
+                  "| cell | against | difference | own past mixtures | domains' loss changes | field gains | "
+                  "probe |", "|---|---|---|---|---|---|---|"]
+        for (setting, ok, against), cell in sorted(lost.items()):
+            name = f"{method}-{setting}-{ok}-vs-{against}"
+            try:
+                payload = probe_domain_agent(runs, setting, method, Path(spec.artifact), objectives[ok], against)
+            except AgentError as e:
+                lines.append(f"| {setting}/{ok} | {against} | {cell['diff']:+.4f} [{cell['lo']:+.4f}, "
+                             f"{cell['hi']:+.4f}] | — | — | — | not probed: {e} |")
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+            text = probe_markdown(payload, f"python bench/feedback_probe.py --agent {spec.artifact} --label {method} "
+                                           f"--setting {setting} --objective {ok} --reference-policy {against}")
+            (out / f"{name}.md").write_text(text)
+            plot_probe(payload["variants"], out / f"{name}.png", text.splitlines()[0].removeprefix("# "))
+            closed = {r["variant"].removeprefix(f"{method}, ").removesuffix(f" from {against}'s run"): r["l1_closed"]
+                      for r in payload["variants"]}
+
+            def pct(group: str, closed: dict = closed) -> str:
+                v = closed.get(group)
+                return "—" if v is None else f"{round(v, 2) + 0.0:.0%}"
+
+            lines.append(f"| {setting}/{ok} | {against} | {cell['diff']:+.4f} [{cell['lo']:+.4f}, {cell['hi']:+.4f}] | "
+                         f"{pct('own mixtures (window, field share)')} | "
+                         f"{pct('domain losses (change since start, last stage)')} | {pct('field gains')} | "
+                         f"[{name}](suite_probes/{name}.md) |")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 if __name__ == "__main__":

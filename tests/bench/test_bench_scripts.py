@@ -154,6 +154,24 @@ def test_feedback_probe_per_domain_on_the_suites_committed_runs(cache_dir, tmp_p
     assert (tmp_path / "uniform.png").is_file() and "| hollight | target |" in (tmp_path / "uniform.md").read_text()
 
 
+def test_suite_report_says_where_a_domain_candidate_loses_and_why(cache_dir, tmp_path):
+    """The suite's interim report on its committed proofs-tiny runs: every cell the domain agent loses
+    (interval wholly below the floor) gets the per-domain probe against the policy it lost to."""
+    (tmp_path / "runs").symlink_to(REPO / "bench" / "results" / "suite" / "runs")
+    run(["bench/suite.py", "--candidates", "agent-domain=bench/policies/agent-domain", "--settings", "proofs-tiny",
+         "--only", "agent-domain", "agent-v2", "--out", str(tmp_path), "--results", str(tmp_path),
+         "--report-only", "--allow-missing"], cache_dir)
+    verdict = json.loads((tmp_path / "suite.json").read_text())["verdicts"]["agent-domain"]
+    lost = [c for c in verdict["cells_below_floor"] if c.startswith("proofs-tiny/lam0.9 vs uniform")]
+    assert lost  # committed runs: at lambda 0.9 it loses to uniform by -0.0216 [-0.0231, -0.0201]
+    section = (tmp_path / "suite.md").read_text().split("## Where agent-domain loses, and why")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| proofs-tiny/lam0.9 | uniform |"))
+    own, losses = (float(x.strip().rstrip("%")) for x in row.split("|")[4:6])
+    assert own > 50 > abs(losses)  # it continues its own mixtures; the domains' losses barely move it
+    page = tmp_path / "suite_probes" / "agent-domain-proofs-tiny-lam0.9-vs-uniform"
+    assert Path(f"{page}.png").is_file() and "| kerneldocs | source |" in Path(f"{page}.md").read_text()
+
+
 def test_env_overhead_times_the_env_against_the_bare_loop(tiny_setting_file, cache_dir, tmp_path):
     out = tmp_path / "env_overhead.json"
     run(["bench/env_overhead.py", "--setting", str(tiny_setting_file), "--intervals", "2", "--out", str(out)],
