@@ -81,8 +81,8 @@ def lean_request(state: Any, scope: Scope, message: Message, run_id: str) -> tup
         callers[token] = caller  # valid tokens only: the settings are fixed for the app's life
     try:
         body = FeedbackIn.model_validate(json.loads(message.get("body", b"")), from_attributes=True)
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None
+    except (ValueError, ValidationError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors;
+        return None  # a body nested past the interpreter's depth is the stack's to refuse (422), as is any other
     return caller.principal, body
 
 
@@ -138,9 +138,11 @@ class MixingApp(FastAPI):
             try:
                 decision = await answer_feedback(self.state.store, principal, run_id, body)
             except Exception as exc:  # the app's handler answers it, as Starlette's error layers would
-                response = await self._handled(scope, receive, exc)
+                response, unexpected = await self._handled(scope, receive, exc)
                 status = response.status_code
                 await response(scope, receive, send)
+                if unexpected:  # as ServerErrorMiddleware does: answered, then raised for the server's log
+                    raise
                 return
             content = decision.model_dump_json().encode()
             status = 200
@@ -154,9 +156,10 @@ class MixingApp(FastAPI):
             metrics.requests.labels(*labels).inc()
             metrics.latency.labels(*labels).observe(time.perf_counter() - t0)
 
-    async def _handled(self, scope: Scope, receive: Receive, exc: Exception) -> Response:
-        """The response of the app's exception handler for ``exc`` (the nearest class in its MRO);
-        with none, the exception propagates, as it would through Starlette's stack."""
+    async def _handled(self, scope: Scope, receive: Receive, exc: Exception) -> tuple[Response, bool]:
+        """The response of the app's exception handler for ``exc`` (the nearest class in its MRO), and
+        whether that was the handler of last resort (``Exception``, which Starlette's outermost layer
+        runs and then re-raises); with none, the exception propagates, as it would through the stack."""
         for cls in type(exc).__mro__:
             handler = self.exception_handlers.get(cls)
             if handler is not None:
@@ -168,4 +171,4 @@ class MixingApp(FastAPI):
             response = await handler(request, exc)
         else:
             response = await run_in_threadpool(handler, request, exc)
-        return response  # type: ignore[no-any-return]
+        return response, cls is Exception

@@ -102,6 +102,8 @@ def _hostile(rid: str, other_rid: str) -> list[tuple[str, dict[str, Any]]]:
         (f"/v1/runs/{'a' * 65}/feedback", {"json": feedback_body(0), "headers": auth()}),
         (f"/v1/runs/{'a' * 32}/feedback", {"json": feedback_body(0), "headers": auth()}),  # no such run
         (f"/v1/runs/{other_rid}/feedback", {"json": feedback_body(5), "headers": auth()}),  # step goes back: 409
+        # nested past the interpreter's recursion limit: json.loads raises RecursionError, the stack answers 422
+        (path, {"content": b"[" * 1500 + b"]" * 1500, "headers": {**ctype, **auth()}}),
         # the limits the stack's middleware enforces: the front door leaves them to it
         (path, {"content": good + b" " * (300 * 1024), "headers": {**ctype, **auth()}}),  # 413
         (path + "?" + "q" * (9 * 1024), {"content": good, "headers": {**ctype, **auth()}}),  # 414
@@ -171,3 +173,31 @@ def test_the_front_door_counts_its_answers_as_the_stack_does(client, app, slow_c
         assert {s: after[s] - before[s] for s in after} == {200: 1, 404: 1, 422: 1}, lean
     # the front door answered the two well-formed ones; the 422 and the whole second round went to the stack
     assert slow_calls == [path, path, f"/v1/runs/{'a' * 32}/feedback", path]
+
+
+def test_an_unexpected_error_is_answered_and_then_raised_both_ways(app, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    store = app.state.store
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("boom")
+
+    async def broken_async(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("boom")
+
+    with TestClient(app) as strict, TestClient(app, raise_server_exceptions=False) as lenient:
+        rid = strict.post("/v1/runs", json=run_body(), headers=auth()).json()["run_id"]
+        monkeypatch.setattr(store, "post_feedback", broken)
+        monkeypatch.setattr(store, "post_feedback_grouped", broken_async)
+        path = f"/v1/runs/{rid}/feedback"
+        answers = []
+        for lean in (True, False):
+            app.state.lean_feedback = lean
+            try:
+                with pytest.raises(RuntimeError, match="boom"):  # as Starlette's outermost layer re-raises it
+                    strict.post(path, json=feedback_body(0), headers=auth())
+                answers.append(lenient.post(path, json=feedback_body(0), headers=auth()))
+            finally:
+                app.state.lean_feedback = True
+    assert [(a.status_code, a.content) for a in answers] == [(500, b'{"detail":"internal error (RuntimeError)"}')] * 2
