@@ -76,7 +76,7 @@ def probe_domain_agent(runs_root: Path, setting: str, label: str, artifact: Path
         raise ArtifactError(f"{artifact}: {card.ref} is not a domain-set card; the field-level probe is "
                               "bench/feedback_probe.py without a domain-set artifact")
     cfg = suite_config(runs_root.parent, [f"{label}={artifact}"], settings=[setting])
-    plan = plan_setting(cfg.settings[0], cfg, compared_grid=set())
+    plan = plan_setting(cfg.settings[0], cfg)  # every grid point on the comparison seeds: it may be the reference
     specs = {p.label: p for p in cfg.policies}
     if reference not in specs:
         raise RunnerError(f"reference: {reference!r} is not a suite policy (known: {sorted(specs)})")
