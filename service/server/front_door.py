@@ -36,7 +36,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mixagent.service.server.api import answer_feedback
 from mixagent.service.server.deps import Caller, caller_of
-from mixagent.service.server.limits import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
+from mixagent.service.server.limits import request_limit_problem
 from mixagent.service.server.schemas import FeedbackIn
 
 __all__ = ["MixingApp", "FEEDBACK_ROUTE", "MAX_CALLERS", "lean_request"]
@@ -89,12 +89,9 @@ def lean_request(state: Any, scope: Scope, message: Message, run_id: str) -> tup
 def _within_limits(scope: Scope, max_body: int) -> bool:
     """The checks of :class:`~.limits.RequestLimitMiddleware` and the declared length of
     :class:`~.limits.BodyLimitMiddleware` (the body itself is measured once read)."""
-    if len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) > MAX_URL_BYTES:
+    if request_limit_problem(scope) is not None:
         return False
-    headers = scope["headers"]
-    if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
-        return False
-    for name, value in headers:  # every Content-Length, as the body limit reads them
+    for name, value in scope["headers"]:  # every Content-Length, as the body limit reads them
         if name == b"content-length" and not (value.isdigit() and int(value) <= max_body):
             return False
     return True

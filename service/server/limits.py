@@ -38,6 +38,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "SERVER_MAX_HEAD_BYTES",
     "RequestLimitMiddleware",
+    "request_limit_problem",
     "BodyLimitMiddleware",
     "uvicorn_limits",
     "LIMITS_DOC",
@@ -80,19 +81,25 @@ class RequestLimitMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            url = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
-            if url > MAX_URL_BYTES:
-                await send_json(send, 414, f"url: the path and query string are {url} bytes; "
-                                           f"the limit is {MAX_URL_BYTES} bytes")
-                return
-            headers = scope.get("headers", ())
-            size = sum(len(k) + len(v) for k, v in headers)
-            if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
-                await send_json(send, 431, f"headers: {len(headers)} header lines, {size} bytes; the limits "
-                                           f"are {MAX_HEADERS} lines and {MAX_HEADER_BYTES} bytes")
-                return
+        problem = request_limit_problem(scope) if scope["type"] == "http" else None
+        if problem is not None:
+            await send_json(send, *problem)
+            return
         await self.app(scope, receive, send)
+
+
+def request_limit_problem(scope: Scope) -> tuple[int, str] | None:
+    """(status, detail) of an HTTP request over the URL or header limits, or None (the checks of
+    :class:`RequestLimitMiddleware`, also run by the front door, ``front_door.py``)."""
+    url = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+    if url > MAX_URL_BYTES:
+        return 414, f"url: the path and query string are {url} bytes; the limit is {MAX_URL_BYTES} bytes"
+    headers = scope.get("headers", ())
+    size = sum(len(k) + len(v) for k, v in headers)
+    if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+        return 431, (f"headers: {len(headers)} header lines, {size} bytes; the limits "
+                     f"are {MAX_HEADERS} lines and {MAX_HEADER_BYTES} bytes")
+    return None
 
 
 class BodyLimitMiddleware:
