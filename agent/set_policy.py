@@ -189,8 +189,18 @@ class MixtureNet(nn.Module):
         return (1 - self.epsilon) * torch.softmax(self.net(tokens, run, mask), dim=-1) + self.epsilon * prior
 
 
-def _cross_entropy(model: MixtureNet, ex: SetExamples, idx: Sequence[int]) -> torch.Tensor:
+HISTORY_FEATURES: tuple[int, ...] = tuple(i for i, f in enumerate(DOMAIN_FEATURES)
+                                         if f.startswith("share_") or f == "field_share")
+"""The token columns that describe the policy's own past mixtures (``bc_history_noise`` perturbs them)."""
+
+
+def _cross_entropy(model: MixtureNet, ex: SetExamples, idx: Sequence[int], history_noise: float = 0.0,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     tok, run, mask, tgt, pri = ex.batch(idx)
+    if history_noise > 0:
+        cols = list(HISTORY_FEATURES)
+        noise = torch.randn((*tok.shape[:2], len(cols)), generator=generator) * history_noise
+        tok[:, :, cols] += noise * mask[:, :, None]
     w = model(tok, run, mask, pri)
     return -(tgt * torch.log(w + 1e-12)).sum(dim=1).mean()
 
@@ -292,12 +302,13 @@ def train_set_policy(data: Sequence[str | Path], out: str | Path, cfg: TrainConf
     model = MixtureNet(net, epsilon)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.bc_learning_rate, weight_decay=1e-4)
     losses: list[float] = []
+    noise_gen = torch.Generator().manual_seed(cfg.seed)
     t1 = time.perf_counter()
     bar = tqdm(range(cfg.bc_steps), desc="bc (domain set)", disable=not progress, dynamic_ncols=True)
     model.train()
     for step in bar:
         idx = rng.integers(0, len(train_ex), size=min(cfg.batch_size, len(train_ex)))
-        loss = _cross_entropy(model, train_ex, idx.tolist())
+        loss = _cross_entropy(model, train_ex, idx.tolist(), cfg.bc_history_noise, noise_gen)
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         opt.step()

@@ -98,6 +98,12 @@ class TrainConfig(BaseModel):
     """Behaviour cloning imitates only trajectories whose target share moves by at most this much
     per stage on average (constants, ramps, switches, slow walks): the per-stage jumps of random
     schedules carry nothing to copy, and noise between stages lowers B."""
+    bc_history_noise: float = Field(default=0.0, ge=0.0)
+    """Domain level only: the standard deviation of Gaussian noise added, in training batches, to the
+    tokens' own-mixture features (``share_*``, ``field_share``: log shares relative to uniform). A
+    behaviour-cloned network that sees its past mixtures exactly learns to continue them (persistence
+    near 1, ``bench/forgetting_response.py``); noise there makes the rest of the observation carry the
+    decision. 0 (default) trains as before."""
     level: Level = "field"
     """``field``: a d3rlpy policy over the fixed-width ``obs-v*`` observation of one number of fields;
     ``domain``: the domain-set network over ``dom-v1`` tokens (``agent/set_policy.py``, behaviour

@@ -297,3 +297,31 @@ def test_inside_is_the_common_case_of_problem_and_clamped():
             assert r.problem(x) is None and r.clamped(x) is x
         else:
             assert r.problem(x) is not None or not np.array_equal(r.clamped(x), x)
+
+
+def test_history_noise_perturbs_only_the_own_mixture_columns(static_runs):
+    from mixagent.agent.set_policy import HISTORY_FEATURES, MixtureNet, _cross_entropy
+
+    assert [DOMAIN_FEATURES[i] for i in HISTORY_FEATURES] == [f for f in DOMAIN_FEATURES
+                                                              if f.startswith("share_") or f == "field_share"]
+    ex = set_examples(static_runs[:8], draws=1, top_fraction=1.0, objective_range=ObjectiveRange(),
+                      rng=np.random.default_rng(0))
+    seen: list[torch.Tensor] = []
+
+    class Spy(MixtureNet):
+        def forward(self, tokens, run, mask, prior):
+            seen.append(tokens.clone())
+            return super().forward(tokens, run, mask, prior)
+
+    model = Spy(DomainSetNet(len(DOMAIN_FEATURES), len(RUN_FEATURES), 16, 1), 0.01)
+    idx = list(range(16))
+    with torch.no_grad():
+        clean = _cross_entropy(model, ex, idx)
+        noisy = _cross_entropy(model, ex, idx, 0.5, torch.Generator().manual_seed(0))
+        again = _cross_entropy(model, ex, idx, 0.5, torch.Generator().manual_seed(0))
+    diff = (seen[1] - seen[0]).abs()
+    cols = list(HISTORY_FEATURES)
+    others = [i for i in range(len(DOMAIN_FEATURES)) if i not in cols]
+    assert float(diff[:, :, others].max()) == 0.0  # losses, gains, objective: untouched
+    assert 0.3 < float(diff[:, :, cols].std()) < 0.7  # the noise's scale, on the own-mixture columns only
+    assert torch.equal(seen[1], seen[2]) and noisy.item() == again.item() != clean.item()  # seeded

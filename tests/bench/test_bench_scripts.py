@@ -154,6 +154,23 @@ def test_feedback_probe_per_domain_on_the_suites_committed_runs(cache_dir, tmp_p
     assert (tmp_path / "uniform.png").is_file() and "| hollight | target |" in (tmp_path / "uniform.md").read_text()
 
 
+def test_forgetting_response_ranks_the_rules_and_the_agent_on_committed_states(cache_dir, tmp_path):
+    run(["bench/forgetting_response.py", "--runs", "2", "--stride", "4", "--lambdas", "0.9", "--out", str(tmp_path),
+         "--policies", "agent-domain=bench/policies/agent-domain", "loss-softmax", "uniform",
+         "--data", "data/trajectories/math-tiny-domain"], cache_dir)
+    rows = {x["policy"]: x for x in json.loads((tmp_path / "forgetting_response.json").read_text())["rows"]}
+    src = {label: x["response"]["source"]["mean"] for label, x in rows.items()}
+    assert src["loss-softmax"] > 5 > abs(src["agent-domain"])
+    assert rows["uniform"]["response"]["source"]["mean"] == 0 == rows["uniform"]["persistence"]["source"]["mean"]
+    assert 0.5 < rows["agent-domain"]["persistence"]["source"]["mean"] < 1.2  # the copycat, on real states
+    assert "| 0.9 | loss-softmax |" in (tmp_path / "forgetting_response.md").read_text()
+    assert (tmp_path / "forgetting_response.png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, "bench/forgetting_response.py", "--data",
+                          "data/trajectories/math-tiny-domain", "--match", "nope", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and "--data" in bad.stderr and "nope" in bad.stderr
+
+
 def test_suite_report_says_where_a_domain_candidate_loses_and_why(cache_dir, tmp_path):
     """The suite's interim report on its committed proofs-tiny runs: every cell the domain agent loses
     (interval wholly below the floor) gets the per-domain probe against the policy it lost to."""
