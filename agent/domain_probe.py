@@ -24,12 +24,13 @@ import numpy as np
 
 from mixagent.agent.catalogue import objective_key
 from mixagent.agent.errors import ArtifactError, RunnerError
+from mixagent.agent.forgetting_response import forgetting_response
 from mixagent.trajectories.contract import History, Objective
 from mixagent.trajectories.plots import mixture_target_share
 from mixagent.trajectories.replay import history_prefix
 from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, encode_tokens
 
-__all__ = ["DOMAIN_GROUPS", "MIN_GAP", "probe_domain_agent", "probe_markdown", "plot_probe"]
+__all__ = ["DOMAIN_GROUPS", "MIN_GAP", "probe_domain_agent", "probe_markdown", "plot_probe", "loop_cells"]
 
 MIN_GAP = 0.01
 """Below this mean difference of target share the two schedules count as alike (no shares of it)."""
@@ -98,6 +99,7 @@ def probe_domain_agent(runs_root: Path, setting: str, label: str, artifact: Path
     refused: dict[str, int] = {}
     outcome: dict[str, list[np.ndarray]] = {label: [], reference: []}
     seeds: list[int] = []
+    own: list[History] = []
     space = None
     for seed, a_id, r_id in pairs:
         a, r = store.read(a_id).trajectory.history, store.read(r_id).trajectory.history
@@ -137,7 +139,9 @@ def probe_domain_agent(runs_root: Path, setting: str, label: str, artifact: Path
         outcome[label].append(_loss_change(a))
         outcome[reference].append(_loss_change(r))
         seeds.append(seed)
+        own.append(a)
     assert space is not None
+    response, persistence = forgetting_response(policy, own, stride=2)  # the loop it ran, at its own states
     mean = {k: np.mean(v, axis=0) for k, v in variants.items()}  # [stages, K]
     share = {k: mixture_target_share(space, m) for k, m in mean.items()}
     gap = float(np.mean(share[ref_run] - share[as_run]))
@@ -154,11 +158,32 @@ def probe_domain_agent(runs_root: Path, setting: str, label: str, artifact: Path
     return {"agent": card.ref, "label": label, "artifact": str(artifact), "setting": setting, "reference": reference,
             "objective": ok, "seeds": seeds, "gap": gap, "l1": l1_base, "domains": list(space.names),
             "fields": [d.field for d in space.domains], "variants": rows_out,
-            "loss_change": {name: np.mean(v, axis=0).tolist() for name, v in outcome.items()}}
+            "loss_change": {name: np.mean(v, axis=0).tolist() for name, v in outcome.items()},
+            "feedback_loop": {"response": response.summary(), "persistence": persistence.summary()}}
 
 
 def _pct(x: float | None) -> str:
     return "" if x is None else f"{round(x, 2) + 0.0:.0%}"
+
+
+def loop_cells(p: dict[str, Any]) -> tuple[str, str]:
+    """The source domains' mean forgetting response and persistence of a probe's agent, formatted."""
+    loop = p.get("feedback_loop") or {}
+    cells = []
+    for what in ("response", "persistence"):
+        v = ((loop.get(what) or {}).get("source") or {}).get("mean")
+        cells.append("—" if v is None else f"{v:+.2f}")
+    return cells[0], cells[1]
+
+
+def _loop_lines(p: dict[str, Any], label: str) -> list[str]:
+    response, persistence = loop_cells(p)
+    if response == "—":
+        return []
+    return [f"Its feedback loop at its own states (`mixagent.agent.forgetting_response`, source domains): a domain's "
+            f"weight moves by {response} (log) per unit relative rise of its newest loss (relative loss-softmax: about "
+            f"+9; > 0 replays what is forgotten), and by {persistence} per unit of its own weight in the past "
+            "mixtures (1: it continues its past).", ""]
 
 
 def probe_markdown(p: dict[str, Any], command: str) -> str:
@@ -173,6 +198,7 @@ def probe_markdown(p: dict[str, Any], command: str) -> str:
              f"{len(p['domains'])} domains) to {ref}'s, averaged over decisions. A decision the guard refuses keeps "
              "the recorded mixture (counted).", "",
              f"Gap in mean target share ({ref} − {label}): {p['gap']:+.3f}; mean L1 distance {p['l1']:.3f}.", "",
+             *_loop_lines(p, label),
              "| variant | mean target share | second half | share of the gap closed | L1 to reference | L1 closed "
              "| refused |", "|---|---|---|---|---|---|---|"]
     for r in p["variants"]:

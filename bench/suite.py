@@ -128,7 +128,7 @@ def probe_lost_cells(cfg: object, verdicts: dict[str, dict], runs: Path, out: Pa
     lost to, on that cell's runs; each probe's page under ``out``. Returns the report's section."""
     from mixagent.agent.card import read_card
     from mixagent.agent.catalogue import objective_key
-    from mixagent.agent.domain_probe import plot_probe, probe_domain_agent, probe_markdown
+    from mixagent.agent.domain_probe import loop_cells, plot_probe, probe_domain_agent, probe_markdown
     from mixagent.agent.errors import AgentError
     from mixagent.agent.suite import CELL_FLOOR
 
@@ -150,15 +150,19 @@ def probe_lost_cells(cfg: object, verdicts: dict[str, dict], runs: Path, out: Pa
                   "the two mixtures (L1) that the swap closes. A large share for its own past mixtures and a small "
                   "one for the domains' loss changes: it continues what it started and does not react to what it "
                   "causes.", "",
+                  "The last two numbers are its feedback loop at its own states of the cell "
+                  "(`mixagent.agent.forgetting_response`, source domains): the response of a domain's weight to a "
+                  "rise of its own loss (relative loss-softmax: about +9; > 0 replays what is forgotten) and its "
+                  "persistence (1: it continues its own past mixtures).", "",
                   "| cell | against | difference | own past mixtures | domains' loss changes | field gains | "
-                  "probe |", "|---|---|---|---|---|---|---|"]
+                  "response | persistence | probe |", "|---|---|---|---|---|---|---|---|---|"]
         for (setting, ok, against), cell in sorted(lost.items()):
             name = f"{method}-{setting}-{ok}-vs-{against}"
             try:
                 payload = probe_domain_agent(runs, setting, method, Path(spec.artifact), objectives[ok], against)
             except AgentError as e:
                 lines.append(f"| {setting}/{ok} | {against} | {cell['diff']:+.4f} [{cell['lo']:+.4f}, "
-                             f"{cell['hi']:+.4f}] | — | — | — | not probed: {e} |")
+                             f"{cell['hi']:+.4f}] | — | — | — | — | — | not probed: {e} |")
                 continue
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -176,7 +180,7 @@ def probe_lost_cells(cfg: object, verdicts: dict[str, dict], runs: Path, out: Pa
             lines.append(f"| {setting}/{ok} | {against} | {cell['diff']:+.4f} [{cell['lo']:+.4f}, {cell['hi']:+.4f}] | "
                          f"{pct('own mixtures (window, field share)')} | "
                          f"{pct('domain losses (change since start, last stage)')} | {pct('field gains')} | "
-                         f"[{name}](suite_probes/{name}.md) |")
+                         f"{' | '.join(loop_cells(payload))} | [{name}](suite_probes/{name}.md) |")
     return "\n".join(lines) + "\n" if lines else ""
 
 
