@@ -229,21 +229,26 @@ class OnnxPolicy(_GuardedNetwork):
         (action,) = self._session.run(None, {self._input: obs[None, :].astype(np.float32)})[:1]
         return np.asarray(action, dtype=np.float64)[0]
 
-    def _checked(self, history: History) -> tuple[np.ndarray, str | None]:
+    def _checked(self, obs: np.ndarray) -> tuple[np.ndarray, str | None]:
         """The observation (clamped into the training ranges within the card's clamp band) and,
         when it falls outside them, why."""
-        obs = self.observation(history)
         if self._range is None or self._range.inside(obs):
             return obs, None
         problem = self._range.problem(obs)
         return (obs, problem) if problem else (self._range.clamped(obs).astype(obs.dtype, copy=False), None)
 
     def _learned(self, space: DomainSpace, history: History) -> Weights | str:
-        obs, problem = self._checked(history)
+        return self.decide_observation(space, self.observation(history))
+
+    def decide_observation(self, space: DomainSpace, obs: np.ndarray) -> Weights | str:
+        """The mixture for an encoded observation of ``space``, guarded as a decision is (the reason
+        when the guard refuses it): what :meth:`decide` computes after encoding, open to a probe that
+        edits the observation (``bench/feedback_probe.py``)."""
+        obs, problem = self._checked(obs)
         return problem or action_to_weights(self.act(obs), space, self.card.action, self.card.action_map)
 
     async def _learned_async(self, space: DomainSpace, history: History) -> Weights | str:
-        obs, problem = self._checked(history)
+        obs, problem = self._checked(self.observation(history))
         if problem:
             return problem
         action = np.asarray(await self._batcher.run(obs), dtype=np.float64)

@@ -69,7 +69,7 @@ def main() -> int:
     from mixagent.agent.domain_probe import MIN_GAP, plot_probe
     from mixagent.agent.evaluate import learned_run_id
     from mixagent.agent.onnx_policy import load_artifact
-    from mixagent.trajectories.encoding import action_to_weights, observation_layout
+    from mixagent.trajectories.encoding import observation_layout
     from mixagent.trajectories.plots import mixture_target_share, target_share
     from mixagent.trajectories.replay import history_prefix
     from mixagent.trajectories.storage import FileStore
@@ -101,8 +101,17 @@ def main() -> int:
         policy = factory(h.space, h.stages, objective)
         return policy, np.stack([policy.observation(history_prefix(h, i)) for i in range(h.stages)])
 
-    def chosen_share(policy: object, obs: np.ndarray, space: object) -> np.ndarray:
-        weights = [action_to_weights(policy.act(o), space, card.action, card.action_map).as_array() for o in obs]  # type: ignore[attr-defined]
+    refused: dict[str, int] = {}
+
+    def chosen_share(policy: object, obs: np.ndarray, space: object, history: object, key: str) -> np.ndarray:
+        """The target share the guarded policy chooses at each observation; where the guard refuses
+        one, the mixture the run recorded there (counted under ``key``)."""
+        recorded = history.weight_matrix()  # type: ignore[attr-defined]
+        weights = []
+        for i, o in enumerate(obs):
+            got = policy.decide_observation(space, o)  # type: ignore[attr-defined]
+            refused[key] = refused.get(key, 0) + isinstance(got, str)
+            weights.append(recorded[i] if isinstance(got, str) else got.as_array())
         return mixture_target_share(space, np.stack(weights))  # type: ignore[arg-type]
 
     as_run, ref_run = f"{args.setting} as run", f"{args.reference} as run (the reference)"
@@ -116,17 +125,19 @@ def main() -> int:
             sys.exit(f"seed {seed}: observations of {args.setting} {obs.shape} and {args.reference} "
                      f"{ref_obs.shape} differ in shape (horizon or fields): nothing to swap")
         layout = observation_layout(space, card.action, card.encoder_version)
-        variants[as_run].append(chosen_share(pol, obs, space))
+        variants[as_run].append(chosen_share(pol, obs, space, mine[seed].history, as_run))  # type: ignore[attr-defined]
         recorded = target_share(mine[seed].history)  # type: ignore[attr-defined]
         if not np.allclose(variants[as_run][-1], recorded, atol=1e-4):  # the probe must ask the policy that ran
             sys.exit(f"seed {seed}: {card.ref} asked again does not choose the mixtures its run recorded "
                      f"(max difference {np.abs(variants[as_run][-1] - recorded).max():.2g}): another artifact?")
-        variants[ref_run].append(chosen_share(ref_pol, ref_obs, ref[seed].history.space))  # type: ignore[attr-defined]
+        variants[ref_run].append(chosen_share(ref_pol, ref_obs, ref[seed].history.space,  # type: ignore[attr-defined]
+                                              ref[seed].history, ref_run))  # type: ignore[attr-defined]
         for g, rows in GROUPS.items():
             swapped = obs.copy()
             for r in rows:
                 swapped[:, layout[r]] = ref_obs[:, layout[r]]
-            variants[f"{args.setting}, {g} from {args.reference}"].append(chosen_share(pol, swapped, space))
+            key = f"{args.setting}, {g} from {args.reference}"
+            variants[key].append(chosen_share(pol, swapped, space, mine[seed].history, key))  # type: ignore[attr-defined]
 
     base, target = (np.mean(variants[k], axis=0) for k in (as_run, ref_run))
     gap = float(np.mean(target - base))
@@ -136,7 +147,8 @@ def main() -> int:
         moved = float(np.mean(curve - base))
         rows_out.append({"variant": k, "mean_share": float(curve.mean()), "curve": curve.tolist(),
                          "second_half": float(curve[len(curve) // 2:].mean()),
-                         "shift": moved, "share_of_gap_closed": moved / gap if abs(gap) >= MIN_GAP else None})
+                         "shift": moved, "share_of_gap_closed": moved / gap if abs(gap) >= MIN_GAP else None,
+                         "refused": refused.get(k, 0)})
     payload = {"agent": card.ref, "gap": gap, "setting": args.setting, "reference": args.reference,
                "objective": objective_key(objective), "seeds": seeds, "variants": rows_out}
     out = args.out
@@ -145,16 +157,17 @@ def main() -> int:
     lines = [f"# Feedback probe: {card.ref} on {args.setting} against {args.reference}, "
              f"{objective_key(objective)} (`python bench/feedback_probe.py`)", "",
              f"Seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}), the agent's own benchmark runs; target share chosen at "
-             "each decision when the network is asked again (open loop) with one group of features swapped.", "",
+             "each decision when the network is asked again (open loop) with one group of features swapped. A "
+             "decision the guard refuses keeps the mixture the run recorded (counted).", "",
              f"Gap between the two schedules (mean target share): {gap:+.3f}"
              + ("" if abs(gap) >= MIN_GAP else f", under {MIN_GAP}: the agent acts alike on both, nothing to explain")
              + ".", "",
-             "| variant | mean target share | second half | shift from as run | share of the gap closed |",
-             "|---|---|---|---|---|"]
+             "| variant | mean target share | second half | shift from as run | share of the gap closed | refused |",
+             "|---|---|---|---|---|---|"]
     for r in rows_out:
         closed = "" if r["share_of_gap_closed"] is None else f"{round(r['share_of_gap_closed'], 2) + 0.0:.0%}"
         lines.append(f"| {r['variant']} | {r['mean_share']:.3f} | {r['second_half']:.3f} | {r['shift']:+.3f} | "
-                     f"{closed} |")
+                     f"{closed} | {r['refused']} |")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot_probe(rows_out, out / f"{args.name}.png", lines[0].removeprefix("# "))
     print("\n".join(lines[2:]))

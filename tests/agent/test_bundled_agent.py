@@ -45,3 +45,20 @@ def test_the_bundled_agent_decides_as_before_the_action_map_was_versioned():
                 assert got.weights.values == Weights.from_raw(field_shares_to_weights(space, shares)).values
             checked += 1
     assert checked == 204
+
+
+def test_an_edited_observation_is_guarded_as_a_decision_is():
+    """``decide_observation`` (what a probe asks with edited features) answers as ``decide`` does:
+    the same mixture for the run's own observation, the guard's reason beyond the training ranges."""
+    card, factory = load_artifact(ROOT / REFERENCE["artifact"])
+    run = REFERENCE["runs"][0]
+    tr = FileStore(ROOT / "data" / "trajectories" / run["folder"]).read(run["record"]).trajectory
+    space, h = tr.header.space, tr.history
+    policy = factory(space, tr.header.horizon, Objective(spread_penalty=run["spread_penalty"]))
+    seen = History(space=space, feedback=h.feedback[:3], weights=h.weights[:2])
+    obs = policy.observation(seen)
+    assert policy.decide_observation(space, obs).values == decide(policy, space, seen).weights.values
+    far = obs.copy()
+    far[0] = np.asarray(card.observation_high)[0] + 100 * (1 + abs(np.asarray(card.observation_high)[0]))
+    reason = policy.decide_observation(space, far)
+    assert isinstance(reason, str) and "range" in reason

@@ -174,6 +174,25 @@ def test_forgetting_response_ranks_the_rules_and_the_agent_on_committed_states(c
     assert bad.returncode == 2 and "--data" in bad.stderr and "nope" in bad.stderr
 
 
+def test_cross_machine_runs_pairs_runs_by_id_and_measures_their_distance(cache_dir, tmp_path):
+    store = REPO / "bench" / "results" / "suite" / "runs" / "proofs-tiny"
+    rerun = tmp_path / "rerun"
+    (rerun / "records").mkdir(parents=True)
+    kept = sorted((store / "records").glob("static-e79413b411f2-s100[01].jsonl.gz"))
+    for f in kept:  # a "rerun" of two uniform runs that is the very same bytes: every distance is 0
+        (rerun / "records" / f.name).symlink_to(f)
+    run(["bench/cross_machine_runs.py", "--reference", str(store), "--runs", str(rerun), "--out", str(tmp_path)],
+        cache_dir)
+    data = json.loads((tmp_path / "cross_machine_runs.json").read_text())
+    assert [r["run"] for r in data["runs"]] == [f.name.removesuffix(".jsonl.gz") for f in kept]
+    assert data["same_numerics"] == 2 and all(s["max_abs"] == 0.0 for s in data["summary"].values())
+    assert all(r["start_loss_max_diff"] == 0.0 == r["mixture_max_diff"] for r in data["runs"])
+    bad = subprocess.run([sys.executable, "bench/cross_machine_runs.py", "--reference", str(store), "--runs",
+                          str(tmp_path / "nothing"), "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert bad.returncode == 2 and "--runs" in bad.stderr
+
+
 def test_suite_report_says_where_a_domain_candidate_loses_and_why(cache_dir, tmp_path):
     """The suite's interim report on its committed proofs-tiny runs: every cell the domain agent loses
     (interval wholly below the floor) gets the per-domain probe against the policy it lost to."""
