@@ -176,7 +176,7 @@ def loop_cells(p: dict[str, Any]) -> tuple[str, str]:
     return cells[0], cells[1]
 
 
-def _loop_lines(p: dict[str, Any], label: str) -> list[str]:
+def _loop_lines(p: dict[str, Any]) -> list[str]:
     response, persistence = loop_cells(p)
     if response == "—":
         return []
@@ -198,7 +198,7 @@ def probe_markdown(p: dict[str, Any], command: str) -> str:
              f"{len(p['domains'])} domains) to {ref}'s, averaged over decisions. A decision the guard refuses keeps "
              "the recorded mixture (counted).", "",
              f"Gap in mean target share ({ref} − {label}): {p['gap']:+.3f}; mean L1 distance {p['l1']:.3f}.", "",
-             *_loop_lines(p, label),
+             *_loop_lines(p),
              "| variant | mean target share | second half | share of the gap closed | L1 to reference | L1 closed "
              "| refused |", "|---|---|---|---|---|---|---|"]
     for r in p["variants"]:

@@ -17,9 +17,14 @@ store), change one domain at a time and ask the policy again. Two elasticities p
 
 Only the newest feedback's domain loss moves; the field scores stay as recorded, so the response is
 that of the per-domain channel alone. Decisions before the second feedback are skipped (a relative
-rise against a start that moves with it is no rise). A decision the guard sends to the fallback is
-counted and left out. The policy is asked of each prefix independently, so it must decide from the
-history alone (every learned policy and every stateless baseline does).
+rise against a start that moves with it is no rise). A state where a decision goes to the guard's
+fallback, or where a domain's past weight cannot move (every other domain at the weight floor), is
+counted as refused and left out. Two limits: a feature the guard clamps (within a card's clamp band)
+moves no further, so the response there reads smaller; and persistence divides by the change of the
+*newest* past mixture's log weight, exact for a policy that continues its newest mixture, a little
+below 1 for one that continues an average over its window. The policy is asked of each prefix
+independently, so it must decide from the history alone (every learned policy and every stateless
+baseline does).
 """
 
 from __future__ import annotations
@@ -48,12 +53,6 @@ class ForgettingResponse:
     fields: list[str]
     responses: list[np.ndarray] = field(default_factory=list)
     refused: int = 0
-
-    def add(self, other: ForgettingResponse) -> None:
-        if other.domains != self.domains:
-            raise ContractError(f"domains: {other.domains} differ from {self.domains}; one space per response")
-        self.responses += other.responses
-        self.refused += other.refused
 
     @property
     def matrix(self) -> np.ndarray:
@@ -138,11 +137,11 @@ def forgetting_response(policy: MixingPolicy, histories: Iterable[History], delt
                 refused[0] |= got is None
                 rows[0, k] = np.nan if got is None else (got[k] - base[k]) / delta
                 favoured, step = _favoured(state, k, delta)
-                got = _ask(policy, space, favoured)
+                got = None if abs(step) < 1e-3 * delta else _ask(policy, space, favoured)  # every other domain floored
                 refused[1] |= got is None
                 rows[1, k] = np.nan if got is None else (got[k] - base[k]) / step
             for out, row, no in ((response, rows[0], refused[0]), (persistence, rows[1], refused[1])):
-                if no:
+                if no or not np.isfinite(row).all():
                     out.refused += 1
                 else:
                     out.responses.append(row)

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mixagent.agent.card import PolicyCard
 from mixagent.agent.dataset import (
@@ -169,6 +169,13 @@ class TrainConfig(BaseModel):
     """Fitted Q Evaluation steps on the validation trajectories (0: skip)."""
     steps_per_epoch: int = Field(default=1000, ge=1)
     """Gradient steps between evaluations (d3rlpy trains nothing when n_steps < n_steps_per_epoch)."""
+
+    @model_validator(mode="after")
+    def _noise_needs_tokens(self) -> TrainConfig:
+        if self.bc_history_noise > 0 and self.level != "domain":
+            raise ValueError(f"bc_history_noise: {self.bc_history_noise} perturbs the domain-set tokens; it needs "
+                             f"level: domain (got level: {self.level})")
+        return self
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> TrainConfig:

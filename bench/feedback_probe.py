@@ -127,6 +127,9 @@ def main() -> int:
         layout = observation_layout(space, card.action, card.encoder_version)
         variants[as_run].append(chosen_share(pol, obs, space, mine[seed].history, as_run))  # type: ignore[attr-defined]
         recorded = target_share(mine[seed].history)  # type: ignore[attr-defined]
+        if refused.get(as_run, 0) >= len(obs) * len(variants[as_run]):  # nothing left to check the artifact on
+            sys.exit(f"seed {seed}: the guard of {card.ref} refuses every decision of its run: is it the artifact "
+                     "that ran?")
         if not np.allclose(variants[as_run][-1], recorded, atol=1e-4):  # the probe must ask the policy that ran
             sys.exit(f"seed {seed}: {card.ref} asked again does not choose the mixtures its run recorded "
                      f"(max difference {np.abs(variants[as_run][-1] - recorded).max():.2g}): another artifact?")

@@ -56,9 +56,15 @@ def main() -> int:
     from mixagent.trajectories.storage import FileStore
 
     delta = DELTA if args.delta is None else args.delta
+    for flag, value, ok in (("--delta", delta, delta > 0), ("--stride", args.stride, args.stride >= 1),
+                            ("--runs", args.runs, args.runs >= 1)):
+        if not ok:
+            print(f"error: {flag}: must be positive, got {value}", file=sys.stderr)
+            return 2
     try:
         specs = parse_policies(args.policies)
-    except ContractError as e:
+        objectives = [Objective(spread_penalty=lam) for lam in args.lambdas]
+    except (ContractError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     folders = []
@@ -72,17 +78,19 @@ def main() -> int:
                                   sorted(r for r in store.list() if r.startswith(args.match))[:args.runs]]))
 
     rows: list[dict] = []
-    for lam in args.lambdas:
-        objective = Objective(spread_penalty=lam)
+    factories = {spec.label: load_artifact(spec.artifact)[1] for spec in specs if spec.artifact}
+    for lam, objective in zip(args.lambdas, objectives, strict=True):
         for spec in specs:
-            factory = load_artifact(spec.artifact)[1] if spec.artifact else None
+            factory = factories.get(spec.label)
             for folder, trajectories in folders:
                 hd = trajectories[0].header
-                if factory is not None:
-                    policy = factory(hd.space, hd.horizon, objective)
-                else:
-                    policy = build_policy(spec.policy, spec.params, PolicyContext(hd.space, hd.horizon, hd.action,
-                                                                                  objective))
+                try:
+                    policy = (factory(hd.space, hd.horizon, objective) if factory is not None else
+                              build_policy(spec.policy, spec.params, PolicyContext(hd.space, hd.horizon, hd.action,
+                                                                                   objective)))
+                except ContractError as e:
+                    print(f"error: {spec.label} at λ = {lam} on {folder}: {e}", file=sys.stderr)
+                    return 2
                 resp, pers = forgetting_response(policy, [t.history for t in trajectories], delta, args.stride)
                 s, q = resp.summary(), pers.summary()
                 rows.append({"policy": spec.label, "lambda": lam, "data": folder, "response": s, "persistence": q})
@@ -107,21 +115,23 @@ def main() -> int:
              "second feedback on), the policy is asked again with one domain changed at a time "
              "(`mixagent.agent.forgetting_response`):", "",
              f"- **response**: that domain's newest held-out loss {delta:.0%} higher; `d log w_k / d(relative loss "
-             "rise)`. > 0 replays what is forgotten (relative loss-softmax: `(1 − w_k)/τ`), 0 does not look, < 0 "
+             "rise)`. > 0 replays what is forgotten (relative loss-softmax: `(1 − w_k)·(ℓ_k/ℓ_k(0))/τ`), 0 does not "
+             "look, < 0 "
              "spends less on what is forgotten. +/−: the share of (state, domain) cases with a positive/negative "
              "response.",
              f"- **persistence**: that domain's weight in every past mixture {delta:.0%} higher (renormalised); "
              "`d log w_k / d log w_k(past)`. 0 does not read its past, 1 continues it, > 1 amplifies it (a schedule "
              "drifts to a corner unless the response pulls it back).", "",
-             "Means over states and the field's domains. Refused: states where the guard sent a decision to the "
-             "fallback (left out).", "",
+             "Means over states and the field's domains. Refused (each measure its own count): states where the "
+             "guard sent a decision to the fallback, or where a domain's past weight could not move (every other "
+             "domain at the weight floor); left out.", "",
              "| λ | policy | states of | states | refused | response: source | + | − | target | persistence: source "
-             "| target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | refused |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, q = r["response"], r["persistence"]
         lines.append(f"| {r['lambda']} | {r['policy']} | {Path(r['data']).name} | {s['states']} | {s['refused']} | "
                      f"{cell(s, 'source')} | {cell(s, 'source', 'positive')} | {cell(s, 'source', 'negative')} | "
-                     f"{cell(s, 'target')} | {cell(q, 'source')} | {cell(q, 'target')} |")
+                     f"{cell(s, 'target')} | {cell(q, 'source')} | {cell(q, 'target')} | {q['refused']} |")
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
     plt = pyplot()

@@ -82,3 +82,24 @@ def test_bad_input_is_named(histories):
         forgetting_response(UniformPolicy(), histories, stride=0)
     with pytest.raises(ContractError, match="histories: none"):
         forgetting_response(UniformPolicy(), [])
+
+
+def test_a_domain_whose_past_weight_cannot_move_is_refused_not_nan():
+    """A past mixture with every other domain at the weight floor: raising the domain's weight moves
+    nothing, so its persistence is undefined; the state is counted as refused, never a NaN."""
+    from mixagent.trajectories import Feedback
+    from mixagent.trajectories.contract import Domain
+
+    space = DomainSpace(domains=(Domain(name="a", field="source"), Domain(name="b", field="source"),
+                                 Domain(name="c", field="target")))
+    h = History(space=space)
+    for t in range(4):
+        h.record_feedback(Feedback(step=t, tokens_seen=10 * t, field_scores={"source": -3.0, "target": -4.0},
+                                   domain_losses={"a": 3.0 + 0.01 * t, "b": 3.1, "c": 4.0 - 0.1 * t}))
+        if t < 3:
+            h.record_weights(Weights.from_raw([0.0, 0.0, 1.0]))
+    resp, pers = forgetting_response(Copycat(), [h])
+    assert pers.refused == 2 and pers.matrix.shape == (0, 3)  # decisions 1 and 2, both degenerate for c
+    assert resp.refused == 0 and np.isfinite(resp.matrix).all()
+    s = pers.summary()
+    assert s["source"]["mean"] is None  # nothing measured, nothing invented

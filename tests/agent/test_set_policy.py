@@ -325,3 +325,9 @@ def test_history_noise_perturbs_only_the_own_mixture_columns(static_runs):
     assert float(diff[:, :, others].max()) == 0.0  # losses, gains, objective: untouched
     assert 0.3 < float(diff[:, :, cols].std()) < 0.7  # the noise's scale, on the own-mixture columns only
     assert torch.equal(seen[1], seen[2]) and noisy.item() == again.item() != clean.item()  # seeded
+
+
+def test_history_noise_is_refused_at_field_level_naming_it():
+    with pytest.raises(DatasetError, match=r"bc_history_noise: 0.5 .* level: domain \(got level: field\)"):
+        load_config(None, bc_history_noise=0.5)
+    assert load_config(None, bc_history_noise=0.5, level="domain").bc_history_noise == 0.5

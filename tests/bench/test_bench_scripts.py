@@ -172,6 +172,9 @@ def test_forgetting_response_ranks_the_rules_and_the_agent_on_committed_states(c
                           "data/trajectories/math-tiny-domain", "--match", "nope", "--out", str(tmp_path)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert bad.returncode == 2 and "--data" in bad.stderr and "nope" in bad.stderr
+    bad = subprocess.run([sys.executable, "bench/forgetting_response.py", "--delta", "0", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and "--delta: must be positive, got 0" in bad.stderr
 
 
 def test_cross_machine_runs_pairs_runs_by_id_and_measures_their_distance(cache_dir, tmp_path):
