@@ -20,9 +20,9 @@ an entry the cache already holds with other content (built from today's archive,
 other numerics) is moved aside, never silently mixed. With the tokens and weights pinned, two
 machines differ only in the arithmetic of the CPT run itself (their ``numerics`` provenance), and
 little: the same uniform runs of proofs-tiny on an AVX2 and an AVX-512 machine end within 5e-9 of
-each other in the balanced score (``bench/cross_machine_runs.py``). The base differs so much more
-because pre-training is long and starts from random weights; continual pre-training from one base
-for a few hundred steps stays close.
+each other in the balanced score (``bench/cross_machine_runs.py``). Why the base differs so much more
+is not measured; a guess: pre-training is long and starts from random weights, while continual
+pre-training from one base for a few hundred steps stays close.
 """
 
 from __future__ import annotations
