@@ -89,11 +89,11 @@ def main() -> int:
              + " | ".join(f"B diff, {k}" for k in diffs) + " |", "|---|---|---|---|" + "---|" * len(diffs)]
     for r in rows:
         lines.append(f"| {r['run']} | {r['start_loss_max_diff']:.2g} | {r['final_loss_max_diff']:.2g} | "
-                     f"{r['mixture_max_diff']:.2g} | " + " | ".join(f"{v:+.5f}" for v in r["B_diff"].values()) + " |")
+                     f"{r['mixture_max_diff']:.2g} | " + " | ".join(f"{v:+.1e}" for v in r["B_diff"].values()) + " |")
     lines += ["", "| objective | median abs diff | max abs diff | mean | sd |", "|---|---|---|---|---|"]
     for k, s in summary.items():
-        sd = "—" if s["sd"] is None else f"{s['sd']:.5f}"
-        lines.append(f"| {k} | {s['median_abs']:.5f} | {s['max_abs']:.5f} | {s['mean']:+.5f} | {sd} |")
+        sd = "—" if s["sd"] is None else f"{s['sd']:.1e}"
+        lines.append(f"| {k} | {s['median_abs']:.1e} | {s['max_abs']:.1e} | {s['mean']:+.1e} | {sd} |")
     lines += ["", f"For scale: the per-seed sd of paired differences between two policies is "
               f"{PAIRED_SD[0]}–{PAIRED_SD[1]}."]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
