@@ -15,6 +15,9 @@ store), change one domain at a time and ask the policy again. Two elasticities p
   continues it (a behaviour-cloned copycat); ``> 1``: it amplifies it. A policy with persistence
   near 1 and a weak response drifts wherever small pushes take it: the unit root of a schedule.
 
+And one of its first decision (:func:`prior_elasticity`): how the split within each field follows
+the domains' priors when they are unequal (0: ignores them, 1: follows them, > 1: exaggerates them).
+
 Only the newest feedback's domain loss moves; the field scores stay as recorded, so the response is
 that of the per-domain channel alone. Decisions before the second feedback are skipped (a relative
 rise against a start that moves with it is no rise). A state where a decision goes to the guard's
@@ -35,11 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mixagent.agent.onnx_policy import decide
-from mixagent.trajectories.contract import ContractError, DomainSpace, History, Weights
-from mixagent.trajectories.policy import MixingPolicy
+from mixagent.trajectories.contract import ContractError, DomainSpace, History, Objective, Weights
+from mixagent.trajectories.policy import MixingPolicy, PolicyFactory
 from mixagent.trajectories.replay import history_prefix
 
-__all__ = ["DELTA", "ForgettingResponse", "forgetting_response"]
+__all__ = ["DELTA", "ForgettingResponse", "forgetting_response", "prior_elasticity"]
 
 DELTA = 0.01
 """The default relative loss rise: 1%, the size of a source domain's drift over a whole run."""
@@ -148,3 +151,36 @@ def forgetting_response(policy: MixingPolicy, histories: Iterable[History], delt
     if response is None or persistence is None:
         raise ContractError("histories: none given")
     return response, persistence
+
+
+def prior_elasticity(factory: PolicyFactory, history: History, horizon: int, objective: Objective,
+                     draws: int = 20, sigma: float = 0.5, seed: int = 0) -> np.ndarray:
+    """How a policy's first decision follows unequal priors: per draw of priors (log-normal with
+    ``sigma``, on the domains of ``history``'s space), the slope of ``log w_k`` on ``log prior_k``, both
+    centred within each field (fields of one domain carry no split), for the mixture decided right
+    after ``history``'s first feedback. ``0``: it ignores the priors (uniform); ``1``: it follows them
+    (``prior``); ``> 1``: it exaggerates them. Every training setting so far has equal priors, so a
+    learned policy meets unequal ones only when it is served. A draw whose decision goes to the
+    fallback is NaN."""
+    if draws < 1 or not (np.isfinite(sigma) and sigma > 0):
+        raise ContractError(f"draws, sigma: need draws >= 1 and sigma > 0, got {draws}, {sigma}")
+    rng = np.random.default_rng(seed)
+    base = history.space
+    fields = np.array([d.field for d in base.domains])
+    split = [fields == f for f in base.fields if (fields == f).sum() > 1]
+    if not split:
+        raise ContractError("history: no field has two domains; there is no split for priors to move")
+    out = np.full(draws, np.nan)
+    for i in range(draws):
+        prior = rng.lognormal(0.0, sigma, size=base.size)
+        space = DomainSpace(domains=tuple(d.model_copy(update={"prior": float(p)})
+                                          for d, p in zip(base.domains, prior, strict=True)))
+        got = decide(factory(space, horizon, objective),
+                     space, History.model_construct(space=space, feedback=history.feedback[:1], weights=[]))
+        if got.fallback is not None:
+            continue
+        w = np.log(got.weights.as_array())
+        x = np.concatenate([np.log(prior[m]) - np.log(prior[m]).mean() for m in split])
+        y = np.concatenate([w[m] - w[m].mean() for m in split])
+        out[i] = float(x @ y / (x @ x))
+    return out

@@ -32,6 +32,13 @@ def _get(summary: dict, field: str) -> float:
     return float("nan") if v is None else float(v)
 
 
+def _elasticity(pe: dict) -> str:
+    if pe["median"] is None:
+        return "— (fallback)"
+    return f"{pe['median']:+.2f} [{pe['min']:+.2f}, {pe['max']:+.2f}]" + (f", {pe['fallback']} fallback"
+                                                                          if pe["fallback"] else "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES,
@@ -47,7 +54,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from mixagent.agent.catalogue import parse_policies
-    from mixagent.agent.forgetting_response import DELTA, forgetting_response
+    from mixagent.agent.forgetting_response import DELTA, forgetting_response, prior_elasticity
     from mixagent.agent.onnx_policy import load_artifact
     from mixagent.agent.registry import build_policy
     from mixagent.trajectories.contract import ContractError, Objective
@@ -93,11 +100,24 @@ def main() -> int:
                     return 2
                 resp, pers = forgetting_response(policy, [t.history for t in trajectories], delta, args.stride)
                 s, q = resp.summary(), pers.summary()
-                rows.append({"policy": spec.label, "lambda": lam, "data": folder, "response": s, "persistence": q})
+
+                def make(space: object, horizon: int, o: object, spec: object = spec, factory: object = factory,
+                         action: object = hd.action) -> object:
+                    if factory is not None:
+                        return factory(space, horizon, o)  # type: ignore[operator]
+                    return build_policy(spec.policy, spec.params, PolicyContext(space, horizon, action, o))  # type: ignore[attr-defined,arg-type]
+
+                el = prior_elasticity(make, trajectories[0].history, hd.horizon, objective)  # type: ignore[arg-type]
+                pe = {"median": float(np.nanmedian(el)) if np.isfinite(el).any() else None,
+                      "min": float(np.nanmin(el)) if np.isfinite(el).any() else None,
+                      "max": float(np.nanmax(el)) if np.isfinite(el).any() else None,
+                      "fallback": int(np.isnan(el).sum())}
+                rows.append({"policy": spec.label, "lambda": lam, "data": folder, "response": s, "persistence": q,
+                             "prior_elasticity": pe})
                 print(f"λ={lam:<4} {spec.label:<14} {Path(folder).name:<18} states {s['states']:>4} "
                       f"refused {s['refused']:>3}  response: source {_get(s, 'source'):+7.2f} target "
                       f"{_get(s, 'target'):+7.2f}  persistence: source {_get(q, 'source'):+6.2f} target "
-                      f"{_get(q, 'target'):+6.2f}", flush=True)
+                      f"{_get(q, 'target'):+6.2f}  prior elasticity {_elasticity(pe)}", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/forgetting_response.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
@@ -121,17 +141,22 @@ def main() -> int:
              "response.",
              f"- **persistence**: that domain's weight in every past mixture {delta:.0%} higher (renormalised); "
              "`d log w_k / d log w_k(past)`. 0 does not read its past, 1 continues it, > 1 amplifies it (a schedule "
-             "drifts to a corner unless the response pulls it back).", "",
+             "drifts to a corner unless the response pulls it back).",
+             "- **prior elasticity** (first decision): with the domains' priors drawn log-normal (σ = 0.5, 20 draws, "
+             "the first feedback of the folder's first run), the slope of `log w_k` on `log prior_k` within each "
+             "field. 0 ignores the priors, 1 follows them, > 1 exaggerates them; median [min, max]. Every training "
+             "setting has equal priors.", "",
              "Means over states and the field's domains. Refused (each measure its own count): states where the "
              "guard sent a decision to the fallback, or where a domain's past weight could not move (every other "
              "domain at the weight floor); left out.", "",
              "| λ | policy | states of | states | refused | response: source | + | − | target | persistence: source "
-             "| target | refused |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | refused | prior elasticity |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, q = r["response"], r["persistence"]
         lines.append(f"| {r['lambda']} | {r['policy']} | {Path(r['data']).name} | {s['states']} | {s['refused']} | "
                      f"{cell(s, 'source')} | {cell(s, 'source', 'positive')} | {cell(s, 'source', 'negative')} | "
-                     f"{cell(s, 'target')} | {cell(q, 'source')} | {cell(q, 'target')} | {q['refused']} |")
+                     f"{cell(s, 'target')} | {cell(q, 'source')} | {cell(q, 'target')} | {q['refused']} | "
+                     f"{_elasticity(r['prior_elasticity'])} |")
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
     plt = pyplot()

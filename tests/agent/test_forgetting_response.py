@@ -10,7 +10,7 @@ import pytest
 from mixagent.agent.baselines import LossSoftmaxPolicy, UniformPolicy
 from mixagent.agent.forgetting_response import forgetting_response
 from mixagent.agent.onnx_policy import load_artifact
-from mixagent.trajectories.contract import ContractError, DomainSpace, History, Weights
+from mixagent.trajectories.contract import ContractError, Domain, DomainSpace, History, Objective, Weights
 from mixagent.trajectories.storage import FileStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,6 @@ def test_a_domain_whose_past_weight_cannot_move_is_refused_not_nan():
     """A past mixture with every other domain at the weight floor: raising the domain's weight moves
     nothing, so its persistence is undefined; the state is counted as refused, never a NaN."""
     from mixagent.trajectories import Feedback
-    from mixagent.trajectories.contract import Domain
 
     space = DomainSpace(domains=(Domain(name="a", field="source"), Domain(name="b", field="source"),
                                  Domain(name="c", field="target")))
@@ -103,3 +102,21 @@ def test_a_domain_whose_past_weight_cannot_move_is_refused_not_nan():
     assert resp.refused == 0 and np.isfinite(resp.matrix).all()
     s = pers.summary()
     assert s["source"]["mean"] is None  # nothing measured, nothing invented
+
+
+def test_prior_elasticity_is_zero_for_uniform_one_for_prior_and_measured_for_the_agent(histories):
+    from mixagent.agent.baselines import PriorPolicy
+    from mixagent.agent.forgetting_response import prior_elasticity
+
+    h = histories[0]
+    lam = Objective(spread_penalty=0.9)
+    np.testing.assert_allclose(prior_elasticity(lambda s, n, o: UniformPolicy(), h, 16, lam, draws=5), 0.0, atol=1e-9)
+    np.testing.assert_allclose(prior_elasticity(lambda s, n, o: PriorPolicy(), h, 16, lam, draws=5), 1.0, atol=1e-3)
+    _, factory = load_artifact(ROOT / "bench" / "policies" / "agent-domain")
+    el = prior_elasticity(factory, h, 16, lam, draws=8)
+    assert np.isfinite(el).all() and np.median(el) > 1  # measured: 1.32, it exaggerates the priors it never saw
+    with pytest.raises(ContractError, match="draws, sigma"):
+        prior_elasticity(factory, h, 16, lam, draws=0)
+    one = DomainSpace(domains=(Domain(name="a", field="source"), Domain(name="b", field="target")))
+    with pytest.raises(ContractError, match="no field has two domains"):
+        prior_elasticity(factory, History(space=one), 16, lam)
