@@ -411,8 +411,8 @@ def write_report(results: list[dict[str, Any]], cfg: EvaluationConfig, path: Pat
 def plot_domain_schedules(res: dict[str, Any], out: Path, objective: str | None = None) -> Path | None:
     """One stacked area of domain weights over decisions per policy (the mean over comparison seeds):
     source domains in blues, target domains in oranges; a policy that reads the objective is drawn
-    under ``objective`` (default: the first evaluated). Grid points other than the selected ones
-    are left out."""
+    under ``objective``, or (default) once per evaluated objective, since that is where such policies
+    differ. Grid points other than the selected ones are left out."""
     domains = res.get("domains") or []
     chosen = {r.get("selected_grid") for r in res["objectives"].values()} | {
         r.get("best_hand") for r in res["objectives"].values()}
@@ -420,8 +420,8 @@ def plot_domain_schedules(res: dict[str, Any], out: Path, objective: str | None 
     for label, by_objective in res.get("domain_weights", {}).items():
         if (label.startswith("grid-") and label not in chosen) or not by_objective:
             continue
-        key = objective if objective in by_objective else next(iter(by_objective))
-        panels.append((label, key, np.asarray(by_objective[key])))
+        keys = [objective] if objective in by_objective else list(by_objective)
+        panels += [(label, key, np.asarray(by_objective[key])) for key in keys]
     if not domains or not panels:
         return None
     colours = domain_colours([d["field"] for d in domains])
