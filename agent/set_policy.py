@@ -38,7 +38,7 @@ from torch import nn
 from mixagent.agent.card import CARD_FILE, PolicyCard
 from mixagent.agent.dataset import DatasetError, TrainingRun, final_score, load_runs, split_runs
 from mixagent.agent.errors import ExportError
-from mixagent.agent.train import TrainConfig, TrainReport
+from mixagent.agent.train import TrainConfig, TrainReport, refuse_evaluation_settings
 from mixagent.trajectories.contract import MAX_DOMAINS, ActionSpec, Objective, ObjectiveRange, stable_hash
 from mixagent.trajectories.replay import history_prefix
 from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, TOKEN_ENCODER_VERSION, encode_tokens
@@ -279,6 +279,7 @@ def train_set_policy(data: Sequence[str | Path], out: str | Path, cfg: TrainConf
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
     runs, training_data = load_runs(data)
+    refuse_evaluation_settings(runs)
     eps = {r.trajectory.header.action.epsilon for r in runs}
     if len(eps) != 1:
         raise DatasetError(f"--data: the folders mix action maps with epsilon {sorted(eps)}; one card has one")

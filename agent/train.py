@@ -37,6 +37,7 @@ from mixagent.agent.card import PolicyCard
 from mixagent.agent.dataset import (
     DatasetError,
     EncodedEpisodes,
+    TrainingRun,
     all_copies,
     best_copies,
     load_runs,
@@ -57,7 +58,8 @@ from mixagent.agent.rl_stage import (
 from mixagent.trajectories.contract import Level, ObjectiveRange, format_validation_errors, stable_hash
 from mixagent.trajectories.encoding import ENCODER_VERSION, action_size, layout
 
-__all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "train"]
+__all__ = ["Algo", "ALGOS", "TrainConfig", "TrainReport", "load_config", "make_algo", "refuse_evaluation_settings",
+           "train"]
 
 log = logging.getLogger(__name__)
 DRIFT_ROWS = 2048
@@ -342,6 +344,19 @@ def _observation_ranges(episodes: EncodedEpisodes, objectives: ObjectiveRange,
     return [float(x) for x in low], [float(x) for x in high]
 
 
+def refuse_evaluation_settings(runs: Sequence[TrainingRun]) -> None:
+    """No agent trains on the benchmark suite's settings (:data:`mixagent.agent.suite.SUITE_SETTINGS`):
+    their runs exist only to judge methods (and as a searcher's priced proxy runs, which RegMix fits
+    on), so a folder of them among the training data is refused, naming it."""
+    from mixagent.agent.suite import SUITE_SETTINGS  # noqa: PLC0415 - the suite module imports the harness
+
+    bad = sorted({r.trajectory.header.setting_name for r in runs} & set(SUITE_SETTINGS))
+    if bad:
+        folders = sorted({r.folder for r in runs if r.trajectory.header.setting_name in bad})
+        raise DatasetError(f"--data: {', '.join(folders)} holds runs of {', '.join(bad)}, an evaluation-only suite "
+                           f"setting (agent/suite.py): no agent trains on it")
+
+
 def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: TrainConfig | None = None,
           progress: bool = True) -> TrainReport:
     """Train ``algo_name`` on the dataset folders ``data`` and write the policy artifact to ``out``
@@ -371,6 +386,7 @@ def train(data: Sequence[str | Path], algo_name: str, out: str | Path, cfg: Trai
     torch.set_num_threads(cfg.threads)
     d3rlpy.seed(cfg.seed)
     runs, training_data = load_runs(data)
+    refuse_evaluation_settings(runs)
     train_runs, val_runs = split_runs(runs, cfg.validation_fraction, cfg.seed)
     if not train_runs:
         raise DatasetError("--data: no training trajectories after the validation split")

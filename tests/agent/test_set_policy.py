@@ -331,3 +331,11 @@ def test_history_noise_is_refused_at_field_level_naming_it():
     with pytest.raises(DatasetError, match=r"bc_history_noise: 0.5 .* level: domain \(got level: field\)"):
         load_config(None, bc_history_noise=0.5)
     assert load_config(None, bc_history_noise=0.5, level="domain").bc_history_noise == 0.5
+
+
+def test_no_agent_trains_on_an_evaluation_only_suite_setting(tmp_path):
+    folder = REPO / "data" / "trajectories" / "proofs-tiny-regmix"  # RegMix's priced proxy runs on proofs-tiny
+    for level in ("domain", "field"):
+        with pytest.raises(DatasetError, match=r"proofs-tiny-regmix holds runs of proofs-tiny, an evaluation-only"):
+            train([STATIC, folder], "bc", tmp_path / level, TrainConfig(**{**FAST, "level": level}), progress=False)
+    assert not (tmp_path / "domain").exists() and not (tmp_path / "field").exists()
