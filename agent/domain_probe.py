@@ -28,7 +28,7 @@ from mixagent.agent.forgetting_response import forgetting_response
 from mixagent.trajectories.contract import History, Objective
 from mixagent.trajectories.plots import mixture_target_share
 from mixagent.trajectories.replay import history_prefix
-from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, encode_tokens
+from mixagent.trajectories.tokens import DOMAIN_FEATURES, OWN_MIXTURE_FEATURES, RUN_FEATURES, encode_tokens
 
 __all__ = ["DOMAIN_GROUPS", "MIN_GAP", "probe_domain_agent", "probe_markdown", "plot_probe", "loop_cells"]
 
@@ -42,7 +42,7 @@ DOMAIN_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = 
     "target domains' losses": (("loss_change", "loss_last"), (), "target"),
     "field gains": (("field_gain",), ("mean_gain", "gain_spread"), None),
     "losses and field gains": (("loss_change", "loss_last", "field_gain"), ("mean_gain", "gain_spread"), None),
-    "own mixtures (window, field share)": (("share_*", "field_share"), (), None),
+    "own mixtures (window, field share)": (OWN_MIXTURE_FEATURES, (), None),
     "objective slice": (("field_weight", "field_value"), ("spread_penalty",), None),
     "everything": (("*",), ("*",), None),
 }

@@ -41,7 +41,13 @@ from mixagent.agent.errors import ExportError
 from mixagent.agent.train import TrainConfig, TrainReport, refuse_evaluation_settings
 from mixagent.trajectories.contract import MAX_DOMAINS, ActionSpec, Objective, ObjectiveRange, stable_hash
 from mixagent.trajectories.replay import history_prefix
-from mixagent.trajectories.tokens import DOMAIN_FEATURES, RUN_FEATURES, TOKEN_ENCODER_VERSION, encode_tokens
+from mixagent.trajectories.tokens import (
+    DOMAIN_FEATURES,
+    OWN_MIXTURE_FEATURES,
+    RUN_FEATURES,
+    TOKEN_ENCODER_VERSION,
+    encode_tokens,
+)
 
 __all__ = ["DomainSetNet", "MixtureNet", "SetExamples", "set_examples", "mixture_roughness", "train_set_policy",
            "EXPORT_ATOL", "CLAMP_BAND"]
@@ -189,9 +195,8 @@ class MixtureNet(nn.Module):
         return (1 - self.epsilon) * torch.softmax(self.net(tokens, run, mask), dim=-1) + self.epsilon * prior
 
 
-HISTORY_FEATURES: tuple[int, ...] = tuple(i for i, f in enumerate(DOMAIN_FEATURES)
-                                         if f.startswith("share_") or f == "field_share")
-"""The token columns that describe the policy's own past mixtures (``bc_history_noise`` perturbs them)."""
+HISTORY_FEATURES: tuple[int, ...] = tuple(DOMAIN_FEATURES.index(f) for f in OWN_MIXTURE_FEATURES)
+"""The token columns of the policy's own past mixtures (``bc_history_noise`` perturbs them)."""
 
 
 def _cross_entropy(model: MixtureNet, ex: SetExamples, idx: Sequence[int], history_noise: float = 0.0,

@@ -77,36 +77,35 @@ def main() -> int:
     folders = []
     for d in args.data:
         store = FileStore(ROOT / d if not Path(d).is_absolute() else Path(d))
-        if not store.records.is_dir() or not any(r.startswith(args.match) for r in store.list()):
+        ids = sorted(r for r in store.list() if r.startswith(args.match)) if store.records.is_dir() else []
+        if not ids:
             print(f"error: --data: {d} holds no records" + (f" matching {args.match!r}" if args.match else ""),
                   file=sys.stderr)
             return 2
-        folders.append((d, [store.read(rid).trajectory for rid in
-                                  sorted(r for r in store.list() if r.startswith(args.match))[:args.runs]]))
+        folders.append((d, [store.read(rid).trajectory for rid in ids[:args.runs]]))
 
     rows: list[dict] = []
-    factories = {spec.label: load_artifact(spec.artifact)[1] for spec in specs if spec.artifact}
+    loaded = {spec.label: load_artifact(spec.artifact)[1] for spec in specs if spec.artifact}  # once each
+
+    def factory_of(spec: object, action: object) -> object:
+        """One way to build every policy, an artifact's or a registry rule's, for any space."""
+        if spec.label in loaded:  # type: ignore[attr-defined]
+            return loaded[spec.label]  # type: ignore[attr-defined]
+        return lambda space, horizon, o: build_policy(spec.policy, spec.params,  # type: ignore[attr-defined]
+                                                      PolicyContext(space, horizon, action, o))  # type: ignore[arg-type]
+
     for lam, objective in zip(args.lambdas, objectives, strict=True):
         for spec in specs:
-            factory = factories.get(spec.label)
             for folder, trajectories in folders:
                 hd = trajectories[0].header
+                make = factory_of(spec, hd.action)
                 try:
-                    policy = (factory(hd.space, hd.horizon, objective) if factory is not None else
-                              build_policy(spec.policy, spec.params, PolicyContext(hd.space, hd.horizon, hd.action,
-                                                                                   objective)))
+                    policy = make(hd.space, hd.horizon, objective)  # type: ignore[operator]
                 except ContractError as e:
                     print(f"error: {spec.label} at λ = {lam} on {folder}: {e}", file=sys.stderr)
                     return 2
                 resp, pers = forgetting_response(policy, [t.history for t in trajectories], delta, args.stride)
                 s, q = resp.summary(), pers.summary()
-
-                def make(space: object, horizon: int, o: object, spec: object = spec, factory: object = factory,
-                         action: object = hd.action) -> object:
-                    if factory is not None:
-                        return factory(space, horizon, o)  # type: ignore[operator]
-                    return build_policy(spec.policy, spec.params, PolicyContext(space, horizon, action, o))  # type: ignore[attr-defined,arg-type]
-
                 el = prior_elasticity(make, trajectories[0].history, hd.horizon, objective)  # type: ignore[arg-type]
                 pe = {"median": float(np.nanmedian(el)) if np.isfinite(el).any() else None,
                       "min": float(np.nanmin(el)) if np.isfinite(el).any() else None,

@@ -36,7 +36,8 @@ import numpy as np
 from mixagent.trajectories.contract import SOURCE_FIELD, ContractError, History, Objective
 from mixagent.trajectories.encoding import GAIN_SCALE, OBS_BOUND, WINDOW, objective_features
 
-__all__ = ["TOKEN_ENCODER_VERSION", "TOKEN_ENCODER_VERSIONS", "DOMAIN_FEATURES", "RUN_FEATURES", "encode_tokens"]
+__all__ = ["TOKEN_ENCODER_VERSION", "TOKEN_ENCODER_VERSIONS", "DOMAIN_FEATURES", "RUN_FEATURES",
+           "OWN_MIXTURE_FEATURES", "encode_tokens"]
 
 TOKEN_ENCODER_VERSION = "dom-v1"
 TOKEN_ENCODER_VERSIONS = ("dom-v1",)
@@ -46,6 +47,9 @@ DOMAIN_FEATURES: tuple[str, ...] = (
     "field_share", "field_gain", "field_weight", "field_value",
 )
 RUN_FEATURES: tuple[str, ...] = ("progress", "spread_penalty", "mean_gain", "gain_spread")
+OWN_MIXTURE_FEATURES: tuple[str, ...] = tuple(f for f in DOMAIN_FEATURES
+                                              if f.startswith("share_") or f == "field_share")
+"""The token features that describe the policy's own past mixtures (the window and the field share)."""
 
 
 def encode_tokens(history: History, horizon: int, objective: Objective | None = None,
